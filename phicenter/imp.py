@@ -1,0 +1,131 @@
+"""One IMP round boundary in plain torch: prune, re-sign relative to phi, reinit at constant magnitude.
+
+Used by every execution path (Lightning callback, bench, tests). See docs/method.md, section by section.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from phicenter import polarity, pruning, seeding
+from phicenter.strategies import LayerView, Strategy
+
+
+@dataclass
+class IMPConfig:
+    phi: float = 0.0
+    phi_scale: str = "absolute"       # "absolute" | "layer_std"
+    base: float = 0.8
+    output_base: float | None = None  # None: same as base
+    scope: str = "layer"              # "layer" | "global"
+    magnitude: str | float = "init_std"  # "init_std" | "init_abs_mean" | a positive number
+    seed: int = 0
+
+
+def layer_constant(theta0: torch.Tensor, magnitude) -> float:
+    """The survivors' magnitude c for one layer."""
+    if magnitude == "init_std":
+        return float(theta0.float().std(correction=0))
+    if magnitude == "init_abs_mean":
+        return float(theta0.float().abs().mean())
+    value = float(magnitude)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"reinit.magnitude must be init_std, init_abs_mean or a positive number, got {magnitude!r}")
+    return value
+
+
+def layer_phi(theta0: torch.Tensor, phi: float, phi_scale: str) -> float:
+    if phi_scale == "absolute":
+        return float(phi)
+    if phi_scale == "layer_std":
+        return float(phi) * float(theta0.float().std(correction=0))
+    raise ValueError(f"phi_scale must be 'absolute' or 'layer_std', got {phi_scale!r}")
+
+
+class IMP:
+    """Holds theta0, the per-layer constants and the strategy; `advance(round)` moves to the next round."""
+
+    def __init__(self, model: nn.Module, strategy: Strategy, cfg: IMPConfig,
+                 fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+        self.model, self.strategy, self.cfg = model, strategy, cfg
+        self.layers = pruning.attach_masks(model)
+        self.output_layer = list(self.layers)[-1]
+        self.theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.fresh_init = fresh_init or _default_fresh_init
+        self.constants = {n: layer_constant(self._theta0_weight(n), cfg.magnitude) for n in self.layers}
+        self.phis = {n: layer_phi(self._theta0_weight(n), cfg.phi, cfg.phi_scale) for n in self.layers}
+
+    def _theta0_weight(self, name: str) -> torch.Tensor:
+        return self.theta0[f"{name}.parametrizations.weight.original"]
+
+    def bases(self) -> dict[str, float]:
+        out_base = self.cfg.base if self.cfg.output_base is None else self.cfg.output_base
+        return {n: (out_base if n == self.output_layer else self.cfg.base) for n in self.layers}
+
+    @torch.no_grad()
+    def advance(self, round_index: int) -> dict:
+        """Prune the trained weights, then reinitialise per the strategy. Returns the round's diagnostics."""
+        trained = {n: l.weight.detach().clone() for n, l in self.layers.items()}
+        old = {n: pruning.mask_of(l).mask.float() for n, l in self.layers.items()}
+        new = pruning.prune_masks(trained, old, self.bases(), self.cfg.scope)
+        per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0,
+                                 "flipped_vs_init_count": 0, "dead_zone_count": 0}
+        for name, layer in self.layers.items():
+            keep = new[name].bool()
+            view = LayerView(
+                name=name, trained=trained[name], theta0=self._theta0_weight(name).to(trained[name].device),
+                c=self.constants[name], phi=self.phis[name],
+                generator=seeding.generator(self.cfg.seed, self.strategy.name, round_index, name),
+                fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g))
+            ref = self.strategy.reference(view)
+            surv = self.strategy.survivors(view, ref)
+            fill = trained[name] if self.strategy.pruned_fill == "trained" else torch.zeros_like(trained[name])
+            mf = pruning.mask_of(layer)
+            mf.mask.copy_(keep)
+            mf.fill.copy_(fill)
+            pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))
+            new_sign = polarity.signs(surv, 0.0)
+            stats = polarity.flip_fractions(ref, view.phi, new_sign, view.theta0, keep)
+            # "flipped by phi": the new sign differs from the reference's sign at 0.
+            stats["flipped_by_phi_count"] = int(((new_sign != polarity.signs(ref, 0.0)) & keep).sum())
+            if not self.strategy.uses_phi:
+                stats["dead_zone_count"] = 0
+            crit_pos, crit_neg = polarity.critical_phi(ref[keep]) if self.strategy.uses_phi else (None, None)
+            per_layer[name] = {
+                "sparsity": 1.0 - stats["survivors"] / keep.numel(),
+                "c": self.constants[name], "phi": view.phi,
+                **stats, **_fractions(stats),
+                "critical_phi_pos": crit_pos, "critical_phi_neg": crit_neg,
+            }
+            for k in totals:
+                totals[k] += stats[k]
+        if self.strategy.rewind_other:
+            self._rewind_other()
+        return {**_fractions(totals), **totals, "layers": per_layer}
+
+    def _rewind_other(self):
+        """Biases, BatchNorm affine parameters and running statistics back to theta0."""
+        state = self.model.state_dict()
+        prunable = {f"{n}.parametrizations.weight.{s}" for n in self.layers
+                    for s in ("original", "0.mask", "0.fill")}
+        for key, value in state.items():
+            if key not in prunable:
+                value.copy_(self.theta0[key])
+
+
+def _fractions(stats: dict) -> dict:
+    n = max(stats["survivors"], 1)
+    return {"flipped_by_phi": stats["flipped_by_phi_count"] / n,
+            "flipped_vs_init": stats["flipped_vs_init_count"] / n,
+            "dead_zone": stats["dead_zone_count"] / n}
+
+
+def _default_fresh_init(name: str, like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    out = torch.empty(like.shape)
+    nn.init.kaiming_uniform_(out, a=math.sqrt(5), generator=g)
+    return out

@@ -1,0 +1,122 @@
+"""The LightningModule that wraps every architecture: a fresh optimizer and schedule each fit (round)."""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+class PhiModule(pl.LightningModule):
+    """Accumulates loss and accuracy on the device and logs once per epoch on a step axis continuous
+    across rounds (the global epoch index), so per-step overhead stays negligible."""
+
+    def __init__(self, net: nn.Module, optim: dict, schedule: dict | None = None):
+        super().__init__()
+        self.net = net
+        self.optim_cfg = dict(optim)
+        self.schedule_cfg = dict(schedule or {"name": "none"})
+        self.round = 0
+        self.epoch_offset = 0       # epochs completed in earlier rounds
+        self.train_batches = None   # set by the round loop; epochs re-seed it
+        self.history: list[dict] = []
+        self._sums = {}
+
+    def forward(self, x):
+        return self.net(x)
+
+    def configure_optimizers(self):
+        cfg = dict(self.optim_cfg)
+        name = cfg.pop("name")
+        opt = OPTIMIZERS[name](self.net.parameters(), **cfg)
+        sched = self.schedule_cfg.get("name", "none")
+        epochs = self.trainer.max_epochs
+        if sched == "none":
+            return opt
+        if sched == "multistep":
+            miles = [max(1, int(round(f * epochs))) for f in self.schedule_cfg.get("at", (0.5, 0.75))]
+            s = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=self.schedule_cfg.get("gamma", 0.1))
+        elif sched == "cosine":
+            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        else:
+            raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}
+
+    def _acc(self, stage, logits, y, loss):
+        s = self._sums.setdefault(stage, torch.zeros(3, device=logits.device, dtype=torch.float64))
+        s += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                          torch.tensor(float(len(y)), device=logits.device, dtype=torch.float64)])
+
+    def _take(self, stage) -> tuple[float, float]:
+        s = self._sums.pop(stage, None)
+        if s is None:
+            return math.nan, math.nan
+        loss, correct, n = s.tolist()
+        return loss / max(n, 1), correct / max(n, 1)
+
+    def on_train_epoch_start(self):
+        if self.train_batches is not None:
+            self.train_batches.set_epoch(self.round, self.current_epoch)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self._acc("train", logits, y, loss)
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        self._acc("val", logits, y, F.cross_entropy(logits, y))
+
+    def test_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        self._acc("test", logits, y, F.cross_entropy(logits, y))
+
+    def on_train_epoch_end(self):
+        loss, acc = self._take("train")
+        if not math.isfinite(loss):
+            raise Diverged(f"training loss became {loss} in round {self.round}, epoch {self.current_epoch}")
+        row = {"round": self.round, "epoch": self.current_epoch, "train_loss": loss, "train_acc": acc}
+        val_loss, val_acc = self.__dict__.pop("_last_val", (math.nan, math.nan))
+        if math.isfinite(val_acc):
+            row.update(val_loss=val_loss, val_acc=val_acc)
+        self.history.append(row)
+        if self.logger is not None:
+            self.logger.log_metrics({f"epoch/{k}": v for k, v in row.items()
+                                     if k not in ("round", "epoch")} | {"epoch/round": self.round},
+                                    step=self.epoch_offset + self.current_epoch)
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            self._sums.pop("val", None)
+            return
+        self._last_val = self._take("val")
+
+    def on_test_epoch_end(self):
+        self.last_test = self._take("test")
+
+
+def evaluate(net: nn.Module, batches) -> tuple[float, float]:
+    """Plain-torch loss and accuracy over a Batches iterable (no Lightning), in eval mode."""
+    was = net.training
+    net.eval()
+    loss = correct = n = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+            n += len(y)
+    net.train(was)
+    return loss / max(n, 1), correct / max(n, 1)

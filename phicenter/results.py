@@ -1,0 +1,82 @@
+"""results.json and round checkpoints, always written atomically (temp file + rename)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+RESULTS = "results.json"
+THETA0 = "theta0.pt"
+CKPT_DIR = "checkpoints"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _clean(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(_clean(data), indent=2, allow_nan=False).encode()
+    _atomic(Path(path), lambda f: f.write(text))
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def save_torch(path: Path, obj) -> None:
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def checkpoint_path(run_dir: Path, round_index: int) -> Path:
+    return Path(run_dir) / CKPT_DIR / f"round_{round_index:03d}.pt"
+
+
+def save_round(run_dir: Path, round_index: int, state: dict, keep_all: bool) -> None:
+    """Save this round's checkpoint; keep it and the one before (the fallback), older ones only if keep_all."""
+    save_torch(checkpoint_path(run_dir, round_index), state)
+    if not keep_all:
+        for old in sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"))[:-2]:
+            old.unlink(missing_ok=True)
+
+
+def latest_round(run_dir: Path, log=print) -> dict | None:
+    """The newest checkpoint that loads; a corrupt or truncated one is reported and skipped."""
+    for path in sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"), reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "round" not in state:
+                raise ValueError("not a round checkpoint")
+            return state
+        except Exception as e:
+            log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
+    return None

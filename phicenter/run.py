@@ -1,0 +1,177 @@
+"""The round loop: round 0 trains theta0 dense; rounds 1..N prune, re-sign, reinit and retrain.
+
+Each round is one fresh Lightning fit (fresh optimizer and schedule); PruneReinit does the round boundary.
+Every completed round is checkpointed, so a relaunch in the same folder resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from phicenter import data, models, results, strategies
+from phicenter.callbacks import PruneReinit
+from phicenter.config import validate
+from phicenter.imp import IMP, IMPConfig
+from phicenter.module import PhiModule
+from phicenter.pruning import sparsity
+
+log = logging.getLogger("phicenter")
+
+for _name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
+
+
+def load_data(cfg: DictConfig) -> data.Splits:
+    opts = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "name"}
+    return data.load(cfg.dataset.name, cfg.data_dir, **opts)
+
+
+def build_model(cfg: DictConfig, splits: data.Splits):
+    opts = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "init")}
+    return models.build(cfg.model.name, splits.input_shape, splits.num_classes, init=cfg.model.init,
+                        seed=cfg.seed, **opts)
+
+
+def build_strategy(cfg: DictConfig):
+    opts = {k: v for k, v in OmegaConf.to_container(cfg.strategy, resolve=True).items()
+            if k != "name" and v is not None}
+    return strategies.build(cfg.strategy.name, **opts)
+
+
+def build_imp(cfg: DictConfig, net, v: dict) -> IMP:
+    mag = cfg.reinit.magnitude
+    imp_cfg = IMPConfig(phi=v["phi"], phi_scale=cfg.phi_scale, base=v["base"], output_base=v["output_base"],
+                        scope=cfg.prune.scope, magnitude=mag if isinstance(mag, str) else float(mag), seed=v["seed"])
+
+    def fresh(name, like, g):
+        return models.init_weight_(torch.empty(like.shape), cfg.model.init, g)
+
+    return IMP(net, build_strategy(cfg), imp_cfg, fresh_init=fresh)
+
+
+def _deterministic(cfg) -> bool:
+    d = cfg.trainer.get("deterministic")
+    if d is not None:
+        return bool(d)
+    return not (cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available())
+
+
+def make_trainer(cfg: DictConfig, logger, callbacks, epochs: int) -> pl.Trainer:
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kw["deterministic"] = _deterministic(cfg)
+    kw.setdefault("enable_progress_bar", False)
+    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, enable_checkpointing=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, **kw)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train every round of one configuration into run_dir; returns the results dict (also results.json)."""
+    v = validate(cfg)
+    run_dir = Path(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["phi"] = v["phi"]
+    res_path = run_dir / results.RESULTS
+    previous = results.read_json(res_path)
+    if previous and previous.get("status") == "complete" and cfg.get("resume", True):
+        log.info("run in %s is already complete; nothing to do", run_dir)
+        return previous
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+    splits = load_data(cfg)
+    net = build_model(cfg, splits)
+    imp = build_imp(cfg, net, v)
+    theta0_file = run_dir / results.THETA0
+    rounds: list[dict] = []
+    start = 0
+    ckpt = results.latest_round(run_dir, log=log.warning) if cfg.get("resume", True) else None
+    if ckpt is not None:
+        imp.theta0 = torch.load(theta0_file, map_location="cpu", weights_only=True)
+        net.load_state_dict(ckpt["model"])
+        rounds, start = ckpt["rounds"], ckpt["round"] + 1
+        log.info("resuming %s after round %d", run_dir, ckpt["round"])
+    else:
+        results.save_torch(theta0_file, imp.theta0)
+
+    epochs, n_rounds = v["epochs"], v["iterations"]
+    module = PhiModule(net, OmegaConf.to_container(cfg.optim, resolve=True),
+                       OmegaConf.to_container(cfg.schedule, resolve=True))
+    seed = v["seed"]
+    train_b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, v["batch_size"],
+                           shuffle=True, augment=bool(cfg.dataset.get("augment", False)), seed=seed)
+    eval_bs = max(v["batch_size"], int(cfg.get("eval_batch_size") or 1000))
+    val_b = data.Batches(splits.x_val, splits.y_val, splits.mean, splits.std, eval_bs)
+    test_b = data.Batches(splits.x_test, splits.y_test, splits.mean, splits.std, eval_bs)
+    module.train_batches = train_b
+    logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
+    out = {"config": resolved, "rounds": rounds, "final": rounds[-1] if rounds else None, "status": "running",
+           "device": None, "precision": str(cfg.trainer.get("precision", "32-true")),
+           "init": cfg.model.init, "data": {"train": len(splits.y_train), "val": len(splits.y_val),
+                                             "test": len(splits.y_test), "input_shape": list(splits.input_shape),
+                                             "num_classes": splits.num_classes}}
+
+    for r in range(start, n_rounds + 1):
+        t0 = time.perf_counter()
+        module.round, module.epoch_offset = r, r * epochs
+        module.history = []
+        cb = PruneReinit(imp, r)
+        trainer = make_trainer(cfg, logger, [cb], epochs)
+        device = trainer.strategy.root_device
+        for b in (train_b, val_b, test_b):
+            b.to(device)
+        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b)
+        trainer.test(module, dataloaders=test_b, verbose=False)
+        last = module.history[-1]
+        total_sp, layer_sp = sparsity(imp.layers)
+        diag = cb.diagnostics or {}
+        entry = {
+            "round": r, "sparsity": total_sp, "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+            "val_acc": last.get("val_acc", math.nan), "test_acc": module.last_test[1],
+            "test_loss": module.last_test[0],
+            "flipped_by_phi": diag.get("flipped_by_phi"), "flipped_vs_init": diag.get("flipped_vs_init"),
+            "dead_zone": diag.get("dead_zone"), "dead_zone_count": diag.get("dead_zone_count"),
+            "seconds": time.perf_counter() - t0,
+            "layers": {n: {"sparsity": layer_sp[n], **diag.get("layers", {}).get(n, {})} for n in imp.layers},
+            "epochs": module.history,
+        }
+        rounds.append(entry)
+        step = (r + 1) * epochs - 1
+        logger.log_metrics({f"round/{k}": entry[k] for k in
+                            ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
+                            if entry[k] is not None}, step=step)
+        out.update(rounds=rounds, final=entry, device=str(device))
+        results.save_round(run_dir, r, {"round": r, "model": net.state_dict(), "rounds": rounds},
+                           keep_all=bool(cfg.checkpoint.keep_all))
+        results.write_json(res_path, out)
+        log.info("round %d/%d  sparsity %.3f  val %.4f  test %.4f  (%.1fs)", r, n_rounds, total_sp,
+                 entry["val_acc"], entry["test_acc"], entry["seconds"])
+
+    out["status"] = "complete"
+    results.write_json(res_path, out)
+    logger.log_hyperparams(_flat(resolved), metrics={"final/val_acc": out["final"]["val_acc"],
+                                                     "final/test_acc": out["final"]["test_acc"]})
+    logger.finalize("success")
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, val in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(val, dict):
+            flat.update(_flat(val, key + "."))
+        elif isinstance(val, (int, float, str, bool)) or val is None:
+            flat[key] = "null" if val is None else val
+        else:
+            flat[key] = str(val)
+    return flat

@@ -1,0 +1,132 @@
+"""Re-initialisation strategies: what survivors, pruned weights and non-prunable parameters become.
+
+A strategy is one small class registered by name plus one file in conf/strategy/. Survivors of the
+phi-center strategies become signs(reference, phi) * c; see docs/method.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from phicenter.polarity import signs
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+    return wrap
+
+
+@dataclass
+class LayerView:
+    """What a strategy may look at for one prunable weight tensor."""
+    name: str
+    trained: torch.Tensor          # effective weight at the end of the previous round
+    theta0: torch.Tensor           # the weight at t = 0
+    c: float                       # constant survivor magnitude of this layer
+    phi: float                     # phi in absolute units for this layer
+    generator: torch.Generator     # seeded by (seed, round, layer); CPU
+    fresh_init: Callable[[torch.Generator], torch.Tensor]  # a new draw of the layer's init distribution
+
+
+class Strategy:
+    """Base: the reference is chosen by the subclass; survivors = signs(reference, phi) * c."""
+    name = "?"
+    uses_phi = True
+    pruned_fill = "zero"      # "zero" or "trained" (frozen at the trained value of the round it was pruned)
+    rewind_other = False      # biases and BatchNorm back to theta0 (True) or kept trained (False)
+
+    def __init__(self, pruned_fill: str | None = None, rewind_other: bool | None = None, **options):
+        if pruned_fill is not None:
+            if pruned_fill not in ("zero", "trained"):
+                raise ValueError(f"strategy.pruned_fill must be 'zero' or 'trained', got {pruned_fill!r}")
+            self.pruned_fill = pruned_fill
+        if rewind_other is not None:
+            self.rewind_other = bool(rewind_other)
+        if options:
+            raise ValueError(f"strategy {self.name} has no option(s) {sorted(options)}")
+
+    def reference(self, v: LayerView) -> torch.Tensor:
+        raise NotImplementedError
+
+    def survivors(self, v: LayerView, reference: torch.Tensor) -> torch.Tensor:
+        return signs(reference, v.phi) * v.c
+
+
+@register("mask1")
+class Mask1(Strategy):
+    """Signs from the initial weights (LTH-style polarity rewinding)."""
+    rewind_other = True
+
+    def reference(self, v):
+        return v.theta0
+
+
+@register("mask0")
+class Mask0(Strategy):
+    """Signs from the weights trained in the previous round."""
+
+    def reference(self, v):
+        return v.trained
+
+
+@register("gradual")
+class Gradual(Strategy):
+    """Each weight independently references trained (probability trained_fraction) or theta0."""
+
+    def __init__(self, trained_fraction: float = 0.7, **kw):
+        super().__init__(**kw)
+        p = float(trained_fraction)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"strategy.trained_fraction must be in [0, 1], got {trained_fraction}")
+        self.trained_fraction = p
+
+    def reference(self, v):
+        u = torch.rand(v.trained.shape, generator=v.generator).to(v.trained.device)
+        return torch.where(u < self.trained_fraction, v.trained, v.theta0)
+
+
+@register("standard")
+class Standard(Strategy):
+    """Signs from trained weights; pruned weights stay frozen at their trained values ("Standard (Full)")."""
+    pruned_fill = "trained"
+
+    def reference(self, v):
+        return v.trained
+
+
+@register("lth")
+class LotteryTicket(Strategy):
+    """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin)."""
+    uses_phi = False
+    rewind_other = True
+
+    def reference(self, v):
+        return v.theta0
+
+    def survivors(self, v, reference):
+        return v.theta0.clone()
+
+
+@register("random")
+class RandomReinit(Strategy):
+    """Baseline: survivors get a fresh draw of the layer's init distribution."""
+    uses_phi = False
+
+    def reference(self, v):
+        return v.fresh_init(v.generator).to(v.trained.device, v.trained.dtype)
+
+    def survivors(self, v, reference):
+        return reference.clone()
+
+
+def build(name: str, **options) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choices: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name](**options)

@@ -1,0 +1,44 @@
+"""Entry point: `python -m phicenter.train [overrides]`, or `-m` for a multirun grid."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from phicenter import results
+from phicenter.config import ConfigError
+from phicenter.data import DataError
+
+log = logging.getLogger("phicenter")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from phicenter.module import Diverged
+    from phicenter.run import run
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        out = run(cfg, run_dir)
+    except (ConfigError, DataError) as e:
+        print(f"phicenter: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # record the failure beside the run; a multirun goes on with the next job
+        status = "diverged" if isinstance(e, Diverged) else "failed"
+        path = f"{run_dir}/{results.RESULTS}"
+        prev = results.read_json(path) or {}
+        prev.update(status=status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        results.write_json(path, prev)
+        log.error("run %s: %s (%s)", status, e, path)
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            sys.exit(1)
+        return float("nan")
+    return float(out["final"]["val_acc"])
+
+
+if __name__ == "__main__":
+    main()
