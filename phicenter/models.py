@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -21,29 +22,29 @@ def register_model(fn):
 def fc_lot(input_shape, num_classes, hidden=(300, 100)):
     """LeNet-300-100 of the lottery-ticket papers; input size taken from the dataset."""
     sizes = [math.prod(input_shape), *hidden]
-    layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-1], num_classes))
-    return nn.Sequential(*layers)
+    layers = [("flatten", nn.Flatten())]
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:]), 1):
+        layers += [(f"fc{i}", nn.Linear(a, b)), (f"relu{i}", nn.ReLU())]
+    layers.append(("out", nn.Linear(sizes[-1], num_classes)))
+    return nn.Sequential(OrderedDict(layers))
 
 
 def _conv_net(input_shape, num_classes, widths, fc=(256, 256)):
     """Frankle & Carbin's Conv-2/4/6: pairs of 3x3 'same' convs, 2x2 max-pool after each pair."""
     c, h, w = input_shape
-    layers: list[nn.Module] = []
-    for i, width in enumerate(widths):
-        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU()]
+    layers = []
+    for i, width in enumerate(widths, 1):
+        layers += [(f"conv{i}", nn.Conv2d(c, width, 3, padding=1)), (f"relu_c{i}", nn.ReLU())]
         c = width
-        if i % 2 == 1:
-            layers.append(nn.MaxPool2d(2))
+        if i % 2 == 0:
+            layers.append((f"pool{i // 2}", nn.MaxPool2d(2)))
             h, w = h // 2, w // 2
-    layers.append(nn.Flatten())
+    layers.append(("flatten", nn.Flatten()))
     sizes = [c * h * w, *fc]
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-1], num_classes))
-    return nn.Sequential(*layers)
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:]), 1):
+        layers += [(f"fc{i}", nn.Linear(a, b)), (f"relu_f{i}", nn.ReLU())]
+    layers.append(("out", nn.Linear(sizes[-1], num_classes)))
+    return nn.Sequential(OrderedDict(layers))
 
 
 @register_model
@@ -68,15 +69,18 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 def vgg16(input_shape, num_classes):
     """CIFAR VGG-16 with BatchNorm; global average pooling and one linear head."""
     c = input_shape[0]
-    layers: list[nn.Module] = []
+    layers, i, p = [], 0, 0
     for v in VGG16:
         if v == "M":
-            layers.append(nn.MaxPool2d(2))
+            p += 1
+            layers.append((f"pool{p}", nn.MaxPool2d(2)))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+            i += 1
+            layers += [(f"conv{i}", nn.Conv2d(c, v, 3, padding=1)), (f"bn{i}", nn.BatchNorm2d(v)),
+                       (f"relu{i}", nn.ReLU())]
             c = v
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
-    return nn.Sequential(*layers)
+    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("out", nn.Linear(c, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
 
 
 @register_model
