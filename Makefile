@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) -m phicenter.train $(ARGS)
 
+.PHONY: report
+report: setup  # make report DIR=outputs/multirun/... [ARGS='--select test --out OUT']
+	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun folder> [ARGS=...]"; exit 2; }
+	$(PY) -m phicenter.report $(DIR) $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 

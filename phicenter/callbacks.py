@@ -1,14 +1,22 @@
-"""Lightning callbacks: the IMP round boundary happens here, between fits, never inside the loop."""
+"""Lightning callbacks: the IMP round boundary, and epoch checkpoints that make a kill cost one epoch at most."""
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytorch_lightning as pl
+import torch
 
 from phicenter.imp import IMP
 
 
 class PruneReinit(pl.Callback):
     """At the start of round k >= 1: prune the trained weights, re-sign survivors relative to phi,
-    reinitialise them at the constant magnitude. The optimizer is created fresh by the new fit."""
+    reinitialise them at the constant magnitude. The optimizer is created fresh by the new fit.
+
+    Its state (the round's diagnostics) is saved in epoch checkpoints, so a fit resumed mid-round
+    does not prune twice."""
 
     def __init__(self, imp: IMP, round_index: int):
         self.imp, self.round_index = imp, round_index
@@ -17,3 +25,52 @@ class PruneReinit(pl.Callback):
     def on_fit_start(self, trainer, pl_module):
         if self.round_index > 0 and self.diagnostics is None:
             self.diagnostics = self.imp.advance(self.round_index)
+
+    def state_dict(self):
+        return {"round": self.round_index, "diagnostics": self.diagnostics}
+
+    def load_state_dict(self, state):
+        if state.get("round") == self.round_index:
+            self.diagnostics = state.get("diagnostics")
+
+
+class EpochCheckpoint(pl.callbacks.Checkpoint):
+    """Saves the whole fit state (weights, masks, optimizer, schedule, loop progress) after every epoch,
+    atomically, keeping the previous one as a fallback. Runs after the module's own epoch-end hook."""
+
+    def __init__(self, folder: Path, every_n_epochs: int = 1):
+        self.folder = Path(folder)
+        self.every = max(1, int(every_n_epochs))
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.ckpt"
+
+    @property
+    def prev(self) -> Path:
+        return self.folder / "prev.ckpt"
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if (trainer.current_epoch + 1) % self.every:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / ".last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        if self.last.exists():
+            os.replace(self.last, self.prev)
+        os.replace(tmp, self.last)
+
+    def resumable(self, log) -> str | None:
+        """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped."""
+        for path in (self.last, self.prev):
+            if not path.exists():
+                continue
+            try:
+                torch.load(path, map_location="cpu", weights_only=False)
+                return str(path)
+            except Exception as e:
+                log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
+        return None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

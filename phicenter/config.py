@@ -60,6 +60,8 @@ def validate(cfg) -> dict:
     tf = cfg.strategy.get("trained_fraction")
     if tf is not None:
         _fraction(tf, "strategy.trained_fraction", False)
+    if cfg.get("dry_run") not in (None, False, "phi"):
+        raise ConfigError(f"dry_run must be phi (or null), got {cfg.dry_run!r}")
     fill = cfg.strategy.get("pruned_fill")
     if fill is not None and fill not in ("zero", "trained"):
         raise ConfigError(f"strategy.pruned_fill must be zero or trained, got {fill!r}")

@@ -1,11 +1,23 @@
 """Datasets as uint8 tensors resident on the training device, batched by index with seeded permutations.
 
 Every dataset loader returns raw uint8 images (N, C, H, W) and int64 labels; one registry maps names to
-loaders. Splits, normalisation and augmentation are shared by all of them.
+loaders. Splits, normalisation and augmentation are shared by all of them. Datasets that take real decoding
+(MNIST, CIFAR) are decoded once and cached as uint8 tensors in `<data_dir>/phicenter-cache/`.
+
+Two pipelines serve batches (`dataset.pipeline`): `fast` (Batches: resident tensors, batched augmentation and
+normalisation on the device, no workers) and `torchvision` (a standard DataLoader over a Dataset with
+per-sample PIL transforms, for comparison). Both draw the same seeded permutation, so with augmentation off
+they give the same batches.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import pickle
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from phicenter import seeding
+
+log = logging.getLogger("phicenter")
 
 DATASETS: dict[str, Callable[..., dict]] = {}
 
@@ -45,34 +59,180 @@ def _labels(y) -> torch.Tensor:
     return torch.as_tensor(np.asarray(y)).long().flatten()
 
 
-def _torchvision(cls_name: str, root: Path, download: bool, expected: str) -> dict:
+# ---------------------------------------------------------------------------------------------------------
+# Decode cache: <data_dir>/phicenter-cache/<name>.pt holds the decoded uint8 tensors, the fingerprint of the
+# source files it was built from (path, size, mtime) and a CRC of the tensors. A stale fingerprint, a wrong
+# version or a bad CRC (truncated or corrupt file) means: decode again and replace it. Written to a temporary
+# file and renamed, so a reader never sees half a file; a read-only data_dir just goes without a cache.
+
+CACHE_DIR = "phicenter-cache"
+CACHE_VERSION = 1
+
+
+def cache_path(root: Path, name: str) -> Path:
+    return Path(root) / CACHE_DIR / f"{name}.pt"
+
+
+def _source_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pat in patterns for p in Path(root).glob(pat) if p.is_file()})
+
+
+def _fingerprint(root: Path, name: str, patterns: tuple[str, ...]) -> str | None:
+    """What the cache was built from; None when the source files are not all there."""
+    files = _source_files(root, patterns)
+    if len(files) < len(patterns):
+        return None
+    stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return json.dumps({"version": CACHE_VERSION, "name": name, "files": stats}, sort_keys=True)
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> int:
+    crc = 0
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        crc = zlib.crc32(f"{k}:{t.dtype}:{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(t.numpy().reshape(-1).view(np.uint8).data, crc)
+    return crc
+
+
+def _read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("version") != CACHE_VERSION or blob.get("key") != key:
+            log.info("data cache %s is stale; decoding again", path)
+            return None
+        tensors = blob["tensors"]
+        if _checksum(tensors) != blob["checksum"]:
+            raise ValueError("checksum mismatch")
+        return tensors
+    except Exception as e:  # truncated, corrupt or foreign file: rebuild it
+        log.warning("data cache %s is unreadable (%s: %s); decoding again", path, type(e).__name__, e)
+        return None
+
+
+def _write_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> bool:
+    """Atomically (temp file + rename); False, silently, where data_dir is not writable."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"version": CACHE_VERSION, "key": key, "checksum": _checksum(tensors),
+                        "tensors": tensors}, f)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:  # read-only or full: the cache is an optimisation, never an error
+        log.debug("not writing data cache %s (%s)", path, e)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return False
+
+
+def cached(root: Path, name: str, patterns: tuple[str, ...], decode: Callable[[], dict]) -> dict:
+    """The decoded tensors from the cache when it matches the source files, else decode() (and cache it)."""
+    key = _fingerprint(root, name, patterns)
+    path = cache_path(root, name)
+    if key is not None:
+        hit = _read_cache(path, key)
+        if hit is not None:
+            return hit
+    raw = {k: v.contiguous() for k, v in decode().items()}
+    key = _fingerprint(root, name, patterns)  # the files may have just been downloaded
+    if key is not None:
+        _write_cache(path, key, raw)
+    return raw
+
+
+def _missing(what: str, root: Path, download: bool, expected: str, err: Exception | None = None) -> DataError:
+    how = "download failed (no network?)" if download else "not found and dataset.download=false"
+    tail = f" [{type(err).__name__}]" if err is not None else ""
+    return DataError(f"{what}: {how} in {root} (expected {expected}); put the files there, "
+                     f"or set data_dir=... / PHICENTER_DATA_DIR{tail}")
+
+
+MNIST_FILES = ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
+               "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte")
+
+
+def _decode_mnist(root: Path, download: bool) -> dict:
+    """Through torchvision's own MNIST reader (which also downloads)."""
     import torchvision
 
-    cls = getattr(torchvision.datasets, cls_name)
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+        train = torchvision.datasets.MNIST(str(root), train=True, download=download)
+        test = torchvision.datasets.MNIST(str(root), train=False, download=download)
     except Exception as e:  # missing files or no network: one clear line, no urllib traceback
-        how = "download failed (no network?)" if download else "not found and dataset.download=false"
-        raise DataError(f"{cls_name}: {how} in {root} (expected {expected}); put the files there, "
-                        f"or set data_dir=... / PHICENTER_DATA_DIR [{type(e).__name__}]") from None
+        raise _missing("MNIST", root, download, "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte", e) from None
     return {"x_train": _nchw(train.data), "y_train": _labels(train.targets),
             "x_test": _nchw(test.data), "y_test": _labels(test.targets)}
 
 
+CIFAR = {  # name: (torchvision class, folder, train files, test files, meta file, label key)
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                "batches.meta", "labels"),
+    "cifar100": ("CIFAR100", "cifar-100-python", ("train",), ("test",), "meta", "fine_labels"),
+}
+
+
+def _cifar_files(name: str) -> tuple[str, ...]:
+    _, folder, train, test, meta, _ = CIFAR[name]
+    return tuple(f"{folder}/{f}" for f in (*train, *test, meta))
+
+
+def _read_cifar_batch(file: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch as torchvision reads it: 'data' N×3072 uint8 (CHW order), labels a list."""
+    try:
+        with open(file, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(entry[label_key], dtype=np.int64)
+    except Exception as e:
+        raise DataError(f"{file}: not a readable CIFAR batch ({type(e).__name__}: {e}); "
+                        "delete it and download again") from None
+    if len(x) != len(y):
+        raise DataError(f"{file}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _decode_cifar(name: str, root: Path, download: bool) -> dict:
+    cls_name, folder, train, test, meta, label_key = CIFAR[name]
+    expected = f"{folder}/{{{','.join((*train, *test, meta))}}}"
+    if not all((root / f).is_file() for f in _cifar_files(name)):
+        if not download:
+            raise _missing(cls_name, root, download, expected)
+        import torchvision
+
+        try:  # torchvision downloads and checks the archive's MD5
+            getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
+        except Exception as e:
+            raise _missing(cls_name, root, download, expected, e) from None
+    out = {}
+    for split, files in (("train", train), ("test", test)):
+        parts = [_read_cifar_batch(root / folder / f, label_key) for f in files]
+        out[f"x_{split}"] = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        out[f"y_{split}"] = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    return out
+
+
 @register_dataset
 def mnist(root: Path, download: bool = True, **_):
-    return _torchvision("MNIST", root, download, "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte")
+    return cached(root, "mnist", MNIST_FILES, lambda: _decode_mnist(root, download))
 
 
 @register_dataset
 def cifar10(root: Path, download: bool = True, **_):
-    return _torchvision("CIFAR10", root, download, "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}")
+    return cached(root, "cifar10", _cifar_files("cifar10"), lambda: _decode_cifar("cifar10", root, download))
 
 
 @register_dataset
 def cifar100(root: Path, download: bool = True, **_):
-    return _torchvision("CIFAR100", root, download, "cifar-100-python/{train,test,meta}")
+    return cached(root, "cifar100", _cifar_files("cifar100"), lambda: _decode_cifar("cifar100", root, download))
 
 
 @register_dataset
@@ -155,10 +315,23 @@ def load(name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0,
         xv, yv = x[perm[:val_size]], y[perm[:val_size]]
         x, y = x[perm[val_size:]], y[perm[val_size:]]
     classes = int(max(y.max(), raw["y_test"].max(), yv.max() if len(yv) else 0)) + 1
-    xf = x.double() / 255.0
-    mean = xf.mean(dim=(0, 2, 3)).float()
-    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+    mean, std = channel_stats(x)
     return Splits(x, y, xv, yv, raw["x_test"], raw["y_test"], classes, mean, std)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of uint8 images on the 0..1 scale, exactly, from a 256-bin
+    histogram per channel: no float copy of the whole dataset."""
+    v = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        h = torch.bincount(x[:, c].reshape(-1).cpu(), minlength=256).double()
+        n = h.sum()
+        m = (h * v).sum() / n
+        var = (h * (v - m) ** 2).sum() / max(float(n) - 1.0, 1.0)
+        means.append(m)
+        stds.append(var.sqrt())
+    return torch.stack(means).float(), torch.stack(stds).clamp_min(1e-6).float()
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -218,3 +391,126 @@ class Batches:
             if self.augment:
                 xb = augment(xb, g)
             yield self.normalize(xb), yb
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The torchvision pipeline: a standard DataLoader over a Dataset with per-sample PIL transforms. For comparison
+# (phicenter.bench) and as the shape a streaming dataset would take. The sample order comes from the same
+# seeded permutation as Batches, so with augmentation off both pipelines give the same batches.
+
+class SeededOrder(torch.utils.data.Sampler):
+    """Indices in the order Batches uses: randperm seeded by (seed, round, epoch), or 0..n-1."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = False):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.round = self.epoch = 0
+
+    def set_epoch(self, round_index: int, epoch: int) -> None:
+        self.round, self.epoch = round_index, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = seeding.generator(self.seed, "batches", self.round, self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """torchvision-style: each item is one PIL image through per-sample transforms (RandomCrop with 4-pixel
+    padding and RandomHorizontalFlip when augmenting, then ToTensor and Normalize).
+
+    With `seeded` (the default), each sample's augmentation draws from the torch RNG seeded by
+    (seed, round, epoch, index), so runs are repeatable with any number of workers; seeded=False is the
+    plain unseeded pipeline most code uses (the bench's baseline)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 augment: bool = False, seed: int = 0, seeded: bool = True, pad: int = 4):
+        from torchvision import transforms as T
+
+        self.images = x.permute(0, 2, 3, 1).contiguous().numpy()  # N×H×W×C, as PIL wants
+        if self.images.shape[-1] == 1:
+            self.images = self.images[..., 0]
+        self.targets = y.tolist()
+        self.augment, self.seed, self.seeded = augment, seed, seeded
+        self.round = self.epoch = 0
+        steps = [T.RandomCrop(tuple(x.shape[2:]), padding=pad), T.RandomHorizontalFlip()] if augment else []
+        steps += [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())]
+        self.transform = T.Compose(steps)
+
+    def set_epoch(self, round_index: int, epoch: int) -> None:
+        self.round, self.epoch = round_index, epoch
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i])
+        if self.augment and self.seeded:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seeding.derive(self.seed, "augment", self.round, self.epoch, i))
+                return self.transform(img), self.targets[i]
+        return self.transform(img), self.targets[i]
+
+
+class LoaderBatches:
+    """A DataLoader behind the interface the round loop uses (set_epoch(round, epoch), to(device), len)."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.dataset = dataset
+        self.order = SeededOrder(len(dataset), seed, shuffle)
+        self._kw = dict(batch_size=batch_size, sampler=self.order, num_workers=num_workers)
+        self.loader = torch.utils.data.DataLoader(dataset, pin_memory=pin_memory, **self._kw)
+
+    def to(self, device) -> "LoaderBatches":
+        """Batches are made on the CPU and moved per step by Lightning; for CUDA, in pinned memory."""
+        pin = torch.device(device).type == "cuda"
+        if pin != self.loader.pin_memory:
+            self.loader = torch.utils.data.DataLoader(self.dataset, pin_memory=pin, **self._kw)
+        return self
+
+    def set_epoch(self, round_index: int, epoch: int) -> None:
+        self.order.set_epoch(round_index, epoch)
+        self.dataset.set_epoch(round_index, epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from self.loader  # a generator: the epoch is read at the first batch, after set_epoch
+
+
+PIPELINES = ("fast", "torchvision")
+
+
+def make_loaders(splits: Splits, batch_size: int, *, seed: int = 0, augment: bool = False,
+                 eval_batch_size: int | None = None, pipeline: str = "fast", num_workers: int = 0):
+    """(train, val, test) iterables of normalised float batches; only train is shuffled and augmented."""
+    eval_bs = eval_batch_size or batch_size
+    s = splits
+    if pipeline == "fast":
+        return (Batches(s.x_train, s.y_train, s.mean, s.std, batch_size, shuffle=True, augment=augment, seed=seed),
+                Batches(s.x_val, s.y_val, s.mean, s.std, eval_bs),
+                Batches(s.x_test, s.y_test, s.mean, s.std, eval_bs))
+    if pipeline == "torchvision":
+        def dl(x, y, bs, train):
+            ds = ImageDataset(x, y, s.mean, s.std, augment=augment and train, seed=seed)
+            return LoaderBatches(ds, bs, shuffle=train, seed=seed, num_workers=num_workers)
+        return (dl(s.x_train, s.y_train, batch_size, True), dl(s.x_val, s.y_val, eval_bs, False),
+                dl(s.x_test, s.y_test, eval_bs, False))
+    raise DataError(f"dataset.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+
+
+def loaders(cfg, splits: Splits, batch_size: int, seed: int):
+    """make_loaders for a run's config: dataset.pipeline (fast|torchvision), dataset.augment,
+    dataset.num_workers (torchvision only), eval_batch_size."""
+    ds = cfg.dataset
+    eval_bs = max(batch_size, int(cfg.get("eval_batch_size") or 1000))
+    return make_loaders(splits, batch_size, seed=seed, augment=bool(ds.get("augment", False)),
+                        eval_batch_size=eval_bs, pipeline=str(ds.get("pipeline", "fast")),
+                        num_workers=int(ds.get("num_workers") or 0))

@@ -28,11 +28,17 @@ class IMPConfig:
 
 def layer_constant(theta0: torch.Tensor, magnitude) -> float:
     """The survivors' magnitude c for one layer."""
-    if magnitude == "init_std":
-        return float(theta0.float().std(correction=0))
-    if magnitude == "init_abs_mean":
-        return float(theta0.float().abs().mean())
-    value = float(magnitude)
+    if magnitude in ("init_std", "init_abs_mean"):
+        t = theta0.float()
+        c = float(t.std(correction=0) if magnitude == "init_std" else t.abs().mean())
+        if not c > 0:
+            raise ValueError(f"reinit.magnitude={magnitude} gives c = {c} for a layer whose theta0 is constant; "
+                             "set reinit.magnitude to a positive number")
+        return c
+    try:
+        value = float(magnitude)
+    except (TypeError, ValueError):
+        value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"reinit.magnitude must be init_std, init_abs_mean or a positive number, got {magnitude!r}")
     return value

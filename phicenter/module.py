@@ -62,6 +62,23 @@ class PhiModule(pl.LightningModule):
         loss, correct, n = s.tolist()
         return loss / max(n, 1), correct / max(n, 1)
 
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["phicenter"] = {"round": self.round, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("phicenter", {})
+        if state.get("round") == self.round:
+            self.history = list(state.get("history", []))
+
+    def prepare(self, device, compile: bool = False) -> None:
+        """Speed options, idempotent, called before each fit: conv nets in channels_last on CUDA; with
+        `compile`, torch.compile the net once, in place (state_dict keys unchanged). Masks are buffers
+        updated in place between rounds, so re-masking reuses the compiled graphs."""
+        if torch.device(device).type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.net.modules()):
+            self.net.to(memory_format=torch.channels_last)
+        if compile and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile()
+
     def on_train_epoch_start(self):
         if self.train_batches is not None:
             self.train_batches.set_epoch(self.round, self.current_epoch)

@@ -4,23 +4,42 @@ from __future__ import annotations
 import torch
 
 
+def _below(reference: torch.Tensor, phi: float) -> torch.Tensor:
+    """reference < phi, exactly. `tensor < python_float` rounds phi to the tensor's dtype first, so a
+    float32 weight equal to float32(phi) < phi would count as a tie; compare against the rounded value
+    with <= when rounding went down. Exact for every float dtype, on every device (no float64 needed)."""
+    if not reference.is_floating_point():
+        reference = reference.float()
+    p = float(torch.tensor(float(phi), dtype=reference.dtype))
+    return reference <= p if p < phi else reference < p
+
+
+def _above(reference: torch.Tensor, phi: float) -> torch.Tensor:
+    """reference > phi, exactly (see _below; negation is exact)."""
+    if not reference.is_floating_point():
+        reference = reference.float()
+    return _below(-reference, -float(phi))
+
+
 def signs(reference: torch.Tensor, phi: float) -> torch.Tensor:
     """+1 where reference > phi, -1 where reference < phi, +1 on a tie (reference == phi).
 
-    Float +-1 of the reference's shape and dtype (float32 for integer input).
+    Float +-1 of the reference's shape and dtype (float32 for integer input). phi is compared exactly,
+    not after rounding it to the reference's dtype.
     """
     dtype = reference.dtype if reference.is_floating_point() else torch.float32
     one = torch.ones((), dtype=dtype, device=reference.device)
-    return torch.where(reference < phi, -one, one).expand(reference.shape).clone()
+    return torch.where(_below(reference, phi), -one, one).expand(reference.shape).clone()
 
 
 def dead_zone(reference: torch.Tensor, phi: float) -> torch.Tensor:
     """Bool mask of entries strictly between 0 and phi: exactly those whose sign phi can change.
 
-    (A reference exactly at 0 with phi > 0 also flips, by the tie rule; `flipped_by_phi` counts it.)
+    (By the tie rule one boundary value flips as well: a reference exactly at 0 when phi > 0, or exactly
+    at phi when phi < 0. `flipped_by_phi` counts it; the dead zone does not.)
     """
-    lo, hi = (0.0, phi) if phi >= 0 else (phi, 0.0)
-    return (reference > lo) & (reference < hi)
+    lo, hi = (0.0, float(phi)) if phi >= 0 else (float(phi), 0.0)
+    return _above(reference, lo) & _below(reference, hi)
 
 
 def critical_phi(reference: torch.Tensor) -> tuple[float | None, float | None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -9,8 +10,10 @@ from torch.nn.utils import parametrize
 
 
 def n_to_prune(n_alive: int, base: float) -> int:
-    """round((1 - base) * n_alive), halves rounded up, so the count never depends on float ties."""
-    return int(math.floor((1.0 - base) * n_alive + 0.5))
+    """round((1 - base) * n_alive), halves rounded up, computed exactly from base's decimal form: in floats
+    (1 - 0.9) * 5 = 0.4999999999999999 would round down, while (1 - 0.75) * 2 = 0.5 rounds up."""
+    exact = (1 - Fraction(repr(float(base)))) * int(n_alive)
+    return int(math.floor(exact + Fraction(1, 2)))
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -17,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from phicenter import data, models, results, strategies
-from phicenter.callbacks import PruneReinit
-from phicenter.config import validate
+from phicenter.callbacks import EpochCheckpoint, PruneReinit
+from phicenter.config import ConfigError, validate
 from phicenter.imp import IMP, IMPConfig
 from phicenter.module import PhiModule
 from phicenter.pruning import sparsity
@@ -70,7 +72,11 @@ def make_trainer(cfg: DictConfig, logger, callbacks, epochs: int) -> pl.Trainer:
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     kw["deterministic"] = _deterministic(cfg)
     kw.setdefault("enable_progress_bar", False)
-    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, enable_checkpointing=False,
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "plugins" not in kw:
+        # submitit requeues preempted/timed-out jobs; Lightning must not requeue them a second time
+        from pytorch_lightning.plugins.environments import SLURMEnvironment
+        kw["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, enable_checkpointing=True,
                       enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, **kw)
 
 
@@ -90,7 +96,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     splits = load_data(cfg)
     net = build_model(cfg, splits)
-    imp = build_imp(cfg, net, v)
+    try:
+        imp = build_imp(cfg, net, v)
+    except ValueError as e:  # e.g. a constant that comes out as 0 for this init
+        raise ConfigError(str(e)) from None
     theta0_file = run_dir / results.THETA0
     rounds: list[dict] = []
     start = 0
@@ -102,16 +111,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.info("resuming %s after round %d", run_dir, ckpt["round"])
     else:
         results.save_torch(theta0_file, imp.theta0)
+    for stale in sorted((run_dir / results.CKPT_DIR).glob("round_*_epochs")):
+        if int(stale.name.split("_")[1]) < start:
+            shutil.rmtree(stale, ignore_errors=True)
 
     epochs, n_rounds = v["epochs"], v["iterations"]
+    dry = cfg.get("dry_run")
+    if dry:
+        n_rounds = 0
     module = PhiModule(net, OmegaConf.to_container(cfg.optim, resolve=True),
                        OmegaConf.to_container(cfg.schedule, resolve=True))
     seed = v["seed"]
-    train_b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, v["batch_size"],
-                           shuffle=True, augment=bool(cfg.dataset.get("augment", False)), seed=seed)
-    eval_bs = max(v["batch_size"], int(cfg.get("eval_batch_size") or 1000))
-    val_b = data.Batches(splits.x_val, splits.y_val, splits.mean, splits.std, eval_bs)
-    test_b = data.Batches(splits.x_test, splits.y_test, splits.mean, splits.std, eval_bs)
+    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], seed)
     module.train_batches = train_b
     logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
     out = {"config": resolved, "rounds": rounds, "final": rounds[-1] if rounds else None, "status": "running",
@@ -120,16 +131,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
                                              "test": len(splits.y_test), "input_shape": list(splits.input_shape),
                                              "num_classes": splits.num_classes}}
 
+    ckpt_root = run_dir / results.CKPT_DIR
     for r in range(start, n_rounds + 1):
         t0 = time.perf_counter()
         module.round, module.epoch_offset = r, r * epochs
         module.history = []
         cb = PruneReinit(imp, r)
-        trainer = make_trainer(cfg, logger, [cb], epochs)
+        saver = EpochCheckpoint(ckpt_root / f"round_{r:03d}_epochs", cfg.checkpoint.get("every_n_epochs", 1))
+        resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+        if resume_from:
+            log.info("resuming round %d from %s", r, resume_from)
+        trainer = make_trainer(cfg, logger, [cb, saver], epochs)
         device = trainer.strategy.root_device
         for b in (train_b, val_b, test_b):
             b.to(device)
-        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b)
+        module.prepare(device, compile=bool(cfg.get("compile", False)))
+        _fault_point(cfg, r)
+        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
         trainer.test(module, dataloaders=test_b, verbose=False)
         last = module.history[-1]
         total_sp, layer_sp = sparsity(imp.layers)
@@ -153,15 +171,39 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         results.save_round(run_dir, r, {"round": r, "model": net.state_dict(), "rounds": rounds},
                            keep_all=bool(cfg.checkpoint.keep_all))
         results.write_json(res_path, out)
+        saver.clear()
         log.info("round %d/%d  sparsity %.3f  val %.4f  test %.4f  (%.1fs)", r, n_rounds, total_sp,
                  entry["val_acc"], entry["test_acc"], entry["seconds"])
 
+    if dry:
+        return _dry_run_phi(cfg, imp, out, run_dir)
     out["status"] = "complete"
     results.write_json(res_path, out)
     logger.log_hyperparams(_flat(resolved), metrics={"final/val_acc": out["final"]["val_acc"],
                                                      "final/test_acc": out["final"]["test_acc"]})
     logger.finalize("success")
     return out
+
+
+def _dry_run_phi(cfg, imp: IMP, out: dict, run_dir: Path) -> dict:
+    """Round 0 is trained; count, for each (strategy, phi), the survivors phi would re-sign at round 1."""
+    from phicenter import dryrun
+
+    d = cfg.get("dry_run_grid") or {}
+    rows = dryrun.phi_table(imp, phis=d.get("phis") or dryrun.PAPER_PHIS,
+                            strategy_names=d.get("strategies") or dryrun.PAPER_STRATEGIES)
+    print(dryrun.format_table(rows), flush=True)
+    out.update(status="dry_run", dry_run={"round": 1, "rows": rows})
+    results.write_json(run_dir / "dry_run.json", out)
+    results.write_json(run_dir / results.RESULTS, out)
+    return out
+
+
+def _fault_point(cfg, round_index: int) -> None:
+    """Test-only fault injection (`fault.fail_round=K`): raise at the start of round K."""
+    fault = cfg.get("fault") or {}
+    if fault.get("fail_round") is not None and int(fault["fail_round"]) == round_index:
+        raise RuntimeError(f"injected fault at round {round_index} (fault.fail_round)")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from phicenter import results
 from phicenter.config import ConfigError
@@ -16,28 +18,36 @@ from phicenter.data import DataError
 log = logging.getLogger("phicenter")
 
 
+def _discard_if_new(run_dir: Path) -> None:
+    """Bad input leaves nothing behind: drop a folder that holds only what Hydra wrote for this launch."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from phicenter.module import Diverged
     from phicenter.run import run
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         out = run(cfg, run_dir)
     except (ConfigError, DataError) as e:
         print(f"phicenter: error: {e}", file=sys.stderr)
+        logging.shutdown()
+        _discard_if_new(run_dir)
         sys.exit(2)
     except Exception as e:  # record the failure beside the run; a multirun goes on with the next job
         status = "diverged" if isinstance(e, Diverged) else "failed"
-        path = f"{run_dir}/{results.RESULTS}"
-        prev = results.read_json(path) or {}
+        path = run_dir / results.RESULTS
+        prev = results.read_json(path) or {"config": OmegaConf.to_container(cfg, resolve=False), "rounds": []}
         prev.update(status=status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         results.write_json(path, prev)
         log.error("run %s: %s (%s)", status, e, path)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
         return float("nan")
-    return float(out["final"]["val_acc"])
+    return float(out["final"]["val_acc"]) if out.get("final") else float("nan")
 
 
 if __name__ == "__main__":

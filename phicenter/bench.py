@@ -1,0 +1,477 @@
+"""`python -m phicenter.bench [--quick] [--out FILE]`: phicenter's training path against plain PyTorch.
+
+Everything runs in one process, on the same model objects and the same resident data, interleaved (the order
+alternates every repeat) and repeated; each number is the median of the repeats.
+
+  (a) loop overhead: one training epoch through the real path (the experiment's composed config, the round
+      loop's Trainer settings and callbacks, PhiModule, data.loaders) ÷ the same epoch in a minimal hand-written
+      loop (same masked net, optimizer, batch size and device; pre-normalised float data indexed by a
+      permutation). fc_lot on MNIST-shaped data, conv4 on CIFAR-shaped data, augmentation off in both.
+  (b) data path: phicenter's Batches (crop + flip + normalise, batched on the device) ÷ a torchvision
+      DataLoader over per-sample PIL transforms (num_workers 0 and 2, unseeded: the usual way), CIFAR-shaped.
+  (c) prune + re-sign + reinit (IMP.advance) as a share of a round of the paper's length, each strategy.
+  (d) throughput: images/s and model FLOPs per image (counted by torch.utils.flop_counter on one real
+      step), and on a GPU the model FLOPs utilisation and an estimate of the whole paper grid in GPU-hours.
+
+Real MNIST/CIFAR-10 are used when --data-dir holds them; otherwise seeded synthetic data of the same shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TRAIN_SIZE = {"mnist": 55000, "cifar10": 45000, "cifar100": 45000}   # real train split (after 5000 val)
+EVAL_SIZE = {"mnist": (5000, 10000), "cifar10": (5000, 10000), "cifar100": (5000, 10000)}  # val, test
+SHAPE = {"mnist": [1, 28, 28], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
+CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+# Dense peak TFLOP/s by precision, for MFU; --peak-tflops overrides. First matching name wins.
+PEAKS = [("H100 PCIe", {"bf16": 756.0, "16": 756.0, "32": 51.2}),
+         ("H100", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
+         ("H200", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
+         ("A100", {"bf16": 312.0, "16": 312.0, "32": 19.5}),
+         ("L40S", {"bf16": 362.0, "16": 362.0, "32": 91.6}),
+         ("L4", {"bf16": 121.0, "16": 121.0, "32": 30.3})]
+
+SIZES = {  # default / --quick: training images per epoch for (a), images for (b), repeats
+    False: {"fc_lot": 55000, "conv4": 240, "data": 4000, "repeats": 5, "gpu_images": 20000},
+    True: {"fc_lot": 3000, "conv4": 120, "data": 600, "repeats": 3, "gpu_images": 4000},
+}
+
+
+def _quiet():
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|validation_step|val_dataloader|"
+                                              "log_every_n_steps|LeafSpec|GPU available|TPU available).*")
+    import logging
+
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def _real_available(name: str, data_dir: str | None) -> bool:
+    from phicenter import data
+
+    if not data_dir:
+        return False
+    files = data.MNIST_FILES if name == "mnist" else data._cifar_files(name)
+    return all((Path(data_dir) / f).is_file() for f in files)
+
+
+def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None):
+    """The experiment's own config (model, optimizer, batch size, epochs), on real data when it is in
+    data_dir, else on synthetic data of the real shape; augmentation off, n_train training images."""
+    base = compose([f"experiment={experiment}"])
+    name = base.dataset.name
+    over = [f"experiment={experiment}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+            "trainer.enable_progress_bar=false", "dataset.augment=false"]
+    if precision:
+        over.append(f"trainer.precision={precision}")
+    if base.model.name == "vgg16_pretrained":
+        over.append("model.pretrained=false")  # the same network; timing needs no download
+    if _real_available(name, data_dir):
+        over += [f"data_dir={Path(data_dir).resolve()}", "dataset.download=false"]
+        source = name
+    else:
+        shape = SHAPE.get(name, [3, 32, 32])
+        over += ["dataset=synthetic", f"dataset.shape=[{','.join(map(str, shape))}]",
+                 f"dataset.n_train={n_train + 100}", "dataset.n_test=100", "dataset.val_size=100",
+                 f"dataset.num_classes={CLASSES.get(name, 10)}"]
+        source = f"synthetic {shape}"
+    cfg = compose(over)
+    return cfg, name, source
+
+
+class _Clock:
+    """Wall time of the training epoch inside a fit: from the epoch-start hook to the end of training (the
+    epoch-end hooks, logging and epoch checkpoint included)."""
+
+    def __init__(self, sync):
+        import pytorch_lightning as pl
+
+        clock = self
+
+        class Cb(pl.Callback):
+            def on_train_epoch_start(self, trainer, module):
+                sync()
+                clock.start = time.perf_counter()
+
+            def on_train_end(self, trainer, module):
+                sync()
+                clock.end = time.perf_counter()
+
+        self.callback = Cb()
+        self.start = self.end = math.nan
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+class Case:
+    """One experiment's model and data, trained alternately by phicenter's fit path and a plain loop."""
+
+    def __init__(self, experiment: str, n_train: int, data_dir: str | None, device: str,
+                 precision: str | None = None, workdir: Path | None = None):
+        from omegaconf import OmegaConf
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        from phicenter import data, run
+        from phicenter.config import validate
+        from phicenter.module import PhiModule
+
+        self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision)
+        self.experiment, self.device = experiment, torch.device(device)
+        v = validate(self.cfg)
+        splits = run.load_data(self.cfg)
+        if len(splits.y_train) > n_train:  # real data: the first n_train images of the train split
+            splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
+        self.splits, self.n = splits, len(splits.y_train)
+        self.batch_size, self.seed = v["batch_size"], v["seed"]
+        self.net = run.build_model(self.cfg, splits)
+        self.imp = run.build_imp(self.cfg, self.net, v)
+        self.module = PhiModule(self.net, OmegaConf.to_container(self.cfg.optim, resolve=True),
+                                OmegaConf.to_container(self.cfg.schedule, resolve=True))
+        self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed)
+        self.train_b.to(self.device)
+        self.module.train_batches = self.train_b
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
+        self.logger = TensorBoardLogger(str(self.workdir), name=experiment, version="", default_hp_metric=False)
+        # The plain loop's data: the same images, normalised once, resident on the same device.
+        self.x = ((splits.x_train.float() / 255.0 - splits.mean.view(1, -1, 1, 1))
+                  / splits.std.view(1, -1, 1, 1)).to(self.device)
+        self.y = splits.y_train.to(self.device)
+        self.epoch = 0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def phicenter_epoch(self) -> float:
+        """One epoch of a fresh fit, exactly as a round of run.py makes it."""
+        from phicenter import callbacks, run
+
+        clock = _Clock(self.sync)
+        cbs = [callbacks.PruneReinit(self.imp, 0), clock.callback]
+        saver = getattr(callbacks, "EpochCheckpoint", None)  # the round loop's epoch checkpoint, when present
+        if saver is not None:
+            cbs.append(saver(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1)))
+        trainer = run.make_trainer(self.cfg, self.logger, cbs, 1)
+        self.module.round, self.module.epoch_offset = self.epoch, self.epoch  # a fresh data order each time
+        self.module.prepare(trainer.strategy.root_device, compile=bool(self.cfg.get("compile", False)))
+        trainer.fit(self.module, train_dataloaders=self.train_b)
+        self.epoch += 1
+        return clock.seconds
+
+    def plain_epoch(self) -> float:
+        """The minimal hand-written loop: permutation, index, forward, loss, backward, step."""
+        from omegaconf import OmegaConf
+
+        from phicenter.module import OPTIMIZERS
+
+        cfg = OmegaConf.to_container(self.cfg.optim, resolve=True)
+
+        opt = OPTIMIZERS[cfg.pop("name")](self.net.parameters(), **cfg)
+        net, bs, n = self.net.to(self.device).train(), self.batch_size, self.n
+        self.sync()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, device=self.device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(self.x[idx]), self.y[idx]).backward()
+            opt.step()
+        self.sync()
+        return time.perf_counter() - t0
+
+    def flops_per_image(self) -> float:
+        """Model FLOPs of one training step (forward + backward), per image, counted from the model."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        net = self.net.to(self.device).train()
+        x, y = self.x[:self.batch_size], self.y[:self.batch_size]
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(net(x), y).backward()
+        net.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / len(y)
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Each function `warmup` times untimed, then `repeats` rounds, the order rotating every round."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(repeats):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for k in order:
+            out[k].append(fns[k]())
+    return out
+
+
+def med(xs) -> float:
+    return float(statistics.median(xs))
+
+
+# ---------------------------------------------------------------------------------------------------------
+def bench_loop(sizes, args, device) -> dict:
+    out = {}
+    for key, experiment in (("fc_lot", "mnist_fc_lot"), ("conv4", "cifar10_conv4")):
+        case = Case(experiment, sizes[key], args.data_dir, device, workdir=args.workdir / key)
+        t = interleaved({"phicenter": case.phicenter_epoch, "plain": case.plain_epoch}, sizes["repeats"])
+        p, q = med(t["phicenter"]), med(t["plain"])
+        fpi = case.flops_per_image()
+        out[key] = {"experiment": experiment, "data": case.source, "images": case.n, "batch_size": case.batch_size,
+                    "phicenter_epoch_s": p, "plain_epoch_s": q, "ratio": p / q,
+                    "phicenter_all_s": t["phicenter"], "plain_all_s": t["plain"],
+                    "images_per_s": case.n / p, "train_flops_per_image": fpi, "case": case}
+    return out
+
+
+def bench_data(sizes, args, device) -> dict:
+    """CIFAR-shaped, augmentation on, batch 128: phicenter's Batches vs a torchvision DataLoader."""
+    from phicenter import data
+
+    n, bs = sizes["data"], 128
+    splits = data.load("synthetic", ".", val_size=10, n_train=n + 10, n_test=10, shape=(3, 32, 32))
+    dev = torch.device(device)
+    fast = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, bs, shuffle=True,
+                        augment=True, seed=0).to(dev)
+
+    def tv(workers):
+        ds = data.ImageDataset(splits.x_train, splits.y_train, splits.mean, splits.std, augment=True, seeded=False)
+        return data.LoaderBatches(ds, bs, shuffle=True, num_workers=workers).to(dev)
+
+    loaders = {"fast": fast, "torchvision_workers0": tv(0), "torchvision_workers2": tv(2)}
+
+    def epoch(b):
+        def go():
+            t0 = time.perf_counter()
+            for x, y in b:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+        return go
+
+    t = interleaved({k: epoch(b) for k, b in loaders.items()}, sizes["repeats"])
+    m = {k: med(v) for k, v in t.items()}
+    best_tv = min(m["torchvision_workers0"], m["torchvision_workers2"])
+    return {"images": n, "batch_size": bs, "augment": True, **{f"{k}_epoch_s": v for k, v in m.items()},
+            "speedup_vs_workers0": m["torchvision_workers0"] / m["fast"],
+            "speedup_vs_workers2": m["torchvision_workers2"] / m["fast"],
+            "speedup": best_tv / m["fast"], "fast_images_per_s": n / m["fast"],
+            "torchvision_images_per_s": n / best_tv}
+
+
+def bench_prune(loop: dict, sizes, args, device) -> dict:
+    """IMP.advance for each strategy, against a round of the experiment's length at the measured speed."""
+    from phicenter import run
+    from phicenter.config import validate
+
+    out = {}
+    strategies = ("mask0", "mask1", "gradual", "standard", "lth", "random")
+    for key, row in loop.items():
+        case = row["case"]
+        epochs = int(case.cfg.epochs)
+        times = {}
+        for s in strategies:
+            cfg = compose([f"experiment={case.experiment}", f"strategy={s}"])
+            net = run.build_model(cfg, case.splits).to(device)
+            imp = run.build_imp(cfg, net, validate(cfg))
+            ts = []
+            for r in range(1, sizes["repeats"] + 1):
+                with torch.no_grad():  # stand-in for training: move every weight a little
+                    for p in net.parameters():
+                        p.add_(torch.randn_like(p) * 1e-2)
+                case.sync()
+                t0 = time.perf_counter()
+                imp.advance(r)
+                case.sync()
+                ts.append(time.perf_counter() - t0)
+            times[s] = med(ts)
+        n_real = TRAIN_SIZE.get(case.dataset, case.n)
+        round_train = epochs * n_real / row["images_per_s"]
+        worst = max(times, key=times.get)
+        out[key] = {"advance_s": times, "epochs_per_round": epochs, "train_images": n_real,
+                    "round_train_s_est": round_train, "worst_strategy": worst,
+                    "share": times[worst] / (times[worst] + round_train)}
+    return out
+
+
+def _peak(device_name: str, precision: str) -> float | None:
+    kind = "bf16" if "bf16" in precision else "16" if precision.startswith("16") else "32"
+    for name, peaks in PEAKS:
+        if name.lower() in device_name.lower():
+            return peaks[kind]
+    return None
+
+
+def bench_gpu(sizes, args, device) -> dict:
+    """Per experiment: images/s of phicenter epochs at the given precision, FLOPs/image, MFU, and the grid."""
+    from omegaconf import OmegaConf
+
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    rows, grid_h = {}, 0.0
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem != "quickstart")
+    for exp in experiments:
+        if args.gpu_experiments and exp not in args.gpu_experiments:
+            continue
+        case = Case(exp, sizes["gpu_images"], args.data_dir, device, precision=args.precision,
+                    workdir=args.workdir / f"gpu-{exp}")
+        t = interleaved({"phicenter": case.phicenter_epoch}, max(3, sizes["repeats"] - 2))
+        sec = med(t["phicenter"])
+        ips, fpi = case.n / sec, case.flops_per_image()
+        peak = args.peak_tflops or _peak(name, args.precision)
+        base = compose([f"experiment={exp}"])
+        sweep = OmegaConf.select(OmegaConf.load(CONF / "experiment" / f"{exp}.yaml"), "hydra.sweeper.params") or {}
+        runs = math.prod(len(str(values).split(",")) for values in sweep.values())
+        rounds = int(base.prune.iterations) + 1
+        n_train = TRAIN_SIZE.get(case.dataset, case.n)
+        val, test = EVAL_SIZE.get(case.dataset, (0, 0))
+        # Evaluation (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test.
+        round_s = int(base.epochs) * (n_train + (val / 3)) / ips + (test / 3) / ips
+        hours = runs * rounds * round_s / 3600
+        grid_h += hours
+        rows[exp] = {"model": case.cfg.model.name, "precision": args.precision, "images": case.n,
+                     "batch_size": case.batch_size, "epoch_s": sec, "images_per_s": ips,
+                     "train_flops_per_image": fpi, "tflops_per_s": ips * fpi / 1e12, "peak_tflops": peak,
+                     "mfu": (ips * fpi / 1e12 / peak) if peak else None, "runs": runs, "rounds": rounds,
+                     "epochs_per_round": int(base.epochs), "grid_hours_est": hours}
+    return {"device_name": name, "rows": rows, "grid_hours_est": grid_h if rows else None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _fmt(x, spec=".3f"):
+    return "—" if x is None else format(x, spec)
+
+
+def table(res: dict) -> str:
+    L = [f"phicenter.bench on {res['device_name']} ({res['device']}, {res['threads']} torch threads, "
+         f"{'quick' if res['quick'] else 'default'}, median of {res['repeats']}; loadavg {res['loadavg_start']})",
+         "", "| measure | phicenter | baseline | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    for key, r in res["loop"].items():
+        L.append(f"| (a) {key} epoch, {r['data']}, {r['images']} images, batch {r['batch_size']} | "
+                 f"{r['phicenter_epoch_s']:.3f} s | {r['plain_epoch_s']:.3f} s (plain loop) | {r['ratio']:.3f} | "
+                 f"{'≤ 1.10' if key == 'fc_lot' else '—'} |")
+    d = res["data"]
+    L.append(f"| (b) data epoch, CIFAR-shaped, crop+flip, {d['images']} images, batch {d['batch_size']} | "
+             f"{d['fast_epoch_s']:.3f} s | {d['torchvision_workers0_epoch_s']:.3f} s (0 workers), "
+             f"{d['torchvision_workers2_epoch_s']:.3f} s (2 workers) | {d['speedup']:.1f}× faster | ≥ 3× |")
+    for key, p in res["prune"].items():
+        L.append(f"| (c) {key} prune+re-sign+reinit ({p['worst_strategy']}, slowest) vs a round "
+                 f"({p['epochs_per_round']} epochs × {p['train_images']} images, est.) | "
+                 f"{p['advance_s'][p['worst_strategy']]:.3f} s | {p['round_train_s_est']:.1f} s | "
+                 f"{100 * p['share']:.3f} % | < 1 % |")
+    for key, r in res["loop"].items():
+        L.append(f"| (d) {key} throughput ({res['device']}, 32-bit) | {r['images_per_s']:.0f} images/s | "
+                 f"{r['train_flops_per_image'] / 1e6:.1f} MFLOP/image | "
+                 f"{r['images_per_s'] * r['train_flops_per_image'] / 1e9:.2f} GFLOP/s | — |")
+    g = res.get("gpu")
+    if g:
+        for exp, r in g["rows"].items():
+            L.append(f"| (d) {exp} ({r['precision']}) | {r['images_per_s']:.0f} images/s | "
+                     f"{r['tflops_per_s']:.1f} TFLOP/s of {_fmt(r['peak_tflops'], '.0f')} | MFU {_fmt(r['mfu'])} | "
+                     f"{'≥ 0.30' if r['model'] == 'vgg16' else '—'} |")
+        L.append(f"| (d) paper grid, estimated | {_fmt(g['grid_hours_est'], '.2f')} GPU-hours | | | ≤ 12 |")
+    else:
+        L.append("| (d) MFU, paper grid in GPU-hours | — (no GPU) | | | |")
+    return "\n".join(L)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m phicenter.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller version, under a minute on 2 CPU cores")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--data-dir", default=os.environ.get("PHICENTER_DATA_DIR"),
+                    help="use real MNIST / CIFAR-10 from here when present (default: $PHICENTER_DATA_DIR)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: stable on a shared machine; both sides use the same)")
+    ap.add_argument("--repeats", type=int, help="timed repeats of each measurement (median is reported)")
+    ap.add_argument("--images", type=int, nargs=3, metavar=("FC_LOT", "CONV4", "DATA"),
+                    help="images per epoch for (a) fc_lot, (a) conv4 and (b)")
+    ap.add_argument("--precision", default="bf16-mixed", help="trainer.precision for the GPU rows")
+    ap.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s at that precision, for MFU")
+    ap.add_argument("--gpu-rows", action="store_true", help="run the per-experiment throughput rows off a GPU too")
+    ap.add_argument("--gpu-experiments", nargs="*", help="only these experiments in the GPU rows")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    _quiet()
+    from phicenter import run  # noqa: F401  (its import also quiets Lightning's logging)
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    sizes = dict(SIZES[args.quick])
+    if args.repeats:
+        sizes["repeats"] = args.repeats
+    if args.images:
+        sizes["fc_lot"], sizes["conv4"], sizes["data"] = args.images
+        sizes["gpu_images"] = max(args.images[:2])
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    res = {"device": device, "device_name": (torch.cuda.get_device_name() if device == "cuda"
+                                             else _cpu_name()),
+           "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "quick": args.quick,
+           "repeats": sizes["repeats"], "torch": torch.__version__, "python": platform.python_version(),
+           "loadavg_start": [round(x, 2) for x in load0]}
+    with tempfile.TemporaryDirectory(prefix="phicenter-bench-") as tmp:
+        args.workdir = Path(tmp)
+        res["section_s"] = {}
+        for key, fn in (("loop", bench_loop), ("data", bench_data), ("prune", bench_prune), ("gpu", bench_gpu)):
+            t0 = time.perf_counter()
+            if key == "gpu" and not (device == "cuda" or args.gpu_rows):
+                res[key] = None
+                continue
+            res[key] = fn(res["loop"], sizes, args, device) if key == "prune" else fn(sizes, args, device)
+            res["section_s"][key] = round(time.perf_counter() - t0, 1)
+    for row in res["loop"].values():
+        row.pop("case")
+    res["loop_overhead_ratio"] = res["loop"]["fc_lot"]["ratio"]
+    res["loop_overhead_ratio_conv4"] = res["loop"]["conv4"]["ratio"]
+    res["data_speedup"] = res["data"]["speedup"]
+    res["prune_share"] = res["prune"]["fc_lot"]["share"]
+    res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
+    res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["seconds"] = time.perf_counter() - t_start
+    print(table(res))
+    print(f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
+          f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

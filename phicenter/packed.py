@@ -1,0 +1,672 @@
+"""Packed sweeps: the K variants of one (dataset, architecture, seed) -- same theta0, same data order, only
+phi and the strategy differ -- trained together in one process on one data stream.
+
+    python -m phicenter.train pack=true 'phi=[-1e-3,0,5e-5]' 'strategy=[mask0,mask1]'
+
+trains the six variants as one batched model and writes one run folder per variant under the job's folder,
+named like a multirun job (`phi=0.0,strategy=mask0/`), each with the results.json, TensorBoard events, theta0
+and round checkpoints an unpacked run writes. `pack_chunk=N` trains at most N variants at a time (memory);
+a CUDA out-of-memory halves the chunk and carries on from the last completed round.
+
+How (docs in the module, so the code can be checked against them):
+- Every variant keeps an ordinary nn.Module with its own phicenter.imp.IMP: the round boundary (prune,
+  re-sign, reinit, diagnostics) is the unchanged method code, run per variant on CPU copies.
+- Training reads the variants' tensors stacked along a leading dim K: raw weights, masks, fills, biases,
+  BatchNorm affine and running statistics. The effective weight is where(mask, raw, fill) on the stack,
+  so the mask is enforced in the forward pass exactly as pruning.MaskFill does it.
+- Linear layers are batched matmuls (one addmm for the first layer, whose input all variants share) with a
+  backward that issues the same matrix products as an unpacked nn.Linear; convolutions are one convolution
+  over the concatenated output channels (first layer) and grouped convolutions after it; pooling, ReLU and
+  BatchNorm act per channel on the (batch, K*channels, H, W) layout. On CPU this is bit-for-bit the
+  arithmetic of K separate models (tests/test_packed.py checks it against phicenter.run.run). Any other
+  architecture falls back to torch.func.vmap over functional_call: same maths, not bit-identical.
+- The loss is the sum of the variants' mean cross-entropies, so each variant's gradient is its own. One
+  optimizer over the stacked tensors is K optimizers: Adam, AdamW and SGD are elementwise.
+- Per round and variant: a fresh optimizer and schedule (as PhiModule), validation after every epoch, test
+  after the round, the same results.json entry as run.py. "seconds" is the packed round's wall time divided
+  by the variants trained in it; "seconds_packed" is the whole.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from phicenter import data, results
+from phicenter.config import ConfigError, validate
+
+log = logging.getLogger("phicenter")
+
+PACK_KEYS = ("pack", "pack_chunk")      # execution options: never part of a variant's config
+VARIED = ("phi", "strategy")            # what may differ between the variants of one pack
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Variants
+
+@dataclass
+class Variant:
+    """One run of a pack: its folder name under the job folder and the config of the same run unpacked."""
+    name: str
+    cfg: DictConfig
+
+
+def variant_name(phi, strategy: str) -> str:
+    """The folder a multirun job over phi and strategy would get (keys sorted, as Hydra's override_dirname)."""
+    return f"phi={float(phi)!r},strategy={strategy}"
+
+
+def make_variants(cfg: DictConfig, phis=None, strategies=None) -> list[Variant]:
+    """Variants from one base config without Hydra: phi from `phis`, strategy nodes from `strategies`
+    (each a strategy config node, e.g. {'name': 'mask1', 'rewind_other': True}, or None to keep cfg's)."""
+    phis = list(phis) if phis is not None else [cfg.phi]
+    strategies = list(strategies) if strategies is not None else [None]
+    out = []
+    for s in strategies:
+        for p in phis:
+            c = copy.deepcopy(cfg)
+            with open_dict(c):
+                if s is not None:
+                    c.strategy = OmegaConf.create(OmegaConf.to_container(s) if OmegaConf.is_config(s) else s)
+                c.phi = p
+                c.pack, c.pack_chunk = False, None
+            out.append(Variant(variant_name(_phi_number(p), str(c.strategy.name)), c))
+    return out
+
+
+def _phi_number(p) -> float:
+    try:
+        return float(p)
+    except (TypeError, ValueError):
+        raise ConfigError(f"phi must be a number, got {p!r}") from None
+
+
+def variants_from_hydra(cfg: DictConfig) -> list[Variant]:
+    """The variants of a `pack=true` job: list-valued `phi=[...]` and `strategy=[...]` overrides (or a phi
+    list in the config) span the grid; every other override applies to all of them. Each variant's config
+    is composed exactly as the unpacked job `strategy=S phi=P` would be. An override `strategy.KEY=V`
+    applies to the variants whose strategy has KEY (or to all, with +/++)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = HydraConfig.get()
+    task = list(hc.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(task)
+    keep, options, strategies = [], [], [None]
+    for line, o in zip(task, parsed):
+        key = o.key_or_group
+        if key in PACK_KEYS or key == "phi":
+            continue
+        if key == "strategy":
+            val = o.value()
+            strategies = [str(s) for s in val] if isinstance(val, list) else [str(val)]
+        elif key.startswith("strategy."):
+            options.append(o)
+        else:
+            keep.append(line)
+    phis = list(cfg.phi) if OmegaConf.is_list(cfg.phi) else [cfg.phi]
+    if not phis or not strategies:
+        raise ConfigError("pack=true needs at least one phi and one strategy")
+    variants = []
+    for s in strategies:
+        base = compose(config_name=hc.job.config_name,
+                       overrides=keep + ([f"strategy={s}"] if s is not None else []))
+        with open_dict(base):
+            for o in options:
+                sub = o.key_or_group[len("strategy."):]
+                if sub in base.strategy or o.is_add() or o.is_force_add():
+                    OmegaConf.update(base, o.key_or_group, o.value(), force_add=True)
+                else:
+                    log.info("%s does not apply to strategy %s; ignored for its variants",
+                             o.key_or_group, base.strategy.name)
+        variants += make_variants(base, phis, [base.strategy])
+    return variants
+
+
+def check_variants(variants: list[Variant]) -> list[dict]:
+    """One clear error when the variants cannot share a pack; returns their validated key values."""
+    if not variants:
+        raise ConfigError("pack: no variants")
+    names = [v.name for v in variants]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"pack: variants given twice: {', '.join(dup)}")
+    vals = [validate(v.cfg) for v in variants]
+
+    def shared(c):
+        d = OmegaConf.to_container(c, resolve=True)
+        for k in (*VARIED, *PACK_KEYS):
+            d.pop(k, None)
+        return d
+
+    ref = shared(variants[0].cfg)
+    for v in variants[1:]:
+        if shared(v.cfg) != ref:
+            diff = sorted(k for k in set(ref) | set(shared(v.cfg)) if ref.get(k) != shared(v.cfg).get(k))
+            raise ConfigError(f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
+                              "only phi and strategy may vary within a pack")
+    precision = str(variants[0].cfg.trainer.get("precision", "32-true"))
+    if precision not in ("32-true", "32"):
+        raise ConfigError(f"pack=true trains in float32 only (trainer.precision=32-true), got {precision}")
+    return vals
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The packed model
+
+class _PackedLinear(torch.autograd.Function):
+    """y[k] = x[k] @ w[k].T + b[k] for all k at once; x is [K, B, in], or [B, in] shared by all variants.
+
+    The backward issues the products nn.Linear's own backward issues (grad_w = g.T @ x, grad_x = g @ w),
+    batched over K, so each variant's gradients are bit-for-bit those of an unpacked layer on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        k, n_out, n_in = w.shape
+        if x.dim() == 2:   # shared input: one product against the variants' weights side by side
+            flat = w.reshape(k * n_out, n_in).t()
+            y = torch.addmm(b.reshape(-1), x, flat) if b is not None else x.mm(flat)
+            return y.view(x.shape[0], k, n_out).transpose(0, 1)
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x.bmm(w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = g.bmm(w) if x.dim() == 3 else g.bmm(w).sum(0)
+        if ctx.needs_input_grad[1]:
+            gw = g.transpose(1, 2).bmm(x) if x.dim() == 3 else torch.matmul(g.transpose(1, 2), x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.contiguous().sum(1)   # the reduction order of a contiguous [B, out].sum(0)
+        return gx, gw, gb
+
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity)
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
+    """The modules a plain nn.Sequential applies in order (nested Sequentials flattened); None otherwise."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    out = []
+    for name, m in module.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(m, nn.Sequential):
+            inner = _leaves(m, full + ".")
+            if inner is None:
+                return None
+            out += inner
+        else:
+            out.append((full, m))
+    return out
+
+
+def explicit_plan(net: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layer list when every layer has a packed implementation here, else None (vmap fallback)."""
+    plan = _leaves(net)
+    if plan is None:
+        return None
+    for _, m in plan:
+        ok = (isinstance(m, (*_ELEMENTWISE, *_POOLS))
+              or isinstance(m, nn.Linear)
+              or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros")
+              or isinstance(m, nn.BatchNorm2d)
+              or (isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1))
+        if not ok:
+            return None
+    return plan
+
+
+class PackedNet:
+    """The K variants' parameters and buffers stacked along dim 0, and a forward that returns [K, B, classes].
+
+    `impl`: "explicit" (batched matmuls / grouped convolutions; nn.Sequential nets of common layers), "vmap"
+    (torch.func.vmap over functional_call; any net) or "auto" (explicit where possible)."""
+
+    def __init__(self, nets: list[nn.Module], device=None, impl: str = "auto"):
+        self.template = nets[0]
+        self.k = len(nets)
+        self.plan = explicit_plan(self.template) if impl in ("auto", "explicit") else None
+        if impl == "explicit" and self.plan is None:
+            raise ValueError("this architecture has no explicit packed implementation; use impl='vmap'")
+        if impl not in ("auto", "explicit", "vmap"):
+            raise ValueError(f"impl must be auto, explicit or vmap, got {impl!r}")
+        self.impl = "explicit" if self.plan is not None else "vmap"
+        device = torch.device(device) if device is not None else next(self.template.parameters()).device
+        own_p = [dict(net.named_parameters()) for net in nets]
+        own_b = [dict(net.named_buffers()) for net in nets]
+        with torch.no_grad():
+            self.params = {n: torch.stack([p[n].detach() for p in own_p]).to(device).requires_grad_(True)
+                           for n, _ in self.template.named_parameters()}
+            self.buffers = {n: torch.stack([b[n] for b in own_b]).to(device)
+                            for n, _ in self.template.named_buffers()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    @torch.no_grad()
+    def gather(self, nets: list[nn.Module]) -> None:
+        """Variant models -> stack (after the round boundary changed them)."""
+        for store, get in ((self.params, nn.Module.named_parameters), (self.buffers, nn.Module.named_buffers)):
+            for k, net in enumerate(nets):
+                own = dict(get(net))
+                for n, t in store.items():
+                    t[k].copy_(own[n])
+
+    @torch.no_grad()
+    def scatter(self, nets: list[nn.Module]) -> None:
+        """Stack -> variant models (before the round boundary and before saving)."""
+        for store, get in ((self.params, nn.Module.named_parameters), (self.buffers, nn.Module.named_buffers)):
+            for k, net in enumerate(nets):
+                own = dict(get(net))
+                for n, t in store.items():
+                    own[n].copy_(t[k])
+
+    def _weight(self, name: str) -> torch.Tensor:
+        raw = self.params.get(f"{name}.parametrizations.weight.original")
+        if raw is None:
+            return self.params[f"{name}.weight"]
+        mask = self.buffers[f"{name}.parametrizations.weight.0.mask"]
+        fill = self.buffers[f"{name}.parametrizations.weight.0.fill"]
+        return torch.where(mask, raw, fill.to(raw.dtype))
+
+    def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        return self._explicit(x, training) if self.plan is not None else self._vmap(x, training)
+
+    def _explicit(self, h: torch.Tensor, training: bool) -> torch.Tensor:
+        # h is shared by all variants ([B, ...]) until the first layer with weights; after it, a feature
+        # map is [B, K*C, H, W] (variant k owns channels k*C..k*C+C-1) and a vector is [K, B, F].
+        k, shared = self.k, True
+        for name, m in self.plan:
+            if isinstance(m, nn.Linear):
+                if not shared and h.dim() != 3:
+                    raise ValueError(f"{name}: Linear on a feature map needs a Flatten before it")
+                h = _PackedLinear.apply(h, self._weight(name), self.params.get(f"{name}.bias"))
+                shared = False
+            elif isinstance(m, nn.Conv2d):
+                w = self._weight(name)
+                b = self.params.get(f"{name}.bias")
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                             m.stride, m.padding, m.dilation, 1 if shared else k)
+                shared = False
+            elif isinstance(m, nn.BatchNorm2d):
+                if shared:
+                    h, shared = h.repeat(1, k, 1, 1), False
+                h = self._batch_norm(name, m, h, training)
+            elif isinstance(m, nn.Flatten):
+                h = h.flatten(1) if shared else h.reshape(h.shape[0], k, -1).transpose(0, 1)
+            else:  # elementwise activations and pooling act per channel in either layout
+                h = m(h)
+        if shared:
+            raise ValueError("the network has no layer with weights")
+        return h
+
+    def _batch_norm(self, name, m: nn.BatchNorm2d, h, training):
+        rm, rv = self.buffers.get(f"{name}.running_mean"), self.buffers.get(f"{name}.running_var")
+        nbt = self.buffers.get(f"{name}.num_batches_tracked")
+        factor = 0.0 if m.momentum is None else m.momentum
+        if training and m.track_running_stats and nbt is not None:
+            nbt.add_(1)
+            factor = 1.0 / float(nbt[0]) if m.momentum is None else m.momentum
+        use_batch = training or (rm is None and rv is None)
+        w, b = self.params.get(f"{name}.weight"), self.params.get(f"{name}.bias")
+        return F.batch_norm(h, None if rm is None else rm.view(-1), None if rv is None else rv.view(-1),
+                            None if w is None else w.reshape(-1), None if b is None else b.reshape(-1),
+                            use_batch, factor, m.eps)
+
+    def _vmap(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        was = self.template.training
+        self.template.train(training)
+        try:
+            def one(p, b, xb):
+                return functional_call(self.template, {**p, **b}, (xb,))
+            return vmap(one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+        finally:
+            self.template.train(was)
+
+
+def packed_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per variant mean cross-entropy of [K, B, classes] logits: (losses to backpropagate, their values).
+
+    The first is one batched op whose gradient is bit-for-bit that of F.cross_entropy(logits[k], y) for
+    each k; its values can differ from F.cross_entropy's in the last bit (that sums the batch in another
+    order), so the reported values come from nll_loss per variant on the same log-probabilities (cheap:
+    K reductions of B numbers)."""
+    k, b, c = logits.shape
+    logp = F.log_softmax(logits, -1)
+    losses = F.nll_loss(logp.reshape(k * b, c), y.repeat(k), reduction="none").view(k, b).mean(1)
+    with torch.no_grad():
+        values = torch.stack([F.nll_loss(logp[i], y) for i in range(k)])
+    return losses, values
+
+
+def _optimizer(params, optim: dict, schedule: dict, epochs: int):
+    """What PhiModule.configure_optimizers builds, over the stacked tensors: (optimizer, scheduler or None)."""
+    from phicenter.module import OPTIMIZERS
+
+    cfg = dict(optim)
+    name = cfg.pop("name")
+    opt = OPTIMIZERS[name](params, **cfg)
+    sched = (schedule or {}).get("name", "none")
+    if sched == "none":
+        return opt, None
+    if sched == "multistep":
+        miles = [max(1, int(round(f * epochs))) for f in schedule.get("at", (0.5, 0.75))]
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
+    if sched == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
+
+
+def _sums(into: torch.Tensor, values: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Per variant: loss * batch size, correct, batch size, in float64 (PhiModule._acc, K rows at once)."""
+    n = torch.full((logits.shape[0],), float(len(y)), device=logits.device, dtype=torch.float64)
+    into += torch.stack([values.double() * len(y), (logits.argmax(-1) == y).sum(1).double(), n], 1)
+
+
+def _take(s: torch.Tensor) -> list[tuple[float, float]]:
+    """(mean loss, accuracy) per variant; NaN where no batch ran (as PhiModule._take)."""
+    return [(loss / n, correct / n) if n else (math.nan, math.nan) for loss, correct, n in s.tolist()]
+
+
+def _evaluate(net: PackedNet, batches, device) -> list[tuple[float, float]]:
+    s = torch.zeros(net.k, 3, dtype=torch.float64, device=device)
+    with torch.inference_mode():
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = net(x, training=False)
+            _sums(s, packed_losses(logits, y)[1], logits, y)
+    return _take(s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The round loop
+
+@dataclass
+class _Slot:
+    """One variant's state: what run.run keeps for one run."""
+    variant: Variant
+    v: dict
+    dir: Path
+    net: nn.Module
+    imp: object
+    resolved: dict
+    rounds: list
+    start: int
+    out: dict = field(default_factory=dict)
+    logger: object = None
+    alive: bool = True
+
+
+def _device(cfg) -> torch.device:
+    acc = str(cfg.trainer.get("accelerator", "auto"))
+    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if acc in ("gpu", "cuda"):
+        raise ConfigError(f"trainer.accelerator={acc} but no CUDA device is available")
+    return torch.device("cpu")
+
+
+def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
+    """Like the start of run.run: a finished run is returned as its results dict; else a _Slot, resumed
+    from the variant's last round checkpoint when there is one."""
+    from phicenter.run import build_imp, build_model
+
+    cfg = variant.cfg
+    d = run_dir / variant.name
+    prev = results.read_json(d / results.RESULTS)
+    if prev and prev.get("status") == "complete" and cfg.get("resume", True):
+        log.info("run in %s is already complete; nothing to do", d)
+        return prev
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["phi"] = v["phi"]
+    net = build_model(cfg, splits)
+    imp = build_imp(cfg, net, v)
+    rounds, start = [], 0
+    ckpt = results.latest_round(d, log=log.warning) if cfg.get("resume", True) else None
+    if ckpt is not None:
+        imp.theta0 = torch.load(d / results.THETA0, map_location="cpu", weights_only=True)
+        net.load_state_dict(ckpt["model"])
+        rounds, start = ckpt["rounds"], ckpt["round"] + 1
+        log.info("resuming %s after round %d", d, ckpt["round"])
+    else:
+        results.save_torch(d / results.THETA0, imp.theta0)
+    return _Slot(variant, v, d, net, imp, resolved, rounds, start)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None = None,
+                 impl: str = "auto") -> dict[str, dict]:
+    """Train the variants packed, `chunk` at a time (None: all), each into run_dir/<variant.name>.
+    Returns {name: results dict} (the content of each results.json)."""
+    run_dir = Path(run_dir)
+    vals = check_variants(variants)
+    cfg0 = variants[0].cfg
+    if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
+        raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
+    if cfg0.get("threads"):
+        torch.set_num_threads(int(cfg0.threads))
+    from phicenter.run import _deterministic, load_data
+
+    device = _device(cfg0)
+    splits = load_data(cfg0)
+    deterministic = _deterministic(cfg0)
+    torch.use_deterministic_algorithms(deterministic)   # what Lightning sets for the unpacked run
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+
+    done: dict[str, dict] = {}
+    size = int(chunk) if chunk else len(variants)
+    pending = []
+    for i, var in enumerate(variants):
+        prev = results.read_json(run_dir / var.name / results.RESULTS)
+        if prev and prev.get("status") == "complete" and var.cfg.get("resume", True):
+            done[var.name] = prev
+        else:
+            pending.append(i)
+    queue = [pending[i:i + size] for i in range(0, len(pending), size)]
+    failed: list[str] = []
+    while queue:
+        group = queue.pop(0)
+        slots = {i: _prepare(variants[i], vals[i], run_dir, splits) for i in group}
+        for i, s in list(slots.items()):
+            if isinstance(s, dict):
+                done[variants[i].name] = slots.pop(i)
+        if not slots:
+            continue
+        # variants resumed from different rounds cannot share a pack: the earliest go now, the rest later
+        start = min(s.start for s in slots.values())
+        now = [i for i, s in slots.items() if s.start == start]
+        later = [i for i in slots if i not in now]
+        if later:
+            queue.insert(0, later)
+        ss = [slots[i] for i in now]
+        del slots
+        try:
+            _train_chunk(ss, start, splits, device, impl)
+        except Exception as e:
+            if _is_oom(e) and len(ss) > 1:
+                half = (len(now) + 1) // 2
+                log.warning("out of memory with %d variants packed; retrying in chunks of %d from the "
+                            "last completed round", len(ss), half)
+                _close(ss)
+                ss = None
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                queue[:0] = [now[:half], now[half:]]
+                continue
+            for s in ss:
+                if s.alive:
+                    _record_failure(s, "failed", f"{type(e).__name__}: {e}", traceback.format_exc())
+                    failed.append(s.variant.name)
+            log.error("packed chunk failed: %s", e)
+        _close(ss)
+        for s in ss:
+            done[s.variant.name] = s.out
+    if failed:
+        raise PackFailed(f"{len(failed)} of {len(variants)} packed variants failed: {', '.join(failed)} "
+                         "(see their results.json)")
+    return {v.name: done.get(v.name) for v in variants}
+
+
+def _close(slots: list[_Slot]) -> None:
+    for s in slots:
+        if s.logger is not None:
+            s.logger.finalize("success" if s.out.get("status") == "complete" else "failed")
+            s.logger = None
+
+
+class PackFailed(RuntimeError):
+    """Some variants of a pack failed (each one's results.json says why); the others completed."""
+
+
+def _record_failure(slot: _Slot, status: str, error: str, tb: str | None) -> None:
+    path = slot.dir / results.RESULTS
+    prev = results.read_json(path) or {"config": slot.resolved, "rounds": slot.rounds}
+    prev.update(status=status, error=error, traceback=tb)
+    results.write_json(path, prev)
+    slot.out, slot.alive = prev, False
+    log.error("variant %s %s: %s", slot.variant.name, status, error)
+
+
+def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, impl: str) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from phicenter.run import _fault_point, _flat
+    from phicenter.pruning import sparsity
+
+    cfg, v = slots[0].variant.cfg, slots[0].v
+    epochs, n_rounds = v["epochs"], v["iterations"]
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], v["seed"])
+    for b in (train_b, val_b, test_b):
+        b.to(device)
+    nets = [s.net for s in slots]
+    packed = PackedNet(nets, device=device, impl=impl)
+    names = [s.variant.name for s in slots]
+    log.info("packed %d variants (%s, %s): %s", len(slots), packed.impl, device, ", ".join(names))
+    for s in slots:
+        s.logger = TensorBoardLogger(str(s.dir), name="tb", version="", default_hp_metric=False)
+        s.out = {"config": s.resolved, "rounds": s.rounds, "final": s.rounds[-1] if s.rounds else None,
+                 "status": "running", "device": str(device),
+                 "precision": str(cfg.trainer.get("precision", "32-true")), "init": cfg.model.init,
+                 "data": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test),
+                          "input_shape": list(splits.input_shape), "num_classes": splits.num_classes},
+                 "packed": {"variants": names, "impl": packed.impl}}
+
+    for r in range(start, n_rounds + 1):
+        alive = [i for i, s in enumerate(slots) if s.alive]
+        if not alive:
+            break
+        t0 = time.perf_counter()
+        diags: dict[int, dict] = {}
+        _fault_point(cfg, r)
+        if r > 0:   # the round boundary, per variant, by the unchanged method code
+            packed.scatter(nets)
+            for i in alive:
+                diags[i] = slots[i].imp.advance(r)
+            packed.gather(nets)
+        opt, sched = _optimizer(packed.parameters(), optim, schedule, epochs)
+        history: dict[int, list] = {i: [] for i in alive}
+        for e in range(epochs):
+            train_b.set_epoch(r, e)
+            s = torch.zeros(packed.k, 3, dtype=torch.float64, device=device)
+            for x, y in train_b:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = packed(x, training=True)
+                losses, values = packed_losses(logits, y)
+                _sums(s, values, logits, y)
+                opt.zero_grad()
+                losses.sum().backward()
+                opt.step()
+            train = _take(s)
+            val = _evaluate(packed, val_b, device)
+            for i in list(history):
+                loss, acc = train[i]
+                if not math.isfinite(loss):
+                    _record_failure(slots[i], "diverged",
+                                    f"Diverged: training loss became {loss} in round {r}, epoch {e}", None)
+                    del history[i]
+                    continue
+                row = {"round": r, "epoch": e, "train_loss": loss, "train_acc": acc}
+                if math.isfinite(val[i][1]):
+                    row.update(val_loss=val[i][0], val_acc=val[i][1])
+                history[i].append(row)
+                slots[i].logger.log_metrics({f"epoch/{k}": x for k, x in row.items() if k not in ("round", "epoch")}
+                                            | {"epoch/round": r}, step=r * epochs + e)
+            if sched is not None:
+                sched.step()
+        test = _evaluate(packed, test_b, device)
+        packed.scatter(nets)
+        seconds = time.perf_counter() - t0
+        for i, hist in history.items():
+            slot = slots[i]
+            last = hist[-1]
+            total_sp, layer_sp = sparsity(slot.imp.layers)
+            diag = diags.get(i) or {}
+            entry = {
+                "round": r, "sparsity": total_sp, "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+                "val_acc": last.get("val_acc", math.nan), "test_acc": test[i][1], "test_loss": test[i][0],
+                "flipped_by_phi": diag.get("flipped_by_phi"), "flipped_vs_init": diag.get("flipped_vs_init"),
+                "dead_zone": diag.get("dead_zone"), "dead_zone_count": diag.get("dead_zone_count"),
+                "seconds": seconds / len(history), "seconds_packed": seconds,
+                "layers": {n: {"sparsity": layer_sp[n], **diag.get("layers", {}).get(n, {})}
+                           for n in slot.imp.layers},
+                "epochs": hist,
+            }
+            slot.rounds.append(entry)
+            slot.logger.log_metrics({f"round/{k}": entry[k] for k in
+                                     ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init",
+                                      "dead_zone") if entry[k] is not None}, step=(r + 1) * epochs - 1)
+            slot.out.update(rounds=slot.rounds, final=entry)
+            results.save_round(slot.dir, r, {"round": r, "model": slot.net.state_dict(), "rounds": slot.rounds},
+                               keep_all=bool(cfg.checkpoint.keep_all))
+            results.write_json(slot.dir / results.RESULTS, slot.out)
+        log.info("round %d/%d packed x%d (%.1fs): %s", r, n_rounds, len(history), seconds,
+                 "  ".join(f"{slots[i].variant.name} val {h[-1].get('val_acc', math.nan):.4f}"
+                           for i, h in history.items()))
+
+    for s in slots:
+        if s.alive:
+            s.out["status"] = "complete"
+            results.write_json(s.dir / results.RESULTS, s.out)
+            s.logger.log_hyperparams(_flat(s.resolved), metrics={"final/val_acc": s.out["final"]["val_acc"],
+                                                                 "final/test_acc": s.out["final"]["test_acc"]})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point for train.py
+
+def run_hydra(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """`python -m phicenter.train pack=true ...`: train this job's variants packed under run_dir.
+    Returns {"final": {"val_acc": best final val_acc over the variants}, "variants": {name: results}}."""
+    variants = variants_from_hydra(cfg)
+    outs = train_packed(variants, run_dir, chunk=cfg.get("pack_chunk"))
+    accs = [o["final"]["val_acc"] for o in outs.values()
+            if o and o.get("final") and o["final"].get("val_acc") is not None]
+    return {"final": {"val_acc": max(accs) if accs else math.nan}, "variants": outs}

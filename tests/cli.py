@@ -1,0 +1,41 @@
+"""Run the real CLI in a subprocess, one CPU thread each, outputs under a temporary folder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FAST = ["threads=1", "epochs=2", "prune.iterations=2"]
+
+
+def env() -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e.pop("PHICENTER_DATA_DIR", None)
+    return e
+
+
+def train(*args: str, multirun: bool = False, timeout: float = 300, check: bool = True, cwd=None,
+          **popen) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "phicenter.train", *(["-m"] if multirun else []), *args]
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def start(*args: str, cwd=None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "phicenter.train", *args]
+    return subprocess.Popen(cmd, cwd=cwd or ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def accuracies(res: dict) -> list[tuple]:
+    return [(r["round"], r["sparsity"], r["train_loss"], r["val_acc"], r["test_acc"]) for r in res["rounds"]]

@@ -1,0 +1,140 @@
+"""The real command line: quickstart, multiruns, MNIST from disk, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli import FAST, SHARED_DATA, accuracies, results, train
+
+
+def test_quickstart_default_runs_all_rounds(tmp_path):
+    proc = train("threads=1", f"hydra.run.dir={tmp_path}")
+    res = results(tmp_path)
+    assert res["status"] == "complete"
+    assert [r["round"] for r in res["rounds"]] == list(range(11))
+    assert res["final"] == res["rounds"][-1]
+    assert res["config"]["dataset"]["name"] == "digits" and res["config"]["model"]["name"] == "fc_lot"
+    assert res["init"] == "torch_default" and res["device"] == "cpu"
+    # 10 rounds at base 0.8, per layer round() of the counts: 1 - 0.8^10 = 0.8926 overall
+    assert res["final"]["sparsity"] == pytest.approx(1 - 0.8 ** 10, abs=2e-3)
+    for r in res["rounds"]:
+        assert 0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+        assert set(r) >= {"round", "sparsity", "train_loss", "val_acc", "test_acc", "flipped_by_phi",
+                          "flipped_vs_init", "seconds"}
+    assert res["rounds"][0]["flipped_by_phi"] is None and res["rounds"][1]["flipped_vs_init"] > 0
+    assert res["final"]["test_acc"] > 0.5  # digits is learnable even at 89 % sparsity
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "theta0.pt").exists()
+    assert "round 10/10" in proc.stderr + proc.stdout
+
+
+def test_tensorboard_has_continuous_steps_and_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(*FAST, f"hydra.run.dir={tmp_path}")
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("epoch/train_loss")]
+    assert steps == list(range(6))  # 3 rounds x 2 epochs on one axis
+    assert [e.step for e in acc.Scalars("round/test_acc")] == [1, 3, 5]
+    assert "round/flipped_by_phi" in acc.Tags()["scalars"]
+    assert "_hparams_/session_start_info" in acc.Tags()["tensors"] or acc.summary_metadata
+
+
+def test_signature_multirun_writes_six_results(tmp_path):
+    train("strategy=mask0,mask1", "phi=-1e-3,0,5e-5", *FAST, f"hydra.sweep.dir={tmp_path}", multirun=True)
+    found = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    # job folders are named from their overrides (all of them, sorted), e.g. epochs=2,phi=0,...,strategy=mask0
+    assert found == sorted(f"epochs=2,phi={p},prune.iterations=2,strategy={s}"
+                           for s in ("mask0", "mask1") for p in ("-0.001", "0", "5e-05"))
+    for name in found:
+        res = results(tmp_path / name)
+        assert res["status"] == "complete" and len(res["rounds"]) == 3
+        assert isinstance(res["config"]["phi"], float)  # phi=0 given as an integer is 0.0
+
+
+def test_paired_runs_share_round0(tmp_path):
+    """Same seed, different strategy and phi: round 0 (dense) is identical, so grids are paired."""
+    train("strategy=mask1,standard", "phi=0,1e-3", *FAST, f"hydra.sweep.dir={tmp_path}", multirun=True)
+    r0 = {p.parent.name: results(p.parent)["rounds"][0] for p in tmp_path.glob("*/results.json")}
+    assert len(r0) == 4
+    assert len({(r["train_loss"], r["val_acc"], r["test_acc"]) for r in r0.values()}) == 1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no MNIST in ../shared/data")
+def test_mnist_through_torchvision(tmp_path):
+    train("dataset=mnist", "dataset.download=false", f"data_dir={SHARED_DATA}", "threads=2", "epochs=1",
+          "prune.iterations=1", "batch_size=600", f"hydra.run.dir={tmp_path}")
+    res = results(tmp_path)
+    assert res["data"] == {"train": 55000, "val": 5000, "test": 10000, "input_shape": [1, 28, 28],
+                           "num_classes": 10}
+    assert res["final"]["test_acc"] > 0.9
+
+
+BAD = [
+    ("phi=abc", "phi must be a number"),
+    ("phi=nan", "phi must be a finite number"),
+    ("phi=inf", "phi must be a finite number"),
+    ("prune.base=1.5", "prune.base must be in (0, 1)"),
+    ("prune.base=0", "prune.base must be in (0, 1)"),
+    ("prune.output_base=1", "prune.output_base must be in (0, 1)"),
+    ("prune.iterations=-1", "prune.iterations must be >= 0"),
+    ("epochs=0", "epochs must be >= 1"),
+    ("batch_size=0", "batch_size must be >= 1"),
+    ("strategy=gradual strategy.trained_fraction=1.5", "strategy.trained_fraction must be in [0, 1]"),
+    ("phi_scale=bogus", "phi_scale must be absolute or layer_std"),
+    ("prune.scope=bogus", "prune.scope must be layer or global"),
+    ("reinit.magnitude=-1", "reinit.magnitude must be"),
+    ("dataset=npz dataset.path=/nonexistent/data.npz", "no file at /nonexistent/data.npz"),
+    ("dataset=mnist dataset.download=false data_dir=/nonexistent", "MNIST: not found"),
+    ("dry_run=bogus", "dry_run must be phi"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    proc = train(*args.split(), "threads=1", f"hydra.run.dir={run_dir}", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("phicenter: error:") and message in lines[0], proc.stderr
+    assert not run_dir.exists()
+
+
+def test_npz_missing_key(tmp_path):
+    import numpy as np
+
+    f = tmp_path / "d.npz"
+    np.savez(f, x_train=np.zeros((10, 4, 4), np.uint8), y_train=np.zeros(10, np.int64),
+             x_test=np.zeros((5, 4, 4), np.uint8))
+    proc = train("dataset=npz", f"dataset.path={f}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2 and "missing key(s) y_test" in proc.stderr
+
+
+def test_npz_dataset_trains(tmp_path):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    y = g.integers(0, 3, 300)
+    x = (y[:, None, None] * 80 + g.integers(0, 40, (300, 6, 6))).astype(np.uint8)
+    f = tmp_path / "d.npz"
+    np.savez(f, x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    train("dataset=npz", f"dataset.path={f}", "dataset.val_size=50", *FAST, f"hydra.run.dir={tmp_path / 'run'}")
+    res = results(tmp_path / "run")
+    assert res["data"]["num_classes"] == 3 and res["final"]["test_acc"] > 0.9
+
+
+def test_unknown_strategy_lists_choices(tmp_path):
+    proc = train("strategy=bogus", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'strategy/bogus'" in proc.stderr and "mask0" in proc.stderr
+
+
+@pytest.mark.parametrize("model,shape", [("conv2", "[3,8,8]"), ("vgg16", "[3,16,16]")])
+def test_conv_models_through_cli(tmp_path, model, shape):
+    train(f"model={model}", "dataset=synthetic", f"dataset.shape={shape}", "dataset.n_train=120",
+          "dataset.n_test=40", "dataset.val_size=20", "threads=1", "epochs=1", "prune.iterations=1",
+          "batch_size=32", f"hydra.run.dir={tmp_path}")
+    res = results(tmp_path)
+    assert res["status"] == "complete" and res["final"]["sparsity"] == pytest.approx(0.2, abs=1e-3)

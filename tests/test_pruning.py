@@ -1,0 +1,208 @@
+"""Exact-count magnitude pruning: counts, ties, dead weights, layer vs global scope, output_base, k rounds."""
+import pytest
+import torch
+from torch import nn
+
+from phicenter import pruning
+from phicenter.imp import IMP, IMPConfig
+from phicenter.pruning import n_to_prune, prune_masks
+from phicenter.strategies import build
+
+
+@pytest.mark.parametrize("n, base, k", [
+    (100, 0.8, 20), (80, 0.8, 16),
+    (64, 0.8, 13),    # 12.8 -> 13
+    (51, 0.8, 10),    # 10.2 -> 10
+    (3, 0.8, 1),      # 0.6 -> 1
+    (2, 0.8, 0),      # 0.4 -> 0
+    (0, 0.8, 0),
+    # exact halves round up, whatever the float form of 1 - base:
+    (5, 0.9, 1),      # 0.5 (in floats (1-0.9)*5 = 0.4999999999999999)
+    (15, 0.9, 2),     # 1.5
+    (2, 0.75, 1),     # 0.5
+    (3, 0.5, 2),      # 1.5
+    (5, 0.7, 2),      # 1.5
+    (1000, 0.9, 100), (729, 0.9, 73),   # 72.9 -> 73
+])
+def test_n_to_prune_hand_table(n, base, k):
+    assert n_to_prune(n, base) == k
+
+
+def one(name, w, m=None):
+    w = torch.as_tensor(w, dtype=torch.float32)
+    return {name: w}, {name: torch.ones_like(w) if m is None else torch.as_tensor(m, dtype=torch.float32)}
+
+
+def test_all_equal_magnitudes_lose_exactly_k_lowest_index_first():
+    # 10 entries, |w| = 1 everywhere (mixed signs); base 0.8 -> k = round(2.0) = 2: flat indices 0 and 1
+    w, m = one("a", [1, -1, 1, -1, 1, -1, 1, -1, 1, -1])
+    new = prune_masks(w, m, {"a": 0.8})["a"]
+    assert new.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    # a threshold rule (|w| > kth smallest) would have removed all 10
+    # 2-D: shape (2, 3) all equal, base 0.5 -> k = 3 -> flat 0, 1, 2 = the whole first row
+    w, m = one("b", torch.full((2, 3), -0.25))
+    new = prune_masks(w, m, {"b": 0.5})["b"]
+    assert new.tolist() == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_ties_among_the_smallest():
+    # |w|: idx 1, 2, 5 hold 0.1 (the smallest); 0, 3, 4, 7, 8, 9 hold 0.5; 6 holds 0.9
+    w, m = one("a", [0.5, -0.1, 0.1, 0.5, -0.5, 0.1, 0.9, 0.5, 0.5, 0.5])
+    # base 0.7 -> k = round(3.0) = 3: exactly the three 0.1s
+    assert prune_masks(w, m, {"a": 0.7})["a"].tolist() == [1, 0, 0, 1, 1, 0, 1, 1, 1, 1]
+    # base 0.6 -> k = 4: the three 0.1s, then the first 0.5 in index order (idx 0)
+    assert prune_masks(w, m, {"a": 0.6})["a"].tolist() == [0, 0, 0, 1, 1, 0, 1, 1, 1, 1]
+    # base 0.4 -> k = 6: 0.1 x3, then 0.5 at idx 0, 3, 4
+    assert prune_masks(w, m, {"a": 0.4})["a"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_dead_weights_stay_dead_and_do_not_count():
+    # entries 0 and 5 are already dead: one has |w| = 0 (would be "smallest"), one has |w| = 9 (largest)
+    w = torch.tensor([0.0, 0.3, 0.2, 0.4, 0.1, 9.0, 0.6, 0.5])
+    m = torch.tensor([0.0, 1, 1, 1, 1, 0.0, 1, 1])
+    # 6 alive, base 0.5 -> k = 3 of the ALIVE: 0.1 (idx 4), 0.2 (idx 2), 0.3 (idx 1)
+    new = prune_masks({"a": w}, {"a": m}, {"a": 0.5})["a"]
+    assert new.tolist() == [0, 0, 0, 1, 0, 0, 1, 1]
+    assert int(m.sum()) == 6                       # input mask not modified
+    # base close to 1 -> k = round(0.06) = 0 -> unchanged, dead stay dead
+    assert prune_masks({"a": w}, {"a": m}, {"a": 0.99})["a"].tolist() == m.tolist()
+
+
+def test_bool_masks_keep_their_dtype():
+    w = torch.tensor([0.3, 0.1, 0.2, 0.4])
+    new = prune_masks({"a": w}, {"a": torch.ones(4, dtype=torch.bool)}, {"a": 0.5})["a"]
+    assert new.dtype == torch.bool and new.tolist() == [True, False, False, True]
+
+
+A = torch.tensor([0.1, -0.2, 0.3, -0.4])
+B = torch.tensor([0.5, -0.6, 0.7, -0.8, 0.9, -1.0])
+C = torch.tensor([0.01, -0.02, 0.03, -0.04])     # the "output layer": tiny weights, its own base
+
+
+def test_layer_vs_global_scope():
+    w = {"A": A, "B": B}
+    m = {k: torch.ones_like(v) for k, v in w.items()}
+    bases = {"A": 0.5, "B": 0.5}
+    # layer: A loses round(2.0) = 2 (0.1, 0.2); B loses 3 (0.5, 0.6, 0.7)
+    lay = prune_masks(w, m, bases, "layer")
+    assert lay["A"].tolist() == [0, 0, 1, 1] and lay["B"].tolist() == [0, 0, 0, 1, 1, 1]
+    # global: one pool of 10, k = 5: all four of A (all smaller than B) and B's 0.5
+    glo = prune_masks(w, m, bases, "global")
+    assert glo["A"].tolist() == [0, 0, 0, 0] and glo["B"].tolist() == [0, 1, 1, 1, 1, 1]
+
+
+def test_global_scope_prunes_the_output_layer_apart():
+    w = {"A": A, "B": B, "C": C}
+    m = {k: torch.ones_like(v) for k, v in w.items()}
+    bases = {"A": 0.5, "B": 0.5, "C": 0.75}
+    glo = prune_masks(w, m, bases, "global")
+    # A+B pool as above; C alone: k = round(0.25 * 4) = 1 -> only 0.01 goes,
+    # although all of C is smaller than everything in A and B
+    assert glo["A"].tolist() == [0, 0, 0, 0] and glo["B"].tolist() == [0, 1, 1, 1, 1, 1]
+    assert glo["C"].tolist() == [0, 1, 1, 1]
+    # same base for C: then it is pooled. Pool of 14 at base 0.5 -> k = 7: all of C (4), then A's 0.1, 0.2, 0.3
+    pooled = prune_masks(w, m, {"A": 0.5, "B": 0.5, "C": 0.5}, "global")
+    assert pooled["C"].tolist() == [0, 0, 0, 0] and pooled["A"].tolist() == [0, 0, 0, 1]
+    assert pooled["B"].tolist() == [1, 1, 1, 1, 1, 1]
+
+
+def test_global_ties_across_layers_break_by_pool_order():
+    w = {"A": torch.ones(4), "B": -torch.ones(6)}
+    m = {k: torch.ones_like(v) for k, v in w.items()}
+    # pool of 10, base 0.7 -> k = 3: concatenation order A then B -> A[0], A[1], A[2]
+    glo = prune_masks(w, m, {"A": 0.7, "B": 0.7}, "global")
+    assert glo["A"].tolist() == [0, 0, 0, 1] and glo["B"].tolist() == [1] * 6
+
+
+def test_bad_scope():
+    with pytest.raises(ValueError, match="scope"):
+        prune_masks({"A": A}, {"A": torch.ones(4)}, {"A": 0.8}, "neuron")
+
+
+def test_layer_scope_k_rounds_100_weights():
+    # distinct magnitudes 0.01 .. 1.00 in a scrambled order with mixed signs
+    g = torch.Generator().manual_seed(0)
+    mags = (torch.randperm(100, generator=g) + 1).float() / 100
+    w = {"a": torch.where(torch.arange(100) % 3 == 0, -mags, mags)}
+    m = {"a": torch.ones(100)}
+    # by hand: 100 -0.2*100=20-> 80 -16-> 64 -round(12.8)=13-> 51 -round(10.2)=10-> 41 -round(8.2)=8-> 33
+    #          -round(6.6)=7-> 26 -round(5.2)=5-> 21 -round(4.2)=4-> 17 -round(3.4)=3-> 14 -round(2.8)=3-> 11
+    alive = [80, 64, 51, 41, 33, 26, 21, 17, 14, 11]
+    for k, n in enumerate(alive, 1):
+        m = prune_masks(w, m, {"a": 0.8})
+        assert int(m["a"].sum()) == n
+        # with the weights held fixed, the survivors are exactly the n largest magnitudes
+        assert torch.equal(m["a"].bool(), mags > (100 - n) / 100)
+        assert abs((1 - n / 100) - (1 - 0.8 ** k)) < 0.011     # 1 - base^k, up to rounding
+    assert 1 - 11 / 100 == pytest.approx(0.89)
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 1))
+
+
+def alive_counts(imp):
+    return [int(pruning.mask_of(layer).mask.sum()) for layer in imp.layers.values()]
+
+
+def test_imp_layer_scope_sparsity_after_k_rounds_with_output_base_and_ties():
+    net = tiny_net()
+    imp = IMP(net, build("mask0"), IMPConfig(base=0.8, output_base=0.9, scope="layer"))
+    assert list(imp.layers) == ["0", "2", "4"] and imp.output_layer == "4"
+    hidden = [80, 64, 51, 41, 33, 26, 21, 17, 14, 11]       # see test_layer_scope_k_rounds_100_weights
+    # output (10 weights, base 0.9): 10 -1-> 9 -round(.9)-> 8 -round(.8)-> 7 -> 6 -> 5 -round(.5)=1-> 4,
+    # then round(0.4) = 0 for ever
+    out = [9, 8, 7, 6, 5, 4, 4, 4, 4, 4]
+    for r in range(1, 11):
+        for layer in imp.layers.values():           # "train": every |w| equal -> all ties
+            pruning.raw_weight(layer).data.fill_(0.5)
+        imp.advance(r)
+        assert alive_counts(imp) == [hidden[r - 1], hidden[r - 1], out[r - 1]]
+        # ties broken by flat index: the survivors are the LAST alive entries of each layer
+        m0 = pruning.mask_of(imp.layers["0"]).mask.flatten()
+        assert m0.tolist() == [False] * (100 - hidden[r - 1]) + [True] * hidden[r - 1]
+    total, per = pruning.sparsity(imp.layers)
+    assert per == {"0": 0.89, "2": 0.89, "4": 0.6}
+    assert total == pytest.approx((89 + 89 + 6) / 210)
+
+
+def test_imp_global_scope_pools_hidden_layers_and_keeps_output_apart():
+    net = tiny_net()
+    imp = IMP(net, build("mask0"), IMPConfig(base=0.8, output_base=0.9, scope="global"))
+    idx = torch.arange(100, dtype=torch.float32).view(10, 10)
+    expected = [
+        # pool of 200: k = 40, all from layer 2 (its weights are all smaller) -> (100, 60)
+        (100, 60, 9),
+        # pool 160: k = 32 -> layer 2: 60 -> 28
+        (100, 28, 8),
+        # pool 128: k = round(25.6) = 26 -> layer 2: 28 -> 2
+        (100, 2, 7),
+        # pool 102: k = round(20.4) = 20 -> layer 2 loses its last 2, layer 0 loses 18 -> (82, 0)
+        (82, 0, 6),
+    ]
+    for r, counts in enumerate(expected, 1):
+        pruning.raw_weight(imp.layers["0"]).data.copy_(1 + idx / 1000)       # 1.000 .. 1.099
+        pruning.raw_weight(imp.layers["2"]).data.copy_(-(idx + 1) / 1000)    # -0.001 .. -0.100
+        pruning.raw_weight(imp.layers["4"]).data.fill_(1e-6)                 # tiny, but its own pool
+        imp.advance(r)
+        assert tuple(alive_counts(imp)) == counts
+    # layer 0 lost its 18 smallest = flat indices 0..17
+    assert pruning.mask_of(imp.layers["0"]).mask.flatten().tolist() == [False] * 18 + [True] * 82
+
+
+def test_mask_fill_and_attach_masks_idempotent():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Conv1d(1, 1, 1))
+    layers = pruning.attach_masks(net)
+    assert list(layers) == ["0", "2"]                 # BatchNorm is never prunable
+    assert pruning.attach_masks(net).keys() == layers.keys()
+    assert len(net[0].parametrizations.weight) == 1   # not registered twice
+    mf = pruning.mask_of(net[0])
+    with torch.no_grad():
+        pruning.raw_weight(net[0]).copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        mf.mask.copy_(torch.tensor([[True, False], [False, True]]))
+        mf.fill.copy_(torch.tensor([[9.0, -7.0], [5.0, 9.0]]))
+    # where(mask, raw, fill)
+    assert net[0].weight.tolist() == [[1.0, -7.0], [5.0, 4.0]]
+    total, per = pruning.sparsity(layers)
+    assert per == {"0": 0.5, "2": 0.0} and total == pytest.approx(2 / 5)
