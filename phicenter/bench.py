@@ -150,7 +150,7 @@ class Case:
         self.imp = run.build_imp(self.cfg, self.net, v)
         self.module = PhiModule(self.net, OmegaConf.to_container(self.cfg.optim, resolve=True),
                                 OmegaConf.to_container(self.cfg.schedule, resolve=True))
-        self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed)
+        self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
         self.train_b.to(self.device)
         self.module.train_batches = self.train_b
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
@@ -197,7 +197,7 @@ class Case:
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(self.x[idx]), self.y[idx]).backward()
+            F.cross_entropy(net(self.x.index_select(0, idx)), self.y.index_select(0, idx)).backward()
             opt.step()
         self.sync()
         return time.perf_counter() - t0

@@ -17,7 +17,11 @@ class Diverged(RuntimeError):
 
 class PhiModule(pl.LightningModule):
     """Accumulates loss and accuracy on the device and logs once per epoch on a step axis continuous
-    across rounds (the global epoch index), so per-step overhead stays negligible."""
+    across rounds (the global epoch index), so per-step overhead stays negligible.
+
+    Optimisation is manual (training_step runs the optimizer steps) so that one Lightning call can carry
+    several steps: data.Batches(group=k) yields lists of k batches, and Lightning's per-call overhead, which
+    is larger than a whole fc_lot step on a CPU, is paid once per k steps. Same steps, same order, same maths."""
 
     def __init__(self, net: nn.Module, optim: dict, schedule: dict | None = None):
         super().__init__()
@@ -29,6 +33,7 @@ class PhiModule(pl.LightningModule):
         self.train_batches = None   # set by the round loop; epochs re-seed it
         self.history: list[dict] = []
         self._sums = {}
+        self.automatic_optimization = False
 
     def forward(self, x):
         return self.net(x)
@@ -83,12 +88,35 @@ class PhiModule(pl.LightningModule):
         if self.train_batches is not None:
             self.train_batches.set_epoch(self.round, self.current_epoch)
 
+    def _direct(self) -> bool:
+        """Plain torch steps (no loss scaling to do: 32-bit, or mixed precision without a GradScaler) skip
+        Lightning's optimizer wrapper; anything else goes through manual_backward and its step."""
+        plugin = self.trainer.precision_plugin
+        return type(plugin) is pl.plugins.precision.Precision or (
+            type(plugin) is pl.plugins.precision.MixedPrecision and plugin.scaler is None)
+
     def training_step(self, batch, _):
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self._acc("train", logits, y, loss)
-        return loss
+        """One optimizer step per (x, y) pair; `batch` is one pair or a list of them."""
+        opt = self.optimizers()
+        steps = [batch] if isinstance(batch[0], torch.Tensor) else batch
+        direct = self._direct()
+        for x, y in steps:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y)
+            if direct:
+                opt.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.optimizer.step()
+            else:
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+            self._acc("train", logits, y, loss)
+        if direct:  # keep trainer.global_step counting optimizer steps
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            for _ in steps:
+                progress.increment_ready()
+                progress.increment_completed()
 
     def validation_step(self, batch, _):
         x, y = batch
@@ -109,6 +137,9 @@ class PhiModule(pl.LightningModule):
         if math.isfinite(val_acc):
             row.update(val_loss=val_loss, val_acc=val_acc)
         self.history.append(row)
+        scheduler = self.lr_schedulers()  # manual optimisation: the epoch's schedule step is ours to take
+        if scheduler is not None:
+            scheduler.step()
         if self.logger is not None:
             self.logger.log_metrics({f"epoch/{k}": v for k, v in row.items()
                                      if k not in ("round", "epoch")} | {"epoch/round": self.round},

@@ -20,8 +20,9 @@ How (docs in the module, so the code can be checked against them):
   BatchNorm act per channel on the (batch, K*channels, H, W) layout. On CPU this is bit-for-bit the
   arithmetic of K separate models (tests/test_packed.py checks it against phicenter.run.run). Any other
   architecture falls back to torch.func.vmap over functional_call: same maths, not bit-identical.
-- The loss is the sum of the variants' mean cross-entropies, so each variant's gradient is its own. One
-  optimizer over the stacked tensors is K optimizers: Adam, AdamW and SGD are elementwise.
+- The loss is the sum of the variants' mean cross-entropies, so each variant's gradient is its own. The
+  optimizer steps per-variant views of the stacked tensors (variant after variant, which keeps each one's
+  state in cache): the same update, element for element, as K unpacked optimizers.
 - Per round and variant: a fresh optimizer and schedule (as PhiModule), validation after every epoch, test
   after the round, the same results.json entry as run.py. "seconds" is the packed round's wall time divided
   by the variants trained in it; "seconds_packed" is the whole.
@@ -48,6 +49,7 @@ from phicenter.config import ConfigError, validate
 
 log = logging.getLogger("phicenter")
 
+PACK_SUMMARY = "pack.json"            # in the job folder: {"variants": {name: status}, ...}
 PACK_KEYS = ("pack", "pack_chunk")      # execution options: never part of a variant's config
 VARIED = ("phi", "strategy")            # what may differ between the variants of one pack
 
@@ -258,7 +260,26 @@ class PackedNet:
                             for n, _ in self.template.named_buffers()}
 
     def parameters(self) -> list[torch.Tensor]:
+        """The stacked leaves autograd writes gradients into."""
         return list(self.params.values())
+
+    def variant_parameters(self) -> list[torch.Tensor]:
+        """Per-variant views of the stacked parameters, variant after variant, for the optimizer; call
+        `share_grads()` after each backward. Stepping each variant's tensors while they are in cache is 2-3x
+        faster on CPU than elementwise ops over the whole stack, and it is literally the unpacked update."""
+        self._views = [(t, k, t.detach()[k]) for k in range(self.k) for t in self.params.values()]
+        return [v for _, _, v in self._views]
+
+    def share_grads(self) -> None:
+        for t, k, v in self._views:
+            v.grad = None if t.grad is None else t.grad[k]
+
+    def zero_grad(self) -> None:
+        """Gradients to None, as optimizer.zero_grad() does for an unpacked run."""
+        for t in self.params.values():
+            t.grad = None
+        for _, _, v in getattr(self, "_views", ()):
+            v.grad = None
 
     @torch.no_grad()
     def gather(self, nets: list[nn.Module]) -> None:
@@ -459,9 +480,10 @@ def _is_oom(e: BaseException) -> bool:
 
 def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None = None,
                  impl: str = "auto") -> dict[str, dict]:
-    """Train the variants packed, `chunk` at a time (None: all), each into run_dir/<variant.name>.
-    Returns {name: results dict} (the content of each results.json)."""
-    run_dir = Path(run_dir)
+    """Train the variants packed, `chunk` at a time (None: all), each into run_dir/<variant.name>, and write
+    run_dir/pack.json (each variant's status). Returns {name: results dict} (each results.json's content).
+    Variants already complete there are skipped; the others resume from their last round checkpoint."""
+    run_dir, t_start = Path(run_dir), time.perf_counter()
     vals = check_variants(variants)
     cfg0 = variants[0].cfg
     if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
@@ -527,6 +549,9 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
         _close(ss)
         for s in ss:
             done[s.variant.name] = s.out
+    results.write_json(run_dir / PACK_SUMMARY, {
+        "variants": {v.name: (done.get(v.name) or {}).get("status", "missing") for v in variants},
+        "chunk": chunk, "seconds": time.perf_counter() - t_start})
     if failed:
         raise PackFailed(f"{len(failed)} of {len(variants)} packed variants failed: {', '.join(failed)} "
                          "(see their results.json)")
@@ -591,7 +616,7 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
             for i in alive:
                 diags[i] = slots[i].imp.advance(r)
             packed.gather(nets)
-        opt, sched = _optimizer(packed.parameters(), optim, schedule, epochs)
+        opt, sched = _optimizer(packed.variant_parameters(), optim, schedule, epochs)
         history: dict[int, list] = {i: [] for i in alive}
         for e in range(epochs):
             train_b.set_epoch(r, e)
@@ -601,8 +626,9 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
                 logits = packed(x, training=True)
                 losses, values = packed_losses(logits, y)
                 _sums(s, values, logits, y)
-                opt.zero_grad()
+                packed.zero_grad()
                 losses.sum().backward()
+                packed.share_grads()
                 opt.step()
             train = _take(s)
             val = _evaluate(packed, val_b, device)
@@ -670,3 +696,137 @@ def run_hydra(cfg: DictConfig, run_dir: str | Path) -> dict:
     accs = [o["final"]["val_acc"] for o in outs.values()
             if o and o.get("final") and o["final"].get("val_acc") is not None]
     return {"final": {"val_acc": max(accs) if accs else math.nan}, "variants": outs}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bench: K packed vs K sequential runs (phicenter.bench calls this)
+
+PAPER_PHIS = (0.0, 5e-5, -5e-5, 1e-4, -1e-4, 5e-4, -5e-4, 1e-3, -1e-3, 0.1, -0.1)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():   # inside a Hydra app: its config tree
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _rss_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _mem_start(device: torch.device) -> dict:
+    """Start a peak-memory window: CUDA allocator peak, or the process's resident-set high-water mark
+    (reset through /proc/self/clear_refs, after returning freed heap to the OS)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return {"base": torch.cuda.memory_allocated(), "how": "torch.cuda.max_memory_allocated"}
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        reset = False
+    base = _rss_kib("VmRSS") * 1024
+    how = "resident set high-water mark (VmHWM) above the RSS at the start"
+    if not reset or _rss_kib("VmHWM") * 1024 > base * 1.05:
+        how += " (could not reset VmHWM: includes earlier peaks)"
+    return {"base": base, "how": how}
+
+
+def _mem_peak(device: torch.device, start: dict) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - start["base"])
+    return max(0, _rss_kib("VmHWM") * 1024 - start["base"])
+
+
+def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", epochs: int = 1,
+                   iterations: int = 0, sequential: int | None = None, overrides=(),
+                   workdir: str | Path | None = None, impl: str = "auto") -> dict:
+    """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
+    after another through phicenter.run.run (Lightning), and their peak memory.
+
+    dataset "auto": MNIST when it is readable under data_dir (no download), else scikit-learn's digits.
+    `sequential`: time only this many of the K sequential runs and scale (all are the same work); None: all.
+    `overrides`: extra Hydra overrides for both (e.g. ["data_dir=../shared/data", "batch_size=60"]).
+    Returns packed_speedup (sequential wall time / packed wall time), packed_speedup_cpu (the same in process
+    CPU time, steadier on a shared machine), packed_peak_memory_ratio (packed peak / the peak of one run,
+    both above the memory in use before the run) and the raw figures."""
+    import shutil
+    import tempfile
+
+    from phicenter.data import DataError
+    from phicenter.run import load_data, run
+
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    phis = list(PAPER_PHIS[:k]) + [round(0.2 * (i + 1), 6) for i in range(max(0, k - len(PAPER_PHIS)))]
+    base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", *overrides]
+    if dataset == "auto":
+        dataset = "mnist"
+        try:
+            load_data(_compose(base + ["dataset=mnist", "dataset.download=false"]))
+        except DataError:
+            dataset = "digits"
+    cfg = _compose(base + [f"dataset={dataset}"])
+    variants = make_variants(cfg, phis)
+    n_seq = k if sequential is None else max(1, min(int(sequential), k))
+    device = _device(cfg)
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="phicenter-pack-bench-")) if own else Path(workdir)
+    load = lambda: Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    try:
+        load_data(cfg)   # the decode cache is warm for both
+        warm = make_variants(_compose(base + ["dataset=digits", "epochs=1", "prune.iterations=0"]), [0.0])
+        run(warm[0].cfg, work / "warmup" / "sequential")   # lazy imports and first-call costs, untimed
+        train_packed(warm, work / "warmup" / "packed", impl=impl)
+        load_before = load()
+        seq_wall = seq_cpu = 0.0
+        seq_peak = 0
+        for v in variants[:n_seq]:
+            m = _mem_start(device)
+            t, c = time.perf_counter(), time.process_time()
+            run(v.cfg, work / "sequential" / v.name)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seq_wall += time.perf_counter() - t
+            seq_cpu += time.process_time() - c
+            seq_peak = max(seq_peak, _mem_peak(device, m))
+        m = _mem_start(device)
+        t, c = time.perf_counter(), time.process_time()
+        outs = train_packed(variants, work / "packed", impl=impl)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        pk_wall, pk_cpu = time.perf_counter() - t, time.process_time() - c
+        pk_peak = _mem_peak(device, m)
+        scale = k / n_seq
+        first = next(iter(outs.values()))
+        return {
+            "packed_speedup": seq_wall * scale / pk_wall,
+            "packed_speedup_cpu": seq_cpu * scale / pk_cpu if pk_cpu > 0 else math.nan,
+            "packed_peak_memory_ratio": pk_peak / seq_peak if seq_peak > 0 else math.nan,
+            "k": k, "model": model, "dataset": dataset, "epochs": epochs, "rounds": iterations + 1,
+            "device": str(device), "threads": torch.get_num_threads(), "impl": first["packed"]["impl"],
+            "packed_seconds": pk_wall, "sequential_seconds": seq_wall * scale, "sequential_runs_timed": n_seq,
+            "packed_cpu_seconds": pk_cpu, "sequential_cpu_seconds": seq_cpu * scale,
+            "packed_peak_bytes": pk_peak, "single_run_peak_bytes": seq_peak, "memory": m["how"],
+            "loadavg_before": load_before, "loadavg_after": load(),
+        }
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)

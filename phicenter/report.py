@@ -78,6 +78,8 @@ def read_run(path: Path) -> Run:
         return Run(path, "corrupt", "results.json has no config")
     status = str(data.get("status") or "unknown")
     rounds = data.get("rounds") if isinstance(data.get("rounds"), list) else []
+    if not all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds):
+        return Run(path, "corrupt", "results.json has a malformed round entry")
     run = Run(path, status, config=data["config"], rounds=rounds)
     if status != "complete":
         total = (run.config.get("prune") or {}).get("iterations")
@@ -97,8 +99,8 @@ def read_run(path: Path) -> Run:
     except (KeyError, TypeError, ValueError) as e:
         run.problem = f"corrupt: complete but {type(e).__name__} {e} in config or final round"
         return run
-    if not math.isfinite(run.test):
-        run.problem = "corrupt: complete but the final test accuracy is missing"
+    if not (math.isfinite(run.test) and math.isfinite(run.phi)):
+        run.problem = "corrupt: complete but ϕ or the final test accuracy is not a number"
     run.inactive = run.phi != 0 and phi_changed_no_sign(rounds)
     return run
 
@@ -106,10 +108,11 @@ def read_run(path: Path) -> Run:
 def phi_changed_no_sign(rounds: list) -> bool:
     """True when every round >= 1 says, in every layer, that phi re-signed no survivor (False when unknown)."""
     for r in rounds:
-        if not isinstance(r, dict) or (r.get("round") or 0) < 1:
+        if r["round"] < 1:
             continue
-        layers = r.get("layers") or {}
-        counts = [lay.get(k) for lay in layers.values() for k in ("flipped_by_phi_count", "dead_zone_count")]
+        layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
+        counts = [lay.get(k) if isinstance(lay, dict) else None
+                  for lay in layers.values() for k in ("flipped_by_phi_count", "dead_zone_count")]
         if not counts:  # older results: only the round totals
             counts = [r.get("flipped_by_phi"), r.get("dead_zone_count")]
         if any(c is None or c != 0 for c in counts):
@@ -166,7 +169,7 @@ def label(runs: list[Run]) -> None:
             for r in rs:
                 by_name[r.config[part]["name"]].append(r)
             for name, named in by_name.items():
-                keys = _varying(named, lambda k: k.startswith(part + ".") and k != part + ".name")
+                keys = _varying(named, lambda k, p=part: k.startswith(p + ".") and k != p + ".name")
                 for r in named:
                     if part == "model":
                         r.row = name + _suffix(r, keys + other)
@@ -192,20 +195,19 @@ class PhiGroup:
         return {r.seed: r for r in self.runs}
 
 
-def group(runs: list[Run]) -> tuple[dict, list[Run]]:
-    """{(dataset, row, col): {phi: PhiGroup}} and the duplicates (same cell, phi and seed) left out;
-    the first one found is kept (DIRs in the order given, folders in name order)."""
-    cells, seen, dups = defaultdict(dict), {}, []
+def group(runs: list[Run]) -> dict:
+    """{(dataset, row, col): {phi: PhiGroup}}. Of two runs with the same cell, phi and seed the first one found
+    is kept (DIRs in the order given, folders in name order); the other gets a `problem`."""
+    cells, seen = defaultdict(dict), {}
     for r in runs:
         key = (r.dataset, r.row, r.col, r.phi, r.seed)
         if key in seen:
             r.problem = f"duplicate of {seen[key].path.parent} (same settings, ϕ and seed); not counted twice"
-            dups.append(r)
             continue
         seen[key] = r
         cell = cells[(r.dataset, r.row, r.col)]
         cell.setdefault(r.phi, PhiGroup(r.phi, [])).runs.append(r)
-    return dict(cells), dups
+    return dict(cells)
 
 
 # ---------------------------------------------------------------- stats
@@ -269,17 +271,24 @@ def compare(zero: PhiGroup | None, other: PhiGroup | None) -> dict | None:
 
 # ---------------------------------------------------------------- select
 
-def choose(groups: dict[float, PhiGroup], metric: str, nonzero_only: bool = False) -> PhiGroup | None:
-    """The phi with the best mean `metric` over seeds. Inactive phis are never offered; ties go to ϕ = 0,
-    then to the smaller |ϕ|."""
+def baseline(groups: dict[float, PhiGroup]) -> PhiGroup | None:
+    """The ϕ = 0 runs; when ϕ = 0 was not run (an Optuna search), an inactive ϕ stands in for it: it changed no
+    sign, so it is the ϕ = 0 network. The one with most seeds, then the smallest |ϕ|."""
+    if 0.0 in groups:
+        return groups[0.0]
+    inactive = [g for g in groups.values() if g.inactive]
+    return min(inactive, key=lambda g: (-g.n, abs(g.phi)), default=None)
+
+
+def choose(groups: dict[float, PhiGroup], metric: str, base: PhiGroup | None) -> PhiGroup | None:
+    """The phi with the best mean `metric` over seeds among the active non-zero phis and `base` (ϕ = 0 or its
+    stand-in). Inactive phis are never offered as a best ϕ; ties go to `base`, then to the smaller |ϕ|."""
     best, best_key = None, None
-    for g in groups.values():
-        if (g.phi != 0 and g.inactive) or (nonzero_only and g.phi == 0):
-            continue
+    for g in [g for g in groups.values() if g.phi != 0 and not g.inactive] + ([base] if base else []):
         m = mean_ci(getattr(r, metric) for r in g.runs)[0]
         if not math.isfinite(m):
             continue
-        key = (m, g.phi == 0, -abs(g.phi))
+        key = (m, g is base, -abs(g.phi))
         if best_key is None or key > best_key:
             best, best_key = g, key
     return best
@@ -292,20 +301,26 @@ class Cell:
     col: str
     groups: dict                  # phi -> PhiGroup
     chosen_on: str                # "val" or "test"
+    fell_back: bool               # asked for val, but some run has no validation accuracy
+    zero: PhiGroup | None         # ϕ = 0, or the inactive ϕ standing in for it (see baseline)
     best: PhiGroup | None
     best_nonzero: PhiGroup | None
-    vs_zero: dict | None          # compare(ϕ = 0, best non-zero)
+    vs_zero: dict | None          # compare(zero, best non-zero)
+
+    @property
+    def stand_in(self) -> bool:
+        return self.zero is not None and self.zero.phi != 0
 
 
 def select(cells: dict, by: str) -> list[Cell]:
     out = []
     for (ds, row, col), groups in sorted(cells.items()):
-        metric = by
-        if by == "val" and any(not math.isfinite(r.val) for g in groups.values() for r in g.runs):
-            metric = "test"   # no validation split: fall back, and say so in the table
-        best = choose(groups, metric)
-        best_nz = choose(groups, metric, nonzero_only=True)
-        out.append(Cell(ds, row, col, groups, metric, best, best_nz, compare(groups.get(0.0), best_nz)))
+        fell_back = by == "val" and any(not math.isfinite(r.val) for g in groups.values() for r in g.runs)
+        metric = "test" if fell_back else by   # no validation split: fall back, and say so in the table
+        zero = baseline(groups)
+        best = choose(groups, metric, zero)
+        best_nz = choose(groups, metric, None)
+        out.append(Cell(ds, row, col, groups, metric, fell_back, zero, best, best_nz, compare(zero, best_nz)))
     return out
 
 
@@ -334,13 +349,14 @@ def cell_text(cell: Cell) -> str:
     g = cell.best
     if g is None:
         return "—"
-    mark = "†" if cell.chosen_on != "val" else ""
-    return f"{acc_text(r.test for r in g.runs)} ({fmt_phi(g.phi)}){mark} n={g.n}"
+    mark = "†" if cell.fell_back else ""
+    phi = "0‡" if cell.stand_in and g is cell.zero else fmt_phi(g.phi)
+    return f"{acc_text(r.test for r in g.runs)} ({phi}){mark} n={g.n}"
 
 
 def mean_flip(g: PhiGroup) -> float:
     """Share of survivors whose sign ϕ changed, averaged over rounds >= 1 and seeds."""
-    vals = [_num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if (r.get("round") or 0) >= 1]
+    vals = [_num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1]
     vals = [v for v in vals if math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
 
@@ -357,17 +373,22 @@ def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:
             f"run-to-run noise (e.g. GPU nondeterminism); differences of that size mean nothing here")
 
 
-def tables(cells: list[Cell], by: str) -> dict[str, list[dict]]:
+def tables(cells: list[Cell]) -> dict[str, list[dict]]:
     """The CSV tables as lists of rows; report.md is written from the same rows."""
     paper, summary, tests = defaultdict(dict), [], []
     for c in cells:
         paper[c.dataset].setdefault(c.row, {"architecture": c.row})[c.col] = cell_text(c)
-        zero = c.groups.get(0.0)
+        zero = c.zero
         for phi in sorted(c.groups):
             g = c.groups[phi]
             vm, vh, _ = mean_ci(r.val for r in g.runs)
             tm, th, _ = mean_ci(r.test for r in g.runs)
-            note = INACTIVE + "; " + noise_note(zero, g) if g.phi != 0 and g.inactive else ""
+            note = ""
+            if g.phi != 0 and g.inactive:
+                note = INACTIVE + "; " + ("ϕ = 0 was not run: this ϕ stands in for it" if g is zero
+                                          else noise_note(zero, g))
+            elif g.phi != 0 and any(r.inactive for r in g.runs):
+                note = "ϕ changed no sign in seed(s) " + " ".join(str(r.seed) for r in g.runs if r.inactive)
             if g is c.best:
                 note = f"chosen on {c.chosen_on}" + ("; " + note if note else "")
             summary.append({"dataset": c.dataset, "architecture": c.row, "strategy": c.col, "phi": fmt_phi(phi),
@@ -389,9 +410,10 @@ def tables(cells: list[Cell], by: str) -> dict[str, list[dict]]:
 
 def _verdict(c: Cell) -> str:
     if c.vs_zero is not None:
-        return c.vs_zero["verdict"]
-    if 0.0 not in c.groups:
-        return "no ϕ = 0 run to compare with"
+        extra = f" (ϕ = 0 was not run; compared with the inactive ϕ = {fmt_phi(c.zero.phi)})" if c.stand_in else ""
+        return c.vs_zero["verdict"] + extra
+    if c.zero is None:
+        return "no ϕ = 0 run (nor an inactive ϕ) to compare with"
     if any(phi != 0 for phi in c.groups):
         return "every non-zero ϕ was inactive (changed no sign): nothing to compare"
     return "only ϕ = 0 was run"
@@ -405,13 +427,16 @@ HEADERS = {"architecture": "Architecture", "strategy": "Strategy", "best_nonzero
            "run": "Run", "status": "Status", "problem": "Problem", "verdict": "Verdict", "note": "Note"}
 
 
+def _md_escape(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def md_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "_(none)_\n"
     columns = columns or list(rows[0])
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(esc(r.get(k, "—")) for k in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_md_escape(r.get(k, "—")) for k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -525,8 +550,9 @@ def _critical_figure(plt, c: Cell, out: Path) -> list[tuple[str, str]]:
     series = defaultdict(lambda: defaultdict(list))   # (layer, sign) -> round -> values
     for run in source:
         for r in run.rounds:
-            for layer, v in (r.get("layers") or {}).items():
-                for sign in ("pos", "neg"):
+            layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
+            for layer, v in layers.items():
+                for sign in ("pos", "neg") if isinstance(v, dict) else ():
                     x = _num(v.get(f"critical_phi_{sign}"))
                     if math.isfinite(x):
                         series[(layer, sign)][r.get("round")].append(x)
@@ -605,10 +631,10 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     runs = load(dirs, skip=out.resolve())
     usable = [r for r in runs if r.problem is None]
     label(usable)
-    cells, dups = group(usable)
-    usable = [r for r in usable if r.problem is None]
+    cells = group(usable)
+    usable = [r for r in usable if r.problem is None]   # less the duplicates
     cs = select(cells, by)
-    t = tables(cs, by)
+    t = tables(cs)
     out.mkdir(parents=True, exist_ok=True)
     made = figures(cs, out) if cs else []
 
@@ -635,8 +661,11 @@ def markdown(dirs, by, cells, t, made, usable, not_used) -> str:
              how + " Cells: mean ± 95 % CI over seeds (t interval), the chosen ϕ in brackets, n = seeds. "
              f"Non-zero ϕ values that changed no sign in any round are marked “{INACTIVE}” "
              "and are never offered as a best ϕ.", ""]
-    if any(c.chosen_on != by for c in cells):
+    if any(c.fell_back for c in cells):
         lines += ["† no validation accuracy in these runs: ϕ chosen on test.", ""]
+    if any(c.stand_in and c.best is c.zero for c in cells):
+        lines += ["‡ ϕ = 0 was not run; an inactive ϕ (it changed no sign, so it is the ϕ = 0 network) stands "
+                  "in for it.", ""]
     for ds in sorted(t["paper"]):
         rows = t["paper"][ds]
         cols = ["architecture"] + sorted({k for r in rows for k in r if k != "architecture"})

@@ -122,7 +122,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     module = PhiModule(net, OmegaConf.to_container(cfg.optim, resolve=True),
                        OmegaConf.to_container(cfg.schedule, resolve=True))
     seed = v["seed"]
-    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], seed)
+    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], seed, group=data.STEPS_PER_CALL)
     module.train_batches = train_b
     logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
     out = {"config": resolved, "rounds": rounds, "final": rounds[-1] if rounds else None, "status": "running",

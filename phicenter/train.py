@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from phicenter import results
 from phicenter.config import ConfigError
 from phicenter.data import DataError
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("phicenter")
 
@@ -24,14 +25,32 @@ def _discard_if_new(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> Path:
+    """Record how a run ended in its results.json, keeping the rounds it completed."""
+    path = run_dir / results.RESULTS
+    prev = results.read_json(path) or {"config": OmegaConf.to_container(cfg, resolve=False), "rounds": []}
+    prev.update(status=status, error=error, traceback=trace)
+    results.write_json(path, prev)
+    return path
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from phicenter.module import Diverged
     from phicenter.run import run
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
+    if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
+        import torch
+        torch.set_num_threads(int(cpus))
     try:
         out = run(cfg, run_dir)
+    except SIGTERMException:  # preempted: checkpoints are intact; the same command resumes
+        _mark(run_dir, cfg, "interrupted", "SIGTERM")
+        log.warning("run interrupted by SIGTERM; relaunch the same command to resume (%s)", run_dir)
+        sys.exit(143)
     except (ConfigError, DataError) as e:
         print(f"phicenter: error: {e}", file=sys.stderr)
         logging.shutdown()
@@ -39,10 +58,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except Exception as e:  # record the failure beside the run; a multirun goes on with the next job
         status = "diverged" if isinstance(e, Diverged) else "failed"
-        path = run_dir / results.RESULTS
-        prev = results.read_json(path) or {"config": OmegaConf.to_container(cfg, resolve=False), "rounds": []}
-        prev.update(status=status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        results.write_json(path, prev)
+        path = _mark(run_dir, cfg, status, f"{type(e).__name__}: {e}", traceback.format_exc())
         log.error("run %s: %s (%s)", status, e, path)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)

@@ -141,9 +141,9 @@ def test_fabricated_tree_known_cells(tree, tmp_path):
     expected = f"{100 * m:.2f} ± {100 * half:.2f} (0.001) n=3"
     assert expected == "92.83 ± 1.90 (0.001) n=3"
     table = read_csv(out / "table__digits.csv")
-    assert table == [{"architecture": "fc_lot", "gradual": "92.00 (0.0001) n=1", "mask0": "90.00 (0) n=3",
-                      "mask1": expected}]
-    assert f"| fc_lot | 92.00 (0.0001) n=1 | 90.00 (0) n=3 | {expected} |" in md
+    assert table == [{"architecture": "fc_lot", "gradual": "92.00 (0.0001) n=1",
+                      "mask0": "90.00 ± 0.00 (0) n=3", "mask1": expected}]
+    assert f"| fc_lot | 92.00 (0.0001) n=1 | 90.00 ± 0.00 (0) n=3 | {expected} |" in md
 
     tests = read_csv(out / "best_vs_zero.csv")
     m1 = by(tests, strategy="mask1")
@@ -177,7 +177,7 @@ def test_select_test_is_the_papers_way(tree, tmp_path):
     # on test accuracy mask1 picks -1e-3 (95.00, every seed); mask0 still never picks the inactive 5e-5
     table = read_csv(out / "table__digits.csv")[0]
     assert table["mask1"] == "95.00 ± 0.00 (-0.001) n=3"
-    assert table["mask0"] == "90.00 (0) n=3"
+    assert table["mask0"] == "90.00 ± 0.00 (0) n=3"
 
 
 def test_bad_runs_are_listed_not_fatal(tree, tmp_path):
@@ -197,6 +197,10 @@ def test_bad_runs_are_listed_not_fatal(tree, tmp_path):
     data["final"] = {"round": 2}
     data["rounds"][-1].pop("test_acc")
     (nofinal / "results.json").write_text(json.dumps(data))
+    malformed = write_run(bad / "m", "mask1", 5e-4, 3, 0.9, 0.9)
+    data = json.loads((malformed / "results.json").read_text())
+    data["rounds"][1] = "round one"
+    (malformed / "results.json").write_text(json.dumps(data))
     (bad / "never_started" / ".hydra").mkdir(parents=True)
     (bad / "never_started" / "train.log").write_text("")
     # a second folder repeats a run of the first (same settings, phi and seed): the first folder's is kept
@@ -211,6 +215,7 @@ def test_bad_runs_are_listed_not_fatal(tree, tmp_path):
     assert "RuntimeError: boom" in not_used["phi=0.0005,seed=1,strategy=mask1"]["problem"]
     assert "corrupt" in not_used["phi=0.0005,seed=2,strategy=mask1"]["problem"]
     assert not_used["never_started"]["status"] == "missing"
+    assert "malformed round" in not_used["phi=0.0005,seed=3,strategy=mask1"]["problem"]
     assert "duplicate" in not_used["phi=0.0,seed=0,strategy=mask1"]["problem"]
     md = (out / "report.md").read_text()
     for name in ("corrupt", "never_started", "RuntimeError: boom", "duplicate of"):
@@ -240,6 +245,34 @@ def test_other_varying_settings_get_their_own_rows(tmp_path):
     assert rows == ["fc_lot [epochs=2]", "fc_lot [epochs=4]"]
 
 
+def test_inactive_phi_stands_in_for_a_missing_phi_zero(tmp_path):
+    """An Optuna search has no ϕ = 0 run; an inactive ϕ is that network, so it is the baseline, shown as 0‡."""
+    root = tmp_path / "search"
+    write_run(root, "mask0", 2e-6, 0, 0.95, 0.94, flips=0)
+    write_run(root, "mask0", 0.05, 0, 0.10, 0.10, flips=900)
+    out = tmp_path / "rep"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    assert read_csv(out / "table__digits.csv")[0]["mask0"] == "94.00 (0‡) n=1"
+    test = by(read_csv(out / "best_vs_zero.csv"), strategy="mask0")
+    assert test["best_nonzero_phi"] == "0.05" and test["diff_mean_pp"] == "-84.00"
+    assert test["verdict"] == "one seed: no claim can be made (ϕ = 0 was not run; compared with the inactive ϕ = 2e-06)"
+    assert "‡ ϕ = 0 was not run" in (out / "report.md").read_text()
+
+
+def test_no_validation_split_falls_back_to_test_and_says_so(tmp_path):
+    root = tmp_path / "grid"
+    for phi, t in ((0.0, 0.90), (1e-3, 0.95)):
+        job = write_run(root, "mask1", phi, 0, 0.5, t)
+        d = json.loads((job / "results.json").read_text())
+        d["final"]["val_acc"] = None
+        (job / "results.json").write_text(json.dumps(d))
+    out = tmp_path / "rep"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    assert read_csv(out / "table__digits.csv")[0]["mask1"] == "95.00 (0.001)† n=1"
+    assert "† no validation accuracy" in (out / "report.md").read_text()
+    no_nan(out)
+
+
 # ---------------------------------------------------------------- a real tiny multirun
 
 def is_png(path: Path) -> bool:
@@ -256,9 +289,7 @@ def test_real_quickstart_grid(tmp_path):
     assert len(list(grid.glob("*/results.json"))) == 12
 
     out = tmp_path / "rep"
-    proc = subprocess.run([sys.executable, "-m", "phicenter.report", str(grid), "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report.main([str(grid), "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     expected = {"report.md", "runs.csv", "summary.csv", "best_vs_zero.csv", "not_used.csv", "table__digits.csv",
                 "acc_vs_phi__digits__fc_lot.png", "flips_vs_phi__digits__fc_lot.png",

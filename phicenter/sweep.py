@@ -1,0 +1,36 @@
+"""Hydra callback: at the end of a multirun, name the jobs that failed or diverged (and write it down)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from phicenter import results
+
+log = logging.getLogger("phicenter")
+
+
+def summarize(sweep_dir: str | Path) -> dict:
+    """Status of every job folder under sweep_dir: {"complete": [...], "failed": [...], ...}."""
+    out: dict[str, list] = {}
+    for path in sorted(Path(sweep_dir).glob("**/.hydra")):
+        job = path.parent
+        res = results.read_json(job / results.RESULTS)
+        status = (res or {}).get("status", "missing" if res is None else "unknown")
+        out.setdefault(status, []).append({"job": str(job.relative_to(sweep_dir)),
+                                           "error": (res or {}).get("error")})
+    return out
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = summarize(sweep_dir)
+        results.write_json(sweep_dir / "sweep_summary.json", summary)
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(summary.items()))
+        log.info("multirun finished: %s (%s)", counts, sweep_dir / "sweep_summary.json")
+        for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):
+            for job in summary.get(status, []):
+                log.warning("%s: %s%s", status, job["job"], f" -- {job['error']}" if job["error"] else "")

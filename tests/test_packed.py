@@ -1,0 +1,355 @@
+"""Packed sweeps (phicenter/packed.py): packing is an execution detail, never a change of results.
+
+The central check trains the same four variants (one per paper strategy, each with its own phi) twice: packed,
+as one batched model, and alone, each through phicenter.run.run (Lightning). Per round, every accuracy, loss and
+flip diagnostic must agree, and the final weights too. The spec's bounds are 1e-6 in accuracy and 1e-5
+relative in weights; on CPU the packed arithmetic is the unpacked arithmetic operation for operation, so
+the runs in fact agree bit for bit (the assertions print the largest difference seen).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from phicenter import models, packed, pruning, results
+from phicenter.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+# one variant per paper strategy; phi large enough to re-sign a good share of the weights
+COMBOS = [("mask0", 0.0), ("mask1", 0.02), ("gradual", -0.02), ("standard", 0.01)]
+SHAPES = {"fc_lot": ("[1,8,8]", 600), "conv2": ("[3,8,8]", 340)}
+
+
+def config(model: str, strategy: str = "mask0", phi: float = 0.0, *extra: str):
+    shape, n_train = SHAPES[model]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[
+            f"model={model}", "dataset=synthetic", f"dataset.shape={shape}", f"dataset.n_train={n_train}",
+            "dataset.n_test=150", "epochs=2", "prune.iterations=2", f"strategy={strategy}", f"phi={phi}",
+            "checkpoint.keep_all=true", *extra])
+
+
+def variants(model: str, combos=COMBOS, *extra: str):
+    return [packed.Variant(packed.variant_name(p, s), config(model, s, p, *extra)) for s, p in combos]
+
+
+@pytest.fixture(scope="module", params=["fc_lot", "conv2"])
+def pair(request, tmp_path_factory):
+    """(model, variants, packed results, alone results, folder): the same variants packed and alone."""
+    from phicenter.run import run
+
+    model = request.param
+    out = tmp_path_factory.mktemp(model)
+    vs = variants(model)
+    res_packed = packed.train_packed(vs, out / "packed")
+    res_alone = {v.name: run(v.cfg, out / "alone" / v.name) for v in vs}
+    return model, vs, res_packed, res_alone, out
+
+
+ROUND_KEYS_EXACT = ("round", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone", "dead_zone_count")
+ROUND_KEYS_ACC = ("val_acc", "test_acc", "train_acc")
+ROUND_KEYS_LOSS = ("train_loss", "test_loss")
+
+
+def assert_same_rounds(a: dict, b: dict, label: str) -> float:
+    """Per-round agreement of two results dicts; returns the largest accuracy difference."""
+    assert len(a["rounds"]) == len(b["rounds"]), label
+    worst = 0.0
+    for ra, rb in zip(a["rounds"], b["rounds"]):
+        for k in ROUND_KEYS_EXACT:
+            assert ra[k] == rb[k], (label, ra["round"], k, ra[k], rb[k])
+        for k in ROUND_KEYS_ACC:
+            worst = max(worst, abs(ra[k] - rb[k]))
+            assert abs(ra[k] - rb[k]) <= 1e-6, (label, ra["round"], k, ra[k], rb[k])
+        for k in ROUND_KEYS_LOSS:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6), (label, ra["round"], k)
+        for ea, eb in zip(ra["epochs"], rb["epochs"]):
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                assert ea[k] == pytest.approx(eb[k], rel=1e-6, abs=1e-9), (label, ra["round"], ea["epoch"], k)
+        for name, la in ra["layers"].items():
+            lb = rb["layers"][name]
+            for k in ("sparsity", "c", "phi", "survivors", "flipped_by_phi_count", "flipped_vs_init_count"):
+                if k in lb:
+                    assert la[k] == lb[k], (label, ra["round"], name, k)
+    return worst
+
+
+def test_packed_equals_alone(pair):
+    """mask0, mask1, gradual and standard, packed vs alone: same per-round accuracies, losses, diagnostics
+    and final weights (fc_lot and conv2)."""
+    model, vs, res_packed, res_alone, out = pair
+    n_rounds = vs[0].cfg.prune.iterations + 1
+    for v in vs:
+        a, b = res_packed[v.name], res_alone[v.name]
+        assert a["status"] == b["status"] == "complete"
+        assert len(a["rounds"]) == n_rounds
+        assert_same_rounds(a, b, v.name)
+        # final weights, masks, fills and biases
+        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt",
+                        weights_only=False)["model"]
+        wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt",
+                        weights_only=False)["model"]
+        assert wa.keys() == wb.keys()
+        for key in wb:
+            x, y = wa[key].double(), wb[key].double()
+            rel = float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) if y.numel() else 0.0
+            assert rel <= 1e-5, (v.name, key, rel)
+        # the variants really differ from each other (phi and the strategy did something)
+    finals = {v.name: res_packed[v.name]["final"]["test_acc"] for v in vs}
+    flips = [res_packed[v.name]["rounds"][1]["flipped_by_phi"] for v in vs]
+    assert any(f > 0 for f in flips), flips
+    assert res_packed[vs[1].name]["rounds"][1]["train_loss"] != res_packed[vs[0].name]["rounds"][1]["train_loss"]
+    assert all(0.0 <= f <= 1.0 for f in finals.values())
+
+
+def test_packed_results_layout(pair):
+    """One folder per variant, named like a multirun job, holding what an unpacked run writes; the config
+    recorded is that of the same run unpacked, packing itself is recorded beside it."""
+    model, vs, res_packed, res_alone, out = pair
+    for v in vs:
+        d = out / "packed" / v.name
+        assert d.name.startswith("phi=") and ",strategy=" in d.name
+        on_disk = json.loads((d / results.RESULTS).read_text())
+        alone = json.loads((out / "alone" / v.name / results.RESULTS).read_text())
+        assert on_disk["config"] == alone["config"]
+        assert set(alone) - {"traceback"} <= set(on_disk)
+        assert set(alone["rounds"][-1]) <= set(on_disk["rounds"][-1])
+        assert on_disk["packed"]["variants"] == [x.name for x in vs]
+        assert (d / results.THETA0).is_file()
+        assert list((d / "tb").glob("events.out.tfevents.*"))
+
+
+def test_chunks_equal_one_pack(tmp_path):
+    """pack_chunk: three variants in chunks of two give the same results as all three at once."""
+    vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
+    one = packed.train_packed(vs, tmp_path / "one")
+    chunked = packed.train_packed(vs, tmp_path / "chunked", chunk=2)
+    assert chunked[vs[0].name]["packed"]["variants"] == [vs[0].name, vs[1].name]
+    assert chunked[vs[2].name]["packed"]["variants"] == [vs[2].name]
+    for v in vs:
+        assert_same_rounds(chunked[v.name], one[v.name], v.name)
+
+
+def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch):
+    """A chunk that runs out of memory mid-way is split in halves, each resumed from the last completed round,
+    to the same results."""
+    vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
+    ref = packed.train_packed(vs, tmp_path / "ref")
+    real_chunk, real_opt = packed._train_chunk, packed._optimizer
+    sizes, starts, calls = [], [], []
+
+    def chunk(slots, start, *a, **kw):
+        sizes.append(len(slots))
+        starts.append(start)
+        return real_chunk(slots, start, *a, **kw)
+
+    def optimizer(*a, **kw):   # called at the start of every round: fail at round 1 of the first chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_opt(*a, **kw)
+
+    monkeypatch.setattr(packed, "_train_chunk", chunk)
+    monkeypatch.setattr(packed, "_optimizer", optimizer)
+    got = packed.train_packed(vs, tmp_path / "oom")
+    assert sizes == [3, 2, 1] and starts == [0, 1, 1]
+    for v in vs:
+        assert got[v.name]["status"] == "complete"
+        assert_same_rounds(got[v.name], ref[v.name], v.name)
+
+
+def test_resume_and_complete_runs_skipped(tmp_path):
+    """A relaunch skips complete variants and resumes the others from their last round checkpoint, to the
+    same results."""
+    vs = variants("fc_lot", COMBOS[:2], "prune.iterations=1")
+    first = packed.train_packed(vs, tmp_path)
+    # make the second variant look interrupted after round 0
+    d = tmp_path / vs[1].name
+    (d / "checkpoints" / "round_001.pt").unlink()
+    partial = dict(first[vs[1].name], status="running", rounds=first[vs[1].name]["rounds"][:1])
+    results.write_json(d / results.RESULTS, partial)
+    stamp = (tmp_path / vs[0].name / results.RESULTS).stat().st_mtime_ns
+    again = packed.train_packed(vs, tmp_path)
+    assert (tmp_path / vs[0].name / results.RESULTS).stat().st_mtime_ns == stamp
+    assert again[vs[1].name]["status"] == "complete"
+    assert_same_rounds(again[vs[1].name], first[vs[1].name], vs[1].name)
+
+
+def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
+    """A variant whose loss stops being finite is recorded as diverged; the others train on unchanged."""
+    vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
+    ref = packed.train_packed(vs, tmp_path / "ref")
+    real = packed.packed_losses
+
+    def poisoned(logits, y):
+        losses, values = real(logits, y)
+        if logits.shape[0] == 3 and torch.is_grad_enabled():
+            values = values.clone()
+            values[1] = math.nan
+        return losses, values
+
+    monkeypatch.setattr(packed, "packed_losses", poisoned)
+    got = packed.train_packed(vs, tmp_path / "nan")
+    assert got[vs[1].name]["status"] == "diverged"
+    assert "round 0, epoch 0" in got[vs[1].name]["error"]
+    for i in (0, 2):
+        assert_same_rounds(got[vs[i].name], ref[vs[i].name], vs[i].name)
+
+
+@pytest.mark.parametrize("name,kw", [("adam", dict(lr=1.2e-3)), ("adamw", dict(lr=1e-3, weight_decay=0.01)),
+                                     ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-4))])
+def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
+    """The packed optimizer (per-variant views of the stacked tensors) updates each variant exactly as its
+    own optimizer would, momentum and weight decay included."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)) for _ in range(3)]
+    for n in nets[1:]:
+        n.load_state_dict(nets[0].state_dict())
+    for n in nets:
+        pruning.attach_masks(n)
+    for i, n in enumerate(nets):   # different masks per variant
+        pruning.mask_of(n[0]).mask.copy_(torch.rand(7, 5) > 0.3 * i)
+    alone = [[p for p in n.parameters()] for n in nets]
+    pk = packed.PackedNet([_clone(n) for n in nets])
+    opt, _ = packed._optimizer(pk.variant_parameters(), {"name": name, **kw}, {"name": "none"}, 1)
+    own = [packed._optimizer(ps, {"name": name, **kw}, {"name": "none"}, 1)[0] for ps in alone]
+    for step in range(4):
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+        losses, _ = packed.packed_losses(pk(x, training=True), y)
+        pk.zero_grad()
+        losses.sum().backward()
+        pk.share_grads()
+        opt.step()
+        for n, o in zip(nets, own):
+            o.zero_grad()
+            F.cross_entropy(n(x), y).backward()
+            o.step()
+    for k, n in enumerate(nets):
+        for pname, p in n.named_parameters():
+            assert torch.equal(pk.params[pname][k], p.detach()), (name, k, pname)
+
+
+def _clone(net):
+    import copy
+    return copy.deepcopy(net)
+
+
+def _bn_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5, momentum=None), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+
+class _Wrapped(nn.Module):
+    """Not an nn.Sequential: packed through the torch.func.vmap fallback."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _bn_net()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("arch", ["fc_lot", "conv2", "bn", "vmap"])
+def test_forward_backward_and_batchnorm_per_variant(arch):
+    """Logits, gradients and BatchNorm running statistics of each variant, packed vs its own module, in train
+    and eval mode, with different masks and fills per variant. Bit-identical on CPU for the explicit
+    implementation; the vmap fallback (any architecture) agrees to float rounding."""
+    torch.manual_seed(0)
+    shape = (1, 8, 8) if arch == "fc_lot" else (3, 8, 8)
+    if arch in ("fc_lot", "conv2"):
+        nets = [models.build(arch, shape, 10, seed=0) for _ in range(3)]
+    else:
+        make = _bn_net if arch == "bn" else _Wrapped
+        torch.manual_seed(0)
+        first = make()
+        nets = [_clone(first) for _ in range(3)]
+    for i, n in enumerate(nets):
+        layers = pruning.attach_masks(n)
+        for layer in layers.values():
+            mf = pruning.mask_of(layer)
+            mf.mask.copy_(torch.rand(mf.mask.shape) > 0.25 * i)
+            mf.fill.copy_(torch.randn(mf.fill.shape) * 0.01 * i)
+    pk = packed.PackedNet([_clone(n) for n in nets])
+    assert pk.impl == ("vmap" if arch == "vmap" else "explicit")
+    exact = arch != "vmap"
+    for training, batch in ((True, 7), (True, 5), (False, 9)):
+        x, y = torch.randn(batch, *shape), torch.randint(0, 3, (batch,))
+        logits = pk(x, training=training)
+        losses, values = packed.packed_losses(logits, y)
+        pk.zero_grad()
+        losses.sum().backward()
+        for k, n in enumerate(nets):
+            n.train(training)
+            n.zero_grad()
+            out = n(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            check = torch.equal if exact else (lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+            assert check(logits[k].detach(), out.detach()), (arch, training, k)
+            assert check(values[k], loss.detach()), (arch, training, k)
+            for pname, p in n.named_parameters():
+                assert check(pk.params[pname].grad[k], p.grad), (arch, training, k, pname)
+            for bname, b in n.named_buffers():
+                if b.is_floating_point():
+                    assert check(pk.buffers[bname][k], b), (arch, training, k, bname)
+                else:
+                    assert torch.equal(pk.buffers[bname][k], b), (arch, k, bname)
+
+
+def test_bad_packs_fail_in_one_line():
+    """Variants that differ in more than phi and strategy, duplicates, or a non-float32 precision."""
+    a = config("fc_lot", "mask0", 0.0)
+    with pytest.raises(ConfigError, match="only phi and strategy may vary"):
+        packed.check_variants([packed.Variant("a", a), packed.Variant("b", config("fc_lot", "mask0", 0.1, "seed=3"))])
+    with pytest.raises(ConfigError, match="given twice"):
+        packed.check_variants([packed.Variant("a", a), packed.Variant("a", a)])
+    with pytest.raises(ConfigError, match="float32"):
+        packed.check_variants([packed.Variant("a", config("fc_lot", "mask0", 0.0, "trainer.precision=16-mixed"))])
+    with pytest.raises(ConfigError, match="phi must be a number"):
+        packed.make_variants(a, ["x"])
+
+
+def test_cli_pack_in_a_multirun(tmp_path):
+    """The real CLI: `-m seed=0,1 pack=true 'phi=[...]' 'strategy=[...]'` packs each seed's 2x2 grid in one
+    job; strategy.trained_fraction applies to the gradual variants only."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "phicenter.train", "-m", "seed=0,1", "pack=true", "phi=[0,0.02]",
+           "strategy=[mask0,gradual]", "strategy.trained_fraction=0.5", "dataset=synthetic", "epochs=1",
+           "prune.iterations=1", f"hydra.sweep.dir={tmp_path}", "hydra/job_logging=disabled"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(results.RESULTS))
+    assert len(found) == 8, found
+    for path in tmp_path.rglob(results.RESULTS):
+        res = json.loads(path.read_text())
+        variant = path.parent.name
+        assert res["status"] == "complete" and len(res["rounds"]) == 2
+        cfg = res["config"]
+        assert variant == f"phi={float(cfg['phi'])!r},strategy={cfg['strategy']['name']}"
+        assert isinstance(cfg["phi"], float) and cfg["pack"] is False
+        assert cfg["seed"] == int(path.parent.parent.name.split("seed=")[1].split(",")[0])
+        if cfg["strategy"]["name"] == "gradual":
+            assert cfg["strategy"]["trained_fraction"] == 0.5
+        else:
+            assert "trained_fraction" not in cfg["strategy"]
+        assert list((path.parent / "tb").glob("events.out.tfevents.*"))
+
+
+def test_packed_speedup_bench_reports(tmp_path):
+    """The bench row phicenter.bench calls: the two figures and what they were measured on."""
+    out = packed.packed_speedup(k=2, dataset="digits", epochs=1, iterations=0, workdir=tmp_path)
+    assert out["packed_speedup"] > 0 and out["packed_speedup_cpu"] > 0
+    assert out["packed_peak_memory_ratio"] > 0 or math.isnan(out["packed_peak_memory_ratio"])
+    assert out["k"] == 2 and out["dataset"] == "digits" and out["sequential_runs_timed"] == 2
+    assert (tmp_path / "packed" / "phi=0.0,strategy=mask0" / results.RESULTS).is_file()

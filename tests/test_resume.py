@@ -1,0 +1,133 @@
+"""Never lose a run: kill and resume, relaunch of finished runs and grids, failures isolated, bad checkpoints."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli import accuracies, results, start, train
+
+RUN = ["threads=1", "epochs=6", "prune.iterations=2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same config, never interrupted."""
+    d = tmp_path_factory.mktemp("reference")
+    train(*RUN, f"hydra.run.dir={d}")
+    return results(d)
+
+
+def _kill_mid_round(run_dir: Path, sig) -> None:
+    proc = start(*RUN, f"hydra.run.dir={run_dir}")
+    target = run_dir / "checkpoints" / "round_001_epochs" / "last.ckpt"
+    deadline = time.time() + 240
+    while not target.exists():
+        assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
+        assert time.time() < deadline
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    res = results(run_dir)
+    assert res["status"] != "complete" and len(res["rounds"]) < 3, "the kill came too late to test anything"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_identical_results(tmp_path, reference, sig):
+    _kill_mid_round(tmp_path, sig)
+    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    assert "resuming" in proc.stderr + proc.stdout
+    res = results(tmp_path)
+    assert res["status"] == "complete"
+    assert accuracies(res) == accuracies(reference)  # to the last digit
+    assert [e["train_loss"] for r in res["rounds"] for e in r["epochs"]] == \
+           [e["train_loss"] for r in reference["rounds"] for e in r["epochs"]]
+
+
+def test_sigterm_marks_run_interrupted(tmp_path):
+    _kill_mid_round(tmp_path, signal.SIGTERM)
+    assert results(tmp_path)["status"] in ("interrupted", "running")
+
+
+def test_finished_run_does_no_work(tmp_path, reference):
+    train(*RUN, f"hydra.run.dir={tmp_path}")
+    before = (tmp_path / "results.json").read_bytes()
+    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    assert "already complete; nothing to do" in proc.stderr + proc.stdout
+    assert "round 0/" not in proc.stderr + proc.stdout
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_truncated_checkpoint_falls_back(tmp_path, reference):
+    _kill_mid_round(tmp_path, signal.SIGKILL)
+    epochs = tmp_path / "checkpoints" / "round_001_epochs"
+    last = epochs / "last.ckpt"
+    if last.exists():
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+    rounds = sorted((tmp_path / "checkpoints").glob("round_*.pt"))
+    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    if last.exists() or rounds:
+        assert "unreadable" in proc.stderr + proc.stdout or not last.exists()
+    assert accuracies(results(tmp_path)) == accuracies(reference)
+
+
+def test_truncated_round_checkpoint_falls_back_to_previous_round(tmp_path, reference):
+    train(*RUN, "fault.fail_round=2", f"hydra.run.dir={tmp_path}", check=False)
+    newest = sorted((tmp_path / "checkpoints").glob("round_*.pt"))[-1]
+    assert newest.name == "round_001.pt"
+    newest.write_bytes(b"garbage")
+    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    assert "round_001.pt is unreadable" in proc.stderr + proc.stdout
+    assert accuracies(results(tmp_path)) == accuracies(reference)
+
+
+def test_multirun_failures_isolated_and_relaunch_skips_finished(tmp_path):
+    args = ["fault.fail_round=null,1", "threads=1", "epochs=1", "prune.iterations=2", f"hydra.sweep.dir={tmp_path}"]
+    proc = train(*args, multirun=True)
+    failed = results(tmp_path / "epochs=1,fault.fail_round=1,prune.iterations=2")
+    ok = results(tmp_path / "epochs=1,fault.fail_round=null,prune.iterations=2")
+    assert ok["status"] == "complete" and len(ok["rounds"]) == 3
+    assert failed["status"] == "failed" and "injected fault at round 1" in failed["error"]
+    assert len(failed["rounds"]) == 1  # round 0 completed before the fault, and is kept
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert [j["job"] for j in summary["failed"]] == ["epochs=1,fault.fail_round=1,prune.iterations=2"]
+    assert "1 complete, 1 failed" in proc.stderr + proc.stdout
+    # relaunch the same grid: the finished job does nothing, the other runs again from its checkpoint
+    proc = train(*args, multirun=True)
+    assert proc.stderr.count("already complete; nothing to do") + proc.stdout.count("already complete") >= 1
+
+
+def test_diverged_run_is_marked(tmp_path):
+    proc = train("threads=1", "epochs=1", "prune.iterations=1", "optim.name=sgd", "optim.lr=1e20",
+                 f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    res = results(tmp_path)
+    assert res["status"] == "diverged" and "loss became" in res["error"]
+
+
+def test_local_launcher_runs_grid_in_parallel_processes(tmp_path):
+    train("hydra/launcher=local", "strategy=mask0,mask1", "phi=0,5e-5", "epochs=1", "prune.iterations=1",
+          f"hydra.sweep.dir={tmp_path}", multirun=True, timeout=600)
+    found = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    assert len(found) == 4
+    assert all(results(tmp_path / f)["status"] == "complete" for f in found)
+    assert list((tmp_path / ".submitit").glob("*/*_log.out"))  # really went through submitit
+
+
+def test_slurm_preset_composes_with_every_field(tmp_path):
+    sets = {"partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100", "gpus_per_node": 2,
+            "tasks_per_node": 2, "cpus_per_task": 16, "mem_gb": 64, "timeout_min": 30, "array_parallelism": 8,
+            "max_num_timeout": 3}
+    proc = train("hydra/launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in sets.items()],
+                 "hydra.launcher.setup=[module load cuda,source .venv/bin/activate]", "trainer.devices=2",
+                 "--cfg", "hydra")
+    import yaml
+
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    for k, v in sets.items():
+        assert launcher[k] == v
+    assert launcher["setup"] == ["module load cuda", "source .venv/bin/activate"]
