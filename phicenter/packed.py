@@ -168,6 +168,11 @@ def check_variants(variants: list[Variant]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # The packed model
 
+# torch's CPU bmm computes products with contraction * rows * cols below this in its own loop, not with the
+# BLAS gemm that nn.Linear's mm uses; such tiny products are done one variant at a time, with mm.
+_BMM_SMALL = 400
+
+
 class _PackedLinear(torch.autograd.Function):
     """y[k] = x[k] @ w[k].T + b[k] for all k at once; x is [K, B, in], or [B, in] shared by all variants.
 
@@ -183,16 +188,28 @@ class _PackedLinear(torch.autograd.Function):
             flat = w.reshape(k * n_out, n_in).t()
             y = torch.addmm(b.reshape(-1), x, flat) if b is not None else x.mm(flat)
             return y.view(x.shape[0], k, n_out).transpose(0, 1)
+        if x.shape[1] * n_in * n_out < _BMM_SMALL:
+            return torch.stack([torch.addmm(b[i], x[i], w[i].t()) if b is not None else x[i].mm(w[i].t())
+                                for i in range(k)])
         return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x.bmm(w.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         gx = gw = gb = None
+        k = w.shape[0]
+        small = x.dim() == 3 and x.shape[1] * w.shape[1] * w.shape[2] < _BMM_SMALL
         if ctx.needs_input_grad[0]:
-            gx = g.bmm(w) if x.dim() == 3 else g.bmm(w).sum(0)
+            gx = (torch.stack([g[i].mm(w[i]) for i in range(k)]) if small else g.bmm(w))
+            if x.dim() == 2:
+                gx = gx.sum(0)
         if ctx.needs_input_grad[1]:
-            gw = g.transpose(1, 2).bmm(x) if x.dim() == 3 else torch.matmul(g.transpose(1, 2), x)
+            if x.dim() == 2:
+                gw = torch.matmul(g.transpose(1, 2), x)
+            elif small:
+                gw = torch.stack([g[i].t().mm(x[i]) for i in range(k)])
+            else:
+                gw = g.transpose(1, 2).bmm(x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.contiguous().sum(1)   # the reduction order of a contiguous [B, out].sum(0)
         return gx, gw, gb
