@@ -90,20 +90,27 @@ def vgg16_pretrained(input_shape, num_classes, weights_path: str | None = None, 
 
     if input_shape[0] != 3:
         raise ValueError(f"vgg16_pretrained needs 3-channel images, the dataset has {input_shape[0]}")
-    net = torchvision.models.vgg16(weights=None)
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"model.weights_path: no file at {path}")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
     elif pretrained:
         try:
             state = torchvision.models.VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except Exception as e:  # no network: say what to do instead
             raise RuntimeError("could not download VGG16 ImageNet weights "
                                f"({type(e).__name__}); set model.weights_path to a local vgg16 state_dict") from None
-        net.load_state_dict(state)
+    else:
+        state = None
+    if state is None:
+        net = torchvision.models.vgg16(weights=None)
+    else:  # skip a random init of 138M parameters that the weights would overwrite
+        with torch.device("meta"):
+            net = torchvision.models.vgg16(weights=None)
+        net.load_state_dict(state, assign=True)
     net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
+    net.fresh_modules = [net.classifier[6]]  # model.init applies to the new head only
     return net
 
 
@@ -129,7 +136,7 @@ def build(name: str, input_shape, num_classes: int, init: str = "torch_default",
         torch.manual_seed(seed)
         model = MODELS[name](tuple(input_shape), num_classes, **options)
         if init != "torch_default":
-            for m in model.modules():
+            for m in getattr(model, "fresh_modules", model.modules()):
                 if isinstance(m, (nn.Linear, nn.Conv2d)):
                     init_weight_(m.weight.data, init)
                     if m.bias is not None:

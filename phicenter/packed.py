@@ -236,8 +236,8 @@ def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] 
     return out
 
 
-def explicit_plan(net: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The layer list when every layer has a packed implementation here, else None (vmap fallback)."""
+def batched_plan(net: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layer list when every layer has a batched implementation here, else None."""
     plan = _leaves(net)
     if plan is None:
         return None
@@ -252,22 +252,34 @@ def explicit_plan(net: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return plan
 
 
+IMPLS = ("auto", "loop", "batched", "vmap")
+
+
 class PackedNet:
     """The K variants' parameters and buffers stacked along dim 0, and a forward that returns [K, B, classes].
 
-    `impl`: "explicit" (batched matmuls / grouped convolutions; nn.Sequential nets of common layers), "vmap"
-    (torch.func.vmap over functional_call; any net) or "auto" (explicit where possible)."""
+    `impl`:
+      "loop"    each variant's forward in turn on its slices of the stack (any net): the unpacked arithmetic,
+                bit for bit, by construction. The CPU default: on CPU the work is the same either way.
+      "batched" batched matmuls and grouped convolutions (nn.Sequential nets of common layers): one kernel
+                per layer for all K, which is where packing pays on a GPU. Same maths; on CPU it matched the
+                unpacked runs bit for bit at the paper's layer sizes, but BLAS picks kernels by shape, so
+                tiny layers (a handful of units) can differ in the last bit.
+      "vmap"    torch.func.vmap over functional_call (any net): same maths, not bit-identical.
+      "auto"    loop on CPU; on CUDA batched where supported, else vmap."""
 
     def __init__(self, nets: list[nn.Module], device=None, impl: str = "auto"):
         self.template = nets[0]
         self.k = len(nets)
-        self.plan = explicit_plan(self.template) if impl in ("auto", "explicit") else None
-        if impl == "explicit" and self.plan is None:
-            raise ValueError("this architecture has no explicit packed implementation; use impl='vmap'")
-        if impl not in ("auto", "explicit", "vmap"):
-            raise ValueError(f"impl must be auto, explicit or vmap, got {impl!r}")
-        self.impl = "explicit" if self.plan is not None else "vmap"
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         device = torch.device(device) if device is not None else next(self.template.parameters()).device
+        if impl == "auto":
+            impl = "loop" if device.type == "cpu" else ("batched" if batched_plan(self.template) else "vmap")
+        self.plan = batched_plan(self.template) if impl == "batched" else None
+        if impl == "batched" and self.plan is None:
+            raise ValueError("this architecture has no batched packed implementation; use impl='loop' or 'vmap'")
+        self.impl = impl
         own_p = [dict(net.named_parameters()) for net in nets]
         own_b = [dict(net.named_buffers()) for net in nets]
         with torch.no_grad():
@@ -325,9 +337,28 @@ class PackedNet:
         return torch.where(mask, raw, fill.to(raw.dtype))
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        return self._explicit(x, training) if self.plan is not None else self._vmap(x, training)
+        if self.impl == "loop":
+            return self._loop(x, training)
+        return self._batched(x, training) if self.impl == "batched" else self._vmap(x, training)
 
-    def _explicit(self, h: torch.Tensor, training: bool) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Each variant's own forward (the template module, with that variant's slices of the stacked tensors
+        swapped in): the unpacked kernels on the unpacked shapes, hence the unpacked arithmetic exactly, for
+        any architecture. unbind (not indexing) so the backward stacks the K gradients in one op."""
+        from torch.func import functional_call
+
+        params = {n: t.unbind(0) for n, t in self.params.items()}
+        buffers = {n: t.unbind(0) for n, t in self.buffers.items()}
+        was = self.template.training
+        self.template.train(training)
+        try:
+            return torch.stack([functional_call(self.template, {**{n: v[i] for n, v in params.items()},
+                                                                **{n: v[i] for n, v in buffers.items()}}, (x,))
+                                for i in range(self.k)])
+        finally:
+            self.template.train(was)
+
+    def _batched(self, h: torch.Tensor, training: bool) -> torch.Tensor:
         # h is shared by all variants ([B, ...]) until the first layer with weights; after it, a feature
         # map is [B, K*C, H, W] (variant k owns channels k*C..k*C+C-1) and a vector is [K, B, F].
         k, shared = self.k, True
