@@ -14,12 +14,17 @@ How (docs in the module, so the code can be checked against them):
 - Training reads the variants' tensors stacked along a leading dim K: raw weights, masks, fills, biases,
   BatchNorm affine and running statistics. The effective weight is where(mask, raw, fill) on the stack,
   so the mask is enforced in the forward pass exactly as pruning.MaskFill does it.
-- Linear layers are batched matmuls (one addmm for the first layer, whose input all variants share) with a
-  backward that issues the same matrix products as an unpacked nn.Linear; convolutions are one convolution
-  over the concatenated output channels (first layer) and grouped convolutions after it; pooling, ReLU and
-  BatchNorm act per channel on the (batch, K*channels, H, W) layout. On CPU this is bit-for-bit the
-  arithmetic of K separate models (tests/test_packed.py checks it against phicenter.run.run). Any other
-  architecture falls back to torch.func.vmap over functional_call: same maths, not bit-identical.
+- The forward comes in three implementations (PackedNet, `impl`). "loop", the CPU default: each variant's
+  own forward on its slices of the stack -- the unpacked kernels on the unpacked shapes, so the arithmetic
+  of K separate runs bit for bit, for any architecture (tests/test_packed.py checks it against
+  phicenter.run.run). On a CPU that costs nothing: the matrix work is the same either way, and batched
+  kernels measured no faster here (grouped convolutions slower). "batched", the CUDA default for nn.Sequential
+  nets of common layers: linear layers as batched matmuls (one addmm for the first layer, whose input all
+  variants share, with a backward that issues nn.Linear's own products), convolutions as one convolution
+  over the concatenated output channels (first layer) and grouped convolutions after it, pooling, ReLU and
+  BatchNorm per channel on the (batch, K*channels, H, W) layout -- one kernel per layer for all K, which is
+  where packing pays on a GPU. "vmap": torch.func.vmap over functional_call, the CUDA fallback for other
+  architectures. batched and vmap are the same maths but not bit-identical to the unpacked kernels.
 - The loss is the sum of the variants' mean cross-entropies, so each variant's gradient is its own. The
   optimizer steps per-variant views of the stacked tensors (variant after variant, which keeps each one's
   state in cache): the same update, element for element, as K unpacked optimizers.
@@ -402,14 +407,23 @@ class PackedNet:
     def _vmap(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         from torch.func import functional_call, vmap
 
+        # BatchNorm's step counters are equal in every variant and read with .item() (momentum=None), which
+        # vmap cannot batch: pass variant 0's, unbatched, and copy it to the others afterwards
+        counters = [n for n in self.buffers if n.endswith("num_batches_tracked")]
+        buffers = {n: (t[0] if n in counters else t) for n, t in self.buffers.items()}
+        dims = {n: (None if n in counters else 0) for n in self.buffers}
         was = self.template.training
         self.template.train(training)
         try:
             def one(p, b, xb):
                 return functional_call(self.template, {**p, **b}, (xb,))
-            return vmap(one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+            out = vmap(one, in_dims=(0, dims, None), randomness="different")(self.params, buffers, x)
         finally:
             self.template.train(was)
+        with torch.no_grad():
+            for n in counters:
+                self.buffers[n][1:] = self.buffers[n][0]
+        return out
 
 
 def packed_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

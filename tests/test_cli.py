@@ -92,7 +92,11 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD)
+CLI_BAD = {"phi=abc", "prune.base=1.5", "dataset=npz dataset.path=/nonexistent/data.npz",
+           "dataset=mnist dataset.download=false data_dir=/nonexistent"}
+
+
+@pytest.mark.parametrize("args,message", [b for b in BAD if b[0] in CLI_BAD])
 def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
     run_dir = tmp_path / "run"
     proc = train(*args.split(), "threads=1", f"hydra.run.dir={run_dir}", check=False, timeout=120)
@@ -100,6 +104,24 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("phicenter: error:") and message in lines[0], proc.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("args,message", [b for b in BAD if b[0] not in CLI_BAD])
+def test_bad_input_rejected_before_any_work(tmp_path, args, message):
+    """The same check the CLI runs first (phicenter.run.run), composed in-process to keep the suite fast."""
+    from hydra import compose, initialize_config_dir
+
+    from phicenter.config import ConfigError
+    from phicenter.data import DataError
+    from phicenter.run import run
+    from tests.cli import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=args.split())
+    with pytest.raises((ConfigError, DataError)) as err:
+        run(cfg, tmp_path / "run")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_npz_missing_key(tmp_path):
