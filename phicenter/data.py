@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import pickle
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -112,11 +113,24 @@ def _read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
+def _writable(folder: Path) -> bool:
+    """A folder we may write into: write permission and a write bit in its mode. The mode check matters
+    for root, which os.access always lets write: a folder made read-only (chmod a-w) stays untouched."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+    except OSError:
+        return False
+
+
 def _write_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> bool:
     """Atomically (temp file + rename); False, silently, where data_dir is not writable."""
     tmp = None
+    root = path.parent.parent
+    if not _writable(root) or (path.parent.exists() and not _writable(path.parent)):
+        log.debug("data_dir %s is read-only: no data cache", root)
+        return False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save({"version": CACHE_VERSION, "key": key, "checksum": _checksum(tensors),

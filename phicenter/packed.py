@@ -281,10 +281,10 @@ class PackedNet:
         device = torch.device(device) if device is not None else next(self.template.parameters()).device
         if impl == "auto":
             impl = "loop" if device.type == "cpu" else ("batched" if batched_plan(self.template) else "vmap")
-        self.plan = batched_plan(self.template) if impl == "batched" else None
+        self.plan = batched_plan(self.template) if impl in ("batched", "loop") else None
         if impl == "batched" and self.plan is None:
             raise ValueError("this architecture has no batched packed implementation; use impl='loop' or 'vmap'")
-        self.impl = impl
+        self.impl, self.device = impl, device
         own_p = [dict(net.named_parameters()) for net in nets]
         own_b = [dict(net.named_buffers()) for net in nets]
         with torch.no_grad():
@@ -304,8 +304,13 @@ class PackedNet:
         self._views = [(t, k, t.detach()[k]) for k in range(self.k) for t in self.params.values()]
         return [v for _, _, v in self._views]
 
+    def optimizer_parameters(self) -> list[torch.Tensor]:
+        """What the optimizer steps: per-variant views on CPU (cache), the stacked tensors on CUDA (few
+        large tensors for the foreach kernels). Elementwise optimizers update each element the same way."""
+        return self.variant_parameters() if self.device.type == "cpu" else self.parameters()
+
     def share_grads(self) -> None:
-        for t, k, v in self._views:
+        for t, k, v in getattr(self, "_views", ()):
             v.grad = None if t.grad is None else t.grad[k]
 
     def zero_grad(self) -> None:
@@ -347,9 +352,42 @@ class PackedNet:
         return self._batched(x, training) if self.impl == "batched" else self._vmap(x, training)
 
     def _loop(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """Each variant's own forward (the template module, with that variant's slices of the stacked tensors
-        swapped in): the unpacked kernels on the unpacked shapes, hence the unpacked arithmetic exactly, for
-        any architecture. unbind (not indexing) so the backward stacks the K gradients in one op."""
+        """Every layer with weights runs once per variant, the very call the unpacked module makes on the same
+        shapes (F.linear, Conv2d._conv_forward, F.batch_norm), so the arithmetic is the unpacked arithmetic
+        bit for bit; parameter-free layers (ReLU, pooling, Flatten) run once on all variants stacked. unbind,
+        never indexing, so the backward gathers the K gradients in one op."""
+        if self.plan is None:
+            return self._loop_any(x, training)
+        k = self.k
+        shared, stacked, parts = x, None, None   # exactly one is set: shared input, [K, B, ...], K tensors
+        for name, m in self.plan:
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
+                if parts is None:
+                    parts = stacked.unbind(0) if stacked is not None else [shared] * k
+                    shared = stacked = None
+                if isinstance(m, nn.BatchNorm2d):
+                    parts = self._batch_norm(name, m, list(parts), training)
+                    continue
+                ws = self._weight(name).unbind(0)
+                b = self.params.get(f"{name}.bias")
+                bs = b.unbind(0) if b is not None else [None] * k
+                if isinstance(m, nn.Linear):
+                    parts = [F.linear(h, w, bb) for h, w, bb in zip(parts, ws, bs)]
+                else:
+                    parts = [m._conv_forward(h, w, bb) for h, w, bb in zip(parts, ws, bs)]
+            elif shared is not None:
+                shared = m(shared)
+            else:
+                if stacked is None:
+                    stacked, parts = torch.stack(parts), None
+                out = m(stacked.flatten(0, 1))   # per sample and channel: K*B samples of one net
+                stacked = out.view(k, -1, *out.shape[1:])
+        if shared is not None:
+            raise ValueError("the network has no layer with weights")
+        return stacked if stacked is not None else torch.stack(parts)
+
+    def _loop_any(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Any architecture: the template module once per variant, with that variant's slices swapped in."""
         from torch.func import functional_call
 
         params = {n: t.unbind(0) for n, t in self.params.items()}
@@ -382,7 +420,7 @@ class PackedNet:
             elif isinstance(m, nn.BatchNorm2d):
                 if shared:
                     h, shared = h.repeat(1, k, 1, 1), False
-                h = self._batch_norm(name, m, h, training)
+                h = self._batch_norm(name, m, [h], training)[0]
             elif isinstance(m, nn.Flatten):
                 h = h.flatten(1) if shared else h.reshape(h.shape[0], k, -1).transpose(0, 1)
             else:  # elementwise activations and pooling act per channel in either layout
@@ -391,18 +429,26 @@ class PackedNet:
             raise ValueError("the network has no layer with weights")
         return h
 
-    def _batch_norm(self, name, m: nn.BatchNorm2d, h, training):
-        rm, rv = self.buffers.get(f"{name}.running_mean"), self.buffers.get(f"{name}.running_var")
+    def _batch_norm(self, name, m: nn.BatchNorm2d, hs: list[torch.Tensor], training) -> list[torch.Tensor]:
+        """nn.BatchNorm2d.forward, on all variants at once (one tensor in `hs`, the (B, K*C, H, W) layout) or
+        once per variant (K tensors in `hs`), with each variant's own affine parameters and statistics."""
+        per = len(hs) > 1 or self.k == 1
+
+        def parts(t):
+            if t is None:
+                return [None] * len(hs)
+            return t.unbind(0) if per else [t.reshape(-1)]
+
         nbt = self.buffers.get(f"{name}.num_batches_tracked")
         factor = 0.0 if m.momentum is None else m.momentum
         if training and m.track_running_stats and nbt is not None:
             nbt.add_(1)
             factor = 1.0 / float(nbt[0]) if m.momentum is None else m.momentum
+        rm, rv = self.buffers.get(f"{name}.running_mean"), self.buffers.get(f"{name}.running_var")
         use_batch = training or (rm is None and rv is None)
-        w, b = self.params.get(f"{name}.weight"), self.params.get(f"{name}.bias")
-        return F.batch_norm(h, None if rm is None else rm.view(-1), None if rv is None else rv.view(-1),
-                            None if w is None else w.reshape(-1), None if b is None else b.reshape(-1),
-                            use_batch, factor, m.eps)
+        return [F.batch_norm(h, mean, var, w, b, use_batch, factor, m.eps) for h, mean, var, w, b in
+                zip(hs, parts(rm), parts(rv), parts(self.params.get(f"{name}.weight")),
+                    parts(self.params.get(f"{name}.bias")))]
 
     def _vmap(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         from torch.func import functional_call, vmap
@@ -678,21 +724,21 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
             for i in alive:
                 diags[i] = slots[i].imp.advance(r)
             packed.gather(nets)
-        opt, sched = _optimizer(packed.variant_parameters(), optim, schedule, epochs)
+        opt, sched = _optimizer(packed.optimizer_parameters(), optim, schedule, epochs)
         history: dict[int, list] = {i: [] for i in alive}
         for e in range(epochs):
             train_b.set_epoch(r, e)
-            s = torch.zeros(packed.k, 3, dtype=torch.float64, device=device)
+            sums = torch.zeros(packed.k, 3, dtype=torch.float64, device=device)
             for x, y in train_b:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits = packed(x, training=True)
                 losses, values = packed_losses(logits, y)
-                _sums(s, values, logits, y)
+                _sums(sums, values, logits, y)
                 packed.zero_grad()
                 losses.sum().backward()
                 packed.share_grads()
                 opt.step()
-            train = _take(s)
+            train = _take(sums)
             val = _evaluate(packed, val_b, device)
             for i in list(history):
                 loss, acc = train[i]
@@ -705,8 +751,11 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
                 if math.isfinite(val[i][1]):
                     row.update(val_loss=val[i][0], val_acc=val[i][1])
                 history[i].append(row)
-                slots[i].logger.log_metrics({f"epoch/{k}": x for k, x in row.items() if k not in ("round", "epoch")}
-                                            | {"epoch/round": r}, step=r * epochs + e)
+                slots[i].logger.log_metrics({f"epoch/{k}": val_ for k, val_ in row.items()
+                                             if k not in ("round", "epoch")} | {"epoch/round": r},
+                                            step=r * epochs + e)
+            if not history:   # every variant of the chunk diverged
+                break
             if sched is not None:
                 sched.step()
         test = _evaluate(packed, test_b, device)
@@ -740,7 +789,7 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
                            for i, h in history.items()))
 
     for s in slots:
-        if s.alive:
+        if s.alive and s.out.get("final") is not None:
             s.out["status"] = "complete"
             results.write_json(s.dir / results.RESULTS, s.out)
             s.logger.log_hyperparams(_flat(s.resolved), metrics={"final/val_acc": s.out["final"]["val_acc"],
@@ -854,7 +903,8 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
     load = lambda: Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     try:
         load_data(cfg)   # the decode cache is warm for both
-        warm = make_variants(_compose(base + ["dataset=digits", "epochs=1", "prune.iterations=0"]), [0.0])
+        warm = make_variants(_compose([f"model={model}", "dataset=synthetic", "dataset.n_train=300", "epochs=1",
+                                       "prune.iterations=0"]), [0.0])
         run(warm[0].cfg, work / "warmup" / "sequential")   # lazy imports and first-call costs, untimed
         train_packed(warm, work / "warmup" / "packed", impl=impl)
         load_before = load()

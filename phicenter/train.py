@@ -46,7 +46,11 @@ def main(cfg: DictConfig) -> float:
         import torch
         torch.set_num_threads(int(cpus))
     try:
-        out = run(cfg, run_dir)
+        if cfg.get("pack"):  # this job's phi=[...] x strategy=[...] grid as one batched model
+            from phicenter.packed import run_hydra
+            out = run_hydra(cfg, run_dir)
+        else:
+            out = run(cfg, run_dir)
     except SIGTERMException:  # preempted: checkpoints are intact; the same command resumes
         _mark(run_dir, cfg, "interrupted", "SIGTERM")
         log.warning("run interrupted by SIGTERM; relaunch the same command to resume (%s)", run_dir)
