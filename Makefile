@@ -23,6 +23,10 @@ report: setup  # make report DIR=outputs/multirun/... [ARGS='--select test --out
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun folder> [ARGS=...]"; exit 2; }
 	$(PY) -m phicenter.report $(DIR) $(ARGS)
 
+.PHONY: bench
+bench: setup  # make bench [ARGS='--quick --data-dir ../shared/data']; writes outputs/bench.json
+	OMP_NUM_THREADS=1 $(PY) -m phicenter.bench --out outputs/bench.json $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 

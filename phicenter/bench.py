@@ -7,6 +7,7 @@ alternates every repeat) and repeated; each number is the median of the repeats.
       loop's Trainer settings and callbacks, PhiModule, data.loaders) ÷ the same epoch in a minimal hand-written
       loop (same masked net, optimizer, batch size and device; pre-normalised float data indexed by a
       permutation). fc_lot on MNIST-shaped data, conv4 on CIFAR-shaped data, augmentation off in both.
+      The ratio is the median over repeats of each repeat's two back-to-back epochs (drifting load cancels).
   (b) data path: phicenter's Batches (crop + flip + normalise, batched on the device) ÷ a torchvision
       DataLoader over per-sample PIL transforms (num_workers 0 and 2, unseeded: the usual way), CIFAR-shaped.
   (c) prune + re-sign + reinit (IMP.advance) as a share of a round of the paper's length, each strategy.
@@ -46,8 +47,8 @@ PEAKS = [("H100 PCIe", {"bf16": 756.0, "16": 756.0, "32": 51.2}),
          ("L4", {"bf16": 121.0, "16": 121.0, "32": 30.3})]
 
 SIZES = {  # default / --quick: training images per epoch for (a), images for (b), repeats
-    False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 5, "gpu_images": 20000},
-    True: {"fc_lot": 3000, "conv4": 120, "data": 600, "repeats": 3, "gpu_images": 4000},
+    False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 7, "gpu_images": 20000},
+    True: {"fc_lot": 6000, "conv4": 120, "data": 600, "repeats": 3, "gpu_images": 4000},
 }
 
 
@@ -76,7 +77,8 @@ def _real_available(name: str, data_dir: str | None) -> bool:
     return all((Path(data_dir) / f).is_file() for f in files)
 
 
-def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None):
+def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None,
+                      compile: bool = False):
     """The experiment's own config (model, optimizer, batch size, epochs), on real data when it is in
     data_dir, else on synthetic data of the real shape; augmentation off, n_train training images."""
     base = compose([f"experiment={experiment}"])
@@ -85,6 +87,8 @@ def experiment_config(experiment: str, n_train: int, data_dir: str | None, devic
             "trainer.enable_progress_bar=false", "dataset.augment=false"]
     if precision:
         over.append(f"trainer.precision={precision}")
+    if compile:
+        over.append("compile=true")
     if base.model.name == "vgg16_pretrained":
         over.append("model.pretrained=false")  # the same network; timing needs no download
     if _real_available(name, data_dir):
@@ -130,7 +134,7 @@ class Case:
     """One experiment's model and data, trained alternately by phicenter's fit path and a plain loop."""
 
     def __init__(self, experiment: str, n_train: int, data_dir: str | None, device: str,
-                 precision: str | None = None, workdir: Path | None = None):
+                 precision: str | None = None, workdir: Path | None = None, compile: bool = False):
         from omegaconf import OmegaConf
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -138,7 +142,8 @@ class Case:
         from phicenter.config import validate
         from phicenter.module import PhiModule
 
-        self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision)
+        self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
+                                                                compile)
         self.experiment, self.device = experiment, torch.device(device)
         v = validate(self.cfg)
         splits = run.load_data(self.cfg)
@@ -251,11 +256,15 @@ def bench_loop(sizes, args, device) -> dict:
         case = Case(experiment, sizes[key], args.data_dir, device, workdir=args.workdir / key)
         t = interleaved({"phicenter": case.phicenter_epoch, "plain": case.plain_epoch}, sizes["repeats"])
         p, q = med(t["phicenter"]), med(t["plain"])
-        ckpt = med(case.checkpoint_s[-len(t["phicenter"]):])
+        # Each repeat's two epochs ran back to back: the median of their ratios cancels slow drifts in load.
+        ratio = med([a / b for a, b in zip(t["phicenter"], t["plain"])])
+        ckpts = case.checkpoint_s[-len(t["phicenter"]):]
         fpi = case.flops_per_image()
         out[key] = {"experiment": experiment, "data": case.source, "images": case.n, "batch_size": case.batch_size,
-                    "phicenter_epoch_s": p, "plain_epoch_s": q, "ratio": p / q,
-                    "epoch_checkpoint_s": ckpt, "ratio_without_checkpoint": (p - ckpt) / q,
+                    "phicenter_epoch_s": p, "plain_epoch_s": q, "ratio": ratio, "ratio_of_medians": p / q,
+                    "epoch_checkpoint_s": med(ckpts),
+                    "ratio_without_checkpoint": med([(a - c) / b for a, b, c in
+                                                     zip(t["phicenter"], t["plain"], ckpts)]),
                     "phicenter_all_s": t["phicenter"], "plain_all_s": t["plain"],
                     "images_per_s": case.n / p, "train_flops_per_image": fpi, "case": case}
     return out
@@ -354,8 +363,8 @@ def bench_gpu(sizes, args, device) -> dict:
         if args.gpu_experiments and exp not in args.gpu_experiments:
             continue
         case = Case(exp, sizes["gpu_images"], args.data_dir, device, precision=args.precision,
-                    workdir=args.workdir / f"gpu-{exp}")
-        t = interleaved({"phicenter": case.phicenter_epoch}, max(3, sizes["repeats"] - 2))
+                    workdir=args.workdir / f"gpu-{exp}", compile=args.compile)
+        t = interleaved({"phicenter": case.phicenter_epoch}, sizes["repeats"])
         sec = med(t["phicenter"])
         ips, fpi = case.n / sec, case.flops_per_image()
         peak = args.peak_tflops or _peak(name, args.precision)
@@ -372,7 +381,8 @@ def bench_gpu(sizes, args, device) -> dict:
         rows[exp] = {"model": case.cfg.model.name, "precision": args.precision, "images": case.n,
                      "batch_size": case.batch_size, "epoch_s": sec, "images_per_s": ips,
                      "train_flops_per_image": fpi, "tflops_per_s": ips * fpi / 1e12, "peak_tflops": peak,
-                     "mfu": (ips * fpi / 1e12 / peak) if peak else None, "runs": runs, "rounds": rounds,
+                     "mfu": (ips * fpi / 1e12 / peak) if peak else None, "compile": args.compile,
+                     "runs": runs, "rounds": rounds,
                      "epochs_per_round": int(base.epochs), "grid_hours_est": hours}
     return {"device_name": name, "rows": rows, "grid_hours_est": grid_h if rows else None}
 
@@ -431,6 +441,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s at that precision, for MFU")
     ap.add_argument("--gpu-rows", action="store_true", help="run the per-experiment throughput rows off a GPU too")
     ap.add_argument("--gpu-experiments", nargs="*", help="only these experiments in the GPU rows")
+    ap.add_argument("--compile", action="store_true", help="compile=true for the GPU rows")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -39,6 +39,8 @@ def _fraction(value, key: str, open_interval: bool) -> float:
 
 def validate(cfg) -> dict:
     """Normalised values of the keys users type; raises ConfigError with a one-line message."""
+    if not isinstance(cfg.phi, (int, float, str)) and not cfg.get("pack"):
+        raise ConfigError(f"phi={list(cfg.phi)} is a list: a list of phi values needs pack=true (or -m phi=a,b,c)")
     out = {
         "phi": _number(cfg.phi, "phi"),
         "seed": _int(cfg.seed, "seed", 0),

@@ -135,6 +135,7 @@ def _write_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> bool
         with os.fdopen(fd, "wb") as f:
             torch.save({"version": CACHE_VERSION, "key": key, "checksum": _checksum(tensors),
                         "tensors": tensors}, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing data_dir may read it
         os.replace(tmp, path)
         return True
     except OSError as e:  # read-only or full: the cache is an optimisation, never an error
@@ -364,6 +365,34 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
     return padded.view(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
+class Group:
+    """`count` consecutive batches of one epoch, each made only when the loop reaches it (hot in cache, and
+    never k batches in memory at once). Groups are consumed in order, each one fully, as a loop does;
+    anything else is an error rather than a silently different order."""
+
+    def __init__(self, stream: "_Stream", start: int, count: int):
+        self.stream, self.start, self.count = stream, start, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        if self.stream.position != self.start:
+            raise RuntimeError(f"batch group starting at {self.start} consumed out of order "
+                               f"(the epoch is at batch {self.stream.position})")
+        for _ in range(self.count):
+            yield self.stream.next()
+
+
+class _Stream:
+    def __init__(self, batches):
+        self.batches, self.position = batches, 0
+
+    def next(self):
+        self.position += 1
+        return next(self.batches)
+
+
 def _grouped(batches, group: int):
     """Lists of `group` consecutive batches (the last one shorter); each batch itself when group == 1."""
     if group <= 1:
@@ -383,8 +412,8 @@ class Batches:
     """Batches by index from resident tensors: a permutation seeded by (seed, round, epoch), normalised
     (and optionally augmented) on the device. No worker processes, no per-sample transforms.
 
-    Yields (x, y) pairs; with group=k > 1, lists of k consecutive pairs (PhiModule takes one optimizer
-    step per pair), so a training loop's per-item overhead is paid once per k steps."""
+    Yields (x, y) pairs; with group=k > 1, Groups of k consecutive pairs (iterables, made lazily; PhiModule
+    takes one optimizer step per pair), so a training loop's per-item overhead is paid once per k steps."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
@@ -415,7 +444,14 @@ class Batches:
         return xb.float().div_(255.0).sub_(self.mean).div_(self.std)
 
     def __iter__(self):
-        return _grouped(self._batches(), self.group)
+        if self.group == 1:
+            return self._batches()
+        return self._groups()
+
+    def _groups(self):
+        stream, total = _Stream(self._batches()), self.n_batches()
+        for start in range(0, total, self.group):
+            yield Group(stream, start, min(self.group, total - start))
 
     def _batches(self):
         n = len(self.y)

@@ -11,6 +11,25 @@ from torch import nn
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
+def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int):
+    """A fresh optimizer and per-epoch LR schedule (or None) for one round of `epochs` epochs."""
+    cfg = dict(optim)
+    name = cfg.pop("name")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    opt = OPTIMIZERS[name](params, **cfg)
+    schedule = schedule or {}
+    sched = schedule.get("name", "none")
+    if sched == "none":
+        return opt, None
+    if sched == "multistep":
+        miles = [max(1, int(round(f * epochs))) for f in schedule.get("at", (0.5, 0.75))]
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
+    if sched == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
+
+
 class Diverged(RuntimeError):
     """The training loss stopped being finite."""
 
@@ -39,33 +58,30 @@ class PhiModule(pl.LightningModule):
         return self.net(x)
 
     def configure_optimizers(self):
-        cfg = dict(self.optim_cfg)
-        name = cfg.pop("name")
-        opt = OPTIMIZERS[name](self.net.parameters(), **cfg)
-        sched = self.schedule_cfg.get("name", "none")
-        epochs = self.trainer.max_epochs
-        if sched == "none":
+        opt, sched = make_optimizer(self.net.parameters(), self.optim_cfg, self.schedule_cfg, self.trainer.max_epochs)
+        if sched is None:
             return opt
-        if sched == "multistep":
-            miles = [max(1, int(round(f * epochs))) for f in self.schedule_cfg.get("at", (0.5, 0.75))]
-            s = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=self.schedule_cfg.get("gamma", 0.1))
-        elif sched == "cosine":
-            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        else:
-            raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def _acc(self, stage, logits, y, loss):
-        s = self._sums.setdefault(stage, torch.zeros(3, device=logits.device, dtype=torch.float64))
-        s += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                          torch.tensor(float(len(y)), device=logits.device, dtype=torch.float64)])
+        """Per step, on the device and without a sync: keep the batch's mean loss and its count of correct
+        predictions (three small kernels); _take reduces them once, at the end of the epoch."""
+        losses, correct, sizes = self._sums.setdefault(stage, ([], [], []))
+        losses.append(loss.detach())
+        correct.append((logits.argmax(1) == y).sum())
+        sizes.append(len(y))
 
     def _take(self, stage) -> tuple[float, float]:
+        """(mean loss, accuracy) over the stage's samples, summed in float64."""
         s = self._sums.pop(stage, None)
-        if s is None:
+        if s is None or not s[2]:
             return math.nan, math.nan
-        loss, correct, n = s.tolist()
-        return loss / max(n, 1), correct / max(n, 1)
+        losses, correct, sizes = s
+        n = sum(sizes)
+        loss = 0.0
+        for v in (torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)).tolist():
+            loss += v  # in step order, as a running float64 sum would
+        return loss / n, float(torch.stack(correct).sum()) / n
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["phicenter"] = {"round": self.round, "history": self.history}
@@ -96,11 +112,15 @@ class PhiModule(pl.LightningModule):
             type(plugin) is pl.plugins.precision.MixedPrecision and plugin.scaler is None)
 
     def training_step(self, batch, _):
-        """One optimizer step per (x, y) pair; `batch` is one pair or a list of them."""
+        """One optimizer step per (x, y) pair; `batch` is one pair or a group (data.Group, or a list) of them."""
         opt = self.optimizers()
-        steps = [batch] if isinstance(batch[0], torch.Tensor) else batch
+        single = isinstance(batch, (tuple, list)) and isinstance(batch[0], torch.Tensor)
+        steps = [batch] if single else batch  # else a group: an iterable of (x, y) pairs
         direct = self._direct()
+        convert = None if direct or single else self.trainer.precision_plugin.convert_input
         for x, y in steps:
+            if convert is not None:  # a group is opaque to Lightning: e.g. 64-true's double inputs
+                x, y = convert((x, y))
             logits = self(x)
             loss = F.cross_entropy(logits, y)
             if direct:
@@ -114,7 +134,7 @@ class PhiModule(pl.LightningModule):
             self._acc("train", logits, y, loss)
         if direct:  # keep trainer.global_step counting optimizer steps
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-            for _ in steps:
+            for _ in range(len(steps)):
                 progress.increment_ready()
                 progress.increment_completed()
 

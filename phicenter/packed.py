@@ -51,6 +51,7 @@ from torch import nn
 
 from phicenter import data, results
 from phicenter.config import ConfigError, validate
+from phicenter.module import make_optimizer
 
 log = logging.getLogger("phicenter")
 
@@ -346,8 +347,20 @@ class PackedNet:
         fill = self.buffers[f"{name}.parametrizations.weight.0.fill"]
         return torch.where(mask, raw, fill.to(raw.dtype))
 
+    def _weights(self, name: str) -> list[torch.Tensor]:
+        """Each variant's effective weight, computed variant by variant (the unpacked op, on cache-sized
+        tensors; one where over the whole stack is memory-bound on CPU)."""
+        raw = self.params.get(f"{name}.parametrizations.weight.original")
+        if raw is None:
+            return list(self.params[f"{name}.weight"].unbind(0))
+        mask = self.buffers[f"{name}.parametrizations.weight.0.mask"]
+        fill = self.buffers[f"{name}.parametrizations.weight.0.fill"]
+        return [torch.where(m, r, f.to(r.dtype)) for m, r, f in zip(mask, raw.unbind(0), fill)]
+
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         if self.impl == "loop":
+            if not torch.is_grad_enabled():   # evaluation: one variant at a time, 1x the activation memory
+                return self._loop_any(x, training)
             return self._loop(x, training)
         return self._batched(x, training) if self.impl == "batched" else self._vmap(x, training)
 
@@ -368,7 +381,7 @@ class PackedNet:
                 if isinstance(m, nn.BatchNorm2d):
                     parts = self._batch_norm(name, m, list(parts), training)
                     continue
-                ws = self._weight(name).unbind(0)
+                ws = self._weights(name)
                 b = self.params.get(f"{name}.bias")
                 bs = b.unbind(0) if b is not None else [None] * k
                 if isinstance(m, nn.Linear):
@@ -487,24 +500,6 @@ def packed_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return losses, values
 
 
-def _optimizer(params, optim: dict, schedule: dict, epochs: int):
-    """What PhiModule.configure_optimizers builds, over the stacked tensors: (optimizer, scheduler or None)."""
-    from phicenter.module import OPTIMIZERS
-
-    cfg = dict(optim)
-    name = cfg.pop("name")
-    opt = OPTIMIZERS[name](params, **cfg)
-    sched = (schedule or {}).get("name", "none")
-    if sched == "none":
-        return opt, None
-    if sched == "multistep":
-        miles = [max(1, int(round(f * epochs))) for f in schedule.get("at", (0.5, 0.75))]
-        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
-    if sched == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
-
-
 def _sums(into: torch.Tensor, values: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
     """Per variant: loss * batch size, correct, batch size, in float64 (PhiModule._acc, K rows at once)."""
     n = torch.full((logits.shape[0],), float(len(y)), device=logits.device, dtype=torch.float64)
@@ -517,12 +512,17 @@ def _take(s: torch.Tensor) -> list[tuple[float, float]]:
 
 
 def _evaluate(net: PackedNet, batches, device) -> list[tuple[float, float]]:
+    """Loss and accuracy per variant over an evaluation split. The loop implementation evaluates one variant
+    at a time (exact, 1x memory); the batched ones split each batch in K so the activations of all variants
+    together take what one unpacked batch does (same accuracies; losses summed in another order)."""
     s = torch.zeros(net.k, 3, dtype=torch.float64, device=device)
     with torch.inference_mode():
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = net(x, training=False)
-            _sums(s, packed_losses(logits, y)[1], logits, y)
+            step = len(y) if net.impl == "loop" else max(1, -(-len(y) // net.k))
+            for i in range(0, len(y), step):
+                logits = net(x[i:i + step], training=False)
+                _sums(s, packed_losses(logits, y[i:i + step])[1], logits, y[i:i + step])
     return _take(s)
 
 
@@ -724,7 +724,7 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
             for i in alive:
                 diags[i] = slots[i].imp.advance(r)
             packed.gather(nets)
-        opt, sched = _optimizer(packed.optimizer_parameters(), optim, schedule, epochs)
+        opt, sched = make_optimizer(packed.optimizer_parameters(), optim, schedule, epochs)
         history: dict[int, list] = {i: [] for i in alive}
         for e in range(epochs):
             train_b.set_epoch(r, e)
@@ -868,25 +868,27 @@ def _mem_peak(device: torch.device, start: dict) -> int:
 
 def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", epochs: int = 1,
                    iterations: int = 0, sequential: int | None = None, overrides=(),
-                   workdir: str | Path | None = None, impl: str = "auto") -> dict:
+                   workdir: str | Path | None = None, impl: str = "auto", isolate: bool = True) -> dict:
     """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
     after another through phicenter.run.run (Lightning), and their peak memory.
 
     dataset "auto": MNIST when it is readable under data_dir (no download), else scikit-learn's digits.
     `sequential`: time only this many of the K sequential runs and scale (all are the same work); None: all.
     `overrides`: extra Hydra overrides for both (e.g. ["data_dir=../shared/data", "batch_size=60"]).
+    `isolate`: each side in a fresh Python process (clean allocator, so peak memories compare); the data
+    decode cache is warmed first and lazy imports are paid by an untimed tiny run on each side.
     Returns packed_speedup (sequential wall time / packed wall time), packed_speedup_cpu (the same in process
     CPU time, steadier on a shared machine), packed_peak_memory_ratio (packed peak / the peak of one run,
-    both above the memory in use before the run) and the raw figures."""
+    each above the memory in use just before it: CUDA allocator peak, or resident set on CPU) and the raw
+    figures, with the load average before and after."""
     import shutil
     import tempfile
 
     from phicenter.data import DataError
-    from phicenter.run import load_data, run
+    from phicenter.run import load_data
 
     if k < 1:
         raise ValueError("k must be >= 1")
-    phis = list(PAPER_PHIS[:k]) + [round(0.2 * (i + 1), 6) for i in range(max(0, k - len(PAPER_PHIS)))]
     base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", *overrides]
     if dataset == "auto":
         dataset = "mnist"
@@ -894,51 +896,92 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
             load_data(_compose(base + ["dataset=mnist", "dataset.download=false"]))
         except DataError:
             dataset = "digits"
-    cfg = _compose(base + [f"dataset={dataset}"])
-    variants = make_variants(cfg, phis)
+    base.append(f"dataset={dataset}")
+    load_data(_compose(base))   # decode cache warm for both sides
     n_seq = k if sequential is None else max(1, min(int(sequential), k))
-    device = _device(cfg)
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="phicenter-pack-bench-")) if own else Path(workdir)
-    load = lambda: Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    spec = {"k": k, "overrides": base, "model": model, "impl": impl, "threads": torch.get_num_threads(),
+            "work": str(work)}
     try:
-        load_data(cfg)   # the decode cache is warm for both
-        warm = make_variants(_compose([f"model={model}", "dataset=synthetic", "dataset.n_train=300", "epochs=1",
-                                       "prune.iterations=0"]), [0.0])
-        run(warm[0].cfg, work / "warmup" / "sequential")   # lazy imports and first-call costs, untimed
-        train_packed(warm, work / "warmup" / "packed", impl=impl)
-        load_before = load()
-        seq_wall = seq_cpu = 0.0
-        seq_peak = 0
-        for v in variants[:n_seq]:
-            m = _mem_start(device)
-            t, c = time.perf_counter(), time.process_time()
-            run(v.cfg, work / "sequential" / v.name)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seq_wall += time.perf_counter() - t
-            seq_cpu += time.process_time() - c
-            seq_peak = max(seq_peak, _mem_peak(device, m))
-        m = _mem_start(device)
-        t, c = time.perf_counter(), time.process_time()
-        outs = train_packed(variants, work / "packed", impl=impl)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        pk_wall, pk_cpu = time.perf_counter() - t, time.process_time() - c
-        pk_peak = _mem_peak(device, m)
+        load_before = _loadavg()
+        seq = _phase(dict(spec, side="sequential", n=n_seq), isolate)
+        pk = _phase(dict(spec, side="packed", n=k), isolate)
         scale = k / n_seq
-        first = next(iter(outs.values()))
         return {
-            "packed_speedup": seq_wall * scale / pk_wall,
-            "packed_speedup_cpu": seq_cpu * scale / pk_cpu if pk_cpu > 0 else math.nan,
-            "packed_peak_memory_ratio": pk_peak / seq_peak if seq_peak > 0 else math.nan,
+            "packed_speedup": seq["wall"] * scale / pk["wall"],
+            "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
+            "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
             "k": k, "model": model, "dataset": dataset, "epochs": epochs, "rounds": iterations + 1,
-            "device": str(device), "threads": torch.get_num_threads(), "impl": first["packed"]["impl"],
-            "packed_seconds": pk_wall, "sequential_seconds": seq_wall * scale, "sequential_runs_timed": n_seq,
-            "packed_cpu_seconds": pk_cpu, "sequential_cpu_seconds": seq_cpu * scale,
-            "packed_peak_bytes": pk_peak, "single_run_peak_bytes": seq_peak, "memory": m["how"],
-            "loadavg_before": load_before, "loadavg_after": load(),
+            "device": pk["device"], "threads": spec["threads"], "impl": pk["impl"], "isolated": isolate,
+            "packed_seconds": pk["wall"], "sequential_seconds": seq["wall"] * scale, "sequential_runs_timed": n_seq,
+            "packed_cpu_seconds": pk["cpu"], "sequential_cpu_seconds": seq["cpu"] * scale,
+            "packed_peak_bytes": pk["peak"], "single_run_peak_bytes": seq["peak"], "memory": pk["memory"],
+            "loadavg_before": load_before, "loadavg_after": _loadavg(),
         }
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _loadavg():
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def _phase(spec: dict, isolate: bool) -> dict:
+    if not isolate:
+        return _bench_phase(spec)
+    import json
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    code = ("import json, sys; from phicenter.packed import _bench_phase; "
+            "print('PHASE ' + json.dumps(_bench_phase(json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PHASE "):
+            return json.loads(line[len("PHASE "):])
+    raise RuntimeError(f"bench phase {spec['side']} failed:\n{proc.stderr[-3000:]}")
+
+
+def _bench_phase(spec: dict) -> dict:
+    """One side of packed_speedup: {"wall", "cpu", "peak", ...} for K sequential runs or one packed run."""
+    from phicenter.run import load_data, run
+
+    torch.set_num_threads(int(spec["threads"]))
+    work = Path(spec["work"]) / spec["side"]
+    cfg = _compose(list(spec["overrides"]))
+    variants = make_variants(cfg, _bench_phis(spec["k"]))[:spec["n"]]
+    device = _device(cfg)
+    load_data(cfg)
+    warm = make_variants(_compose([f"model={spec['model']}", "dataset=synthetic", "dataset.n_train=300",
+                                   "epochs=1", "prune.iterations=0"]), [0.0])
+    if spec["side"] == "sequential":   # lazy imports and first-call costs, untimed
+        run(warm[0].cfg, work / "warmup")
+    else:
+        train_packed(warm, work / "warmup", impl=spec["impl"])
+    wall = cpu = 0.0
+    peak, impl = 0, None
+    for batch in ([[v] for v in variants] if spec["side"] == "sequential" else [variants]):
+        m = _mem_start(device)
+        t, c = time.perf_counter(), time.process_time()
+        if spec["side"] == "sequential":
+            run(batch[0].cfg, work / batch[0].name)
+        else:
+            impl = next(iter(train_packed(batch, work / "runs", impl=spec["impl"]).values()))["packed"]["impl"]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall += time.perf_counter() - t
+        cpu += time.process_time() - c
+        peak = max(peak, _mem_peak(device, m))
+    return {"wall": wall, "cpu": cpu, "peak": peak, "device": str(device), "impl": impl or "unpacked",
+            "memory": m["how"]}
+
+
+def _bench_phis(k: int) -> list[float]:
+    return list(PAPER_PHIS[:k]) + [round(0.2 * (i + 1), 6) for i in range(max(0, k - len(PAPER_PHIS)))]

@@ -63,7 +63,7 @@ def load(dirs: list[Path], skip: Path | None = None) -> list[Run]:
                                  if d not in SKIP_DIRS and (skip is None or (here / d).resolve() != skip))
             if RESULTS in filenames:
                 runs.append(read_run(here / RESULTS))
-            elif (here / ".hydra").is_dir() or "train.log" in filenames:
+            elif "pack.json" not in filenames and ((here / ".hydra").is_dir() or "train.log" in filenames):
                 runs.append(Run(here / RESULTS, "missing", "no results.json: the job stopped before its first "
                                                           "round ended (see its train.log)"))
     return runs

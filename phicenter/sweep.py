@@ -15,8 +15,9 @@ log = logging.getLogger("phicenter")
 def summarize(sweep_dir: str | Path) -> dict:
     """Status of every job folder under sweep_dir: {"complete": [...], "failed": [...], ...}."""
     out: dict[str, list] = {}
-    for path in sorted(Path(sweep_dir).glob("**/.hydra")):
-        job = path.parent
+    jobs = [p.parent for p in Path(sweep_dir).glob("**/.hydra")]
+    jobs += [p.parent for j in list(jobs) if (j / "pack.json").exists() for p in j.glob("*/results.json")]
+    for job in sorted(j for j in jobs if not (j / "pack.json").exists()):  # a packed job: one entry per variant
         res = results.read_json(job / results.RESULTS)
         status = (res or {}).get("status", "missing" if res is None else "unknown")
         out.setdefault(status, []).append({"job": str(job.relative_to(sweep_dir)),

@@ -24,7 +24,8 @@ def _flat(batches):
     """(x, y) pairs of an iterable that may yield groups (lists of pairs)."""
     out = []
     for item in batches:
-        out.extend([item] if isinstance(item[0], torch.Tensor) else item)
+        single = isinstance(item, (tuple, list)) and isinstance(item[0], torch.Tensor)
+        out.extend([item] if single else list(item))
     return out
 
 
@@ -69,11 +70,21 @@ def test_grouped_batches_are_the_same_batches_in_lists():
         single = data.make_loaders(s, 16, seed=3, pipeline=pipeline)[0]
         grouped = data.make_loaders(s, 16, seed=3, pipeline=pipeline, group=4)[0]
         items = list(grouped)
-        assert all(isinstance(i, list) and isinstance(i[0][0], torch.Tensor) for i in items)
-        assert [len(i) for i in items] == [4, 4, 1]
-        assert len(grouped) == len(items)
+        assert [len(i) for i in items] == [4, 4, 1] and len(grouped) == len(items)
         for (x1, y1), (x2, y2) in zip(_flat(single), _flat(items), strict=True):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_groups_are_made_lazily_and_in_order():
+    s = _splits()
+    b = data.make_loaders(s, 16, seed=3, group=4)[0]
+    first, second, *_ = iter(b)                        # the loop may fetch one group ahead ...
+    with pytest.raises(RuntimeError, match="out of order"):
+        list(second)                                   # ... but consumes them in order
+    b2 = data.make_loaders(s, 16, seed=3, group=4)[0]
+    groups = iter(b2)
+    g1, g2 = next(groups), next(groups)
+    assert len(list(g1)) == 4 and len(list(g2)) == 4
 
 
 def test_unknown_pipeline_is_one_clear_error():
