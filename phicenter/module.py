@@ -39,7 +39,7 @@ class PhiModule(pl.LightningModule):
     across rounds (the global epoch index), so per-step overhead stays negligible.
 
     Optimisation is manual (training_step runs the optimizer steps) so that one Lightning call can carry
-    several steps: data.Batches(group=k) yields lists of k batches, and Lightning's per-call overhead, which
+    several steps: data.Batches(group=k) yields groups of k batches, and Lightning's per-call overhead, which
     is larger than a whole fc_lot step on a CPU, is paid once per k steps. Same steps, same order, same maths."""
 
     def __init__(self, net: nn.Module, optim: dict, schedule: dict | None = None):
