@@ -442,6 +442,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpu-rows", action="store_true", help="run the per-experiment throughput rows off a GPU too")
     ap.add_argument("--gpu-experiments", nargs="*", help="only these experiments in the GPU rows")
     ap.add_argument("--compile", action="store_true", help="compile=true for the GPU rows")
+    ap.add_argument("--no-packed", dest="packed", action="store_false",
+                    help="skip the packed-sweep row (K = 11 variants packed vs 11 sequential runs)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -480,14 +482,27 @@ def main(argv=None) -> dict:
     res["prune_share"] = res["prune"]["fc_lot"]["share"]
     res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
     res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
+    if args.packed:
+        from phicenter.packed import packed_speedup
+
+        t0 = time.perf_counter()
+        over = [f"data_dir={args.data_dir}"] if args.data_dir else []
+        res["packed"] = packed_speedup(k=11, model="fc_lot", epochs=1, overrides=over,
+                                       sequential=3 if args.quick else None)
+        res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
+        res["packed_speedup"] = res["packed"]["packed_speedup"]
+        res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["seconds"] = time.perf_counter() - t_start
     print(table(res))
     print(f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
           f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)")
+    if "packed_speedup" in res:
+        print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
+              f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        from phicenter.results import write_json
+        write_json(Path(args.out), res)
     return res
 
 

@@ -151,7 +151,7 @@ def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "phicenter.bench", "--quick", "--out", str(out), "--images", "120", "60", "256",
            "--repeats", "1", "--gpu-rows", "--gpu-experiments", "mnist_fc_lot", "--precision", "32-true",
-           "--peak-tflops", "1"]
+           "--peak-tflops", "1", "--no-packed"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -166,4 +166,5 @@ def test_bench_quick_writes_json(tmp_path):
     row = res["gpu"]["rows"]["mnist_fc_lot"]          # the GPU rows' code path, exercised on the CPU
     assert row["mfu"] > 0 and row["runs"] == 44 and row["rounds"] == 11 and row["grid_hours_est"] > 0
     assert res["grid_gpu_hours_est"] is None           # never an estimate from a CPU
+    assert "packed_speedup" not in res                 # --no-packed (packed_speedup itself: tests/test_packed.py)
     assert "loop_overhead_ratio" in proc.stdout and "| (a) fc_lot" in proc.stdout
