@@ -164,9 +164,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         }
         rounds.append(entry)
         step = (r + 1) * epochs - 1
+        per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items()
+                     for k, v in d.items() if k in ("sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")}
         logger.log_metrics({f"round/{k}": entry[k] for k in
                             ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
-                            if entry[k] is not None}, step=step)
+                            if entry[k] is not None} | per_layer, step=step)
         out.update(rounds=rounds, final=entry, device=str(device))
         results.save_round(run_dir, r, {"round": r, "model": net.state_dict(), "rounds": rounds},
                            keep_all=bool(cfg.checkpoint.keep_all))

@@ -16,6 +16,12 @@ def grid(tmp_path_factory):
             for r in (results(p.parent) for p in d.glob("*/results.json"))}
 
 
+def test_paired_runs_share_round0(grid):
+    """Same seed, different strategy and phi: the dense round 0 is identical, so a grid is paired."""
+    assert len(grid) == 6
+    assert len({tuple(accuracies(r)[0]) for r in grid.values()}) == 1
+
+
 @pytest.mark.parametrize("strategy", ["mask0", "standard"])
 def test_trained_reference_makes_small_phi_inactive(grid, strategy):
     """Survivors are the largest |trained| weights, so none lies in (0, 5e-4): phi decides no sign."""
