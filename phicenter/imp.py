@@ -96,8 +96,6 @@ class IMP:
             pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))
             new_sign = polarity.signs(surv, 0.0)
             stats = polarity.flip_fractions(ref, view.phi, new_sign, view.theta0, keep)
-            # "flipped by phi": the new sign differs from the reference's sign at 0.
-            stats["flipped_by_phi_count"] = int(((new_sign != polarity.signs(ref, 0.0)) & keep).sum())
             if not self.strategy.uses_phi:
                 stats["dead_zone_count"] = 0
             crit_pos, crit_neg = polarity.critical_phi(ref[keep]) if self.strategy.uses_phi else (None, None)

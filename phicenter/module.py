@@ -174,17 +174,3 @@ class PhiModule(pl.LightningModule):
     def on_test_epoch_end(self):
         self.last_test = self._take("test")
 
-
-def evaluate(net: nn.Module, batches) -> tuple[float, float]:
-    """Plain-torch loss and accuracy over a Batches iterable (no Lightning), in eval mode."""
-    was = net.training
-    net.eval()
-    loss = correct = n = 0.0
-    with torch.no_grad():
-        for x, y in batches:
-            logits = net(x)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-            n += len(y)
-    net.train(was)
-    return loss / max(n, 1), correct / max(n, 1)
