@@ -202,11 +202,11 @@ class Case:
         """The minimal hand-written loop: permutation, index, forward, loss, backward, step."""
         from omegaconf import OmegaConf
 
-        from phicenter.module import OPTIMIZERS
+        from phicenter.module import optimizer_kwargs
 
-        cfg = OmegaConf.to_container(self.cfg.optim, resolve=True)
-
-        opt = OPTIMIZERS[cfg.pop("name")](self.net.parameters(), **cfg)
+        params = list(self.net.to(self.device).parameters())
+        cls, kwargs = optimizer_kwargs(params, OmegaConf.to_container(self.cfg.optim, resolve=True))
+        opt = cls(params, **kwargs)
         net, bs, n = self.net.to(self.device).train(), self.batch_size, self.n
         self.sync()
         t0 = time.perf_counter()

@@ -1,0 +1,35 @@
+"""make_optimizer: the fused implementation is the same update; only float rounding (a fused multiply-add) may
+move a few elements by an ulp or so."""
+import pytest
+import torch
+
+from phicenter.module import make_optimizer
+
+
+@pytest.mark.parametrize("optim", [{"name": "adam", "lr": 1e-2},
+                                   {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}])
+def test_fused_matches_for_loop(optim):
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(50, 30, generator=g), torch.randn(30, generator=g)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(6)]
+    out = {}
+    for fused in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt, _ = make_optimizer(params, {**optim, "fused": fused}, {"name": "none"}, 1)
+        assert bool(opt.defaults.get("fused")) is fused
+        for step in grads:
+            for p, s in zip(params, step):
+                p.grad = s.clone()
+            opt.step()
+        out[fused] = [p.detach() for p in params]
+    for a, b in zip(out[False], out[True]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    differ = sum(int((a != b).sum()) for a, b in zip(out[False], out[True]))
+    assert differ < 0.05 * sum(a.numel() for a in out[False])   # rounding on a few elements
+
+
+def test_fused_only_where_the_device_has_it():
+    cpu = [torch.nn.Parameter(torch.zeros(3))]
+    assert make_optimizer(cpu, {"name": "adam", "lr": 1e-3, "fused": True}, None, 1)[0].defaults["fused"]
+    meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not make_optimizer(meta, {"name": "adam", "lr": 1e-3, "fused": True}, None, 1)[0].defaults["fused"]
