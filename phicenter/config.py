@@ -68,3 +68,41 @@ def validate(cfg) -> dict:
     if fill is not None and fill not in ("zero", "trained"):
         raise ConfigError(f"strategy.pruned_fill must be zero or trained, got {fill!r}")
     return out
+
+
+# Settings that change how a run executes, not what it trains: a relaunch may change them and still resume.
+EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
+                  "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
+                  "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
+                  "optim.fused")
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_leaves(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(before: dict, now: dict) -> list[str]:
+    """'key: old -> new' for each setting both configs hold with different values, execution keys aside.
+    A key only one of them has (added or dropped by another version of phicenter) is not a change."""
+    a, b = _leaves(before), _leaves(now)
+    skip = tuple(EXECUTION_KEYS)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
+            if a[k] != b[k] and not any(k == s or k.startswith(s + ".") for s in skip)]
+
+
+def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:
+    """Resuming continues the run already in run_dir; refuse to continue it under another configuration."""
+    if not previous or not isinstance(previous.get("config"), dict):
+        return
+    changes = config_changes(previous["config"], resolved)
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changes[:3])}{more}); "
+                          "relaunch it with its own settings, use another folder, or resume=false to start over")

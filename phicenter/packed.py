@@ -31,6 +31,9 @@ How (docs in the module, so the code can be checked against them):
 - Per round and variant: a fresh optimizer and schedule (as PhiModule), validation after every epoch, test
   after the round, the same results.json entry as run.py. "seconds" is the packed round's wall time divided
   by the variants trained in it; "seconds_packed" is the whole.
+- Resume: after every `checkpoint.every_n_epochs` epochs each variant's folder gets a mid-round checkpoint
+  (weights, masks, fills, its optimizer state, the schedule, the round's diagnostics and epoch history);
+  a relaunch continues from the latest epoch all variants of the chunk have, as an unpacked run does.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ import gc
 import logging
 import math
 import os
+import shutil
+import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -50,7 +55,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from phicenter import data, results
-from phicenter.config import ConfigError, validate
+from phicenter.config import ConfigError, check_same_run, validate
 from phicenter.module import make_optimizer
 
 log = logging.getLogger("phicenter")
@@ -294,6 +299,18 @@ class PackedNet:
             self.buffers = {n: torch.stack([b[n] for b in own_b]).to(device)
                             for n, _ in self.template.named_buffers()}
 
+    def per_variant(self, name: str) -> list[torch.Tensor] | list[None]:
+        """Parameter `name` of each variant, as the forward differentiates it: unbind, never indexing, so
+        the backward gathers the K gradients in one op."""
+        if name not in self.params:
+            return [None] * self.k
+        return list(self.params[name].unbind(0))
+
+    def grad(self, name: str, k: int) -> torch.Tensor | None:
+        """Variant k's gradient of parameter `name` after a backward."""
+        g = self.params[name].grad
+        return None if g is None else g[k]
+
     def parameters(self) -> list[torch.Tensor]:
         """The stacked leaves autograd writes gradients into."""
         return list(self.params.values())
@@ -305,10 +322,56 @@ class PackedNet:
         self._views = [(t, k, t.detach()[k]) for k in range(self.k) for t in self.params.values()]
         return [v for _, _, v in self._views]
 
+    @property
+    def steps_views(self) -> bool:
+        """Whether the optimizer steps per-variant views (CPU: cache) or the stacked tensors (CUDA: few
+        large tensors for the fused kernels). Elementwise optimizers update each element the same way."""
+        return self.device.type == "cpu"
+
     def optimizer_parameters(self) -> list[torch.Tensor]:
-        """What the optimizer steps: per-variant views on CPU (cache), the stacked tensors on CUDA (few
-        large tensors for the foreach kernels). Elementwise optimizers update each element the same way."""
-        return self.variant_parameters() if self.device.type == "cpu" else self.parameters()
+        return self.variant_parameters() if self.steps_views else self.parameters()
+
+    def optimizer_state(self, opt: torch.optim.Optimizer, k: int) -> list[dict]:
+        """Variant k's optimizer state, one dict per stacked parameter (in self.params order), on CPU."""
+        def take(val, stacked):
+            if not torch.is_tensor(val):
+                return val
+            return (val[k] if stacked and val.dim() > 0 else val).detach().to("cpu", copy=True)
+
+        if self.steps_views:
+            own = {id(t): v for t, kk, v in self._views if kk == k}
+            return [{key: take(val, False) for key, val in opt.state.get(own[id(t)], {}).items()}
+                    for t in self.params.values()]
+        return [{key: take(val, True) for key, val in opt.state.get(t, {}).items()} for t in self.params.values()]
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, states: list[list[dict]]) -> None:
+        """The inverse of optimizer_state for all K variants (states[k][j]); tensors go where a fresh
+        optimizer of this kind keeps them (its step counter on the CPU unless fused or capturable)."""
+        group = opt.param_groups[0]
+        on_device = bool(group.get("fused") or group.get("capturable"))
+
+        def place(key, val, like):
+            if not torch.is_tensor(val):
+                return val
+            if key == "step":
+                return val.to(like.device if on_device else "cpu")
+            return val.to(like.device, like.dtype)
+
+        for j, t in enumerate(self.params.values()):
+            if not states[0][j]:
+                continue
+            if self.steps_views:
+                for tt, k, v in self._views:
+                    if tt is t:
+                        opt.state[v] = {key: place(key, val, v) for key, val in states[k][j].items()}
+                continue
+            merged = {}
+            for key, val in states[0][j].items():
+                if torch.is_tensor(val) and val.dim() > 0:
+                    merged[key] = place(key, torch.stack([states[k][j][key] for k in range(self.k)]), t)
+                else:
+                    merged[key] = place(key, val, t)
+            opt.state[t] = merged
 
     def share_grads(self) -> None:
         for t, k, v in getattr(self, "_views", ()):
@@ -316,7 +379,7 @@ class PackedNet:
 
     def zero_grad(self) -> None:
         """Gradients to None, as optimizer.zero_grad() does for an unpacked run."""
-        for t in self.params.values():
+        for t in self.parameters():
             t.grad = None
         for _, _, v in getattr(self, "_views", ()):
             v.grad = None
@@ -350,12 +413,12 @@ class PackedNet:
     def _weights(self, name: str) -> list[torch.Tensor]:
         """Each variant's effective weight, computed variant by variant (the unpacked op, on cache-sized
         tensors; one where over the whole stack is memory-bound on CPU)."""
-        raw = self.params.get(f"{name}.parametrizations.weight.original")
-        if raw is None:
-            return list(self.params[f"{name}.weight"].unbind(0))
+        key = f"{name}.parametrizations.weight.original"
+        if key not in self.params:
+            return self.per_variant(f"{name}.weight")
         mask = self.buffers[f"{name}.parametrizations.weight.0.mask"]
         fill = self.buffers[f"{name}.parametrizations.weight.0.fill"]
-        return [torch.where(m, r, f.to(r.dtype)) for m, r, f in zip(mask, raw.unbind(0), fill)]
+        return [torch.where(m, r, f.to(r.dtype)) for m, r, f in zip(mask, self.per_variant(key), fill)]
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         if self.impl == "loop":
@@ -382,8 +445,7 @@ class PackedNet:
                     parts = self._batch_norm(name, m, list(parts), training)
                     continue
                 ws = self._weights(name)
-                b = self.params.get(f"{name}.bias")
-                bs = b.unbind(0) if b is not None else [None] * k
+                bs = self.per_variant(f"{name}.bias")
                 if isinstance(m, nn.Linear):
                     parts = [F.linear(h, w, bb) for h, w, bb in zip(parts, ws, bs)]
                 else:
@@ -403,7 +465,7 @@ class PackedNet:
         """Any architecture: the template module once per variant, with that variant's slices swapped in."""
         from torch.func import functional_call
 
-        params = {n: t.unbind(0) for n, t in self.params.items()}
+        params = {n: self.per_variant(n) for n in self.params}
         buffers = {n: t.unbind(0) for n, t in self.buffers.items()}
         was = self.template.training
         self.template.train(training)
@@ -452,6 +514,9 @@ class PackedNet:
                 return [None] * len(hs)
             return t.unbind(0) if per else [t.reshape(-1)]
 
+        def affine(pname):
+            return self.per_variant(pname) if per else parts(self.params.get(pname))
+
         nbt = self.buffers.get(f"{name}.num_batches_tracked")
         factor = 0.0 if m.momentum is None else m.momentum
         if training and m.track_running_stats and nbt is not None:
@@ -460,8 +525,7 @@ class PackedNet:
         rm, rv = self.buffers.get(f"{name}.running_mean"), self.buffers.get(f"{name}.running_var")
         use_batch = training or (rm is None and rv is None)
         return [F.batch_norm(h, mean, var, w, b, use_batch, factor, m.eps) for h, mean, var, w, b in
-                zip(hs, parts(rm), parts(rv), parts(self.params.get(f"{name}.weight")),
-                    parts(self.params.get(f"{name}.bias")))]
+                zip(hs, parts(rm), parts(rv), affine(f"{name}.weight"), affine(f"{name}.bias"))]
 
     def _vmap(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         from torch.func import functional_call, vmap
@@ -554,6 +618,13 @@ def _device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
+def _resolved(cfg: DictConfig, v: dict) -> dict:
+    """The configuration a variant's results.json records (phi as the number the method used)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["phi"] = v["phi"]
+    return resolved
+
+
 def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
     """Like the start of run.run: a finished run is returned as its results dict; else a _Slot, resumed
     from the variant's last round checkpoint when there is one."""
@@ -562,11 +633,10 @@ def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
     cfg = variant.cfg
     d = run_dir / variant.name
     prev = results.read_json(d / results.RESULTS)
+    resolved = _resolved(cfg, v)
     if prev and prev.get("status") == "complete" and cfg.get("resume", True):
         log.info("run in %s is already complete; nothing to do", d)
         return prev
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["phi"] = v["phi"]
     net = build_model(cfg, splits)
     imp = build_imp(cfg, net, v)
     rounds, start = [], 0
@@ -576,9 +646,60 @@ def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
         net.load_state_dict(ckpt["model"])
         rounds, start = ckpt["rounds"], ckpt["round"] + 1
         log.info("resuming %s after round %d", d, ckpt["round"])
+        for stale in sorted((d / results.CKPT_DIR).glob("round_*_epochs")):
+            if int(stale.name.split("_")[1]) < start:
+                shutil.rmtree(stale, ignore_errors=True)
     else:
         results.save_torch(d / results.THETA0, imp.theta0)
+        results.write_json(d / results.RESULTS, {"config": resolved, "rounds": [], "final": None,
+                                                 "status": "running"})
     return _Slot(variant, v, d, net, imp, resolved, rounds, start)
+
+
+# Mid-round checkpoints of a packed variant, beside its round checkpoints: the last two completed epochs.
+EPOCH_FILES = ("packed_last.pt", "packed_prev.pt")
+
+
+def _epoch_dir(slot: _Slot, r: int) -> Path:
+    return slot.dir / results.CKPT_DIR / f"round_{r:03d}_epochs"
+
+
+def _save_epoch(slot: _Slot, r: int, state: dict) -> None:
+    """Atomically, keeping the one before as the fallback for a kill during the write."""
+    d = _epoch_dir(slot, r)
+    last, prev = (d / f for f in EPOCH_FILES)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / ".packed_last.pt.tmp"
+    torch.save(state, tmp)
+    if last.exists():
+        os.replace(last, prev)
+    os.replace(tmp, last)
+
+
+def _load_epochs(slots: list[_Slot], r: int) -> list[dict] | None:
+    """Each slot's state after the latest epoch of round r that every slot has a readable checkpoint of
+    (variants packed together save one after another, so a kill can leave them one epoch apart); None
+    when there is no common epoch."""
+    found: list[dict[int, dict]] = []
+    for s in slots:
+        have = {}
+        for f in EPOCH_FILES:
+            path = _epoch_dir(s, r) / f
+            if not path.exists():
+                continue
+            try:
+                st = torch.load(path, map_location="cpu", weights_only=False)
+                if st.get("round") == r:
+                    have.setdefault(int(st["epoch"]), st)
+            except Exception as e:
+                log.warning("checkpoint %s is unreadable (%s); falling back to the one before it", path,
+                            type(e).__name__)
+        found.append(have)
+    common = set.intersection(*(set(h) for h in found)) if found else set()
+    if not common:
+        return None
+    e = max(common)
+    return [h[e] for h in found]
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -590,7 +711,8 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
                  impl: str = "auto") -> dict[str, dict]:
     """Train the variants packed, `chunk` at a time (None: all), each into run_dir/<variant.name>, and write
     run_dir/pack.json (each variant's status). Returns {name: results dict} (each results.json's content).
-    Variants already complete there are skipped; the others resume from their last round checkpoint."""
+    Variants already complete there are skipped; the others resume from their last completed epoch (the
+    latest epoch every variant of the chunk has a checkpoint of), else from their last round checkpoint."""
     run_dir, t_start = Path(run_dir), time.perf_counter()
     vals = check_variants(variants)
     cfg0 = variants[0].cfg
@@ -613,6 +735,8 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
     pending = []
     for i, var in enumerate(variants):
         prev = results.read_json(run_dir / var.name / results.RESULTS)
+        if var.cfg.get("resume", True):   # before any work: every variant folder must hold its own config
+            check_same_run(prev, _resolved(var.cfg, vals[i]), run_dir / var.name)
         if prev and prev.get("status") == "complete" and var.cfg.get("resume", True):
             done[var.name] = prev
         else:
@@ -712,21 +836,42 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
                           "input_shape": list(splits.input_shape), "num_classes": splits.num_classes},
                  "packed": {"variants": names, "impl": packed.impl}}
 
+    every = int(cfg.checkpoint.get("every_n_epochs", 1) or 0)
     for r in range(start, n_rounds + 1):
         alive = [i for i, s in enumerate(slots) if s.alive]
         if not alive:
             break
         t0 = time.perf_counter()
         diags: dict[int, dict] = {}
+        history: dict[int, list] = {i: [] for i in alive}
         _fault_point(cfg, r)
-        if r > 0:   # the round boundary, per variant, by the unchanged method code
+        saved = _load_epochs([slots[i] for i in alive], r) if r == start and cfg.get("resume", True) else None
+        if saved is not None:   # mid-round: the round boundary is already in the weights, masks and fills
+            for i, st in zip(alive, saved):
+                slots[i].net.load_state_dict(st["model"])
+                history[i] = st["history"]
+                if st["diagnostics"] is not None:
+                    diags[i] = st["diagnostics"]
+            packed.gather(nets)
+            log.info("resuming round %d at epoch %d (%d variants)", r, saved[0]["epoch"] + 1, len(alive))
+        elif r > 0:   # the round boundary, per variant, by the unchanged method code
             packed.scatter(nets)
             for i in alive:
                 diags[i] = slots[i].imp.advance(r)
             packed.gather(nets)
         opt, sched = make_optimizer(packed.optimizer_parameters(), optim, schedule, epochs)
-        history: dict[int, list] = {i: [] for i in alive}
-        for e in range(epochs):
+        first = 0
+        if saved is not None:
+            by_slot = dict(zip(alive, saved))
+            packed.load_optimizer_state(opt, [by_slot[i]["optimizer"] if i in by_slot else by_slot[alive[0]]
+                                              ["optimizer"] for i in range(packed.k)])
+            for g, lr in zip(opt.param_groups, saved[0]["lrs"]):
+                g["lr"] = lr
+            if sched is not None and saved[0]["scheduler"] is not None:
+                sched.load_state_dict(saved[0]["scheduler"])
+            torch.set_rng_state(saved[0]["rng"])
+            first = saved[0]["epoch"] + 1
+        for e in range(first, epochs):
             train_b.set_epoch(r, e)
             sums = torch.zeros(packed.k, 3, dtype=torch.float64, device=device)
             for x, y in train_b:
@@ -758,6 +903,15 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
                 break
             if sched is not None:
                 sched.step()
+            if every and (e + 1) % every == 0 and e + 1 < epochs:
+                packed.scatter(nets)
+                common = {"round": r, "epoch": e, "lrs": [g["lr"] for g in opt.param_groups],
+                          "scheduler": sched.state_dict() if sched is not None else None,
+                          "rng": torch.get_rng_state()}
+                for i in history:
+                    _save_epoch(slots[i], r, dict(common, model=slots[i].net.state_dict(), history=history[i],
+                                                  diagnostics=diags.get(i),
+                                                  optimizer=packed.optimizer_state(opt, i)))
         test = _evaluate(packed, test_b, device)
         packed.scatter(nets)
         seconds = time.perf_counter() - t0
@@ -784,6 +938,7 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
             results.save_round(slot.dir, r, {"round": r, "model": slot.net.state_dict(), "rounds": slot.rounds},
                                keep_all=bool(cfg.checkpoint.keep_all))
             results.write_json(slot.dir / results.RESULTS, slot.out)
+            shutil.rmtree(_epoch_dir(slot, r), ignore_errors=True)
         log.info("round %d/%d packed x%d (%.1fs): %s", r, n_rounds, len(history), seconds,
                  "  ".join(f"{slots[i].variant.name} val {h[-1].get('val_acc', math.nan):.4f}"
                            for i, h in history.items()))
@@ -922,6 +1077,82 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28, 28), num_classes: int = 10,
+                          batch_size: int = 60, steps: int = 40, repeats: int = 5,
+                          optim: dict | None = None) -> dict:
+    """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed.
+
+    single_ms: one optimizer step of a plain loop (the masked net, the product's optimizer, no framework);
+    packed_ms_per_variant: a packed step ("loop" implementation) divided by K; kernel_ms_per_variant: the part
+    of it spent inside the variants' own aten kernels (torch.profiler self time) -- their matrix products,
+    mask selects and optimizer arithmetic, which packing on this device does not remove. So
+    single_ms / kernel_ms_per_variant bounds what any packing of these variants can gain here over a lean
+    unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from phicenter import models, pruning
+
+    optim = optim or {"name": "adam", "lr": 1.2e-3, "fused": True}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(steps + 5, batch_size, *input_shape, generator=g)
+    y = torch.randint(0, num_classes, (steps + 5, batch_size), generator=g)
+    nets = []
+    for i in range(k):
+        net = models.build(model, input_shape, num_classes, seed=i)
+        pruning.attach_masks(net)
+        nets.append(net)
+
+    single = copy.deepcopy(nets[0])
+    opt, _ = make_optimizer(single.parameters(), optim, None, 1)
+
+    def single_step(i):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(single(x[i]), y[i]).backward()
+        opt.step()
+
+    pk = PackedNet(nets, impl="loop")
+    popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)
+
+    def packed_step(i):
+        losses, _ = packed_losses(pk(x[i], training=True), y[i])
+        pk.zero_grad()
+        losses.sum().backward()
+        pk.share_grads()
+        popt.step()
+
+    def timed(step) -> float:
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - t) / steps * 1e3
+
+    for i in range(5):   # warm-up: allocator, lazy optimizer state
+        single_step(steps + i)
+        packed_step(steps + i)
+    times = [(timed(single_step), timed(packed_step)) for _ in range(repeats)]   # interleaved: load drifts
+    single_ms = statistics.median(t[0] for t in times)
+    packed_ms = statistics.median(t[1] for t in times)
+    n_prof = max(5, steps // 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for i in range(n_prof):
+            packed_step(i)
+        wall_us = (time.perf_counter() - t) * 1e6
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")}
+    # the profiler slows every op a little: take the kernels' share of the profiled time, applied to the
+    # unprofiled step
+    share = min(1.0, sum(ops.values()) / wall_us)
+    kernel_ms = share * packed_ms / k
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:6]
+    return {"k": k, "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "optimizer": optim["name"], "single_ms": single_ms, "packed_ms_per_variant": packed_ms / k,
+            "kernel_share": share, "kernel_ms_per_variant": kernel_ms,
+            "top_kernels_ms_per_variant": {name: us / 1e3 / n_prof / k * packed_ms * n_prof * 1e3 / wall_us
+                                           for name, us in top},
+            "packing_gain": single_ms / (packed_ms / k),
+            "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan}
 
 
 def _loadavg():

@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from phicenter import data, models, results, strategies
 from phicenter.callbacks import EpochCheckpoint, PruneReinit
-from phicenter.config import ConfigError, validate
+from phicenter.config import ConfigError, check_same_run, validate
 from phicenter.imp import IMP, IMPConfig
 from phicenter.module import PhiModule
 from phicenter.pruning import sparsity
@@ -88,6 +88,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     resolved["phi"] = v["phi"]
     res_path = run_dir / results.RESULTS
     previous = results.read_json(res_path)
+    if cfg.get("resume", True):
+        check_same_run(previous, resolved, run_dir)
     if previous and previous.get("status") == "complete" and cfg.get("resume", True):
         log.info("run in %s is already complete; nothing to do", run_dir)
         return previous
@@ -130,6 +132,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
            "init": cfg.model.init, "data": {"train": len(splits.y_train), "val": len(splits.y_val),
                                              "test": len(splits.y_test), "input_shape": list(splits.input_shape),
                                              "num_classes": splits.num_classes}}
+    if ckpt is None:   # the configuration on record from the start, so a relaunch mid-round 0 is checked too
+        results.write_json(res_path, out)
 
     ckpt_root = run_dir / results.CKPT_DIR
     for r in range(start, n_rounds + 1):

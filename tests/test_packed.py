@@ -186,6 +186,56 @@ def test_resume_and_complete_runs_skipped(tmp_path):
     assert_same_rounds(again[vs[1].name], first[vs[1].name], vs[1].name)
 
 
+@pytest.mark.parametrize("optim", ["adam", "sgd"])
+def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, optim):
+    """A packed chunk that dies mid-round resumes from its last epoch checkpoint (weights, masks, optimizer
+    and schedule state, epoch history) to results identical to an uninterrupted pack; no epoch is redone."""
+    extra = ["prune.iterations=1", "epochs=4", f"optim.name={optim}"]
+    if optim == "sgd":   # the LR drops after epoch 2, i.e. after the resume point
+        extra += ["optim.lr=0.05", "+optim.momentum=0.9", "schedule.name=multistep", "+schedule.at=[0.75]"]
+    vs = variants("fc_lot", COMBOS[1:3], *extra)
+    reference = packed.train_packed(vs, tmp_path / "reference")
+    calls = {"n": 0}
+    real = packed._evaluate
+
+    def dies_in_round_1_epoch_2(*a):
+        calls["n"] += 1
+        if calls["n"] == 8:   # round 0: 4 val + 1 test; round 1: val after epochs 0 and 1, then this one
+            raise RuntimeError("killed")
+        return real(*a)
+
+    monkeypatch.setattr(packed, "_evaluate", dies_in_round_1_epoch_2)
+    with pytest.raises(packed.PackFailed):
+        packed.train_packed(vs, tmp_path / "run")
+    for v in vs:
+        files = sorted(p.name for p in (tmp_path / "run" / v.name / "checkpoints" / "round_001_epochs").iterdir())
+        assert files == ["packed_last.pt", "packed_prev.pt"]
+    calls["n"] = 0
+    monkeypatch.setattr(packed, "_evaluate", lambda *a: (calls.__setitem__("n", calls["n"] + 1), real(*a))[1])
+    again = packed.train_packed(vs, tmp_path / "run")
+    assert calls["n"] == 3   # validation after epochs 2 and 3, and the test: 0 and 1 were not trained again
+    for v in vs:
+        assert again[v.name]["status"] == "complete"
+        assert_same_rounds(again[v.name], reference[v.name], v.name)
+        for ra, rb in zip(again[v.name]["rounds"], reference[v.name]["rounds"]):
+            assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
+        wa = torch.load(results.checkpoint_path(tmp_path / "run" / v.name, 1), weights_only=True)["model"]
+        wb = torch.load(results.checkpoint_path(tmp_path / "reference" / v.name, 1), weights_only=True)["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wb)
+        assert not (tmp_path / "run" / v.name / "checkpoints" / "round_001_epochs").exists()
+
+
+def test_relaunch_under_another_config_is_refused(tmp_path):
+    """Each variant folder resumes only its own configuration; the check comes before any training."""
+    vs = variants("fc_lot", COMBOS[:2], "prune.iterations=0", "epochs=1")
+    packed.train_packed(vs, tmp_path)
+    before = {v.name: (tmp_path / v.name / results.RESULTS).read_bytes() for v in vs}
+    changed = variants("fc_lot", COMBOS[:2], "prune.iterations=0", "epochs=1", "optim.lr=0.01")
+    with pytest.raises(ConfigError, match=r"another configuration \(optim.lr: 0.0012 -> 0.01\)"):
+        packed.train_packed(changed, tmp_path)
+    assert {v.name: (tmp_path / v.name / results.RESULTS).read_bytes() for v in vs} == before
+
+
 def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
     """A variant whose loss stops being finite is recorded as diverged; the others train on unchanged."""
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
@@ -305,7 +355,7 @@ def test_forward_backward_and_batchnorm_per_variant(arch, impl):
             assert check(logits[k].detach(), out.detach()), (arch, training, k)
             assert check(values[k], loss.detach()), (arch, training, k)
             for pname, p in n.named_parameters():
-                assert check(pk.params[pname].grad[k], p.grad), (arch, training, k, pname)
+                assert check(pk.grad(pname, k), p.grad), (arch, training, k, pname)
             for bname, b in n.named_buffers():
                 if b.is_floating_point():
                     assert check(pk.buffers[bname][k], b), (arch, training, k, bname)

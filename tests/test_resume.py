@@ -61,6 +61,33 @@ def test_finished_run_does_no_work(reference):
     assert (run_dir / "results.json").read_bytes() == before
 
 
+def test_relaunch_under_another_config_is_refused(reference):
+    """Resuming continues the run on record: a changed setting is one line, exit 2, and nothing touched."""
+    run_dir = reference["dir"]
+    before = (run_dir / "results.json").read_bytes()
+    proc = train(*RUN, "optim.lr=2e-3", "seed=3", f"hydra.run.dir={run_dir}", check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("phicenter: error: ") and "another configuration" in err[0], err
+    assert "optim.lr: 0.0012 -> 0.002" in err[0] and "seed: 0 -> 3" in err[0]
+    assert (run_dir / "results.json").read_bytes() == before
+    # how it runs may change: threads, progress bar, checkpoint policy
+    proc = train("threads=2", "epochs=4", "prune.iterations=2", "trainer.enable_progress_bar=true",
+                 "checkpoint.keep_all=true", f"hydra.run.dir={run_dir}")
+    assert "already complete; nothing to do" in proc.stderr + proc.stdout
+
+
+def test_config_changes_ignores_execution_keys_and_new_keys():
+    from phicenter.config import config_changes
+
+    before = {"seed": 0, "optim": {"name": "adam", "lr": 1e-3}, "threads": 1, "checkpoint": {"keep_all": False},
+              "trainer": {"precision": "32-true", "devices": 1}}
+    now = {"seed": 0, "optim": {"name": "adam", "lr": 1e-3, "fused": True}, "threads": 4,
+           "checkpoint": {"keep_all": True}, "trainer": {"precision": "bf16-mixed", "devices": 2}}
+    assert config_changes(before, now) == ["trainer.precision: '32-true' -> 'bf16-mixed'"]
+    assert config_changes(before, before) == []
+
+
 def test_truncated_checkpoint_falls_back(tmp_path, reference):
     _kill_mid_round(tmp_path, signal.SIGKILL)
     epochs = tmp_path / "checkpoints" / "round_001_epochs"
