@@ -492,6 +492,12 @@ def main(argv=None) -> dict:
         res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
         res["packed_speedup"] = res["packed"]["packed_speedup"]
         res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
+        if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
+            from phicenter.packed import packed_step_breakdown
+
+            res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40,
+                                                       repeats=3 if args.quick else 7)
+            res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["seconds"] = time.perf_counter() - t_start
     print(table(res))
@@ -500,6 +506,13 @@ def main(argv=None) -> dict:
     if "packed_speedup" in res:
         print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
               f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
+    if res.get("packed_step"):
+        st = res["packed_step"]
+        kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in st["top_kernels_ms_per_variant"].items() if v >= 0.05)
+        print(f"packed step (fc_lot, K = 11): one lean unpacked step {st['single_ms']:.2f} ms; packed "
+              f"{st['packed_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
+              f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
+              f"packing here {st['packing_bound']:.2f}x")
     if args.out:
         from phicenter.results import write_json
         write_json(Path(args.out), res)

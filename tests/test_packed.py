@@ -420,6 +420,17 @@ def test_packed_speedup_bench_reports(tmp_path):
     assert out["impl"] == "loop" and not out["isolated"]
 
 
+def test_packed_step_breakdown_accounts_for_the_step():
+    """The bench's bound: the variants' own kernels are a part of the packed step, and they are the masked
+    products and the optimizer's arithmetic."""
+    out = packed.packed_step_breakdown(k=2, input_shape=(1, 8, 8), steps=3, repeats=1)
+    assert 0 < out["kernel_share"] <= 1
+    assert 0 < out["kernel_ms_per_variant"] <= out["packed_ms_per_variant"]
+    assert out["packing_bound"] == pytest.approx(out["single_ms"] / out["kernel_ms_per_variant"])
+    assert {"aten::where", "aten::_fused_adam_"} <= set(out["top_kernels_ms_per_variant"])
+    assert {"aten::mm", "aten::addmm"} & set(out["top_kernels_ms_per_variant"])
+
+
 def test_batched_path_trains_like_alone(pair):
     """The GPU path ("batched": batched matmuls, grouped convolutions), run on CPU through whole rounds:
     the same results up to float rounding (it is not bit-identical by construction; see PackedNet)."""
