@@ -77,12 +77,13 @@ EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pac
                   "optim.fused")
 
 
-def _leaves(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested dict."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_leaves(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -91,7 +92,7 @@ def _leaves(d: dict, prefix: str = "") -> dict:
 def config_changes(before: dict, now: dict) -> list[str]:
     """'key: old -> new' for each setting both configs hold with different values, execution keys aside.
     A key only one of them has (added or dropped by another version of phicenter) is not a change."""
-    a, b = _leaves(before), _leaves(now)
+    a, b = flatten(before), flatten(now)
     skip = tuple(EXECUTION_KEYS)
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
             if a[k] != b[k] and not any(k == s or k.startswith(s + ".") for s in skip)]

@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from phicenter import data, models, results, strategies
 from phicenter.callbacks import EpochCheckpoint, PruneReinit
-from phicenter.config import ConfigError, check_same_run, validate
+from phicenter.config import ConfigError, check_same_run, flatten, validate
 from phicenter.imp import IMP, IMPConfig
 from phicenter.module import PhiModule
 from phicenter.pruning import sparsity
@@ -212,14 +212,7 @@ def _fault_point(cfg, round_index: int) -> None:
         raise RuntimeError(f"injected fault at round {round_index} (fault.fail_round)")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, val in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(val, dict):
-            flat.update(_flat(val, key + "."))
-        elif isinstance(val, (int, float, str, bool)) or val is None:
-            flat[key] = "null" if val is None else val
-        else:
-            flat[key] = str(val)
-    return flat
+def _flat(d: dict) -> dict:
+    """The config as TensorBoard hparams: dotted keys, plain values."""
+    return {k: ("null" if v is None else v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in flatten(d).items()}
