@@ -7,8 +7,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
 CKPT_DIR = "checkpoints"
@@ -54,6 +52,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def save_torch(path: Path, obj) -> None:
+    import torch   # here, so reading results (the CLI's first checks, the report) needs no torch
+
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -71,6 +71,8 @@ def save_round(run_dir: Path, round_index: int, state: dict, keep_all: bool) -> 
 
 def latest_round(run_dir: Path, log=print) -> dict | None:
     """The newest checkpoint that loads; a corrupt or truncated one is reported and skipped."""
+    import torch
+
     for path in sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"), reverse=True):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)

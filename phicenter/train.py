@@ -12,9 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from phicenter import results
-from phicenter.config import ConfigError
-from phicenter.data import DataError
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from phicenter.config import ConfigError, check_same_run, validate
 
 log = logging.getLogger("phicenter")
 
@@ -34,13 +32,40 @@ def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | 
     return path
 
 
+def _refuse(e: Exception, run_dir: Path):
+    print(f"phicenter: error: {e}", file=sys.stderr)
+    logging.shutdown()
+    _discard_if_new(run_dir)
+    sys.exit(2)
+
+
+def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
+    """The settings, and that run_dir holds no other run, checked before torch is even imported (pack=true
+    checks each variant in phicenter.packed)."""
+    if cfg.get("pack"):
+        return
+    v = validate(cfg)
+    if cfg.get("resume", True):
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["phi"] = v["phi"]
+        check_same_run(results.read_json(run_dir / results.RESULTS), resolved, run_dir)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        _first_checks(cfg, run_dir)
+    except ConfigError as e:
+        _refuse(e, run_dir)
+
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from phicenter.data import DataError
     from phicenter.module import Diverged
     from phicenter.run import run
 
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
     if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
         import torch
@@ -56,10 +81,7 @@ def main(cfg: DictConfig) -> float:
         log.warning("run interrupted by SIGTERM; relaunch the same command to resume (%s)", run_dir)
         sys.exit(143)
     except (ConfigError, DataError) as e:
-        print(f"phicenter: error: {e}", file=sys.stderr)
-        logging.shutdown()
-        _discard_if_new(run_dir)
-        sys.exit(2)
+        _refuse(e, run_dir)
     except Exception as e:  # record the failure beside the run; a multirun goes on with the next job
         status = "diverged" if isinstance(e, Diverged) else "failed"
         path = _mark(run_dir, cfg, status, f"{type(e).__name__}: {e}", traceback.format_exc())
