@@ -444,6 +444,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true", help="compile=true for the GPU rows")
     ap.add_argument("--no-packed", dest="packed", action="store_false",
                     help="skip the packed-sweep row (K = 11 variants packed vs 11 sequential runs)")
+    ap.add_argument("--packed-conv2", action="store_true",
+                    help="add the packed conv2 row off a GPU too (on a GPU it always runs)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -492,6 +494,13 @@ def main(argv=None) -> dict:
         res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
         res["packed_speedup"] = res["packed"]["packed_speedup"]
         res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
+        if device == "cuda" or args.packed_conv2:   # the issue's second GPU row: a small conv net
+            n = 1000 if args.quick else 10000
+            res["packed_conv2"] = packed_speedup(
+                k=11, model="conv2", dataset="synthetic", epochs=1, sequential=3 if args.quick else None,
+                overrides=["dataset.shape=[3,32,32]", f"dataset.n_train={n}", "dataset.n_test=500",
+                           "dataset.val_size=500", "batch_size=60"])
+            res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
         if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
             from phicenter.packed import packed_step_breakdown
 
@@ -506,6 +515,9 @@ def main(argv=None) -> dict:
     if "packed_speedup" in res:
         print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
               f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
+    if "packed_speedup_conv2" in res:
+        print(f"packed_speedup_conv2 {res['packed_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, packed vs "
+              f"sequential)  peak memory ratio {res['packed_conv2']['packed_peak_memory_ratio']:.2f}")
     if res.get("packed_step"):
         st = res["packed_step"]
         kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in st["top_kernels_ms_per_variant"].items() if v >= 0.05)

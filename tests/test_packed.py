@@ -420,6 +420,16 @@ def test_packed_speedup_bench_reports(tmp_path):
     assert out["impl"] == "loop" and not out["isolated"]
 
 
+def test_packed_speedup_conv2_row(tmp_path):
+    """The bench's conv2 row (run on a GPU, or with --packed-conv2), on small CIFAR-shaped synthetic data."""
+    out = packed.packed_speedup(k=2, model="conv2", dataset="synthetic", epochs=1, workdir=tmp_path, isolate=False,
+                                overrides=["dataset.shape=[3,8,8]", "dataset.n_train=240", "dataset.n_test=60",
+                                           "dataset.val_size=60"])
+    assert out["model"] == "conv2" and out["dataset"] == "synthetic" and out["packed_speedup"] > 0
+    res = json.loads((tmp_path / "packed" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).read_text())
+    assert res["status"] == "complete" and res["data"]["input_shape"] == [3, 8, 8]
+
+
 def test_packed_step_breakdown_accounts_for_the_step():
     """The bench's bound: the variants' own kernels are a part of the packed step, and they are the masked
     products and the optimizer's arithmetic."""
