@@ -74,7 +74,7 @@ def validate(cfg) -> dict:
 EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
                   "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
                   "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
-                  "optim.fused")
+                  "eval_batch_size", "optim.fused")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -89,13 +89,23 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def is_execution_key(key: str) -> bool:
+    return any(key == s or key.startswith(s + ".") for s in EXECUTION_KEYS)
+
+
+_ABSENT = object()
+
+
 def config_changes(before: dict, now: dict) -> list[str]:
-    """'key: old -> new' for each setting both configs hold with different values, execution keys aside.
-    A key only one of them has (added or dropped by another version of phicenter) is not a change."""
+    """'key: old -> new' for each setting that differs, added (`+optim.momentum=0.9`) and dropped ones
+    included; execution keys aside."""
     a, b = flatten(before), flatten(now)
-    skip = tuple(EXECUTION_KEYS)
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-            if a[k] != b[k] and not any(k == s or k.startswith(s + ".") for s in skip)]
+
+    def show(v):
+        return "(absent)" if v is _ABSENT else repr(v)
+
+    return [f"{k}: {show(a.get(k, _ABSENT))} -> {show(b.get(k, _ABSENT))}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not is_execution_key(k)]
 
 
 def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:

@@ -25,7 +25,8 @@ def optimizer_kwargs(params, optim: dict) -> tuple[type, dict]:
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     fused = cfg.pop("fused", False)
-    if fused and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params):
+    if (fused and not cfg.get("foreach") and not cfg.get("differentiable")
+            and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)):
         cfg["fused"] = True
     return OPTIMIZERS[name], cfg
 

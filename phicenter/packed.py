@@ -650,6 +650,8 @@ def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
             if int(stale.name.split("_")[1]) < start:
                 shutil.rmtree(stale, ignore_errors=True)
     else:
+        if not cfg.get("resume", True):   # starting over: no checkpoint of the run before may be resumed later
+            shutil.rmtree(d / results.CKPT_DIR, ignore_errors=True)
         results.save_torch(d / results.THETA0, imp.theta0)
         results.write_json(d / results.RESULTS, {"config": resolved, "rounds": [], "final": None,
                                                  "status": "running"})

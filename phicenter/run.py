@@ -112,6 +112,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         rounds, start = ckpt["rounds"], ckpt["round"] + 1
         log.info("resuming %s after round %d", run_dir, ckpt["round"])
     else:
+        if not cfg.get("resume", True):   # starting over: no checkpoint of the run before may be resumed later
+            shutil.rmtree(run_dir / results.CKPT_DIR, ignore_errors=True)
         results.save_torch(theta0_file, imp.theta0)
     for stale in sorted((run_dir / results.CKPT_DIR).glob("round_*_epochs")):
         if int(stale.name.split("_")[1]) < start:

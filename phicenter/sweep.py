@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -25,7 +26,25 @@ def summarize(sweep_dir: str | Path) -> dict:
     return out
 
 
+def swept_unnamed_keys(config: DictConfig) -> list[str]:
+    """Keys the multirun sweeps over (`compile=true,false`) that job folder names leave out
+    (hydra.job.config.override_dirname.exclude_keys): its jobs would share one folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    excluded = set(config.hydra.job.config.override_dirname.exclude_keys or ())
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [o.key_or_group for o in overrides if o.is_sweep_override() and o.key_or_group in excluded]
+
+
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        clash = swept_unnamed_keys(config)
+        if clash:
+            print(f"phicenter: error: this multirun sweeps {', '.join(clash)}, which job folder names leave out "
+                  "(how a job runs, not what it trains), so its jobs would share one folder; run one multirun "
+                  "per value, each with its own hydra.sweep.dir", file=sys.stderr)
+            sys.exit(2)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = summarize(sweep_dir)

@@ -26,7 +26,7 @@ def _discard_if_new(run_dir: Path) -> None:
 def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> Path:
     """Record how a run ended in its results.json, keeping the rounds it completed."""
     path = run_dir / results.RESULTS
-    prev = results.read_json(path) or {"config": OmegaConf.to_container(cfg, resolve=False), "rounds": []}
+    prev = results.read_json(path) or {"config": _recorded(cfg), "rounds": []}
     prev.update(status=status, error=error, traceback=trace)
     results.write_json(path, prev)
     return path
@@ -39,16 +39,24 @@ def _refuse(e: Exception, run_dir: Path):
     sys.exit(2)
 
 
+def _recorded(cfg: DictConfig) -> dict:
+    """The config as results.json records it (resolved, phi as a number), as far as it resolves."""
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+        out["phi"] = validate(cfg)["phi"]
+        return out
+    except Exception:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     """The settings, and that run_dir holds no other run, checked before torch is even imported (pack=true
     checks each variant in phicenter.packed)."""
     if cfg.get("pack"):
         return
-    v = validate(cfg)
+    validate(cfg)
     if cfg.get("resume", True):
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved["phi"] = v["phi"]
-        check_same_run(results.read_json(run_dir / results.RESULTS), resolved, run_dir)
+        check_same_run(results.read_json(run_dir / results.RESULTS), _recorded(cfg), run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -59,6 +67,8 @@ def main(cfg: DictConfig) -> float:
         _first_checks(cfg, run_dir)
     except ConfigError as e:
         _refuse(e, run_dir)
+    except Exception:   # anything else (an interpolation, say) is met again below, and recorded there
+        pass
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 

@@ -33,3 +33,10 @@ def test_fused_only_where_the_device_has_it():
     assert make_optimizer(cpu, {"name": "adam", "lr": 1e-3, "fused": True}, None, 1)[0].defaults["fused"]
     meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
     assert not make_optimizer(meta, {"name": "adam", "lr": 1e-3, "fused": True}, None, 1)[0].defaults["fused"]
+
+
+def test_fused_steps_aside_for_foreach_and_differentiable():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    for extra in ({"foreach": True}, {"differentiable": True}):
+        opt, _ = make_optimizer(p, {"name": "adam", "lr": 1e-3, "fused": True, **extra}, None, 1)
+        assert not opt.defaults["fused"]

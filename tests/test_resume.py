@@ -86,6 +86,54 @@ def test_config_changes_ignores_execution_keys_and_new_keys():
            "checkpoint": {"keep_all": True}, "trainer": {"precision": "bf16-mixed", "devices": 2}}
     assert config_changes(before, now) == ["trainer.precision: '32-true' -> 'bf16-mixed'"]
     assert config_changes(before, before) == []
+    added = dict(before, optim={"name": "adam", "lr": 1e-3, "momentum": 0.9})
+    assert config_changes(before, added) == ["optim.momentum: (absent) -> 0.9"]
+    assert config_changes(added, before) == ["optim.momentum: 0.9 -> (absent)"]
+
+
+def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path):
+    """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
+    from hydra import compose, initialize_config_dir
+
+    from phicenter import results as res
+    from phicenter.run import run
+    from tests.cli import ROOT
+
+    def cfg(*extra):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=["dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40",
+                                                "dataset.val_size=40", "epochs=1", "threads=1", *extra])
+
+    run(cfg("prune.iterations=2"), tmp_path)
+    assert res.latest_round(tmp_path)["round"] == 2
+    run(cfg("prune.iterations=0", "optim.lr=0.01", "resume=false"), tmp_path)
+    assert res.latest_round(tmp_path)["round"] == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round_000.pt"]
+    assert res.read_json(tmp_path / "results.json")["config"]["optim"]["lr"] == 0.01
+
+
+def test_multirun_over_an_unnamed_key_is_refused(tmp_path):
+    """Sweeping a key that job folder names leave out would put several jobs in one folder."""
+    proc = train("compile=true,false", "epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True,
+                 check=False)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "sweeps compile" in err[0], proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_failure_record_holds_the_resolved_config(tmp_path):
+    """What train.py records for a run that failed before its first results.json is the config a relaunch
+    compares against: resolved, phi a number."""
+    from hydra import compose, initialize_config_dir
+
+    from phicenter.train import _recorded
+    from tests.cli import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["phi=5e-4"])
+    rec = _recorded(cfg)
+    assert rec["phi"] == 5e-4 and "${" not in json.dumps(rec)
 
 
 def test_truncated_checkpoint_falls_back(tmp_path, reference):
