@@ -6,7 +6,7 @@ phi and the strategy differ -- trained together in one process on one data strea
 trains the six variants as one batched model and writes one run folder per variant under the job's folder,
 named like a multirun job (`phi=0.0,strategy=mask0/`), each with the results.json, TensorBoard events, theta0
 and round checkpoints an unpacked run writes. `pack_chunk=N` trains at most N variants at a time (memory);
-a CUDA out-of-memory halves the chunk and carries on from the last completed round.
+a CUDA out-of-memory halves the chunk and carries on from the last completed epoch.
 
 How (docs in the module, so the code can be checked against them):
 - Every variant keeps an ordinary nn.Module with its own phicenter.imp.IMP: the round boundary (prune,
@@ -767,7 +767,7 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
             if _is_oom(e) and len(ss) > 1:
                 half = (len(now) + 1) // 2
                 log.warning("out of memory with %d variants packed; retrying in chunks of %d from the "
-                            "last completed round", len(ss), half)
+                            "last completed epoch", len(ss), half)
                 _close(ss)
                 ss = None
                 gc.collect()
