@@ -142,8 +142,8 @@ def test_chunks_equal_one_pack(tmp_path):
 
 
 def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch):
-    """A chunk that runs out of memory mid-way is split in halves, each resumed where it stopped (here: the start of round 1),
-    to the same results."""
+    """A chunk that runs out of memory mid-way is split in halves, each resumed where it stopped (here: the
+    start of round 1), to the same results."""
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
     ref = packed.train_packed(vs, tmp_path / "ref")
     real_chunk, real_opt = packed._train_chunk, packed.make_optimizer
