@@ -116,4 +116,5 @@ def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
         raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changes[:3])}{more}); "
-                          "relaunch it with its own settings, use another folder, or resume=false to start over")
+                          "relaunch it with its own settings (the \"config\" of its results.json), use another "
+                          "folder, or resume=false to start over")
