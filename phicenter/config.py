@@ -108,6 +108,16 @@ def config_changes(before: dict, now: dict) -> list[str]:
             if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not is_execution_key(k)]
 
 
+def recorded_config(cfg, phi: float | None = None) -> dict:
+    """The config as results.json records it and a relaunch compares it: resolved, phi as the number the
+    method uses."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out["phi"] = validate(cfg)["phi"] if phi is None else phi
+    return out
+
+
 def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:
     """Resuming continues the run already in run_dir; refuse to continue it under another configuration."""
     if not previous or not isinstance(previous.get("config"), dict):

@@ -55,7 +55,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from phicenter import data, results
-from phicenter.config import ConfigError, check_same_run, validate
+from phicenter.config import ConfigError, check_same_run, recorded_config, validate
 from phicenter.module import make_optimizer
 
 log = logging.getLogger("phicenter")
@@ -384,23 +384,25 @@ class PackedNet:
         for _, _, v in getattr(self, "_views", ()):
             v.grad = None
 
-    @torch.no_grad()
-    def gather(self, nets: list[nn.Module]) -> None:
-        """Variant models -> stack (after the round boundary changed them)."""
+    def _pairs(self, nets: list[nn.Module]):
+        """(slice k of a stacked tensor, variant k's own tensor) for every parameter and buffer."""
         for store, get in ((self.params, nn.Module.named_parameters), (self.buffers, nn.Module.named_buffers)):
             for k, net in enumerate(nets):
                 own = dict(get(net))
                 for n, t in store.items():
-                    t[k].copy_(own[n])
+                    yield t[k], own[n]
+
+    @torch.no_grad()
+    def gather(self, nets: list[nn.Module]) -> None:
+        """Variant models -> stack (after the round boundary changed them)."""
+        for stacked, own in self._pairs(nets):
+            stacked.copy_(own)
 
     @torch.no_grad()
     def scatter(self, nets: list[nn.Module]) -> None:
         """Stack -> variant models (before the round boundary and before saving)."""
-        for store, get in ((self.params, nn.Module.named_parameters), (self.buffers, nn.Module.named_buffers)):
-            for k, net in enumerate(nets):
-                own = dict(get(net))
-                for n, t in store.items():
-                    own[n].copy_(t[k])
+        for stacked, own in self._pairs(nets):
+            own.copy_(stacked)
 
     def _weight(self, name: str) -> torch.Tensor:
         raw = self.params.get(f"{name}.parametrizations.weight.original")
@@ -564,6 +566,17 @@ def packed_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return losses, values
 
 
+def packed_step(net: "PackedNet", opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step of every variant on the batch (x, y); returns the logits and per-variant losses."""
+    logits = net(x, training=True)
+    losses, values = packed_losses(logits, y)
+    net.zero_grad()
+    losses.sum().backward()
+    net.share_grads()
+    opt.step()
+    return logits, values
+
+
 def _sums(into: torch.Tensor, values: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
     """Per variant: loss * batch size, correct, batch size, in float64 (PhiModule._acc, K rows at once)."""
     n = torch.full((logits.shape[0],), float(len(y)), device=logits.device, dtype=torch.float64)
@@ -618,13 +631,6 @@ def _device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-def _resolved(cfg: DictConfig, v: dict) -> dict:
-    """The configuration a variant's results.json records (phi as the number the method used)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["phi"] = v["phi"]
-    return resolved
-
-
 def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
     """Like the start of run.run: a finished run is returned as its results dict; else a _Slot, resumed
     from the variant's last round checkpoint when there is one."""
@@ -633,7 +639,7 @@ def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
     cfg = variant.cfg
     d = run_dir / variant.name
     prev = results.read_json(d / results.RESULTS)
-    resolved = _resolved(cfg, v)
+    resolved = recorded_config(cfg, v["phi"])
     if prev and prev.get("status") == "complete" and cfg.get("resume", True):
         log.info("run in %s is already complete; nothing to do", d)
         return prev
@@ -738,7 +744,7 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
     for i, var in enumerate(variants):
         prev = results.read_json(run_dir / var.name / results.RESULTS)
         if var.cfg.get("resume", True):   # before any work: every variant folder must hold its own config
-            check_same_run(prev, _resolved(var.cfg, vals[i]), run_dir / var.name)
+            check_same_run(prev, recorded_config(var.cfg, vals[i]["phi"]), run_dir / var.name)
         if prev and prev.get("status") == "complete" and var.cfg.get("resume", True):
             done[var.name] = prev
         else:
@@ -878,13 +884,8 @@ def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, i
             sums = torch.zeros(packed.k, 3, dtype=torch.float64, device=device)
             for x, y in train_b:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = packed(x, training=True)
-                losses, values = packed_losses(logits, y)
+                logits, values = packed_step(packed, opt, x, y)
                 _sums(sums, values, logits, y)
-                packed.zero_grad()
-                losses.sum().backward()
-                packed.share_grads()
-                opt.step()
             train = _take(sums)
             val = _evaluate(packed, val_b, device)
             for i in list(history):
@@ -1117,12 +1118,8 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     pk = PackedNet(nets, impl="loop")
     popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)
 
-    def packed_step(i):
-        losses, _ = packed_losses(pk(x[i], training=True), y[i])
-        pk.zero_grad()
-        losses.sum().backward()
-        pk.share_grads()
-        popt.step()
+    def packed_one(i):
+        packed_step(pk, popt, x[i], y[i])
 
     def timed(step) -> float:
         t = time.perf_counter()
@@ -1132,15 +1129,15 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
 
     for i in range(5):   # warm-up: allocator, lazy optimizer state
         single_step(steps + i)
-        packed_step(steps + i)
-    times = [(timed(single_step), timed(packed_step)) for _ in range(repeats)]   # interleaved: load drifts
+        packed_one(steps + i)
+    times = [(timed(single_step), timed(packed_one)) for _ in range(repeats)]   # interleaved: load drifts
     single_ms = statistics.median(t[0] for t in times)
     packed_ms = statistics.median(t[1] for t in times)
     n_prof = max(5, steps // 4)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
         for i in range(n_prof):
-            packed_step(i)
+            packed_one(i)
         wall_us = (time.perf_counter() - t) * 1e6
     ops = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")}
     # the profiler slows every op a little: take the kernels' share of the profiled time, applied to the

@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from phicenter import data, models, results, strategies
 from phicenter.callbacks import EpochCheckpoint, PruneReinit
-from phicenter.config import ConfigError, check_same_run, flatten, validate
+from phicenter.config import ConfigError, check_same_run, flatten, recorded_config, validate
 from phicenter.imp import IMP, IMPConfig
 from phicenter.module import PhiModule
 from phicenter.pruning import sparsity
@@ -84,8 +84,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train every round of one configuration into run_dir; returns the results dict (also results.json)."""
     v = validate(cfg)
     run_dir = Path(run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["phi"] = v["phi"]
+    resolved = recorded_config(cfg, v["phi"])
     res_path = run_dir / results.RESULTS
     previous = results.read_json(res_path)
     if cfg.get("resume", True):

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from phicenter import results
-from phicenter.config import ConfigError, check_same_run, validate
+from phicenter.config import ConfigError, check_same_run, recorded_config, validate
 
 log = logging.getLogger("phicenter")
 
@@ -42,9 +42,7 @@ def _refuse(e: Exception, run_dir: Path):
 def _recorded(cfg: DictConfig) -> dict:
     """The config as results.json records it (resolved, phi as a number), as far as it resolves."""
     try:
-        out = OmegaConf.to_container(cfg, resolve=True)
-        out["phi"] = validate(cfg)["phi"]
-        return out
+        return recorded_config(cfg)
     except Exception:
         return OmegaConf.to_container(cfg, resolve=False)
 

@@ -217,19 +217,24 @@ def _same_as_written(raw: dict, written: dict) -> None:
     assert raw["x_train"].dtype == torch.uint8 and raw["y_train"].dtype == torch.int64
 
 
+def _torchvision_reads_the_same(raw, root, monkeypatch, cls: str, train: bool):
+    """torchvision's own reader (its MD5 check switched off for the fake files) sees the same images."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    tv = getattr(torchvision.datasets, cls)(str(root), train=train, download=False)
+    split = "train" if train else "test"
+    assert torch.equal(raw[f"x_{split}"], torch.from_numpy(tv.data).permute(0, 3, 1, 2))
+    assert raw[f"y_{split}"].tolist() == tv.targets
+
+
 def test_cifar10_on_disk_format(tmp_path, monkeypatch):
     written = fake_cifar10(tmp_path)
     s = data.load("cifar10", tmp_path, download=False, val_size=5)
     assert s.input_shape == (3, 32, 32) and len(s.y_train) == 15 and len(s.y_val) == 5 and len(s.y_test) == 6
     raw = data.DATASETS["cifar10"](tmp_path, download=False)
     _same_as_written(raw, written)
-    # torchvision's own reader (its MD5 check switched off for the fake files) sees the same images
-    import torchvision
-
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    tv = torchvision.datasets.CIFAR10(str(tmp_path), train=True, download=False)
-    assert torch.equal(raw["x_train"], torch.from_numpy(tv.data).permute(0, 3, 1, 2))
-    assert raw["y_train"].tolist() == tv.targets
+    _torchvision_reads_the_same(raw, tmp_path, monkeypatch, "CIFAR10", train=True)
 
 
 def test_cifar100_on_disk_format(tmp_path, monkeypatch):
@@ -238,12 +243,7 @@ def test_cifar100_on_disk_format(tmp_path, monkeypatch):
     assert s.input_shape == (3, 32, 32) and len(s.y_train) == 20 and len(s.y_test) == 8
     raw = data.DATASETS["cifar100"](tmp_path, download=False)
     _same_as_written(raw, written)
-    import torchvision
-
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    tv = torchvision.datasets.CIFAR100(str(tmp_path), train=False, download=False)
-    assert torch.equal(raw["x_test"], torch.from_numpy(tv.data).permute(0, 3, 1, 2))
-    assert raw["y_test"].tolist() == tv.targets
+    _torchvision_reads_the_same(raw, tmp_path, monkeypatch, "CIFAR100", train=False)
 
 
 def test_mnist_on_disk_format_through_torchvision(tmp_path):

@@ -276,11 +276,7 @@ def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
     own = [packed.make_optimizer(ps, {"name": name, **kw}, {"name": "none"}, 1)[0] for ps in alone]
     for step in range(4):
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
-        losses, _ = packed.packed_losses(pk(x, training=True), y)
-        pk.zero_grad()
-        losses.sum().backward()
-        pk.share_grads()
-        opt.step()
+        packed.packed_step(pk, opt, x, y)
         for n, o in zip(nets, own):
             o.zero_grad()
             F.cross_entropy(n(x), y).backward()
