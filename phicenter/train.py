@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from phicenter import results
+from phicenter.engine import results
 from phicenter.config import ConfigError, check_same_run, recorded_config, validate
 
 log = logging.getLogger("phicenter")
@@ -49,7 +49,7 @@ def _recorded(cfg: DictConfig) -> dict:
 
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     """The settings, and that run_dir holds no other run, checked before torch is even imported (pack=true
-    checks each variant in phicenter.packed)."""
+    checks each variant in phicenter.engine.packed)."""
     if cfg.get("pack"):
         return
     validate(cfg)
@@ -71,8 +71,8 @@ def main(cfg: DictConfig) -> float:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from phicenter.data import DataError
-    from phicenter.module import Diverged
-    from phicenter.run import run
+    from phicenter.engine.module import Diverged
+    from phicenter.engine.run import run
 
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
     if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> float:
         torch.set_num_threads(int(cpus))
     try:
         if cfg.get("pack"):  # this job's phi=[...] x strategy=[...] grid as one batched model
-            from phicenter.packed import run_hydra
+            from phicenter.engine.packed import run_hydra
             out = run_hydra(cfg, run_dir)
         else:
             out = run(cfg, run_dir)

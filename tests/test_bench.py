@@ -14,9 +14,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from phicenter import data, models, pruning, strategies
-from phicenter.imp import IMP, IMPConfig
-from phicenter.module import PhiModule
+from phicenter import data, models
+from phicenter.method import pruning, strategies
+from phicenter.method.imp import IMP, IMPConfig
+from phicenter.engine.module import PhiModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

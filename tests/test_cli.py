@@ -101,12 +101,12 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
 
 @pytest.mark.parametrize("args,message", [b for b in BAD if b[0] not in CLI_BAD])
 def test_bad_input_rejected_before_any_work(tmp_path, args, message):
-    """The same check the CLI runs first (phicenter.run.run), composed in-process to keep the suite fast."""
+    """The same check the CLI runs first (phicenter.engine.run.run), composed in-process to keep the suite fast."""
     from hydra import compose, initialize_config_dir
 
     from phicenter.config import ConfigError
     from phicenter.data import DataError
-    from phicenter.run import run
+    from phicenter.engine.run import run
     from tests.cli import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phicenter import pruning
-from phicenter.imp import IMP, IMPConfig
-from phicenter.strategies import build
+from phicenter.method import pruning
+from phicenter.method.imp import IMP, IMPConfig
+from phicenter.method.strategies import build
 
 T1 = torch.tensor([[0.9, 0.05, -0.3], [0.02, 0.12, 0.8]])
 T2 = torch.tensor([[-0.2, 0.05], [0.4, -0.01]])

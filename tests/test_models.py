@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from phicenter import models, pruning
+from phicenter import models
+from phicenter.method import pruning
 
 
 @pytest.mark.parametrize("name", sorted(n for n in models.MODELS if n != "vgg16_pretrained"))

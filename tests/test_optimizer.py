@@ -3,7 +3,7 @@ move a few elements by an ulp or so."""
 import pytest
 import torch
 
-from phicenter.module import make_optimizer
+from phicenter.engine.module import make_optimizer
 
 
 @pytest.mark.parametrize("optim", [{"name": "adam", "lr": 1e-2},

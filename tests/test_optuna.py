@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from phicenter import report
+from phicenter.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

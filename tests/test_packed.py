@@ -1,7 +1,7 @@
 """Packed sweeps (phicenter/packed.py): packing is an execution detail, never a change of results.
 
 The central check trains the same four variants (one per paper strategy, each with its own phi) twice: packed,
-as one model, and alone, each through phicenter.run.run (Lightning). Per round, every accuracy, loss and flip
+as one model, and alone, each through phicenter.engine.run.run (Lightning). Per round, every accuracy, loss and flip
 diagnostic must agree, and the final weights too. The spec's bounds are 1e-6 in accuracy and 1e-5 relative in
 weights; on CPU the packed default ("loop") issues the unpacked kernels on the unpacked shapes, so the test
 also asserts what that gives: accuracies, weights, masks and fills equal bit for bit.
@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from phicenter import models, packed, pruning, results
+from phicenter import models
+from phicenter.engine import packed, results
+from phicenter.method import pruning
 from phicenter.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +47,7 @@ def variants(model: str, combos=COMBOS, *extra: str):
 @pytest.fixture(scope="module", params=["fc_lot", "conv2"])
 def pair(request, tmp_path_factory):
     """(model, variants, packed results, alone results, folder): the same variants packed and alone."""
-    from phicenter.run import run
+    from phicenter.engine.run import run
 
     model = request.param
     out = tmp_path_factory.mktemp(model)

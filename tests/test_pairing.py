@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from phicenter import data, models
-from phicenter.imp import IMP, IMPConfig
-from phicenter.strategies import STRATEGIES, build
+from phicenter.method.imp import IMP, IMPConfig
+from phicenter.method.strategies import STRATEGIES, build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -48,7 +48,8 @@ def test_theta0_identical_across_strategies_and_phi():
 def test_theta0_identical_through_the_hydra_config():
     from hydra import compose, initialize_config_dir
 
-    from phicenter import config, run
+    from phicenter import config
+    from phicenter.engine import run
 
     splits = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
     thetas = []

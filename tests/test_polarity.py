@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from phicenter.polarity import critical_phi, dead_zone, flip_fractions, signs
+from phicenter.method.polarity import critical_phi, dead_zone, flip_fractions, signs
 
 REF = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from phicenter import pruning
-from phicenter.imp import IMP, IMPConfig
-from phicenter.pruning import n_to_prune, prune_masks
-from phicenter.strategies import build
+from phicenter.method import pruning
+from phicenter.method.imp import IMP, IMPConfig
+from phicenter.method.pruning import n_to_prune, prune_masks
+from phicenter.method.strategies import build
 
 
 @pytest.mark.parametrize("n, base, k", [

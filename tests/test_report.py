@@ -1,4 +1,4 @@
-"""phicenter.report: known numbers in -> known cells, CIs and p-values out; bad runs listed; a real tiny grid."""
+"""phicenter.analysis.report: known numbers in -> known cells, CIs and p-values out; bad runs listed; a real tiny grid."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from phicenter import report
+from phicenter.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
 T975_DF2 = 4.302652729911275   # Student t, 97.5 % quantile, 2 degrees of freedom (tables)

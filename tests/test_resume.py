@@ -95,8 +95,8 @@ def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path):
     """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
     from hydra import compose, initialize_config_dir
 
-    from phicenter import results as res
-    from phicenter.run import run
+    from phicenter.engine import results as res
+    from phicenter.engine.run import run
     from tests.cli import ROOT
 
     def cfg(*extra):

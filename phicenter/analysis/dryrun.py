@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import copy
 
-from phicenter import strategies
-from phicenter.imp import IMP, IMPConfig, layer_phi
+from phicenter.method import strategies
+from phicenter.method.imp import IMP, IMPConfig, layer_phi
 
 PAPER_PHIS = (-0.1, -1e-3, -5e-4, -1e-4, -5e-5, 0.0, 5e-5, 1e-4, 5e-4, 1e-3, 0.1)
 PAPER_STRATEGIES = ("mask0", "mask1", "gradual", "standard")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phicenter import seeding
+from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
 

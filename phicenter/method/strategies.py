@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from phicenter.polarity import signs
+from phicenter.method.polarity import signs
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 

@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from phicenter import polarity, pruning, seeding
-from phicenter.strategies import LayerView, Strategy
+from phicenter.method import polarity, pruning, seeding
+from phicenter.method.strategies import LayerView, Strategy
 
 
 @dataclass

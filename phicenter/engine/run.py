@@ -18,12 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from phicenter import data, models, results, strategies
-from phicenter.callbacks import EpochCheckpoint, PruneReinit
+from phicenter import data, models
+from phicenter.engine import results
+from phicenter.method import strategies
+from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit
 from phicenter.config import ConfigError, check_same_run, flatten, recorded_config, validate
-from phicenter.imp import IMP, IMPConfig
-from phicenter.module import PhiModule
-from phicenter.pruning import sparsity
+from phicenter.method.imp import IMP, IMPConfig
+from phicenter.engine.module import PhiModule
+from phicenter.method.pruning import sparsity
 
 log = logging.getLogger("phicenter")
 
@@ -194,7 +196,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _dry_run_phi(cfg, imp: IMP, out: dict, run_dir: Path) -> dict:
     """Round 0 is trained; count, for each (strategy, phi), the survivors phi would re-sign at round 1."""
-    from phicenter import dryrun
+    from phicenter.analysis import dryrun
 
     d = cfg.get("dry_run_grid") or {}
     rows = dryrun.phi_table(imp, phis=d.get("phis") or dryrun.PAPER_PHIS,

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from phicenter import CONF_DIR as CONF
 TRAIN_SIZE = {"mnist": 55000, "cifar10": 45000, "cifar100": 45000}   # real train split (after 5000 val)
 EVAL_SIZE = {"mnist": (5000, 10000), "cifar10": (5000, 10000), "cifar100": (5000, 10000)}  # val, test
 SHAPE = {"mnist": [1, 28, 28], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
@@ -138,9 +138,10 @@ class Case:
         from omegaconf import OmegaConf
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        from phicenter import data, run
+        from phicenter import data
+        from phicenter.engine import run
         from phicenter.config import validate
-        from phicenter.module import PhiModule
+        from phicenter.engine.module import PhiModule
 
         self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
                                                                 compile)
@@ -173,7 +174,7 @@ class Case:
 
     def phicenter_epoch(self) -> float:
         """One epoch of a fresh fit, exactly as a round of run.py makes it."""
-        from phicenter import callbacks, run
+        from phicenter.engine import callbacks, run
 
         clock = _Clock(self.sync)
         cbs = [callbacks.PruneReinit(self.imp, 0), clock.callback]
@@ -202,7 +203,7 @@ class Case:
         """The minimal hand-written loop: permutation, index, forward, loss, backward, step."""
         from omegaconf import OmegaConf
 
-        from phicenter.module import optimizer_kwargs
+        from phicenter.engine.module import optimizer_kwargs
 
         params = list(self.net.to(self.device).parameters())
         cls, kwargs = optimizer_kwargs(params, OmegaConf.to_container(self.cfg.optim, resolve=True))
@@ -308,7 +309,7 @@ def bench_data(sizes, args, device) -> dict:
 
 def bench_prune(loop: dict, sizes, args, device) -> dict:
     """IMP.advance for each strategy, against a round of the experiment's length at the measured speed."""
-    from phicenter import run
+    from phicenter.engine import run
     from phicenter.config import validate
 
     out = {}
@@ -485,7 +486,7 @@ def main(argv=None) -> dict:
     res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
     res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
     if args.packed:
-        from phicenter.packed import packed_speedup
+        from phicenter.engine.packed import packed_speedup
 
         t0 = time.perf_counter()
         over = [f"data_dir={args.data_dir}"] if args.data_dir else []
@@ -502,7 +503,7 @@ def main(argv=None) -> dict:
                            "dataset.val_size=500", "batch_size=60"])
             res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
         if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
-            from phicenter.packed import packed_step_breakdown
+            from phicenter.engine.packed import packed_step_breakdown
 
             res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40,
                                                        repeats=3 if args.quick else 7)
@@ -526,7 +527,7 @@ def main(argv=None) -> dict:
               f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
               f"packing here {st['packing_bound']:.2f}x")
     if args.out:
-        from phicenter.results import write_json
+        from phicenter.engine.results import write_json
         write_json(Path(args.out), res)
     return res
 

@@ -9,7 +9,7 @@ and round checkpoints an unpacked run writes. `pack_chunk=N` trains at most N va
 a CUDA out-of-memory halves the chunk and carries on from the last completed epoch.
 
 How (docs in the module, so the code can be checked against them):
-- Every variant keeps an ordinary nn.Module with its own phicenter.imp.IMP: the round boundary (prune,
+- Every variant keeps an ordinary nn.Module with its own phicenter.method.imp.IMP: the round boundary (prune,
   re-sign, reinit, diagnostics) is the unchanged method code, run per variant on CPU copies.
 - Training reads the variants' tensors stacked along a leading dim K: raw weights, masks, fills, biases,
   BatchNorm affine and running statistics. The effective weight is where(mask, raw, fill) on the stack,
@@ -17,7 +17,7 @@ How (docs in the module, so the code can be checked against them):
 - The forward comes in three implementations (PackedNet, `impl`). "loop", the CPU default: each variant's
   own forward on its slices of the stack -- the unpacked kernels on the unpacked shapes, so the arithmetic
   of K separate runs bit for bit, for any architecture (tests/test_packed.py checks it against
-  phicenter.run.run). On a CPU that costs nothing: the matrix work is the same either way, and batched
+  phicenter.engine.run.run). On a CPU that costs nothing: the matrix work is the same either way, and batched
   kernels measured no faster here (grouped convolutions slower). "batched", the CUDA default for nn.Sequential
   nets of common layers: linear layers as batched matmuls (one addmm for the first layer, whose input all
   variants share, with a backward that issues nn.Linear's own products), convolutions as one convolution
@@ -54,9 +54,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from phicenter import data, results
+from phicenter import data
+from phicenter.engine import results
 from phicenter.config import ConfigError, check_same_run, recorded_config, validate
-from phicenter.module import make_optimizer
+from phicenter.engine.module import make_optimizer
 
 log = logging.getLogger("phicenter")
 
@@ -634,7 +635,7 @@ def _device(cfg) -> torch.device:
 def _prepare(variant: Variant, v: dict, run_dir: Path, splits):
     """Like the start of run.run: a finished run is returned as its results dict; else a _Slot, resumed
     from the variant's last round checkpoint when there is one."""
-    from phicenter.run import build_imp, build_model
+    from phicenter.engine.run import build_imp, build_model
 
     cfg = variant.cfg
     d = run_dir / variant.name
@@ -728,7 +729,7 @@ def train_packed(variants: list[Variant], run_dir: str | Path, chunk: int | None
         raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
     if cfg0.get("threads"):
         torch.set_num_threads(int(cfg0.threads))
-    from phicenter.run import _deterministic, load_data
+    from phicenter.engine.run import _deterministic, load_data
 
     device = _device(cfg0)
     splits = load_data(cfg0)
@@ -821,8 +822,8 @@ def _record_failure(slot: _Slot, status: str, error: str, tb: str | None) -> Non
 def _train_chunk(slots: list[_Slot], start: int, splits, device: torch.device, impl: str) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from phicenter.run import _fault_point, _flat
-    from phicenter.pruning import sparsity
+    from phicenter.engine.run import _fault_point, _flat
+    from phicenter.method.pruning import sparsity
 
     cfg, v = slots[0].variant.cfg, slots[0].v
     epochs, n_rounds = v["epochs"], v["iterations"]
@@ -971,7 +972,7 @@ def run_hydra(cfg: DictConfig, run_dir: str | Path) -> dict:
 # Bench: K packed vs K sequential runs (phicenter.bench calls this)
 
 PAPER_PHIS = (0.0, 5e-5, -5e-5, 1e-4, -1e-4, 5e-4, -5e-4, 1e-3, -1e-3, 0.1, -0.1)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from phicenter import CONF_DIR
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -1028,7 +1029,7 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
                    iterations: int = 0, sequential: int | None = None, overrides=(),
                    workdir: str | Path | None = None, impl: str = "auto", isolate: bool = True) -> dict:
     """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
-    after another through phicenter.run.run (Lightning), and their peak memory.
+    after another through phicenter.engine.run.run (Lightning), and their peak memory.
 
     dataset "auto": MNIST when it is readable under data_dir (no download), else scikit-learn's digits.
     `sequential`: time only this many of the K sequential runs and scale (all are the same work); None: all.
@@ -1043,7 +1044,7 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
     import tempfile
 
     from phicenter.data import DataError
-    from phicenter.run import load_data
+    from phicenter.engine.run import load_data
 
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -1095,7 +1096,8 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
     from torch.profiler import ProfilerActivity, profile
 
-    from phicenter import models, pruning
+    from phicenter import models
+    from phicenter.method import pruning
 
     optim = optim or {"name": "adam", "lr": 1.2e-3, "fused": True}
     g = torch.Generator().manual_seed(0)
@@ -1167,9 +1169,9 @@ def _phase(spec: dict, isolate: bool) -> dict:
     import subprocess
     import sys
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(CONF_DIR.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    code = ("import json, sys; from phicenter.packed import _bench_phase; "
+    code = ("import json, sys; from phicenter.engine.packed import _bench_phase; "
             "print('PHASE ' + json.dumps(_bench_phase(json.loads(sys.argv[1]))))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
@@ -1180,7 +1182,7 @@ def _phase(spec: dict, isolate: bool) -> dict:
 
 def _bench_phase(spec: dict) -> dict:
     """One side of packed_speedup: {"wall", "cpu", "peak", ...} for K sequential runs or one packed run."""
-    from phicenter.run import load_data, run
+    from phicenter.engine.run import load_data, run
 
     torch.set_num_threads(int(spec["threads"]))
     work = Path(spec["work"]) / spec["side"]

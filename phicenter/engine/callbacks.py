@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from phicenter.imp import IMP
+from phicenter.method.imp import IMP
 
 
 class PruneReinit(pl.Callback):
