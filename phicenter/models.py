@@ -1,7 +1,9 @@
 """Architectures, one constructor each: f(input_shape, num_classes, **options) -> nn.Module."""
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -84,34 +86,134 @@ def vgg16(input_shape, num_classes):
 
 
 @register_model
-def vgg16_pretrained(input_shape, num_classes, weights_path: str | None = None, pretrained: bool = True):
-    """torchvision's VGG16 with ImageNet weights (or a local weights file); head replaced for the classes."""
-    import torchvision
+def vgg16_pretrained(input_shape, num_classes, weights_path: str | None = None, pretrained: bool = True,
+                     batch_norm: bool = False, verify_weights: bool = True):
+    """torchvision's VGG16 (batch_norm: VGG16-BN) convolutional layers with ImageNet weights (or a local weights
+    file), then a CIFAR-sized head: global average pooling and one linear layer to the classes."""
+    from torchvision.models import vgg
 
     if input_shape[0] != 3:
         raise ValueError(f"vgg16_pretrained needs 3-channel images, the dataset has {input_shape[0]}")
+    state = _vgg16_state(bool(batch_norm), weights_path, pretrained, verify_weights)
+    if state is None:
+        features = vgg.make_layers(vgg.cfgs["D"], batch_norm=bool(batch_norm))
+    else:  # skip a random init that the weights would overwrite
+        with torch.device("meta"):
+            features = vgg.make_layers(vgg.cfgs["D"], batch_norm=bool(batch_norm))
+        feats = {k[len("features."):]: v.contiguous() for k, v in state.items() if k.startswith("features.")}
+        try:
+            features.load_state_dict(feats, assign=True)
+        except RuntimeError:
+            arch = "vgg16_bn" if batch_norm else "vgg16"
+            raise ValueError(f"model.weights_path: not a torchvision {arch} state dict "
+                             f"(model.batch_norm={bool(batch_norm)})") from None
+    net = nn.Sequential(OrderedDict([("features", features), ("gap", nn.AdaptiveAvgPool2d(1)),
+                                     ("flatten", nn.Flatten()), ("out", nn.Linear(512, num_classes))]))
+    net.fresh_modules = [net.out]  # model.init applies to the new head only
+    return net
+
+
+def _vgg16_state(batch_norm: bool, weights_path, pretrained: bool, verify: bool) -> dict | None:
+    """The ImageNet state dict: from weights_path (checked against torchvision's published hash unless verify
+    is false), else downloaded by torchvision (which checks the hash), else None (pretrained=false)."""
+    import torchvision
+
+    weights = (torchvision.models.VGG16_BN_Weights if batch_norm else torchvision.models.VGG16_Weights).IMAGENET1K_V1
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"model.weights_path: no file at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    elif pretrained:
-        try:
-            state = torchvision.models.VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-        except Exception as e:  # no network: say what to do instead
-            raise RuntimeError("could not download VGG16 ImageNet weights "
-                               f"({type(e).__name__}); set model.weights_path to a local vgg16 state_dict") from None
-    else:
-        state = None
-    if state is None:
-        net = torchvision.models.vgg16(weights=None)
-    else:  # skip a random init of 138M parameters that the weights would overwrite
-        with torch.device("meta"):
-            net = torchvision.models.vgg16(weights=None)
-        net.load_state_dict(state, assign=True)
-    net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
-    net.fresh_modules = [net.classifier[6]]  # model.init applies to the new head only
-    return net
+        if verify:
+            verify_weights_file(path, weights.url)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if not pretrained:
+        return None
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # no network: say what to do instead
+        name = Path(weights.url).name
+        raise RuntimeError(f"could not download the ImageNet weights {name} ({type(e).__name__}); "
+                           f"set model.weights_path to a local copy of {weights.url}") from None
+
+
+def verify_weights_file(path: Path, url: str) -> None:
+    """torchvision's weight files are named <name>-<first hex digits of their sha256>.pth; refuse a file whose
+    sha256 does not start with the digits in `url`."""
+    match = re.search(r"-([0-9a-f]{8,})\.pth$", url)
+    if match is None:
+        raise ValueError(f"no sha256 prefix in the weights URL {url}")
+    expected = match.group(1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    got = digest.hexdigest()
+    if not got.startswith(expected):
+        raise ValueError(f"model.weights_path {path}: sha256 {got[:len(expected)]}... is not that of {Path(url).name} "
+                         f"({expected}...); use that file, or model.verify_weights=false for weights of your own")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm around a shortcut; a 1x1 conv + BatchNorm projection when the shape changes."""
+
+    def __init__(self, f_in: int, f_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(f_out)
+        self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(f_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or f_in != f_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return torch.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem (no max-pool), stages of basic blocks (the first block of every stage after the first has
+    stride 2), global average pooling, one linear layer `out`."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths, depths):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        blocks, f_in = [], widths[0]
+        for stage, (width, depth) in enumerate(zip(widths, depths)):
+            for i in range(depth):
+                blocks.append(BasicBlock(f_in, width, stride=2 if stage > 0 and i == 0 else 1))
+                f_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Linear(f_in, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(torch.relu(self.bn(self.conv(x))))
+        return self.out(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_model
+def resnet20(input_shape, num_classes):
+    """CIFAR ResNet-20 of He et al. (2016) as open_lth's cifar_resnet_20: 16/32/64 channels, 3 stages x 3 blocks,
+    1x1 projection shortcuts where the shape changes (272,474 parameters for 10 classes)."""
+    return CifarResNet(input_shape[0], num_classes, (16, 32, 64), (3, 3, 3))
+
+
+@register_model
+def resnet18(input_shape, num_classes):
+    """ResNet-18 for CIFAR: 3x3 stem, no max-pool, 64/128/256/512 channels x 2 blocks (11,173,962 parameters for
+    10 classes)."""
+    return CifarResNet(input_shape[0], num_classes, (64, 128, 256, 512), (2, 2, 2, 2))
+
+
+def parameter_counts(net: nn.Module) -> dict[str, int]:
+    """{"total": every trainable parameter, "prunable": the Conv/Linear weights that pruning masks}."""
+    from phicenter.method.pruning import prunable_layers
+
+    total = sum(p.numel() for p in net.parameters())
+    prunable = sum(layer.weight.numel() for layer in prunable_layers(net).values())
+    return {"total": int(total), "prunable": int(prunable)}
 
 
 def init_weight_(weight: torch.Tensor, scheme: str, generator: torch.Generator | None = None) -> torch.Tensor:

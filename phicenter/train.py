@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from phicenter.engine import results
+from phicenter.engine import rundir as results
 from phicenter.config import ConfigError, check_same_run, recorded_config, validate
 
 log = logging.getLogger("phicenter")
@@ -49,7 +49,7 @@ def _recorded(cfg: DictConfig) -> dict:
 
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     """The settings, and that run_dir holds no other run, checked before torch is even imported (pack=true
-    checks each variant in phicenter.engine.packed)."""
+    checks each variant in phicenter.engine.cohort)."""
     if cfg.get("pack"):
         return
     validate(cfg)
@@ -71,33 +71,36 @@ def main(cfg: DictConfig) -> float:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from phicenter.data import DataError
-    from phicenter.engine.module import Diverged
-    from phicenter.engine.run import run
+    from phicenter.engine.cohort import single, variants_from_hydra
+    from phicenter.engine.loop import CohortFailed, train
 
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
     if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
         import torch
         torch.set_num_threads(int(cpus))
     try:
-        if cfg.get("pack"):  # this job's phi=[...] x strategy=[...] grid as one batched model
-            from phicenter.engine.packed import run_hydra
-            out = run_hydra(cfg, run_dir)
-        else:
-            out = run(cfg, run_dir)
-    except SIGTERMException:  # preempted: checkpoints are intact; the same command resumes
-        _mark(run_dir, cfg, "interrupted", "SIGTERM")
+        # a cohort: this job's phi=[...] x strategy=[...] grid with pack=true, else the run alone
+        variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
+        outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"))
+    except SIGTERMException:  # preempted: recorded, checkpoints intact; the same command resumes
         log.warning("run interrupted by SIGTERM; relaunch the same command to resume (%s)", run_dir)
         sys.exit(143)
     except (ConfigError, DataError) as e:
         _refuse(e, run_dir)
-    except Exception as e:  # record the failure beside the run; a multirun goes on with the next job
-        status = "diverged" if isinstance(e, Diverged) else "failed"
-        path = _mark(run_dir, cfg, status, f"{type(e).__name__}: {e}", traceback.format_exc())
-        log.error("run %s: %s (%s)", status, e, path)
+    except CohortFailed as e:   # each failed run's results.json says how; a multirun goes on with the next job
+        log.error("%s", e)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
         return float("nan")
-    return float(out["final"]["val_acc"]) if out.get("final") else float("nan")
+    except Exception as e:  # before any run folder could record it: record it in the job's own
+        path = _mark(run_dir, cfg, "failed", f"{type(e).__name__}: {e}", traceback.format_exc())
+        log.error("run failed: %s (%s)", e, path)
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            sys.exit(1)
+        return float("nan")
+    accs = [o["final"]["val_acc"] for o in outs.values() if o and o.get("final")
+            and o["final"].get("val_acc") is not None]
+    return max(accs) if accs else float("nan")   # the sweeper's objective: the best variant's
 
 
 if __name__ == "__main__":

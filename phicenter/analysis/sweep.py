@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from phicenter.engine import results
+from phicenter.engine import rundir as results
 
 log = logging.getLogger("phicenter")
 

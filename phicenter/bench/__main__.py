@@ -136,31 +136,30 @@ class Case:
     def __init__(self, experiment: str, n_train: int, data_dir: str | None, device: str,
                  precision: str | None = None, workdir: Path | None = None, compile: bool = False):
         from omegaconf import OmegaConf
-        from pytorch_lightning.loggers import TensorBoardLogger
 
         from phicenter import data
-        from phicenter.engine import run
         from phicenter.config import validate
-        from phicenter.engine.module import PhiModule
+        from phicenter.engine import build, records
+        from phicenter.engine.module import CohortModule
 
         self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
                                                                 compile)
         self.experiment, self.device = experiment, torch.device(device)
         v = validate(self.cfg)
-        splits = run.load_data(self.cfg)
+        splits = build.load_data(self.cfg)
         if len(splits.y_train) > n_train:  # real data: the first n_train images of the train split
             splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
         self.splits, self.n = splits, len(splits.y_train)
         self.batch_size, self.seed = v["batch_size"], v["seed"]
-        self.net = run.build_model(self.cfg, splits)
-        self.imp = run.build_imp(self.cfg, self.net, v)
-        self.module = PhiModule(self.net, OmegaConf.to_container(self.cfg.optim, resolve=True),
-                                OmegaConf.to_container(self.cfg.schedule, resolve=True))
+        self.net = build.build_model(self.cfg, splits)
+        self.imp = build.build_imp(self.cfg, self.net, v)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
+        self.module = CohortModule([self.net], OmegaConf.to_container(self.cfg.optim, resolve=True),
+                                   OmegaConf.to_container(self.cfg.schedule, resolve=True),
+                                   recorders=[records.Recorder(self.workdir / experiment)])
         self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
         self.train_b.to(self.device)
         self.module.train_batches = self.train_b
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
-        self.logger = TensorBoardLogger(str(self.workdir), name=experiment, version="", default_hp_metric=False)
         # The plain loop's data: the same images, normalised once, resident on the same device.
         self.x = ((splits.x_train.float() / 255.0 - splits.mean.view(1, -1, 1, 1))
                   / splits.std.view(1, -1, 1, 1)).to(self.device)
@@ -173,11 +172,11 @@ class Case:
             torch.cuda.synchronize()
 
     def phicenter_epoch(self) -> float:
-        """One epoch of a fresh fit, exactly as a round of run.py makes it."""
-        from phicenter.engine import callbacks, run
+        """One epoch of a fresh fit, exactly as a round of the engine (engine.loop) makes it."""
+        from phicenter.engine import build, callbacks
 
         clock = _Clock(self.sync)
-        cbs = [callbacks.PruneReinit(self.imp, 0), clock.callback]
+        cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
         saver_cls = getattr(callbacks, "EpochCheckpoint", None)  # the round loop's epoch checkpoint, when present
         self.last_checkpoint_s = 0.0
         if saver_cls is not None:
@@ -191,8 +190,8 @@ class Case:
 
             saver.on_train_epoch_end = timed_save
             cbs.append(saver)
-        trainer = run.make_trainer(self.cfg, self.logger, cbs, 1)
-        self.module.round, self.module.epoch_offset = self.epoch, self.epoch  # a fresh data order each time
+        trainer = build.make_trainer(self.cfg, cbs, 1)
+        self.module.start_round(self.epoch, 1)  # a fresh data order each time
         self.module.prepare(trainer.strategy.root_device, compile=bool(self.cfg.get("compile", False)))
         trainer.fit(self.module, train_dataloaders=self.train_b)
         self.epoch += 1
@@ -309,7 +308,7 @@ def bench_data(sizes, args, device) -> dict:
 
 def bench_prune(loop: dict, sizes, args, device) -> dict:
     """IMP.advance for each strategy, against a round of the experiment's length at the measured speed."""
-    from phicenter.engine import run
+    from phicenter.engine import build
     from phicenter.config import validate
 
     out = {}
@@ -323,8 +322,8 @@ def bench_prune(loop: dict, sizes, args, device) -> dict:
         times = {}
         for s in strategies:
             cfg = compose([f"experiment={case.experiment}", f"strategy={s}"])
-            net = run.build_model(cfg, case.splits).to(device)
-            imp = run.build_imp(cfg, net, validate(cfg))
+            net = build.build_model(cfg, case.splits).to(device)
+            imp = build.build_imp(cfg, net, validate(cfg))
             ts = []
             for r in range(1, sizes["repeats"] + 1):
                 with torch.no_grad():  # stand-in for training: move every weight a little
@@ -451,7 +450,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     _quiet()
-    from phicenter import run  # noqa: F401  (its import also quiets Lightning's logging)
+    from phicenter.engine import build  # noqa: F401  (its import also quiets Lightning's logging)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     sizes = dict(SIZES[args.quick])
@@ -486,7 +485,7 @@ def main(argv=None) -> dict:
     res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
     res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
     if args.packed:
-        from phicenter.engine.packed import packed_speedup
+        from phicenter.bench.packed import packed_speedup
 
         t0 = time.perf_counter()
         over = [f"data_dir={args.data_dir}"] if args.data_dir else []
@@ -503,7 +502,7 @@ def main(argv=None) -> dict:
                            "dataset.val_size=500", "batch_size=60"])
             res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
         if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
-            from phicenter.engine.packed import packed_step_breakdown
+            from phicenter.bench.packed import packed_step_breakdown
 
             res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40,
                                                        repeats=3 if args.quick else 7)
@@ -527,7 +526,7 @@ def main(argv=None) -> dict:
               f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
               f"packing here {st['packing_bound']:.2f}x")
     if args.out:
-        from phicenter.engine.results import write_json
+        from phicenter.engine.rundir import write_json
         write_json(Path(args.out), res)
     return res
 

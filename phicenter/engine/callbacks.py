@@ -12,19 +12,22 @@ from phicenter.method.imp import IMP
 
 
 class PruneReinit(pl.Callback):
-    """At the start of round k >= 1: prune the trained weights, re-sign survivors relative to phi,
-    reinitialise them at the constant magnitude. The optimizer is created fresh by the new fit.
+    """At the start of round k >= 1, for every variant of the cohort: prune the trained weights, re-sign
+    survivors relative to phi, reinitialise them at the constant magnitude (IMP.advance, on the variant's own
+    net). The optimizer is created fresh by the new fit.
 
-    Its state (the round's diagnostics) is saved in epoch checkpoints, so a fit resumed mid-round
-    does not prune twice."""
+    Its state (the round's diagnostics) is saved in epoch checkpoints, so a fit resumed mid-round does not
+    prune twice."""
 
-    def __init__(self, imp: IMP, round_index: int):
-        self.imp, self.round_index = imp, round_index
-        self.diagnostics: dict | None = None
+    def __init__(self, imps: list[IMP], round_index: int):
+        self.imps, self.round_index = list(imps), round_index
+        self.diagnostics: list[dict] | None = None
 
     def on_fit_start(self, trainer, pl_module):
         if self.round_index > 0 and self.diagnostics is None:
-            self.diagnostics = self.imp.advance(self.round_index)
+            pl_module.scatter()
+            self.diagnostics = [imp.advance(self.round_index) for imp in self.imps]
+            pl_module.gather()
 
     def state_dict(self):
         return {"round": self.round_index, "diagnostics": self.diagnostics}
@@ -53,12 +56,14 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
     def on_train_epoch_end(self, trainer, pl_module):
         if (trainer.current_epoch + 1) % self.every:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)
-        if self.last.exists():
-            os.replace(self.last, self.prev)
-        os.replace(tmp, self.last)
+        if trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)   # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            if self.last.exists():
+                os.replace(self.last, self.prev)
+            os.replace(tmp, self.last)
 
     def resumable(self, log) -> str | None:
         """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped."""

@@ -1,4 +1,5 @@
-"""The LightningModule that wraps every architecture: a fresh optimizer and schedule each fit (round)."""
+"""The LightningModule that trains a cohort: K variants of one architecture, a fresh optimizer and schedule each
+fit (round). For K = 1 it is the plain net; for K > 1 the variants' tensors stacked (engine.stacked)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from phicenter.engine.stacked import StackedNet, stacked_losses
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -52,71 +55,119 @@ class Diverged(RuntimeError):
     """The training loss stopped being finite."""
 
 
-class PhiModule(pl.LightningModule):
-    """Accumulates loss and accuracy on the device and logs once per epoch on a step axis continuous
-    across rounds (the global epoch index), so per-step overhead stays negligible.
+class CohortModule(pl.LightningModule):
+    """Accumulates each variant's loss and accuracy on the device and reports once per epoch, to each
+    variant's Recorder, on a step axis continuous across rounds (the global epoch index).
 
     Optimisation is manual (training_step runs the optimizer steps) so that one Lightning call can carry
     several steps: data.Batches(group=k) yields groups of k batches, and Lightning's per-call overhead, which
-    is larger than a whole fc_lot step on a CPU, is paid once per k steps. Same steps, same order, same maths."""
+    is larger than a whole fc_lot step on a CPU, is paid once per k steps. Same steps, same order, same maths.
 
-    def __init__(self, net: nn.Module, optim: dict, schedule: dict | None = None):
+    A variant whose loss stops being finite is set aside (`diverged`) and the others train on: their
+    gradients never mix (the loss is the sum of the variants' own losses). Diverged is raised when none is
+    left."""
+
+    def __init__(self, nets: list[nn.Module], optim: dict, schedule: dict | None = None, impl: str = "auto",
+                 device=None, recorders: list | None = None):
         super().__init__()
-        self.net = net
+        self.k = len(nets)
+        object.__setattr__(self, "nets", list(nets))   # the variants' own nets; for K > 1 not trained directly
+        if self.k == 1:
+            self.net, self.stack = nets[0], None
+        else:
+            self.stack = StackedNet(nets, impl=impl, device=device)
+        self.impl = "unstacked" if self.stack is None else self.stack.impl
         self.optim_cfg = dict(optim)
         self.schedule_cfg = dict(schedule or {"name": "none"})
+        self.recorders = list(recorders) if recorders is not None else [None] * self.k
         self.round = 0
         self.epoch_offset = 0       # epochs completed in earlier rounds
         self.train_batches = None   # set by the round loop; epochs re-seed it
-        self.history: list[dict] = []
+        self.history: list[list[dict]] = [[] for _ in range(self.k)]
+        self.diverged: dict[int, str] = {}
+        self.last_test: list[tuple[float, float]] = []
         self._sums = {}
         self.automatic_optimization = False
 
+    def start_round(self, round_index: int, epochs: int) -> None:
+        self.round, self.epoch_offset = round_index, round_index * epochs
+        self.history = [[] for _ in range(self.k)]
+
+    # -- the stack and the variants' nets ----------------------------------------------------------------
+    def scatter(self) -> None:
+        """Stack -> the variants' nets (K = 1: they are the same tensors)."""
+        if self.stack is not None:
+            self.stack.scatter(self.nets)
+
+    def gather(self) -> None:
+        if self.stack is not None:
+            self.stack.gather(self.nets)
+
     def forward(self, x):
-        return self.net(x)
+        return self.net(x) if self.stack is None else self.stack(x)
+
+    def _losses(self, x, y):
+        """(logits, the loss to backpropagate, per-variant loss values [K])."""
+        if self.stack is None:
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            return logits, loss, loss.detach().reshape(1)
+        logits = self.stack(x, training=self.training)
+        losses, values = stacked_losses(logits, y)
+        return logits, losses.sum(), values
 
     def configure_optimizers(self):
-        opt, sched = make_optimizer(self.net.parameters(), self.optim_cfg, self.schedule_cfg, self.trainer.max_epochs)
+        params = self.net.parameters() if self.stack is None else self.stack.optimizer_parameters()
+        opt, sched = make_optimizer(params, self.optim_cfg, self.schedule_cfg, self.trainer.max_epochs)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-    def _acc(self, stage, logits, y, loss):
-        """Per step, on the device and without a sync: keep the batch's mean loss and its count of correct
-        predictions (three small kernels); _take reduces them once, at the end of the epoch."""
+    # -- per-epoch sums ----------------------------------------------------------------------------------
+    def _acc(self, stage, logits, y, values):
+        """Per step, on the device and without a sync: keep each variant's mean loss and count of correct
+        predictions; _take reduces them once, at the end of the epoch."""
         losses, correct, sizes = self._sums.setdefault(stage, ([], [], []))
-        losses.append(loss.detach())
-        correct.append((logits.argmax(1) == y).sum())
+        losses.append(values.detach())
+        correct.append((logits.argmax(-1) == y).sum(-1).reshape(-1))
         sizes.append(len(y))
 
-    def _take(self, stage) -> tuple[float, float]:
-        """(mean loss, accuracy) over the stage's samples, summed in float64."""
+    def _take(self, stage) -> list[tuple[float, float]]:
+        """(mean loss, accuracy) of each variant over the stage's samples, summed in float64 in step order."""
         s = self._sums.pop(stage, None)
         if s is None or not s[2]:
-            return math.nan, math.nan
+            return [(math.nan, math.nan)] * self.k
         losses, correct, sizes = s
         n = sum(sizes)
-        loss = 0.0
-        for v in (torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)).tolist():
-            loss += v  # in step order, as a running float64 sum would
-        return loss / n, float(torch.stack(correct).sum()) / n
+        weighted = (torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)[:, None])
+        hits = torch.stack(correct).sum(0).tolist()
+        out = []
+        for i, column in enumerate(weighted.t().tolist()):
+            loss = 0.0
+            for v in column:
+                loss += v  # in step order, as a running float64 sum would
+            out.append((loss / n, float(hits[i]) / n))
+        return out
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["phicenter"] = {"round": self.round, "history": self.history}
+        checkpoint["phicenter"] = {"round": self.round, "history": self.history, "diverged": self.diverged}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("phicenter", {})
         if state.get("round") == self.round:
-            self.history = list(state.get("history", []))
+            self.history = [list(h) for h in state.get("history", self.history)]
+            self.diverged = {int(i): m for i, m in state.get("diverged", {}).items()}
 
     def prepare(self, device, compile: bool = False) -> None:
         """Speed options, idempotent, called before each fit: conv nets in channels_last on CUDA; with
-        `compile`, torch.compile the net once, in place (state_dict keys unchanged). Masks are buffers
-        updated in place between rounds, so re-masking reuses the compiled graphs."""
-        if torch.device(device).type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.net.modules()):
+        `compile`, torch.compile the net (or the stack) once, in place (state_dict keys unchanged). Masks are
+        buffers updated in place between rounds, so re-masking reuses the compiled graphs."""
+        target = self.net if self.stack is None else self.stack
+        if (self.stack is None and torch.device(device).type == "cuda"
+                and any(isinstance(m, nn.Conv2d) for m in self.net.modules())):
             self.net.to(memory_format=torch.channels_last)
-        if compile and getattr(self.net, "_compiled_call_impl", None) is None:
-            self.net.compile()
+        if compile and getattr(target, "_compiled_call_impl", None) is None:
+            target.compile()
 
     def on_train_epoch_start(self):
         if self.train_batches is not None:
@@ -129,6 +180,12 @@ class PhiModule(pl.LightningModule):
         return type(plugin) is pl.plugins.precision.Precision or (
             type(plugin) is pl.plugins.precision.MixedPrecision and plugin.scaler is None)
 
+    def _zero_grad(self, opt):
+        if self.stack is None:
+            opt.zero_grad(set_to_none=True)
+        else:
+            self.stack.zero_grad()
+
     def training_step(self, batch, _):
         """One optimizer step per (x, y) pair; `batch` is one pair or a group (data.Group, or a list) of them."""
         opt = self.optimizers()
@@ -139,49 +196,54 @@ class PhiModule(pl.LightningModule):
         for x, y in steps:
             if convert is not None:  # a group is opaque to Lightning: e.g. 64-true's double inputs
                 x, y = convert((x, y))
-            logits = self(x)
-            loss = F.cross_entropy(logits, y)
+            logits, loss, values = self._losses(x, y)
+            self._zero_grad(opt.optimizer)
             if direct:
-                opt.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.optimizer.step()
             else:
-                opt.zero_grad()
                 self.manual_backward(loss)
-                opt.step()
-            self._acc("train", logits, y, loss)
+            if self.stack is not None:
+                self.stack.share_grads()
+            (opt.optimizer if direct else opt).step()
+            self._acc("train", logits, y, values)
         if direct:  # keep trainer.global_step counting optimizer steps
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
             for _ in range(len(steps)):
                 progress.increment_ready()
                 progress.increment_completed()
 
-    def validation_step(self, batch, _):
+    def _evaluate(self, stage, batch):
         x, y = batch
-        logits = self(x)
-        self._acc("val", logits, y, F.cross_entropy(logits, y))
+        logits, _, values = self._losses(x, y)
+        self._acc(stage, logits, y, values)
+
+    def validation_step(self, batch, _):
+        self._evaluate("val", batch)
 
     def test_step(self, batch, _):
-        x, y = batch
-        logits = self(x)
-        self._acc("test", logits, y, F.cross_entropy(logits, y))
+        self._evaluate("test", batch)
 
     def on_train_epoch_end(self):
-        loss, acc = self._take("train")
-        if not math.isfinite(loss):
-            raise Diverged(f"training loss became {loss} in round {self.round}, epoch {self.current_epoch}")
-        row = {"round": self.round, "epoch": self.current_epoch, "train_loss": loss, "train_acc": acc}
-        val_loss, val_acc = self.__dict__.pop("_last_val", (math.nan, math.nan))
-        if math.isfinite(val_acc):
-            row.update(val_loss=val_loss, val_acc=val_acc)
-        self.history.append(row)
+        train = self._take("train")
+        val = self.__dict__.pop("_last_val", [(math.nan, math.nan)] * self.k)
+        step = self.epoch_offset + self.current_epoch
+        for i, ((loss, acc), (val_loss, val_acc)) in enumerate(zip(train, val)):
+            if i in self.diverged:
+                continue
+            if not math.isfinite(loss):
+                self.diverged[i] = f"training loss became {loss} in round {self.round}, epoch {self.current_epoch}"
+                continue
+            row = {"round": self.round, "epoch": self.current_epoch, "train_loss": loss, "train_acc": acc}
+            if math.isfinite(val_acc):
+                row.update(val_loss=val_loss, val_acc=val_acc)
+            self.history[i].append(row)
+            if self.recorders[i] is not None:
+                self.recorders[i].epoch(row, step)
+        if len(self.diverged) == self.k:
+            raise Diverged(next(iter(self.diverged.values())))
         scheduler = self.lr_schedulers()  # manual optimisation: the epoch's schedule step is ours to take
         if scheduler is not None:
             scheduler.step()
-        if self.logger is not None:
-            self.logger.log_metrics({f"epoch/{k}": v for k, v in row.items()
-                                     if k not in ("round", "epoch")} | {"epoch/round": self.round},
-                                    step=self.epoch_offset + self.current_epoch)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
@@ -191,4 +253,3 @@ class PhiModule(pl.LightningModule):
 
     def on_test_epoch_end(self):
         self.last_test = self._take("test")
-

@@ -4,6 +4,8 @@ Used by every execution path (Lightning callback, bench, tests). See docs/method
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +24,7 @@ class IMPConfig:
     base: float = 0.8
     output_base: float | None = None  # None: same as base
     scope: str = "layer"              # "layer" | "global"
+    method: str = "magnitude"         # "magnitude" | "structured" (whole output units)
     magnitude: str | float = "init_std"  # "init_std" | "init_abs_mean" | a positive number
     seed: int = 0
 
@@ -53,38 +56,84 @@ def layer_phi(theta0: torch.Tensor, phi: float, phi_scale: str) -> float:
 
 
 class IMP:
-    """Holds theta0, the per-layer constants and the strategy; `advance(round)` moves to the next round."""
+    """Holds theta0, the rewind point, the per-layer constants and the strategy; `advance(round)` moves to the
+    next round."""
 
     def __init__(self, model: nn.Module, strategy: Strategy, cfg: IMPConfig,
                  fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+        if cfg.method not in pruning.METHODS:
+            raise ValueError(f"prune.method must be one of {', '.join(pruning.METHODS)}, got {cfg.method!r}")
+        if cfg.method == "structured" and cfg.output_base is not None:
+            raise ValueError("prune.output_base has no effect with prune.method=structured (the output layer is "
+                             "not pruned); leave it null")
         self.model, self.strategy, self.cfg = model, strategy, cfg
         self.layers = pruning.attach_masks(model)
         self.output_layer = list(self.layers)[-1]
         self.theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._rewind: dict[str, torch.Tensor] | None = None
         self.fresh_init = fresh_init or _default_fresh_init
-        self.constants = {n: layer_constant(self._theta0_weight(n), cfg.magnitude) for n in self.layers}
-        self.phis = {n: layer_phi(self._theta0_weight(n), cfg.phi, cfg.phi_scale) for n in self.layers}
+        self.constants = {n: layer_constant(self.theta0_weight(n), cfg.magnitude) for n in self.layers}
+        self.phis = {n: layer_phi(self.theta0_weight(n), cfg.phi, cfg.phi_scale) for n in self.layers}
 
-    def _theta0_weight(self, name: str) -> torch.Tensor:
-        return self.theta0[f"{name}.parametrizations.weight.original"]
+    @property
+    def rewind(self) -> dict[str, torch.Tensor]:
+        """The state that rewinding strategies return to: theta_k after set_rewind, else theta0 itself."""
+        return self.theta0 if self._rewind is None else self._rewind
+
+    def set_rewind(self, state_dict: dict[str, torch.Tensor] | None) -> None:
+        """Late rewinding: make `state_dict` (the model's state after epoch k of round 0, theta_k) the rewind
+        point of mask1, gradual's theta0 share, lth, sign_transfer's magnitudes and rewind_other. c and
+        phi_scale=layer_std stay defined on theta0. None: back to theta0. The state is copied."""
+        if state_dict is None:
+            self._rewind = None
+            return
+        missing = sorted(set(self.theta0) - set(state_dict))
+        extra = sorted(set(state_dict) - set(self.theta0))
+        if missing or extra:
+            raise ValueError(f"set_rewind: the state dict is not this model's (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        bad = [k for k, v in self.theta0.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
+        if bad:
+            raise ValueError(f"set_rewind: shape of {bad[0]} is {tuple(state_dict[bad[0]].shape)}, "
+                             f"the model's is {tuple(self.theta0[bad[0]].shape)}")
+        self._rewind = {k: state_dict[k].detach().to(v.device, v.dtype).clone() for k, v in self.theta0.items()}
+
+    def theta0_weight(self, name: str) -> torch.Tensor:
+        return self.theta0[_weight_key(name)]
+
+    def rewind_weight(self, name: str) -> torch.Tensor:
+        return self.rewind[_weight_key(name)]
 
     def bases(self) -> dict[str, float]:
         out_base = self.cfg.base if self.cfg.output_base is None else self.cfg.output_base
         return {n: (out_base if n == self.output_layer else self.cfg.base) for n in self.layers}
+
+    def probe(self, strategy: Strategy, phi: float) -> "IMP":
+        """This IMP for another strategy and phi, on a copy of the model in its current state: theta0, the rewind
+        point and c are shared (read only), so its advance() is what this run's would be. For dry runs."""
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model)
+        twin.layers = pruning.prunable_layers(twin.model)
+        twin.strategy = strategy
+        twin.cfg = dataclasses.replace(self.cfg, phi=float(phi))
+        twin.phis = {n: layer_phi(self.theta0_weight(n), float(phi), self.cfg.phi_scale) for n in self.layers}
+        return twin
 
     @torch.no_grad()
     def advance(self, round_index: int) -> dict:
         """Prune the trained weights, then reinitialise per the strategy. Returns the round's diagnostics."""
         trained = {n: l.weight.detach().clone() for n, l in self.layers.items()}
         old = {n: pruning.mask_of(l).mask.float() for n, l in self.layers.items()}
-        new = pruning.prune_masks(trained, old, self.bases(), self.cfg.scope)
+        new = pruning.prune_masks(trained, old, self.bases(), self.cfg.scope, self.cfg.method,
+                                  output=self.output_layer)
         per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0,
                                  "flipped_vs_init_count": 0, "dead_zone_count": 0}
         for name, layer in self.layers.items():
             keep = new[name].bool()
+            device = trained[name].device
             view = LayerView(
-                name=name, trained=trained[name], theta0=self._theta0_weight(name).to(trained[name].device),
-                c=self.constants[name], phi=self.phis[name],
+                name=name, trained=trained[name], theta0=self.theta0_weight(name).to(device),
+                rewind=self.rewind_weight(name).to(device), c=self.constants[name], phi=self.phis[name],
                 generator=seeding.generator(self.cfg.seed, self.strategy.name, round_index, name),
                 fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g))
             ref = self.strategy.reference(view)
@@ -94,8 +143,8 @@ class IMP:
             mf.mask.copy_(keep)
             mf.fill.copy_(fill)
             pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))
-            new_sign = polarity.signs(surv, 0.0)
-            stats = polarity.flip_fractions(ref, view.phi, new_sign, view.theta0, keep)
+            new_sign = self.strategy.new_signs(view, ref, surv)
+            stats = polarity.flip_fractions(ref, view.phi, new_sign, view.rewind, keep)
             if not self.strategy.uses_phi:
                 stats["dead_zone_count"] = 0
             crit_pos, crit_neg = polarity.critical_phi(ref[keep]) if self.strategy.uses_phi else (None, None)
@@ -112,13 +161,17 @@ class IMP:
         return {**_fractions(totals), **totals, "layers": per_layer}
 
     def _rewind_other(self):
-        """Biases, BatchNorm affine parameters and running statistics back to theta0."""
+        """Biases, BatchNorm affine parameters and running statistics back to the rewind point."""
         state = self.model.state_dict()
         prunable = {f"{n}.parametrizations.weight.{s}" for n in self.layers
                     for s in ("original", "0.mask", "0.fill")}
         for key, value in state.items():
             if key not in prunable:
-                value.copy_(self.theta0[key])
+                value.copy_(self.rewind[key])
+
+
+def _weight_key(name: str) -> str:
+    return f"{name}.parametrizations.weight.original"
 
 
 def _fractions(stats: dict) -> dict:

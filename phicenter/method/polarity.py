@@ -59,13 +59,13 @@ def critical_phi(reference: torch.Tensor) -> tuple[float | None, float | None]:
 
 
 def flip_fractions(reference: torch.Tensor, phi: float, new_sign: torch.Tensor,
-                   theta0: torch.Tensor, survivors: torch.Tensor) -> dict[str, float | int]:
+                   init: torch.Tensor, survivors: torch.Tensor) -> dict[str, float | int]:
     """Per-layer counts over survivors: new signs that differ from the reference's sign at 0 (the signs phi
-    changed; 0 for strategies whose new sign is not signs(reference, phi)), new signs that differ from theta0's,
-    and dead-zone occupancy."""
+    changed; 0 for strategies whose new sign is not signs(reference, phi)), new signs that differ from those of
+    `init` (the rewind point: theta0, or theta_k under late rewinding), and dead-zone occupancy."""
     n = int(survivors.sum())
     by_phi = (new_sign != signs(reference, 0.0)) & survivors
-    vs_init = (new_sign != signs(theta0, 0.0)) & survivors
+    vs_init = (new_sign != signs(init, 0.0)) & survivors
     zone = dead_zone(reference, phi) & survivors
     return {
         "survivors": n,

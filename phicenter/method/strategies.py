@@ -29,6 +29,7 @@ class LayerView:
     name: str
     trained: torch.Tensor          # effective weight at the end of the previous round
     theta0: torch.Tensor           # the weight at t = 0
+    rewind: torch.Tensor           # the rewind point theta_k (theta0 itself unless rewind.epoch = k > 0)
     c: float                       # constant survivor magnitude of this layer
     phi: float                     # phi in absolute units for this layer
     generator: torch.Generator     # seeded by (seed, round, layer); CPU
@@ -40,7 +41,7 @@ class Strategy:
     name = "?"
     uses_phi = True
     pruned_fill = "zero"      # "zero" or "trained" (frozen at the trained value of the round it was pruned)
-    rewind_other = False      # biases and BatchNorm back to theta0 (True) or kept trained (False)
+    rewind_other = False      # biases and BatchNorm back to the rewind point (True) or kept trained (False)
 
     def __init__(self, pruned_fill: str | None = None, rewind_other: bool | None = None, **options):
         if pruned_fill is not None:
@@ -58,14 +59,18 @@ class Strategy:
     def survivors(self, v: LayerView, reference: torch.Tensor) -> torch.Tensor:
         return signs(reference, v.phi) * v.c
 
+    def new_signs(self, v: LayerView, reference: torch.Tensor, survivors: torch.Tensor) -> torch.Tensor:
+        """The sign each survivor was given (for the diagnostics): that of its new value, tie -> +1."""
+        return signs(survivors, 0.0)
+
 
 @register("mask1")
 class Mask1(Strategy):
-    """Signs from the initial weights (LTH-style polarity rewinding)."""
+    """Signs from the initial weights (LTH-style polarity rewinding); from theta_k under late rewinding."""
     rewind_other = True
 
     def reference(self, v):
-        return v.theta0
+        return v.rewind
 
 
 @register("mask0")
@@ -78,7 +83,7 @@ class Mask0(Strategy):
 
 @register("gradual")
 class Gradual(Strategy):
-    """Each weight independently references trained (probability trained_fraction) or theta0."""
+    """Each weight independently references trained (probability trained_fraction) or theta0 (theta_k)."""
 
     def __init__(self, trained_fraction: float = 0.7, **kw):
         super().__init__(**kw)
@@ -89,7 +94,7 @@ class Gradual(Strategy):
 
     def reference(self, v):
         u = torch.rand(v.trained.shape, generator=v.generator).to(v.trained.device)
-        return torch.where(u < self.trained_fraction, v.trained, v.theta0)
+        return torch.where(u < self.trained_fraction, v.trained, v.rewind)
 
 
 @register("standard")
@@ -103,15 +108,15 @@ class Standard(Strategy):
 
 @register("lth")
 class LotteryTicket(Strategy):
-    """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin)."""
+    """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
     uses_phi = False
     rewind_other = True
 
     def reference(self, v):
-        return v.theta0
+        return v.rewind
 
     def survivors(self, v, reference):
-        return v.theta0.clone()
+        return v.rewind.clone()
 
 
 @register("random")
@@ -124,6 +129,35 @@ class RandomReinit(Strategy):
 
     def survivors(self, v, reference):
         return reference.clone()
+
+
+@register("lrr")
+class LearningRateRewinding(Strategy):
+    """Baseline: survivors keep their trained values; only the optimizer and LR schedule restart (Renda et al.,
+    2020)."""
+    uses_phi = False
+
+    def reference(self, v):
+        return v.trained
+
+    def survivors(self, v, reference):
+        return v.trained.clone()
+
+
+@register("sign_transfer")
+class SignTransfer(Strategy):
+    """The learned sign (relative to phi) on the magnitude of the rewind point: |theta_k| * signs(trained, phi)
+    (Oh et al., 2025)."""
+    rewind_other = True
+
+    def reference(self, v):
+        return v.trained
+
+    def survivors(self, v, reference):
+        return v.rewind.abs() * signs(reference, v.phi)
+
+    def new_signs(self, v, reference, survivors):
+        return signs(reference, v.phi)   # also where |theta_k| = 0
 
 
 def build(name: str, **options) -> Strategy:

@@ -1,9 +1,10 @@
-"""results.json and round checkpoints, always written atomically (temp file + rename)."""
+"""Run folders: results.json, theta0 and round checkpoints, always written atomically (temp file + rename)."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -82,3 +83,67 @@ def latest_round(run_dir: Path, log=print) -> dict | None:
         except Exception as e:
             log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
     return None
+
+
+def is_writer() -> bool:
+    """Only the first process of a data-parallel run writes run files; every rank trains."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+class RunFolder:
+    """The one place that writes a run's folder: results.json, theta0, round checkpoints, the resume point,
+    the same-run check and status/failure records. Epoch checkpoints belong to the cohort (engine.loop)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    def read(self) -> dict | None:
+        return read_json(self.results)
+
+    def write(self, record: dict) -> None:
+        if is_writer():
+            write_json(self.results, record)
+
+    def check_same_run(self, resolved: dict) -> None:
+        from phicenter.config import check_same_run
+
+        check_same_run(self.read(), resolved, self.path)
+
+    def save_theta0(self, state: dict) -> None:
+        if is_writer():
+            save_torch(self.path / THETA0, state)
+
+    def load_theta0(self) -> dict:
+        import torch
+
+        return torch.load(self.path / THETA0, map_location="cpu", weights_only=True)
+
+    def latest_round(self, log) -> dict | None:
+        return latest_round(self.path, log=log)
+
+    def save_round(self, round_index: int, state: dict, keep_all: bool) -> None:
+        if is_writer():
+            save_round(self.path, round_index, state, keep_all)
+
+    def start_over(self) -> None:
+        """resume=false: no checkpoint of the run before may be resumed later."""
+        if is_writer():
+            shutil.rmtree(self.path / CKPT_DIR, ignore_errors=True)
+
+    def drop_epochs_before(self, start: int) -> None:
+        """Epoch checkpoints of rounds that have since completed."""
+        for stale in sorted((self.path / CKPT_DIR).glob("round_*_epochs")):
+            if int(stale.name.split("_")[1]) < start and is_writer():
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def fail(self, record: dict, status: str, error: str, trace: str | None) -> dict:
+        """Record how the run ended, keeping the rounds it completed."""
+        out = dict(record, status=status, error=error, traceback=trace)
+        self.write(out)
+        return out

@@ -1,0 +1,271 @@
+"""The packed harness: K variants trained as one cohort vs the same K runs one after another, and where a
+stacked step's time goes. `python -m phicenter.bench` reports both (docs/benchmarks.md)."""
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from phicenter import CONF_DIR
+from phicenter.engine.cohort import make_variants
+from phicenter.engine.module import make_optimizer
+from phicenter.engine.stacked import StackedNet, stacked_step
+
+PAPER_PHIS = (0.0, 5e-5, -5e-5, 1e-4, -1e-4, 5e-4, -5e-4, 1e-3, -1e-3, 0.1, -0.1)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():   # inside a Hydra app: its config tree
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _rss_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _mem_start(device: torch.device) -> dict:
+    """Start a peak-memory window: CUDA allocator peak, or the process's resident-set high-water mark
+    (reset through /proc/self/clear_refs, after returning freed heap to the OS)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return {"base": torch.cuda.memory_allocated(), "how": "torch.cuda.max_memory_allocated"}
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        reset = False
+    base = _rss_kib("VmRSS") * 1024
+    how = "resident set high-water mark (VmHWM) above the RSS at the start"
+    if not reset or _rss_kib("VmHWM") * 1024 > base * 1.05:
+        how += " (could not reset VmHWM: includes earlier peaks)"
+    return {"base": base, "how": how}
+
+
+def _mem_peak(device: torch.device, start: dict) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - start["base"])
+    return max(0, _rss_kib("VmHWM") * 1024 - start["base"])
+
+
+def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", epochs: int = 1,
+                   iterations: int = 0, sequential: int | None = None, overrides=(),
+                   workdir: str | Path | None = None, impl: str = "auto", isolate: bool = True) -> dict:
+    """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
+    after another through phicenter.engine.run.run (Lightning), and their peak memory.
+
+    dataset "auto": MNIST when it is readable under data_dir (no download), else scikit-learn's digits.
+    `sequential`: time only this many of the K sequential runs and scale (all are the same work); None: all.
+    `overrides`: extra Hydra overrides for both (e.g. ["data_dir=../shared/data", "batch_size=60"]).
+    `isolate`: each side in a fresh Python process (clean allocator, so peak memories compare); the data
+    decode cache is warmed first and lazy imports are paid by an untimed tiny run on each side.
+    Returns packed_speedup (sequential wall time / packed wall time), packed_speedup_cpu (the same in process
+    CPU time, steadier on a shared machine), packed_peak_memory_ratio (packed peak / the peak of one run,
+    each above the memory in use just before it: CUDA allocator peak, or resident set on CPU) and the raw
+    figures, with the load average before and after."""
+    import shutil
+    import tempfile
+
+    from phicenter.data import DataError
+    from phicenter.engine.build import load_data
+
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", *overrides]
+    if dataset == "auto":
+        dataset = "mnist"
+        try:
+            load_data(_compose(base + ["dataset=mnist", "dataset.download=false"]))
+        except DataError:
+            dataset = "digits"
+    base.append(f"dataset={dataset}")
+    load_data(_compose(base))   # decode cache warm for both sides
+    n_seq = k if sequential is None else max(1, min(int(sequential), k))
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="phicenter-pack-bench-")) if own else Path(workdir)
+    spec = {"k": k, "overrides": base, "model": model, "impl": impl, "threads": torch.get_num_threads(),
+            "work": str(work)}
+    try:
+        load_before = _loadavg()
+        seq = _phase(dict(spec, side="sequential", n=n_seq), isolate)
+        pk = _phase(dict(spec, side="packed", n=k), isolate)
+        scale = k / n_seq
+        return {
+            "packed_speedup": seq["wall"] * scale / pk["wall"],
+            "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
+            "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
+            "k": k, "model": model, "dataset": dataset, "epochs": epochs, "rounds": iterations + 1,
+            "device": pk["device"], "threads": spec["threads"], "impl": pk["impl"], "isolated": isolate,
+            "packed_seconds": pk["wall"], "sequential_seconds": seq["wall"] * scale, "sequential_runs_timed": n_seq,
+            "packed_cpu_seconds": pk["cpu"], "sequential_cpu_seconds": seq["cpu"] * scale,
+            "packed_peak_bytes": pk["peak"], "single_run_peak_bytes": seq["peak"], "memory": pk["memory"],
+            "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        }
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28, 28), num_classes: int = 10,
+                          batch_size: int = 60, steps: int = 40, repeats: int = 5,
+                          optim: dict | None = None) -> dict:
+    """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed.
+
+    single_ms: one optimizer step of a plain loop (the masked net, the product's optimizer, no framework);
+    packed_ms_per_variant: a packed step ("loop" implementation) divided by K; kernel_ms_per_variant: the part
+    of it spent inside the variants' own aten kernels (torch.profiler self time) -- their matrix products,
+    mask selects and optimizer arithmetic, which packing on this device does not remove. So
+    single_ms / kernel_ms_per_variant bounds what any packing of these variants can gain here over a lean
+    unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from phicenter import models
+    from phicenter.method import pruning
+
+    optim = optim or {"name": "adam", "lr": 1.2e-3, "fused": True}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(steps + 5, batch_size, *input_shape, generator=g)
+    y = torch.randint(0, num_classes, (steps + 5, batch_size), generator=g)
+    nets = []
+    for i in range(k):
+        net = models.build(model, input_shape, num_classes, seed=i)
+        pruning.attach_masks(net)
+        nets.append(net)
+
+    single = copy.deepcopy(nets[0])
+    opt, _ = make_optimizer(single.parameters(), optim, None, 1)
+
+    def single_step(i):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(single(x[i]), y[i]).backward()
+        opt.step()
+
+    pk = StackedNet(nets, impl="loop")
+    popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)
+
+    def packed_one(i):
+        stacked_step(pk, popt, x[i], y[i])
+
+    def timed(step) -> float:
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - t) / steps * 1e3
+
+    for i in range(5):   # warm-up: allocator, lazy optimizer state
+        single_step(steps + i)
+        packed_one(steps + i)
+    times = [(timed(single_step), timed(packed_one)) for _ in range(repeats)]   # interleaved: load drifts
+    single_ms = statistics.median(t[0] for t in times)
+    packed_ms = statistics.median(t[1] for t in times)
+    n_prof = max(5, steps // 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for i in range(n_prof):
+            packed_one(i)
+        wall_us = (time.perf_counter() - t) * 1e6
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")}
+    # the profiler slows every op a little: take the kernels' share of the profiled time, applied to the
+    # unprofiled step
+    share = min(1.0, sum(ops.values()) / wall_us)
+    kernel_ms = share * packed_ms / k
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:6]
+    return {"k": k, "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "optimizer": optim["name"], "single_ms": single_ms, "packed_ms_per_variant": packed_ms / k,
+            "kernel_share": share, "kernel_ms_per_variant": kernel_ms,
+            "top_kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in top},
+            "packing_gain": single_ms / (packed_ms / k),
+            "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan}
+
+
+def _device(cfg) -> torch.device:
+    acc = str(cfg.trainer.get("accelerator", "auto"))
+    return torch.device("cuda", 0) if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
+
+
+def _loadavg():
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def _phase(spec: dict, isolate: bool) -> dict:
+    if not isolate:
+        return bench_phase(spec)
+    import json
+    import subprocess
+    import sys
+
+    root = str(CONF_DIR.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    code = ("import json, sys; from phicenter.bench.packed import bench_phase; "
+            "print('PHASE ' + json.dumps(bench_phase(json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PHASE "):
+            return json.loads(line[len("PHASE "):])
+    raise RuntimeError(f"bench phase {spec['side']} failed:\n{proc.stderr[-3000:]}")
+
+
+def bench_phase(spec: dict) -> dict:
+    """One side of packed_speedup: {"wall", "cpu", "peak", ...} for K sequential runs or one packed run."""
+    from phicenter.engine.build import load_data
+    from phicenter.engine.loop import run, train
+
+    torch.set_num_threads(int(spec["threads"]))
+    work = Path(spec["work"]) / spec["side"]
+    cfg = _compose(list(spec["overrides"]))
+    variants = make_variants(cfg, _bench_phis(spec["k"]))[:spec["n"]]
+    device = _device(cfg)
+    load_data(cfg)
+    warm = make_variants(_compose([f"model={spec['model']}", "dataset=synthetic", "dataset.n_train=300",
+                                   "epochs=1", "prune.iterations=0"]), [0.0])
+    if spec["side"] == "sequential":   # lazy imports and first-call costs, untimed
+        run(warm[0].cfg, work / "warmup")
+    else:
+        train(warm, work / "warmup", impl=spec["impl"])
+    wall = cpu = 0.0
+    peak, impl = 0, None
+    for batch in ([[v] for v in variants] if spec["side"] == "sequential" else [variants]):
+        m = _mem_start(device)
+        t, c = time.perf_counter(), time.process_time()
+        if spec["side"] == "sequential":
+            run(batch[0].cfg, work / batch[0].name)
+        else:
+            impl = next(iter(train(batch, work / "runs", impl=spec["impl"]).values()))["packed"]["impl"]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall += time.perf_counter() - t
+        cpu += time.process_time() - c
+        peak = max(peak, _mem_peak(device, m))
+    return {"wall": wall, "cpu": cpu, "peak": peak, "device": str(device), "impl": impl or "unpacked",
+            "memory": m["how"]}
+
+
+def _bench_phis(k: int) -> list[float]:
+    return list(PAPER_PHIS[:k]) + [round(0.2 * (i + 1), 6) for i in range(max(0, k - len(PAPER_PHIS)))]

@@ -1,0 +1,81 @@
+"""What a run's config builds: its data, net, IMP method state and the Lightning Trainer of each round."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from phicenter import data, models
+from phicenter.config import ConfigError
+from phicenter.method import strategies
+from phicenter.method.imp import IMP, IMPConfig
+
+for _name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
+warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
+
+
+def _options(node, drop=("name",)) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+
+
+def load_data(cfg: DictConfig) -> data.Splits:
+    return data.load(cfg.dataset.name, cfg.data_dir, **_options(cfg.dataset))
+
+
+def build_model(cfg: DictConfig, splits: data.Splits):
+    return models.build(cfg.model.name, splits.input_shape, splits.num_classes, init=cfg.model.init,
+                        seed=cfg.seed, **_options(cfg.model, ("name", "init")))
+
+
+def build_strategy(cfg: DictConfig):
+    return strategies.build(cfg.strategy.name, **{k: v for k, v in _options(cfg.strategy).items() if v is not None})
+
+
+def build_imp(cfg: DictConfig, net, v: dict) -> IMP:
+    """The method state of one run; a setting the method refuses (a constant of 0, say) is a ConfigError."""
+    mag = cfg.reinit.magnitude
+    imp_cfg = IMPConfig(phi=v["phi"], phi_scale=cfg.phi_scale, base=v["base"], output_base=v["output_base"],
+                        scope=cfg.prune.scope, magnitude=mag if isinstance(mag, str) else float(mag), seed=v["seed"])
+
+    def fresh(name, like, g):
+        return models.init_weight_(torch.empty(like.shape), cfg.model.init, g)
+
+    try:
+        return IMP(net, build_strategy(cfg), imp_cfg, fresh_init=fresh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def deterministic(cfg) -> bool:
+    """trainer.deterministic, or by default: on for CPU runs (bit-for-bit resume and pairing), off on GPU."""
+    d = cfg.trainer.get("deterministic")
+    if d is not None:
+        return bool(d)
+    return not (cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available())
+
+
+def make_trainer(cfg: DictConfig, callbacks, epochs: int) -> pl.Trainer:
+    """One round's Trainer. Logging is the engine's own (engine.records), one event file per variant."""
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kw["deterministic"] = deterministic(cfg)
+    kw.setdefault("enable_progress_bar", False)
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "plugins" not in kw:
+        # submitit requeues preempted/timed-out jobs; Lightning must not requeue them a second time
+        from pytorch_lightning.plugins.environments import SLURMEnvironment
+        kw["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    return pl.Trainer(max_epochs=epochs, logger=False, callbacks=callbacks, enable_checkpointing=True,
+                      enable_model_summary=False, num_sanity_val_steps=0, **kw)
+
+
+def fault_point(cfg, round_index: int) -> None:
+    """For testing failure handling (`fault.fail_round=K`): raise at the start of round K."""
+    fault = cfg.get("fault") or {}
+    if fault.get("fail_round") is not None and int(fault["fail_round"]) == round_index:
+        raise RuntimeError(f"injected fault at round {round_index} (fault.fail_round)")

@@ -1,0 +1,316 @@
+"""The round loop, the one engine: round 0 trains theta0 dense; rounds 1..N prune, re-sign, reinit and retrain.
+
+The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
+is a cohort of one. Each round is one fresh Lightning fit of the cohort's module (fresh optimizer and
+schedule); the PruneReinit callback does every variant's round boundary with the unchanged method. Every
+completed round is checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in
+the same folder resumes where it stopped.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from phicenter import data
+from phicenter.config import recorded_config
+from phicenter.engine import build, records
+from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit
+from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
+from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer, write_json
+
+log = logging.getLogger("phicenter")
+
+
+class CohortFailed(RuntimeError):
+    """Some variants failed or diverged (each one's results.json says how); the others completed."""
+
+    def __init__(self, message: str, statuses: dict[str, str]):
+        super().__init__(message)
+        self.statuses = statuses
+
+
+@dataclass
+class Member:
+    """One variant while it trains: what a run keeps between rounds."""
+    variant: Variant
+    v: dict
+    folder: RunFolder
+    net: torch.nn.Module
+    imp: object
+    resolved: dict
+    record: dict
+    start: int
+    recorder: records.Recorder | None = None
+    alive: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> list:
+        return self.record["rounds"]
+
+    def fail(self, status: str, error: str, trace: str | None = None) -> None:
+        self.record = self.folder.fail(self.record, status, error, trace)
+        self.alive = False
+        log.error("run %s %s: %s", self.folder.path, status, error)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train every round of one configuration into run_dir; returns the results dict (also results.json)."""
+    return train(single(cfg), run_dir)[""]
+
+
+def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None, impl: str = "auto") -> dict:
+    """Train the variants as cohorts of at most `chunk` (None: all), each into job_dir/<variant.name>.
+    Returns {name: results dict}. Complete variants are skipped; the others resume from their last completed
+    epoch. Raises CohortFailed, after every variant has been tried, when some failed."""
+    job_dir, t_start = Path(job_dir), time.perf_counter()
+    vals = check_variants(variants)
+    cfg0 = variants[0].cfg
+    if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
+        from phicenter.config import ConfigError
+        raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
+    done, pending = {}, []
+    for i, var in enumerate(variants):   # before any work: every folder must hold its own configuration
+        folder, resume = RunFolder(job_dir / var.name), var.cfg.get("resume", True)
+        prev = folder.read()
+        if resume:
+            folder.check_same_run(recorded_config(var.cfg, vals[i]["phi"]))
+        if resume and prev and prev.get("status") == "complete":
+            log.info("run in %s is already complete; nothing to do", folder.path)
+            done[var.name] = prev
+        else:
+            pending.append(i)
+    if cfg0.get("threads"):
+        torch.set_num_threads(int(cfg0.threads))
+    if pending:
+        splits = build.load_data(cfg0)
+        if cfg0.get("dry_run"):
+            return {variants[pending[0]].name: dry_run(variants, vals, pending, job_dir, splits)}
+        size = int(chunk) if chunk else len(pending)
+        _train_queue(variants, vals, [pending[i:i + size] for i in range(0, len(pending), size)], job_dir,
+                     splits, impl, done)
+    statuses = {v.name: (done.get(v.name) or {}).get("status", "missing") for v in variants}
+    if len(variants) > 1 and is_writer():
+        write_json(job_dir / PACK_SUMMARY, {"variants": statuses, "chunk": chunk,
+                                            "seconds": time.perf_counter() - t_start})
+    bad = {n: s for n, s in statuses.items() if s != "complete"}
+    if bad:
+        raise CohortFailed(f"{len(bad)} of {len(variants)} runs did not complete: "
+                           + ", ".join(f"{n or job_dir} ({s})" for n, s in bad.items()), statuses)
+    return {v.name: done[v.name] for v in variants}
+
+
+def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, impl: str, done: dict) -> None:
+    while queue:
+        group = queue.pop(0)
+        members = {i: open_member(variants[i], vals[i], job_dir, splits, len(variants) > 1) for i in group}
+        for i, m in list(members.items()):
+            if isinstance(m, dict):   # complete
+                done[variants[i].name] = members.pop(i)
+        if not members:
+            continue
+        # variants resumed from different rounds cannot share a cohort: the earliest go now, the rest later
+        start = min(m.start for m in members.values())
+        now = [i for i, m in members.items() if m.start == start]
+        if len(now) < len(members):
+            queue.insert(0, [i for i in members if i not in now])
+        cohort = [members[i] for i in now]
+        del members
+        try:
+            train_cohort(cohort, start, splits, job_dir, impl)
+        except Exception as e:
+            if is_oom(e) and len(cohort) > 1:
+                half = (len(now) + 1) // 2
+                log.warning("out of memory with %d variants in one cohort; retrying in cohorts of %d from "
+                            "their last completed round", len(cohort), half)
+                _close(cohort)
+                cohort = None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                queue[:0] = [now[:half], now[half:]]
+                continue
+            _record_failure(cohort, e)
+            if type(e).__name__ == "SIGTERMException":
+                raise
+        finally:
+            if cohort is not None:
+                _close(cohort)
+        for m in cohort:
+            done[m.variant.name] = m.record
+
+
+def _record_failure(cohort: list[Member], e: BaseException) -> None:
+    sigterm = type(e).__name__ == "SIGTERMException"
+    status = "interrupted" if sigterm else "diverged" if isinstance(e, Diverged) else "failed"
+    error = "SIGTERM" if sigterm else f"{type(e).__name__}: {e}"
+    for m in cohort:
+        if m.alive:
+            m.fail(status, error, None if sigterm else traceback.format_exc())
+
+
+def _close(cohort: list[Member]) -> None:
+    for m in cohort:
+        if m.recorder is not None:
+            m.recorder.close(m.record.get("status"))
+            m.recorder = None
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
+    """A variant ready to train: a finished run is returned as its results dict; else a Member, resumed from
+    its folder's last round checkpoint when there is one."""
+    cfg, folder = variant.cfg, RunFolder(job_dir / variant.name)
+    resume = cfg.get("resume", True)
+    prev = folder.read()
+    if resume and prev and prev.get("status") == "complete":
+        return prev
+    net = build.build_model(cfg, splits)
+    imp = build.build_imp(cfg, net, v)
+    resolved = recorded_config(cfg, v["phi"])
+    ckpt = folder.latest_round(log=log.warning) if resume else None
+    rounds, start = [], 0
+    if ckpt is not None:
+        imp.theta0 = folder.load_theta0()
+        net.load_state_dict(ckpt["model"])
+        rounds, start = ckpt["rounds"], ckpt["round"] + 1
+        log.info("resuming %s after round %d", folder.path, ckpt["round"])
+    else:
+        if not resume:
+            folder.start_over()
+        folder.save_theta0(imp.theta0)
+    folder.drop_epochs_before(start)
+    record = records.skeleton(resolved, cfg, splits, rounds, [variant.name] if packed else None)
+    if ckpt is None:   # the configuration on record from the start, so a relaunch mid-round 0 is checked too
+        folder.write(record)
+    return Member(variant, v, folder, net, imp, resolved, record, start)
+
+
+def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
+    """The cohort's epoch checkpoints: in the run's own folder for a single run, else under the job folder,
+    named by the cohort's members (a relaunch of the same cohort finds them)."""
+    if len(cohort) == 1 and cohort[0].folder.path == job_dir:
+        return job_dir / CKPT_DIR / f"round_{r:03d}_epochs"
+    names = "\n".join(m.variant.name for m in cohort)
+    return job_dir / CKPT_DIR / f"cohort_{hashlib.sha1(names.encode()).hexdigest()[:10]}" / f"round_{r:03d}_epochs"
+
+
+def _module(cohort: list[Member], cfg, impl: str, device) -> CohortModule:
+    return CohortModule([m.net for m in cohort], OmegaConf.to_container(cfg.optim, resolve=True),
+                        OmegaConf.to_container(cfg.schedule, resolve=True), impl=impl, device=device,
+                        recorders=[m.recorder for m in cohort])
+
+
+def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto",
+                 last_round: int | None = None) -> CohortModule | None:
+    """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders."""
+    cfg, v = members[0].variant.cfg, members[0].v
+    epochs = v["epochs"]
+    last_round = v["iterations"] if last_round is None else last_round
+    resume = cfg.get("resume", True)
+    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
+    for m in members:
+        m.recorder = records.Recorder(m.folder.path, enabled=is_writer())
+    module = None
+    for r in range(start, last_round + 1):
+        alive = [m for m in members if m.alive]
+        if not alive:
+            break
+        t0 = time.perf_counter()
+        cb = PruneReinit([m.imp for m in alive], r)
+        saver = EpochCheckpoint(epochs_dir(job_dir, alive, r), cfg.checkpoint.get("every_n_epochs", 1))
+        resume_from = saver.resumable(log.warning) if resume else None
+        if resume_from:
+            log.info("resuming round %d from %s", r, resume_from)
+        trainer = build.make_trainer(cfg, [cb, saver], epochs)
+        device = trainer.strategy.root_device
+        if module is None or module.k != len(alive):
+            module = _module(alive, cfg, impl, device)
+        module.start_round(r, epochs)
+        module.train_batches = train_b
+        for b in (train_b, val_b, test_b):
+            b.to(device)
+        module.prepare(device, compile=bool(cfg.get("compile", False)))
+        build.fault_point(cfg, r)
+        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+        trainer.test(module, dataloaders=test_b, verbose=False)
+        module.scatter()
+        _finish_round(alive, module, cb, r, time.perf_counter() - t0, str(device))
+        if is_writer():
+            saver.clear()
+    if is_writer() and len(members) > 1:   # the cohort's epoch folder, empty once its last round is done
+        for d in (epochs_dir(job_dir, members, 0).parent,):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    for m in members:
+        if m.alive and m.record.get("final") is not None and last_round == v["iterations"]:
+            m.record["status"] = "complete"
+            m.folder.write(m.record)
+            m.recorder.hparams(m.resolved, m.record["final"])
+    return module
+
+
+def _finish_round(alive: list[Member], module: CohortModule, cb: PruneReinit, r: int, seconds: float,
+                  device: str) -> None:
+    """Each variant's round record, TensorBoard events and round checkpoint."""
+    cfg, epochs = alive[0].variant.cfg, alive[0].v["epochs"]
+    packed = len(alive) > 1 or "packed" in alive[0].record
+    for i, m in enumerate(alive):
+        if i in module.diverged:
+            m.fail("diverged", f"Diverged: {module.diverged[i]}")
+            continue
+        entry = records.round_entry(r, m.imp, cb.diagnostics[i] if cb.diagnostics else None, module.history[i],
+                                    module.last_test[i], seconds / len(alive), seconds if packed else None)
+        m.rounds.append(entry)
+        m.recorder.round(entry, step=(r + 1) * epochs - 1)
+        m.record.update(final=entry, device=device)
+        if packed:
+            m.record["packed"] = {"variants": [a.variant.name for a in alive], "impl": module.impl}
+        m.folder.save_round(r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds},
+                            keep_all=bool(cfg.checkpoint.keep_all))
+        m.folder.write(m.record)
+    log.info("round %d/%d  %s(%.1fs)", r, alive[0].v["iterations"], "  ".join(
+        f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f}  "
+        f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
+        for m in alive if m.alive), seconds)
+
+
+def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_dir: Path, splits) -> dict:
+    """`dry_run=phi`: round 0 is the same for every variant of a cohort, so it is trained once (the first
+    variant); then, for each (strategy, phi), count the survivors phi would re-sign at round 1. The grid is
+    dry_run_grid, else the cohort's own phi x strategy (K > 1), else the paper's."""
+    from phicenter.analysis import dryrun
+
+    first = open_member(variants[pending[0]], vals[pending[0]], job_dir, splits, len(variants) > 1)
+    if isinstance(first, dict):   # complete: its trained round 0 is in its round checkpoints
+        raise RuntimeError(f"dry_run=phi needs a folder whose run has not completed; {job_dir} has")
+    if first.start == 0:
+        train_cohort([first], 0, splits, job_dir, last_round=0)
+        _close([first])
+    cfg = variants[0].cfg
+    grid = cfg.get("dry_run_grid") or {}
+    own = len(variants) > 1
+    phis = grid.get("phis") or (sorted({v["phi"] for v in vals}) if own else dryrun.PAPER_PHIS)
+    names = grid.get("strategies") or (list(dict.fromkeys(str(x.cfg.strategy.name) for x in variants))
+                                       if own else dryrun.PAPER_STRATEGIES)
+    rows = dryrun.phi_table(first.imp, phis=phis, strategy_names=names)
+    print(dryrun.format_table(rows), flush=True)
+    out = dict(first.record, status="dry_run", dry_run={"round": 1, "rows": rows})
+    if is_writer():
+        write_json(job_dir / "dry_run.json", out)
+    first.folder.write(out)
+    return out

@@ -1,0 +1,243 @@
+"""Declared settings: a dataclass per group of settings, each field's type, default, choices and range written
+once; `check` holds a plain mapping of user values to it and says in one line what is wrong.
+
+Types a field may have: bool, int, float, str, Literal[...] (the choices), None, unions of those (`int | None`,
+`Literal["init_std"] | float`), list[T] and tuple[T, ...] or tuple[T, U], a nested declared dataclass (a group),
+and Any (anything). A number's range is declared with Annotated: `Annotated[float, Range("(0, 1)")]`.
+A dataclass with the class attribute `PASS_THROUGH = True` lets undeclared keys through unchecked.
+
+Plain Python: no torch, Hydra or OmegaConf, so the method package and the command line's first checks use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from numbers import Real
+from typing import Annotated, Any, Literal, Mapping, Union
+
+MISSING_VALUE = "???"   # OmegaConf's mark of a mandatory value nobody set
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message is one line that names it."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number, written as in maths: "(0, 1)", "[0, 1)", ">= 1", "> 0", "<= 5"."""
+    text: str
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[\[(]\s*\S+\s*,\s*\S+\s*[\])]|(>=|>|<=|<)\s*\S+", self.text.strip()):
+            raise ValueError(f"Range({self.text!r}): write it as '(0, 1)', '[0, 1]', '>= 1' or '> 0'")
+
+    def holds(self, x: float) -> bool:
+        t = self.text.strip()
+        if t[0] in "[(":
+            lo, hi = (float(s) for s in t[1:-1].split(","))
+            return (lo <= x if t[0] == "[" else lo < x) and (x <= hi if t[-1] == "]" else x < hi)
+        op, bound = re.fullmatch(r"(>=|>|<=|<)\s*(\S+)", t).groups()
+        b = float(bound)
+        return {">=": x >= b, ">": x > b, "<=": x <= b, "<": x < b}[op]
+
+    def phrase(self) -> str:
+        t = self.text.strip()
+        return f"in {t}" if t[0] in "[(" else t
+
+
+# Numbers users type most
+PosInt = Annotated[int, Range(">= 1")]
+NonNegInt = Annotated[int, Range(">= 0")]
+Positive = Annotated[float, Range("> 0")]
+NonNegative = Annotated[float, Range(">= 0")]
+Unit = Annotated[float, Range("[0, 1]")]            # a probability or a fraction of the epochs
+OpenUnit = Annotated[float, Range("(0, 1)")]        # a pruning base: keeps some, prunes some
+
+
+def _show(v) -> str:
+    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) \
+        else str(v)
+
+
+def _either(words: list[str]) -> str:
+    words = list(dict.fromkeys(words))
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _members(tp) -> list:
+    return list(typing.get_args(tp)) if typing.get_origin(tp) in (Union, types.UnionType) else [tp]
+
+
+def _unwrap(tp):
+    """(base type, Range or None) of a possibly Annotated type."""
+    if typing.get_origin(tp) is Annotated:
+        base, *extra = typing.get_args(tp)
+        return base, next((e for e in extra if isinstance(e, Range)), None)
+    return tp, None
+
+
+def describe(tp) -> str:
+    """What a value of type tp is, in words: "an integer >= 1", "absolute or layer_std", "a list of numbers"."""
+    words = []
+    for m in _members(tp):
+        base, rng = _unwrap(m)
+        if typing.get_origin(base) is Literal:
+            words += [_show(c) for c in typing.get_args(base)]
+        elif base is type(None):
+            words.append("null")
+        elif typing.get_origin(base) in (list, tuple):
+            args = [a for a in typing.get_args(base) if a is not Ellipsis]
+            fixed = typing.get_origin(base) is tuple and Ellipsis not in typing.get_args(base)
+            inner = _plural(describe(args[0])) if args else "values"
+            words.append(f"a list of {len(args)} {inner}" if fixed and len(args) > 1 else f"a list of {inner}")
+        else:
+            noun = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(base, "a value")
+            words.append(f"{noun} {rng.phrase()}" if rng else noun)
+    return _either(words)
+
+
+def _plural(phrase: str) -> str:
+    return {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(phrase, phrase)
+
+
+def _fit_base(v, base, rng):
+    """(ok, normalised value, whether v is of this kind at all, what it must be)."""
+    if base is Any:
+        return True, v, True, ""
+    if base is type(None):
+        return v is None, v, v is None, "null"
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        hit = any(type(v) is type(c) and v == c for c in choices)
+        kind = any(type(v) is type(c) for c in choices)
+        return hit, v, kind, describe(base)
+    if typing.get_origin(base) in (list, tuple):
+        return _fit_sequence(v, base)
+    if base is bool:
+        return isinstance(v, bool), v, isinstance(v, bool), "true or false"
+    if base is str:
+        return isinstance(v, str), v, isinstance(v, str), "a string"
+    if base in (int, float):
+        return _fit_number(v, base, rng)
+    raise TypeError(f"spec: unsupported field type {base!r}")
+
+
+def _fit_number(v, base, rng):
+    if isinstance(v, bool) or not isinstance(v, Real):
+        return False, v, False, "an integer" if base is int else "a number"
+    if base is int:
+        if not float(v).is_integer():
+            return False, v, True, "an integer"
+        v = int(v)
+    else:
+        v = float(v)
+        if not math.isfinite(v):
+            return False, v, True, "a finite number"
+    if rng and not rng.holds(v):
+        return False, v, True, rng.phrase()
+    return True, v, True, ""
+
+
+def _fit_sequence(v, base):
+    what = describe(base)
+    if not isinstance(v, (list, tuple)):
+        return False, v, False, what
+    args = typing.get_args(base)
+    if typing.get_origin(base) is tuple and Ellipsis not in args:
+        if len(v) != len(args):
+            return False, v, True, what
+        kinds = args
+    else:
+        kinds = [args[0] if args else Any] * len(v)
+    out = []
+    for x, k in zip(v, kinds):
+        ok, x, _, _ = fit(x, k)
+        if not ok:
+            return False, v, True, what
+        out.append(x)
+    return True, tuple(out) if typing.get_origin(base) is tuple else out, True, ""
+
+
+def fit(v, tp):
+    """(ok, normalised value, whether v is of a kind tp allows, what it must be) for one value."""
+    members = [_unwrap(m) for m in _members(tp)]
+    claimed = None
+    for base, rng in members:
+        ok, value, kind, why = _fit_base(v, base, rng)
+        if ok:
+            return True, value, True, ""
+        if kind and claimed is None:
+            claimed = why
+    others = [b for b, _ in members if b is not type(None)]
+    if claimed is not None and len(others) == 1:   # right kind, wrong value: say what is wrong with it
+        nullable = len(members) > len(others)
+        return False, v, True, claimed + (" (or null)" if nullable else "")
+    return False, v, claimed is not None, describe(tp)
+
+
+def check_value(key: str, v, tp):
+    """v normalised (2.0 -> 2 for an int, a list for a tuple[...] typed from YAML), or ConfigError."""
+    if v == MISSING_VALUE and isinstance(v, str):
+        raise ConfigError(f"{key} has no value; set {key}=...")
+    ok, value, _, why = fit(v, tp)
+    if not ok:
+        raise ConfigError(f"{key} must be {why}, got {v!r}")
+    return value
+
+
+def declared(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """{field name: (type, field)} of a declared dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def is_group(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip=(), also=()) -> dict:
+    """values checked against cls: every key declared (unless cls.PASS_THROUGH; `also` names keys the caller
+    checks), every value of its declared type and range, every field without a default given. Returns the
+    values normalised; nested groups are checked through. `where` names cls in messages."""
+    fields = declared(cls)
+    where = where or (prefix.rstrip(".") or "the config")
+    out = {}
+    for key, value in values.items():
+        if key in skip or key in also:
+            out[key] = value
+            continue
+        if key not in fields:
+            if getattr(cls, "PASS_THROUGH", False):
+                out[key] = value
+                continue
+            valid = [*also, *fields]
+            raise ConfigError(f"{where} has no option {prefix}{key}; its options are {_either(valid)}"
+                              if valid else f"{where} has no option {prefix}{key}; it takes none")
+        tp = fields[key][0]
+        if is_group(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{key} is a group of settings ({prefix}{key}.KEY=...), got {value!r}")
+            out[key] = check(tp, value, f"{prefix}{key}.")
+        else:
+            out[key] = check_value(prefix + key, value, tp)
+    for name, (_, f) in fields.items():
+        if name not in values and name not in skip and default(f) is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name} has no value; set {prefix}{name}=...")
+    return out
+
+
+def make(cls, values: Mapping, prefix: str = "", where: str | None = None):
+    """An instance of cls from checked values (defaults for the rest); ConfigError for a wrong one."""
+    return cls(**check(cls, values, prefix, where))
