@@ -364,3 +364,18 @@ def test_real_mnist_from_the_read_only_shared_folder():
     for _, ((xf, yf), (xt, yt)) in zip(range(3), zip(fast, tv)):
         assert torch.equal(yf, yt)
         torch.testing.assert_close(xf, xt, rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_imagenet_uses_torchvisions_statistics():
+    def load(**kw):
+        return data.load("synthetic", ".", val_size=10, n_train=40, n_test=10, **kw)
+
+    s = load(shape=(3, 8, 8), normalize="imagenet")
+    assert s.mean.tolist() == pytest.approx([0.485, 0.456, 0.406]) and s.std.tolist() == pytest.approx(
+        [0.229, 0.224, 0.225])
+    own = load(shape=(3, 8, 8))                                    # default: the train split's own statistics
+    assert torch.equal(own.mean, data.channel_stats(own.x_train)[0])
+    with pytest.raises(data.DataError, match="normalize=imagenet needs 3-channel images"):
+        load(shape=(1, 8, 8), normalize="imagenet")
+    with pytest.raises(data.DataError, match="dataset.normalize must be one of dataset, imagenet"):
+        load(shape=(3, 8, 8), normalize="cifar")

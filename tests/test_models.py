@@ -46,15 +46,100 @@ def test_bad_names():
         models.build("fc_lot", (1, 8, 8), 10, init="bogus")
 
 
-def test_vgg16_pretrained_from_local_weights(tmp_path):
+# Parameters for 10 classes (fc_lot on 1x28x28, the rest on 3x32x32): total and prunable (Conv/Linear weights).
+# resnet20: open_lth's cifar_resnet_20 test (272,474); resnet18: the CIFAR ResNet-18 (11.17 M); vgg16_pretrained:
+# VGG16's 13 convs (14,714,688) + a 512 -> 10 head; fc_lot: 784*300 + 300*100 + 100*10 + biases.
+PARAMETERS = {
+    "fc_lot": (266_610, 266_200),
+    "conv2": (4_301_642, 4_300_992),
+    "conv4": (2_425_930, 2_425_024),
+    "conv6": (2_262_602, 2_261_184),
+    "vgg16": (14_728_266, 14_715_584),
+    "vgg16_pretrained": (14_719_818, 14_715_584),
+    "resnet20": (272_474, 270_896),
+    "resnet18": (11_173_962, 11_164_352),
+}
+NO_DOWNLOAD = {"vgg16_pretrained": {"pretrained": False}}
+
+
+def test_every_registered_model_has_its_count():
+    assert set(PARAMETERS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_parameter_counts_and_cpu_forward(name):
+    shape = (1, 28, 28) if name == "fc_lot" else (3, 32, 32)
+    net = models.build(name, shape, 10, seed=0, **NO_DOWNLOAD.get(name, {}))
+    total, prunable = PARAMETERS[name]
+    assert models.parameter_counts(net) == {"total": total, "prunable": prunable}
+    pruning.attach_masks(net)                       # the same counts once the masks are in place
+    assert models.parameter_counts(net) == {"total": total, "prunable": prunable}
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_resnets_match_the_papers():
+    r20 = pruning.prunable_layers(models.build("resnet20", (3, 32, 32), 10))
+    convs = [l for n, l in r20.items() if isinstance(l, nn.Conv2d) and l.kernel_size == (3, 3)]
+    assert len(convs) == 19 and [c.out_channels for c in convs] == [16] * 7 + [32] * 6 + [64] * 6
+    shortcuts = [n for n, l in r20.items() if isinstance(l, nn.Conv2d) and l.kernel_size == (1, 1)]
+    assert shortcuts == ["blocks.3.shortcut.0", "blocks.6.shortcut.0"]      # where the shape changes
+    assert list(r20)[-1] == "out" and r20["out"].in_features == 64
+    r18 = models.build("resnet18", (3, 32, 32), 100)
+    assert models.parameter_counts(r18)["total"] == 11_220_132
+    assert r18.conv.kernel_size == (3, 3) and not any(isinstance(m, nn.MaxPool2d) for m in r18.modules())
+
+
+def _vgg16_state(batch_norm: bool) -> dict:
+    """torchvision's vgg16(_bn) state dict at 0.125 everywhere, each tensor one stored number (a few KB)."""
     import torchvision
 
+    arch = torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+        shapes = {k: v.shape for k, v in arch(weights=None).state_dict().items()}
+    return {k: torch.full((), 0.125).expand(s) for k, s in shapes.items()}
+
+
+def test_vgg16_pretrained_from_local_weights(tmp_path):
     path = tmp_path / "vgg16.pth"
-    torch.save({k: torch.full(s, 0.125) for k, s in shapes.items()}, path)
-    net = models.build("vgg16_pretrained", (3, 32, 32), 100, init="kaiming_normal", weights_path=str(path))
+    torch.save(_vgg16_state(False), path)
+    assert path.stat().st_size < 1_000_000
+    net = models.build("vgg16_pretrained", (3, 32, 32), 100, init="kaiming_normal", weights_path=str(path),
+                       verify_weights=False)
     assert float(net.features[0].weight.min()) == float(net.features[0].weight.max()) == 0.125  # kept
-    assert net.classifier[6].out_features == 100 and float(net.classifier[6].bias.abs().max()) == 0.0
+    assert net.features[0].weight.is_contiguous()
+    assert net.out.out_features == 100 and float(net.out.bias.abs().max()) == 0.0               # the fresh head
+    assert models.parameter_counts(net)["total"] == 14_765_988
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
     with pytest.raises(FileNotFoundError, match="no file at"):
         models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(tmp_path / "missing.pth"))
+    # batch_norm=true wants vgg16_bn's weights: the plain vgg16 file is refused in one line
+    with pytest.raises(ValueError, match="not a torchvision vgg16_bn state dict"):
+        models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(path), batch_norm=True,
+                     verify_weights=False)
+    bn = tmp_path / "vgg16_bn.pth"
+    torch.save(_vgg16_state(True), bn)
+    net = models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(bn), batch_norm=True,
+                       verify_weights=False)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 13
+
+
+@pytest.mark.parametrize("batch_norm, name", [(False, "vgg16-397923af.pth"), (True, "vgg16_bn-6c64b313.pth")])
+def test_vgg16_pretrained_refuses_weights_that_are_not_torchvisions(tmp_path, batch_norm, name):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"not the ImageNet weights")
+    with pytest.raises(ValueError, match=f"is not that of {name}.*model.verify_weights=false") as err:
+        models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(path), batch_norm=batch_norm)
+    assert "\n" not in str(err.value)
+
+
+def test_verify_weights_file_accepts_the_published_prefix(tmp_path):
+    import hashlib
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    models.verify_weights_file(path, f"https://example.org/w-{digest[:8]}.pth")       # no error
+    with pytest.raises(ValueError, match="sha256"):
+        models.verify_weights_file(path, f"https://example.org/w-{'0' * 8}.pth")

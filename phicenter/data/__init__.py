@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached  # noqa: F401 (re-exported)
+from phicenter.data.transforms import NORMALIZE, augment, channel_stats, statistics  # noqa: F401 (re-exported)
 from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
@@ -206,12 +206,6 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
 
-# torchvision's ImageNet statistics, the normalisation its pretrained weights were trained with
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE = ("dataset", "imagenet")
-
-
 def load(name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0, normalize: str = "dataset",
          **options) -> Splits:
     """Read a dataset and hold a seeded validation split out of train (unless the dataset brings one).
@@ -235,44 +229,10 @@ def load(name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0,
         xv, yv = x[perm[:val_size]], y[perm[:val_size]]
         x, y = x[perm[val_size:]], y[perm[val_size:]]
     classes = int(max(y.max(), raw["y_test"].max(), yv.max() if len(yv) else 0)) + 1
-    if normalize == "imagenet":
-        if x.shape[1] != 3:
-            raise DataError(f"dataset.normalize=imagenet needs 3-channel images, {name} has {x.shape[1]}")
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-    else:
-        mean, std = channel_stats(x)
+    if normalize == "imagenet" and x.shape[1] != 3:
+        raise DataError(f"dataset.normalize=imagenet needs 3-channel images, {name} has {x.shape[1]}")
+    mean, std = statistics(x, normalize)
     return Splits(x, y, xv, yv, raw["x_test"], raw["y_test"], classes, mean, std)
-
-
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (unbiased) std of uint8 images on the 0..1 scale, exactly, from a 256-bin
-    histogram per channel: no float copy of the whole dataset."""
-    v = torch.arange(256, dtype=torch.float64) / 255.0
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        h = torch.bincount(x[:, c].reshape(-1).cpu(), minlength=256).double()
-        n = h.sum()
-        m = (h * v).sum() / n
-        var = (h * (v - m) ** 2).sum() / max(float(n) - 1.0, 1.0)
-        means.append(m)
-        stds.append(var.sqrt())
-    return torch.stack(means).float(), torch.stack(stds).clamp_min(1e-6).float()
-
-
-def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, for a whole uint8 batch in one gather.
-    Draws (offsets, then flips) come from the CPU generator g, so CPU and GPU runs see the same crops."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    wp = w + 2 * pad
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=g).to(x.device)
-    flip = (torch.rand((n, 1), generator=g) < 0.5).to(x.device)
-    rows = dy + torch.arange(h, device=x.device)
-    cols = dx + torch.arange(w, device=x.device)
-    cols = torch.where(flip, cols.flip(1), cols)
-    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-    return padded.view(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
 class Group:
@@ -322,7 +282,7 @@ class Batches:
     """Batches by index from resident tensors: a permutation seeded by (seed, round, epoch), normalised
     (and optionally augmented) on the device. No worker processes, no per-sample transforms.
 
-    Yields (x, y) pairs; with group=k > 1, Groups of k consecutive pairs (iterables, made lazily; PhiModule
+    Yields (x, y) pairs; with group=k > 1, Groups of k consecutive pairs (iterables, made lazily; CohortModule
     takes one optimizer step per pair), so a training loop's per-item overhead is paid once per k steps."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -478,7 +438,7 @@ def make_loaders(splits: Splits, batch_size: int, *, seed: int = 0, augment: boo
                  eval_batch_size: int | None = None, pipeline: str = "fast", num_workers: int = 0,
                  group: int = 1):
     """(train, val, test) iterables of normalised float batches; only train is shuffled and augmented,
-    and only train is grouped (lists of `group` batches, for PhiModule)."""
+    and only train is grouped (lists of `group` batches, for CohortModule)."""
     eval_bs = eval_batch_size or batch_size
     s = splits
     if pipeline == "fast":

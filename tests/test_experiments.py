@@ -1,0 +1,69 @@
+"""Every experiment composes with the settings of its recipe, and the new ones train a round at tiny size."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tests.cli import ROOT
+
+# experiment: (dataset, model, augment, normalize)
+RECIPES = {
+    "mnist_fc_lot": ("mnist", "fc_lot", False, "dataset"),
+    "quickstart": ("digits", "fc_lot", False, "dataset"),
+    "cifar10_conv2": ("cifar10", "conv2", False, "dataset"),      # Frankle & Carbin: no augmentation
+    "cifar10_conv4": ("cifar10", "conv4", False, "dataset"),
+    "cifar10_conv6": ("cifar10", "conv6", False, "dataset"),
+    "cifar10_vgg16": ("cifar10", "vgg16", True, "dataset"),
+    "cifar100_vgg16_pretrained": ("cifar100", "vgg16_pretrained", True, "imagenet"),
+    "cifar10_resnet20": ("cifar10", "resnet20", True, "dataset"),
+    "cifar100_resnet18": ("cifar100", "resnet18", True, "dataset"),
+}
+
+
+def config(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_every_experiment_is_listed():
+    assert {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")} == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_experiment_composes_with_its_recipe(name):
+    cfg = config(f"experiment={name}")
+    dataset, model, augment, normalize = RECIPES[name]
+    assert (cfg.dataset.name, cfg.model.name) == (dataset, model)
+    assert cfg.dataset.augment is augment and cfg.dataset.normalize == normalize
+    assert cfg.prune.method == "magnitude" and cfg.rewind.epoch == 0
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar100_resnet18"])
+def test_resnet_recipes(name):
+    cfg = config(f"experiment={name}")
+    assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) \
+        == (160, 128, "sgd", 0.1, 0.9, 1e-4)
+    assert cfg.schedule.name == "multistep" and list(cfg.schedule.at) == [0.5, 0.75]
+    assert (cfg.prune.iterations, cfg.prune.base) == (10, 0.8) and cfg.model.init == "kaiming_normal"
+
+
+def test_vgg16_pretrained_defaults():
+    cfg = config("experiment=cifar100_vgg16_pretrained")
+    assert cfg.model.batch_norm is False and cfg.model.verify_weights is True and cfg.model.weights_path is None
+
+
+@pytest.mark.parametrize("name, shape, extra", [
+    ("cifar10_resnet20", "[3,8,8]", ["strategy=sign_transfer", "prune.method=structured"]),
+    ("cifar100_resnet18", "[3,8,8]", ["strategy=lrr"]),
+    ("cifar100_vgg16_pretrained", "[3,32,32]", ["model.pretrained=false"]),
+])
+def test_new_experiment_trains_one_round(tmp_path, name, shape, extra):
+    from phicenter.engine.loop import run
+
+    cfg = config(f"experiment={name}", "dataset=synthetic", f"dataset.shape={shape}", "dataset.n_train=40",
+                 "dataset.val_size=10", "dataset.n_test=10", "dataset.num_classes=5", "batch_size=10",
+                 "epochs=1", "prune.iterations=0", "threads=1", *extra)
+    res = run(cfg, tmp_path)
+    assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0]
+    assert res["config"]["dataset"]["augment"] is True
+    assert res["config"]["model"]["name"] == RECIPES[name][1]
