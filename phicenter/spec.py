@@ -58,6 +58,13 @@ Unit = Annotated[float, Range("[0, 1]")]            # a probability or a fractio
 OpenUnit = Annotated[float, Range("(0, 1)")]        # a pruning base: keeps some, prunes some
 
 
+@dataclass(frozen=True, eq=False)
+class ByName:
+    """Marks a group whose `name` picks the declaration of its other keys: `Annotated[dict, ByName(REGISTRY)]`
+    with REGISTRY = {name: dataclass}."""
+    registry: Mapping[str, type]
+
+
 def _show(v) -> str:
     return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) \
         else str(v)
@@ -89,6 +96,8 @@ def describe(tp) -> str:
             words += [_show(c) for c in typing.get_args(base)]
         elif base is type(None):
             words.append("null")
+        elif base is bool:
+            words += ["true", "false"]
         elif typing.get_origin(base) in (list, tuple):
             args = [a for a in typing.get_args(base) if a is not Ellipsis]
             fixed = typing.get_origin(base) is tuple and Ellipsis not in typing.get_args(base)
@@ -101,7 +110,11 @@ def describe(tp) -> str:
 
 
 def _plural(phrase: str) -> str:
-    return {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(phrase, phrase)
+    for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings"),
+                      ("true or false", "true or false")):
+        if phrase.startswith(one):
+            return many + phrase[len(one):]
+    return f"items each {phrase}"
 
 
 def _fit_base(v, base, rng):
@@ -207,35 +220,66 @@ def is_group(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip=(), also=()) -> dict:
-    """values checked against cls: every key declared (unless cls.PASS_THROUGH; `also` names keys the caller
-    checks), every value of its declared type and range, every field without a default given. Returns the
-    values normalised; nested groups are checked through. `where` names cls in messages."""
+def by_name(tp) -> ByName | None:
+    if typing.get_origin(tp) is Annotated:
+        return next((m for m in typing.get_args(tp)[1:] if isinstance(m, ByName)), None)
+    return None
+
+
+def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip=()) -> dict:
+    """values checked against cls: every key declared (unless cls.PASS_THROUGH), every value of its declared
+    type and range, every field without a default given. Returns the values normalised; groups are checked
+    through. `where` names cls in messages; keys in `skip` are left to the caller."""
     fields = declared(cls)
     where = where or (prefix.rstrip(".") or "the config")
     out = {}
     for key, value in values.items():
-        if key in skip or key in also:
+        if key in skip:
             out[key] = value
-            continue
-        if key not in fields:
-            if getattr(cls, "PASS_THROUGH", False):
-                out[key] = value
-                continue
-            valid = [*also, *fields]
-            raise ConfigError(f"{where} has no option {prefix}{key}; its options are {_either(valid)}"
-                              if valid else f"{where} has no option {prefix}{key}; it takes none")
-        tp = fields[key][0]
-        if is_group(tp):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{prefix}{key} is a group of settings ({prefix}{key}.KEY=...), got {value!r}")
-            out[key] = check(tp, value, f"{prefix}{key}.")
+        elif key in fields:
+            out[key] = _check_field(prefix + key, value, fields[key][0])
+        elif getattr(cls, "PASS_THROUGH", False):
+            out[key] = value
         else:
-            out[key] = check_value(prefix + key, value, tp)
+            raise ConfigError(f"unknown key {prefix}{key}: {where} has no option {key} "
+                              f"(its options: {', '.join(fields) or 'none'})")
     for name, (_, f) in fields.items():
         if name not in values and name not in skip and default(f) is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name} has no value; set {prefix}{name}=...")
     return out
+
+
+def _check_field(key: str, value, tp):
+    named = by_name(tp)
+    if named is None and not is_group(tp):
+        return check_value(key, value, tp)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} is a group of settings ({key}.KEY=...), got {value!r}")
+    if named is None:
+        return check(tp, value, key + ".")
+    name = value.get("name")
+    if not isinstance(name, str) or name not in named.registry:
+        raise ConfigError(f"{key}.name must be {_either(list(named.registry))}, got {name!r}")
+    rest = {k: v for k, v in value.items() if k != "name"}
+    return {"name": name, **check(named.registry[name], rest, key + ".", f"{key} {name}")}
+
+
+def default_at(cls, values: Mapping, key: str):
+    """The declared default of a dotted key in a config like `values` (whose names pick the declarations of
+    ByName groups); dataclasses.MISSING where the key is not declared or has no default."""
+    head, _, rest = key.partition(".")
+    fields = declared(cls)
+    if head not in fields:
+        return dataclasses.MISSING
+    tp, f = fields[head]
+    if not rest:
+        return default(f)
+    sub = values.get(head) if isinstance(values.get(head), Mapping) else {}
+    named = by_name(tp)
+    if named is not None:
+        cls = named.registry.get(sub.get("name"))
+        return dataclasses.MISSING if cls is None or rest == "name" else default_at(cls, sub, rest)
+    return default_at(tp, sub, rest) if is_group(tp) else dataclasses.MISSING
 
 
 def make(cls, values: Mapping, prefix: str = "", where: str | None = None):

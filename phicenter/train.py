@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from phicenter.engine import rundir as results
-from phicenter.config import ConfigError, check_same_run, recorded_config, validate
+from phicenter.config import ConfigError, check_launch, recorded_config
 
 log = logging.getLogger("phicenter")
 
@@ -48,13 +48,9 @@ def _recorded(cfg: DictConfig) -> dict:
 
 
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
-    """The settings, and that run_dir holds no other run, checked before torch is even imported (pack=true
-    checks each variant in phicenter.engine.cohort)."""
-    if cfg.get("pack"):
-        return
-    validate(cfg)
-    if cfg.get("resume", True):
-        check_same_run(results.read_json(run_dir / results.RESULTS), _recorded(cfg), run_dir)
+    """Every setting against the schema, and that run_dir holds no other run, checked before torch is even
+    imported (a packed job's variant folders are checked as it starts them)."""
+    check_launch(cfg, results.read_json(run_dir / results.RESULTS), run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

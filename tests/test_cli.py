@@ -82,10 +82,14 @@ BAD = [
     ("dataset=npz dataset.path=/nonexistent/data.npz", "no file at /nonexistent/data.npz"),
     ("dataset=mnist dataset.download=false data_dir=/nonexistent", "MNIST: not found"),
     ("dry_run=bogus", "dry_run must be phi"),
+    ("optim.name=lbfgs", "optim.name must be adam, adamw or sgd, got 'lbfgs'"),
+    ("schedule.name=foo", "schedule.name must be none, multistep or cosine"),
+    ("trainer.precision=bogus", "trainer.precision must be 64, 32, 16, 64-true"),
 ]
 
 
-CLI_BAD = {"phi=abc", "prune.base=1.5", "dataset=npz dataset.path=/nonexistent/data.npz",
+# the rest, and every other key, are checked in-process by tests/test_config.py
+CLI_BAD = {"optim.name=lbfgs", "prune.base=1.5", "dataset=npz dataset.path=/nonexistent/data.npz",
            "dataset=mnist dataset.download=false data_dir=/nonexistent"}
 
 
@@ -101,18 +105,16 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
 
 @pytest.mark.parametrize("args,message", [b for b in BAD if b[0] not in CLI_BAD])
 def test_bad_input_rejected_before_any_work(tmp_path, args, message):
-    """The same check the CLI runs first (phicenter.engine.run.run), composed in-process to keep the suite fast."""
+    """The check the CLI runs first, before importing torch (phicenter.config.check_launch), in-process."""
     from hydra import compose, initialize_config_dir
 
-    from phicenter.config import ConfigError
-    from phicenter.data import DataError
-    from phicenter.engine.run import run
+    from phicenter.config import ConfigError, check_launch
     from tests.cli import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.split())
-    with pytest.raises((ConfigError, DataError)) as err:
-        run(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError) as err:
+        check_launch(cfg, None, tmp_path / "run")
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
 

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from phicenter.config import shapes_training
+
 RESULTS = "results.json"
-# Keys that never make two runs different experiments (seed and phi are the axes the report is about).
-IGNORED_KEYS = {"seed", "phi", "phi_sign", "phi_abs", "data_dir", "threads", "resume", "eval_batch_size",
-                "trainer.enable_progress_bar"}
-IGNORED_PREFIXES = ("checkpoint.", "fault.")
+# The axes the report is about: runs that differ in them only are one experiment. Settings of how a run
+# executes (phicenter.config.EXECUTION_KEYS) never make two experiments either.
+IGNORED_KEYS = {"seed", "phi"}
 INACTIVE = "ϕ inactive — identical to ϕ = 0 by construction"
 SKIP_DIRS = {"tb", "checkpoints", ".hydra"}
 
@@ -142,7 +143,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _varying(runs: list[Run], keep) -> list[str]:
     flats = [_flat(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f
-                   if keep(k) and k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)})
+                   if keep(k) and k not in IGNORED_KEYS and shapes_training(k)})
     return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 

@@ -1,7 +1,8 @@
 """Re-initialisation strategies: what survivors, pruned weights and non-prunable parameters become.
 
-A strategy is one small class registered by name plus one file in conf/strategy/. Survivors of the
-phi-center strategies become signs(reference, phi) * c; see docs/method.md.
+A strategy is one small class registered by name, its options declared in phicenter.method.options
+(STRATEGY_OPTIONS, the same declaration the command line checks), and one file in conf/strategy/. Survivors of
+the phi-center strategies become signs(reference, phi) * c; see docs/method.md.
 """
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from typing import Callable
 
 import torch
 
+from phicenter.method.options import STRATEGY_OPTIONS, StrategyOptions
 from phicenter.method.polarity import signs
+from phicenter.spec import make
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 
 
 def register(name: str):
+    if name not in STRATEGY_OPTIONS:
+        raise TypeError(f"strategy {name!r}: declare its options in phicenter.method.options.STRATEGY_OPTIONS")
+
     def wrap(cls):
         cls.name = name
+        cls.Options = STRATEGY_OPTIONS[name]
         STRATEGIES[name] = cls
         return cls
     return wrap
@@ -40,18 +47,25 @@ class Strategy:
     """Base: the reference is chosen by the subclass; survivors = signs(reference, phi) * c."""
     name = "?"
     uses_phi = True
-    pruned_fill = "zero"      # "zero" or "trained" (frozen at the trained value of the round it was pruned)
-    rewind_other = False      # biases and BatchNorm back to the rewind point (True) or kept trained (False)
+    Options = StrategyOptions     # this strategy's declared options (set by register)
 
-    def __init__(self, pruned_fill: str | None = None, rewind_other: bool | None = None, **options):
-        if pruned_fill is not None:
-            if pruned_fill not in ("zero", "trained"):
-                raise ValueError(f"strategy.pruned_fill must be 'zero' or 'trained', got {pruned_fill!r}")
-            self.pruned_fill = pruned_fill
-        if rewind_other is not None:
-            self.rewind_other = bool(rewind_other)
-        if options:
-            raise ValueError(f"strategy {self.name} has no option(s) {sorted(options)}")
+    def __init__(self, options: StrategyOptions | None = None, **values):
+        """From its options, or from option values (checked against the declaration: ValueError)."""
+        if options is None:
+            options = make(self.Options, values, "strategy.", f"strategy {self.name}")
+        elif values:
+            raise TypeError("give the options or their values, not both")
+        self.options = options
+
+    @property
+    def pruned_fill(self) -> str:
+        """zero, or trained (frozen at the trained value of the round it was pruned)."""
+        return self.options.pruned_fill
+
+    @property
+    def rewind_other(self) -> bool:
+        """Biases and BatchNorm back to the rewind point (True) or kept trained (False)."""
+        return self.options.rewind_other
 
     def reference(self, v: LayerView) -> torch.Tensor:
         raise NotImplementedError
@@ -67,7 +81,6 @@ class Strategy:
 @register("mask1")
 class Mask1(Strategy):
     """Signs from the initial weights (LTH-style polarity rewinding); from theta_k under late rewinding."""
-    rewind_other = True
 
     def reference(self, v):
         return v.rewind
@@ -85,22 +98,14 @@ class Mask0(Strategy):
 class Gradual(Strategy):
     """Each weight independently references trained (probability trained_fraction) or theta0 (theta_k)."""
 
-    def __init__(self, trained_fraction: float = 0.7, **kw):
-        super().__init__(**kw)
-        p = float(trained_fraction)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"strategy.trained_fraction must be in [0, 1], got {trained_fraction}")
-        self.trained_fraction = p
-
     def reference(self, v):
         u = torch.rand(v.trained.shape, generator=v.generator).to(v.trained.device)
-        return torch.where(u < self.trained_fraction, v.trained, v.rewind)
+        return torch.where(u < self.options.trained_fraction, v.trained, v.rewind)
 
 
 @register("standard")
 class Standard(Strategy):
     """Signs from trained weights; pruned weights stay frozen at their trained values ("Standard (Full)")."""
-    pruned_fill = "trained"
 
     def reference(self, v):
         return v.trained
@@ -110,7 +115,6 @@ class Standard(Strategy):
 class LotteryTicket(Strategy):
     """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
     uses_phi = False
-    rewind_other = True
 
     def reference(self, v):
         return v.rewind
@@ -148,7 +152,6 @@ class LearningRateRewinding(Strategy):
 class SignTransfer(Strategy):
     """The learned sign (relative to phi) on the magnitude of the rewind point: |theta_k| * signs(trained, phi)
     (Oh et al., 2025)."""
-    rewind_other = True
 
     def reference(self, v):
         return v.trained

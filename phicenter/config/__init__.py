@@ -1,0 +1,103 @@
+"""Checks on user input that must fail in one clear line before any work starts, and what a relaunch compares.
+
+The schema of every key is phicenter.config.schema (strategy options: phicenter.method.options); the one list
+of execution settings, and what is derived from it, is phicenter.config.keys. Plain Python at import (no
+torch, Hydra or OmegaConf): the command line runs these checks before it imports torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from phicenter.config import schema
+from phicenter.config.keys import (EXECUTION_KEYS, PACK_KEYS, PHI_SEARCH_KEYS, flatten, folder_name_excluded,
+                                   hparams, is_execution_key, shapes_training)
+from phicenter.spec import ConfigError
+
+__all__ = ["ConfigError", "EXECUTION_KEYS", "PACK_KEYS", "PHI_SEARCH_KEYS", "check", "check_launch",
+           "check_same_run", "config_changes", "flatten", "folder_name_excluded", "hparams", "is_execution_key",
+           "recorded_config", "resolved", "shapes_training", "validate"]
+
+
+def resolved(cfg) -> dict:
+    """A config as plain dicts and lists, interpolations resolved (a dict is taken as it is)."""
+    if isinstance(cfg, dict):
+        return cfg
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def check(cfg) -> dict:
+    """Every key of a config against the schema: ConfigError with a one-line message for the first wrong one.
+    With pack=true, phi may be a list and each variant's strategy is checked with the variant. Returns the
+    config normalised."""
+    return schema.check(resolved(cfg))
+
+
+def validate(cfg) -> dict:
+    """The whole config checked (`check`); returns the normalised values of the keys the round loop reads."""
+    c = check(cfg)
+    prune = c.get("prune", {})
+    return {"phi": c.get("phi", 0.0), "seed": c.get("seed", 0), "epochs": c.get("epochs", 10),
+            "batch_size": c.get("batch_size", 60), "iterations": prune.get("iterations", 10),
+            "base": prune.get("base", 0.8), "output_base": prune.get("output_base")}
+
+
+def check_launch(cfg, previous: dict | None, run_dir) -> None:
+    """What the command line checks before torch is imported: every setting, and that run_dir, whose
+    results.json holds `previous`, has no run of another configuration (a packed job's variant folders are
+    checked as the job starts them)."""
+    if cfg.get("pack"):
+        check(cfg)
+        return
+    v = validate(cfg)
+    if cfg.get("resume", True):
+        check_same_run(previous, recorded_config(cfg, v["phi"]), run_dir)
+
+
+_ABSENT = object()
+
+
+def _comparable(v):
+    return [_comparable(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def config_changes(before: dict, now: dict) -> list[str]:
+    """'key: old -> new' for each setting that differs, added (`+optim.momentum=0.9`) and dropped ones
+    included; execution keys aside. A key on one side only, whose value on the other is its declared default,
+    is no change (a setting added to the schema leaves the runs from before it resumable)."""
+    a, b = flatten(before), flatten(now)
+
+    def value(flat, tree, key):
+        if key in flat:
+            return _comparable(flat[key])
+        d = schema.default_of(tree, key)
+        return _ABSENT if d is dataclasses.MISSING else _comparable(d)
+
+    def show(v):
+        return "(absent)" if v is _ABSENT else repr(v)
+
+    return [f"{k}: {show(a.get(k, _ABSENT))} -> {show(b.get(k, _ABSENT))}" for k in sorted(a.keys() | b.keys())
+            if not is_execution_key(k) and value(a, before, k) != value(b, now, k)]
+
+
+def recorded_config(cfg, phi: float | None = None) -> dict:
+    """The config as results.json records it and a relaunch compares it: resolved, phi as the number the
+    method uses."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out["phi"] = validate(cfg)["phi"] if phi is None else phi
+    return out
+
+
+def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:
+    """Resuming continues the run already in run_dir; refuse to continue it under another configuration."""
+    if not previous or not isinstance(previous.get("config"), dict):
+        return
+    changes = config_changes(previous["config"], resolved)
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changes[:3])}{more}); "
+                          "relaunch it with its own settings (the \"config\" of its results.json), use another "
+                          "folder, or resume=false to start over")

@@ -1,0 +1,85 @@
+"""The one list of execution settings, and what is derived from it.
+
+An execution setting changes how a run executes, not what it trains. So a relaunch may change it and still
+resume (phicenter.config.config_changes), the report never splits runs by it (phicenter.analysis.report),
+TensorBoard's hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
+hydra.job.config.override_dirname.exclude_keys, pinned to `folder_name_excluded()` by tests/test_config.py).
+"""
+from __future__ import annotations
+
+import typing
+
+from phicenter.config.schema import Config
+from phicenter.spec import declared, is_group
+
+# A group's name stands for every key in it.
+EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
+                  "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
+                  "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
+                  "eval_batch_size", "optim.fused")
+
+# Execution settings job folder names keep: a packed job's folder holds its variants' folders, and a dry run
+# or an injected fault must not take the folder of the run it stands for.
+NAMED_IN_FOLDERS = ("pack", "dry_run", "dry_run_grid", "fault")
+
+# Config groups chosen on the command line that are no setting of the run (folder names leave them out).
+UNNAMED_GROUPS = ("hparams_search",)
+
+# The options a packed job spans its variants with; never part of a variant's own config.
+PACK_KEYS = ("pack", "pack_chunk")
+
+# What hparams_search=phi_optuna draws phi from (phi itself says it all).
+PHI_SEARCH_KEYS = ("phi_sign", "phi_abs")
+
+# TensorBoard's hparams first: the settings a grid varies, then the rest in config order.
+HPARAMS_FIRST = (("strategy", "strategy.name"), ("phi", "phi"), ("seed", "seed"), ("model", "model.name"),
+                 ("dataset", "dataset.name"))
+
+
+def is_execution_key(key: str) -> bool:
+    return any(key == s or key.startswith(s + ".") for s in EXECUTION_KEYS)
+
+
+def shapes_training(key: str) -> bool:
+    """Whether a dotted config key is a setting of what is trained (not of how, nor phi's search encoding)."""
+    return not is_execution_key(key) and key not in PHI_SEARCH_KEYS
+
+
+def _leaves(key: str) -> list[str]:
+    """A key, or for a declared group every key in it: checkpoint -> checkpoint.keep_all, ..."""
+    fields = declared(Config)
+    if key in fields and is_group(fields[key][0]):
+        return [f"{key}.{k}" for k in declared(fields[key][0])]
+    return [key]
+
+
+def folder_name_excluded() -> list[str]:
+    """The keys multirun job folder names leave out: conf/config.yaml's override_dirname.exclude_keys."""
+    keys = [k for k in EXECUTION_KEYS if k not in NAMED_IN_FOLDERS]
+    return [leaf for k in keys for leaf in _leaves(k)] + list(UNNAMED_GROUPS)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested dict."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _scalar(v):
+    return "null" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def hparams(resolved: dict) -> dict[str, typing.Any]:
+    """A run's resolved config as TensorBoard hparams: strategy, phi, seed, model and dataset first, then every
+    other setting that shapes training (dotted keys, in config order); execution settings left out; values
+    plain scalars (null as "null", lists as text)."""
+    flat = flatten(resolved)
+    out = {label: _scalar(flat.pop(key)) for label, key in HPARAMS_FIRST if key in flat}
+    out.update((k, _scalar(v)) for k, v in flat.items() if shapes_training(k))
+    return out

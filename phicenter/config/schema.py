@@ -1,0 +1,279 @@
+"""The config schema: every key a run takes, with its type, default, choices and range, declared once (the
+notation is phicenter.spec's). `check` holds a whole resolved config to it before any work starts.
+
+The strategy, model, dataset, optim and schedule groups are declared per name (`strategy=gradual` takes
+GradualOptions' keys); strategies' options live beside the strategies, in phicenter.method.options.
+Undeclared trainer keys (`+trainer.X=...`) go to Lightning's Trainer unchecked. A new option is one field in
+the dataclass of its group (and, for a group with a file, the key in that conf/ file).
+
+Plain Python (no torch, Hydra or OmegaConf), so the command line checks a config before importing torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Mapping
+
+from phicenter.method.options import STRATEGY_OPTIONS
+from phicenter.spec import (ByName, ConfigError, NonNegative, NonNegInt, OpenUnit, PosInt, Positive, Range,
+                            Unit, check_value, default_at)
+from phicenter.spec import check as check_group
+
+frozen = dataclass(frozen=True, kw_only=True)
+
+# ------------------------------------------------------------------ models (conf/model/*.yaml)
+
+Init = Literal["torch_default", "kaiming_normal", "glorot_normal"]
+
+
+@frozen
+class ModelOptions:
+    init: Init = "torch_default"       # Conv/Linear weights' init distribution (a pretrained model: its new head)
+
+
+@frozen
+class FcLotOptions(ModelOptions):
+    hidden: tuple[PosInt, ...] = (300, 100)
+
+
+@frozen
+class ResNetOptions(ModelOptions):
+    init: Init = "kaiming_normal"
+
+
+@frozen
+class Vgg16PretrainedOptions(ModelOptions):
+    pretrained: bool = True            # false: the same network, randomly initialised
+    weights_path: str | None = None    # a local copy of torchvision's weights file
+    batch_norm: bool = False           # torchvision's vgg16_bn and its weights
+    verify_weights: bool = True        # refuse a weights_path whose sha256 is not torchvision's
+
+
+MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
+    "fc_lot": FcLotOptions, "conv2": ModelOptions, "conv4": ModelOptions, "conv6": ModelOptions,
+    "vgg16": ModelOptions, "vgg16_pretrained": Vgg16PretrainedOptions, "resnet20": ResNetOptions,
+    "resnet18": ResNetOptions,
+}
+
+# ------------------------------------------------------------------ datasets (conf/dataset/*.yaml)
+
+
+@frozen
+class DatasetOptions:
+    val_size: NonNegInt = 5000         # held out of train (unless the dataset brings a validation split)
+    split_seed: NonNegInt = 0
+    augment: bool = False              # random crop (4-pixel padding) + horizontal flip
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    pipeline: Literal["fast", "torchvision"] = "fast"
+    num_workers: NonNegInt = 0         # DataLoader workers (pipeline=torchvision)
+
+
+@frozen
+class DownloadedOptions(DatasetOptions):
+    download: bool = True              # through torchvision into data_dir
+
+
+@frozen
+class DigitsOptions(DatasetOptions):
+    test_size: PosInt = 360
+    val_size: NonNegInt = 180
+
+
+@frozen
+class SyntheticOptions(DatasetOptions):
+    n_train: PosInt = 600
+    n_test: PosInt = 200
+    num_classes: PosInt = 10
+    shape: tuple[PosInt, ...] = (1, 8, 8)
+    noise: NonNegative = 60.0
+    seed: NonNegInt = 0
+    val_size: NonNegInt = 100
+
+
+@frozen
+class NpzOptions(DatasetOptions):
+    path: str                          # x_train, y_train, x_test, y_test (optional x_val, y_val)
+
+
+DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
+    "mnist": DownloadedOptions, "cifar10": DownloadedOptions, "cifar100": DownloadedOptions,
+    "digits": DigitsOptions, "synthetic": SyntheticOptions, "npz": NpzOptions,
+}
+
+# ------------------------------------------------------------------ optimizers: torch's keyword arguments
+
+Beta = Annotated[float, Range("[0, 1)")]
+
+
+@frozen
+class AdamFamily:
+    lr: NonNegative = 1e-3
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: NonNegative = 1e-8
+    weight_decay: NonNegative = 0.0
+    amsgrad: bool = False
+    foreach: bool | None = None
+    maximize: bool = False
+    capturable: bool = False
+    differentiable: bool = False
+    fused: bool | None = None          # true: torch's fused implementation where the device has one
+
+
+@frozen
+class AdamOptions(AdamFamily):
+    decoupled_weight_decay: bool = False
+
+
+@frozen
+class AdamWOptions(AdamFamily):
+    weight_decay: NonNegative = 1e-2
+
+
+@frozen
+class SGDOptions:
+    lr: NonNegative = 1e-3
+    momentum: NonNegative = 0.0
+    dampening: float = 0.0
+    weight_decay: NonNegative = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+    foreach: bool | None = None
+    differentiable: bool = False
+    fused: bool | None = None
+
+
+OPTIMIZERS: dict[str, type] = {"adam": AdamOptions, "adamw": AdamWOptions, "sgd": SGDOptions}
+
+# ------------------------------------------------------------------ LR schedules, per round
+
+
+@frozen
+class NoOptions:
+    pass
+
+
+@frozen
+class MultiStepOptions:
+    at: tuple[Unit, ...] = (0.5, 0.75)  # milestones, as fractions of the round's epochs
+    gamma: Positive = 0.1
+
+
+SCHEDULES: dict[str, type] = {"none": NoOptions, "multistep": MultiStepOptions, "cosine": NoOptions}
+
+# ------------------------------------------------------------------ the other groups
+
+StrategyName = Literal[tuple(STRATEGY_OPTIONS)]
+# what Lightning's Trainer accepts as precision
+Precision = Literal[64, 32, 16, "64-true", "64", "32-true", "32", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+                    "16", "bf16", "transformer-engine", "transformer-engine-float16"]
+
+
+@frozen
+class Prune:
+    iterations: NonNegInt = 10         # rounds after the dense round 0
+    base: OpenUnit = 0.8               # each round keeps `base` of the surviving weights
+    scope: Literal["layer", "global"] = "layer"
+    output_base: OpenUnit | None = None
+    method: Literal["magnitude", "structured"] = "magnitude"
+
+
+@frozen
+class Rewind:
+    epoch: NonNegInt = 0               # k > 0: theta_k (after k epochs of round 0) is the rewind point
+
+
+@frozen
+class Reinit:
+    magnitude: Literal["init_std", "init_abs_mean"] | Positive = "init_std"
+
+
+@frozen
+class Trainer:
+    """Lightning's Trainer arguments."""
+    PASS_THROUGH = True                # undeclared keys (+trainer.X=...) go to the Trainer unchecked
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
+    devices: PosInt | Literal["auto"] | list[NonNegInt] = "auto"
+    precision: Precision = "32-true"
+    deterministic: bool | None = None  # null: on for CPU runs, off on GPU
+    enable_progress_bar: bool = False
+
+
+@frozen
+class Checkpoint:
+    keep_all: bool = False
+    every_n_epochs: PosInt = 1
+
+
+@frozen
+class DryRunGrid:
+    phis: list[float] | None = None
+    strategies: list[StrategyName] | None = None
+
+
+@frozen
+class Fault:
+    fail_round: NonNegInt | None = None
+
+
+@frozen
+class Config:
+    """The top level of conf/config.yaml (with the groups the defaults list picks)."""
+    phi: float = 0.0                   # a list of numbers with pack=true
+    phi_scale: Literal["absolute", "layer_std"] = "absolute"
+    seed: NonNegInt = 0
+    epochs: PosInt = 10
+    batch_size: PosInt = 60
+    eval_batch_size: PosInt | None = 1000
+    data_dir: str = "./data"
+    threads: PosInt | None = None
+    compile: bool = False
+    pack: bool = False
+    pack_chunk: PosInt | None = None
+    resume: bool = True
+    dry_run: Literal["phi", False] | None = None
+    dry_run_grid: DryRunGrid = field(default_factory=DryRunGrid)
+    fault: Fault = field(default_factory=Fault)
+    prune: Prune = field(default_factory=Prune)
+    rewind: Rewind = field(default_factory=Rewind)
+    reinit: Reinit = field(default_factory=Reinit)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    trainer: Trainer = field(default_factory=Trainer)
+    strategy: Annotated[dict, ByName(STRATEGY_OPTIONS)] = field(default_factory=dict)
+    model: Annotated[dict, ByName(MODEL_OPTIONS)] = field(default_factory=dict)
+    dataset: Annotated[dict, ByName(DATASET_OPTIONS)] = field(default_factory=dict)
+    optim: Annotated[dict, ByName(OPTIMIZERS)] = field(default_factory=dict)
+    schedule: Annotated[dict, ByName(SCHEDULES)] = field(default_factory=dict)
+    phi_sign: Literal["-", "+"] | None = None      # hparams_search=phi_optuna: phi drawn as a sign and |phi|
+    phi_abs: Positive | None = None
+
+
+LIST_PHI = "phi={} is a list: a list of phi values needs pack=true (or -m phi=a,b,c)"
+
+
+def _phi(value):
+    if isinstance(value, str):   # phi='5e-5', or decoded by a resolver
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return check_value("phi", value, float)
+
+
+def check(tree: Mapping, pack: bool | None = None) -> dict:
+    """A resolved config (plain dicts) checked against the schema; ConfigError names the first wrong key.
+    With pack=true, phi may be a list, and the strategy node (several strategies merged) is left to each
+    variant's own check. Returns the config normalised (phi a float, or a list of floats)."""
+    tree = dict(tree)
+    pack = bool(tree.get("pack")) if pack is None else pack
+    phi = tree.get("phi", 0.0)
+    if isinstance(phi, (list, tuple)):
+        if not pack:
+            raise ConfigError(LIST_PHI.format(list(phi)))
+        tree["phi"] = [_phi(p) for p in phi]
+    elif "phi" in tree:
+        tree["phi"] = _phi(phi)
+    return check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
+
+
+def default_of(tree: Mapping, key: str):
+    """The declared default of a dotted key in a config like `tree` (dataclasses.MISSING: none declared)."""
+    return default_at(Config, tree, key)

@@ -1,0 +1,47 @@
+"""The options of each re-initialisation strategy, declared once: what `strategy.KEY=...` may be, its default,
+and the attributes the Strategy reads (phicenter.method.strategies). The command line checks a run's strategy
+options against the same declaration (phicenter.config) before any work starts.
+
+A new option is one field here (type, default, range: see phicenter.spec); a new strategy is one dataclass
+(or a shared one) in STRATEGY_OPTIONS, its class in strategies.py and its file in conf/strategy/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from phicenter.spec import Unit
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyOptions:
+    """What every strategy takes."""
+    pruned_fill: Literal["zero", "trained"] = "zero"   # trained: frozen at the value of the round it was pruned
+    rewind_other: bool = False                         # biases and BatchNorm back to theta0 (or kept trained)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewindOtherOptions(StrategyOptions):
+    rewind_other: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandardOptions(StrategyOptions):
+    pruned_fill: Literal["zero", "trained"] = "trained"   # "Standard (Full)"; zero: the other reading
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradualOptions(StrategyOptions):
+    trained_fraction: Unit = 0.7   # probability that a weight references the trained value (else theta0)
+
+
+STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
+    "mask0": StrategyOptions,
+    "mask1": RewindOtherOptions,
+    "gradual": GradualOptions,
+    "standard": StandardOptions,
+    "lth": RewindOtherOptions,
+    "random": StrategyOptions,
+    "lrr": StrategyOptions,
+    "sign_transfer": RewindOtherOptions,
+}

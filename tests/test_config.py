@@ -1,0 +1,338 @@
+"""The config schema and the one list of execution settings: each bad key or value is refused in one line by
+the same check the command line runs first (phicenter.config.check_launch), every shipped config passes it,
+and the conf/ files, the code's defaults and the derived key lists agree with the declarations."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import subprocess
+import sys
+import typing
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from phicenter import config
+from phicenter.config import ConfigError, schema
+from phicenter.method import options
+from phicenter.spec import PosInt, check_value, declared, default
+from tests.cli import ROOT
+
+CONF = ROOT / "conf"
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+BAD = [
+    ("phi=abc", "phi must be a number, got 'abc'"),
+    ("phi=inf", "phi must be a finite number"),
+    ("phi=[0,1e-3]", "phi=[0, 0.001] is a list: a list of phi values needs pack=true"),
+    ("phi_scale=bogus", "phi_scale must be absolute or layer_std, got 'bogus'"),
+    ("seed=-1", "seed must be >= 0"),
+    ("epochs=0", "epochs must be >= 1, got 0"),
+    ("epochs=2.5", "epochs must be an integer"),
+    ("batch_size=0", "batch_size must be >= 1"),
+    ("eval_batch_size=0", "eval_batch_size must be >= 1 (or null)"),
+    ("threads=0", "threads must be >= 1 (or null)"),
+    ("compile=maybe", "compile must be true or false, got 'maybe'"),
+    ("pack_chunk=0", "pack_chunk must be >= 1 (or null)"),
+    ("resume=2", "resume must be true or false"),
+    ("dry_run=bogus", "dry_run must be phi or false (or null)"),
+    ("dry_run_grid.strategies=[mask0,nope]", "dry_run_grid.strategies must be a list of items each mask0, mask1"),
+    ("fault.fail_round=-1", "fault.fail_round must be >= 0 (or null)"),
+    ("+foo=1", "unknown key foo: the config has no option foo (its options: phi, phi_scale, seed"),
+    ("prune.base=1.5", "prune.base must be in (0, 1), got 1.5"),
+    ("prune.output_base=1", "prune.output_base must be in (0, 1) (or null), got 1"),
+    ("prune.iterations=-1", "prune.iterations must be >= 0"),
+    ("prune.scope=bogus", "prune.scope must be layer or global"),
+    ("prune.method=bogus", "prune.method must be magnitude or structured, got 'bogus'"),
+    ("+prune.foo=1", "unknown key prune.foo: prune has no option foo (its options: iterations, base, scope"),
+    ("rewind.epoch=-1", "rewind.epoch must be >= 0, got -1"),
+    ("reinit.magnitude=-1", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got -1"),
+    ("reinit.magnitude=foo", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got 'foo'"),
+    ("optim.name=lbfgs", "optim.name must be adam, adamw or sgd, got 'lbfgs'"),
+    ("optim.lr=-1", "optim.lr must be >= 0, got -1"),
+    ("+optim.momentum=0.9", "unknown key optim.momentum: optim adam has no option momentum (its options: lr, "),
+    ("optim.name=sgd +optim.betas=[0.9,0.99]", "unknown key optim.betas: optim sgd has no option betas"),
+    ("+optim.betas=[0.9]", "optim.betas must be a list of 2 numbers in [0, 1), got [0.9]"),
+    ("optim.fused=maybe", "optim.fused must be true, false or null, got 'maybe'"),
+    ("schedule.name=foo", "schedule.name must be none, multistep or cosine, got 'foo'"),
+    ("schedule.name=multistep +schedule.at=[0.5,2]", "schedule.at must be a list of numbers in [0, 1]"),
+    ("schedule.name=multistep +schedule.gamma=0", "schedule.gamma must be > 0"),
+    ("+schedule.gamma=0.1", "unknown key schedule.gamma: schedule none has no option gamma (its options: none)"),
+    ("trainer.precision=bogus", "trainer.precision must be 64, 32, 16, 64-true, 32-true, 16-true, 16-mixed, "
+                                "bf16-true, bf16-mixed"),
+    ("trainer.accelerator=abacus", "trainer.accelerator must be auto, cpu, gpu, cuda, mps or tpu"),
+    ("trainer.devices=0", "trainer.devices must be an integer >= 1, auto or a list of integers >= 0, got 0"),
+    ("trainer.deterministic=sometimes", "trainer.deterministic must be true, false or null"),
+    ("checkpoint.every_n_epochs=0", "checkpoint.every_n_epochs must be >= 1"),
+    ("+checkpoint.keep=1", "unknown key checkpoint.keep: checkpoint has no option keep"),
+    ("strategy=gradual strategy.trained_fraction=1.5", "strategy.trained_fraction must be in [0, 1], got 1.5"),
+    ("strategy.pruned_fill=random", "strategy.pruned_fill must be zero or trained, got 'random'"),
+    ("strategy.rewind_other=2", "strategy.rewind_other must be true or false"),
+    ("+strategy.trained_fraction=0.5",
+     "unknown key strategy.trained_fraction: strategy mask0 has no option trained_fraction "
+     "(its options: pruned_fill, rewind_other)"),
+    ("strategy.name=nope", "strategy.name must be mask0, mask1, gradual, standard, lth, random"),
+    ("model.init=zeros", "model.init must be torch_default, kaiming_normal or glorot_normal"),
+    ("+model.width=3", "unknown key model.width: model fc_lot has no option width (its options: init, hidden)"),
+    ("model=vgg16_pretrained model.batch_norm=3", "model.batch_norm must be true or false, got 3"),
+    ("model=vgg16_pretrained model.verify_weights=maybe", "model.verify_weights must be true or false"),
+    ("model=vgg16_pretrained model.pretrained=1", "model.pretrained must be true or false"),
+    ("model=conv2 +model.hidden=[10]", "unknown key model.hidden: model conv2 has no option hidden"),
+    ("dataset.augment=3", "dataset.augment must be true or false, got 3"),
+    ("dataset.pipeline=bogus", "dataset.pipeline must be fast or torchvision"),
+    ("dataset.normalize=bogus", "dataset.normalize must be dataset or imagenet"),
+    ("dataset.val_size=-1", "dataset.val_size must be >= 0"),
+    ("+dataset.foo=1", "unknown key dataset.foo: dataset digits has no option foo"),
+    ("dataset=npz", "dataset.path has no value; set dataset.path=..."),
+    ("dataset=synthetic dataset.shape=[1,0,8]", "dataset.shape must be a list of integers >= 1"),
+    ("+dataset.download=false", "unknown key dataset.download: dataset digits has no option download"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_key_or_value_refused_in_one_line(tmp_path, args, message):
+    """What the command line runs before torch: one line naming the key (it prints it and exits 2, see
+    tests/test_cli.py), nothing written."""
+    cfg = composed(*args.split())
+    with pytest.raises(ConfigError) as err:
+        config.check_launch(cfg, None, tmp_path / "run")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+GOOD = [
+    (), ("hparams_search=phi_optuna",), ("+trainer.strategy=ddp", "+trainer.num_nodes=2"),
+    ("optim.name=sgd", "+optim.momentum=0.9", "+optim.nesterov=true", "+optim.weight_decay=5e-4"),
+    ("optim.name=adamw", "+optim.betas=[0.8,0.9]", "+optim.amsgrad=true"),
+    ("schedule.name=multistep", "+schedule.at=[0.75]"), ("schedule.name=cosine",),
+    ("trainer.precision=bf16-mixed",), ("trainer.precision=32",), ("trainer.devices=auto",),
+    ("trainer.devices=[0,1]",), ("trainer.accelerator=gpu",), ("epochs=2.0",), ("phi=-5e-5",), ("phi='1e-3'",),
+    ("pack=true", "phi=[0,1e-3]", "strategy=[mask0,gradual]", "strategy.trained_fraction=0.5"),
+    ("prune.method=structured", "rewind.epoch=2", "prune.output_base=0.5", "reinit.magnitude=0.01"),
+    ("dry_run=phi", "dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,lrr]", "fault.fail_round=2"),
+    ("model=vgg16_pretrained", "model.batch_norm=true", "model.verify_weights=false", "model.weights_path=/w.pth"),
+    ("dataset=cifar10", "dataset.augment=true", "dataset.pipeline=torchvision", "+dataset.num_workers=2"),
+    ("dataset=npz", "dataset.path=/d.npz"), ("dataset=synthetic", "dataset.shape=[3,8,8]"),
+]
+
+
+@pytest.mark.parametrize("args", GOOD, ids=" ".join)
+def test_good_settings_pass(tmp_path, args):
+    config.check_launch(composed(*args), None, tmp_path)
+
+
+@pytest.mark.parametrize("group,name", [(g, n) for g in ("strategy", "model", "dataset", "experiment")
+                                        for n in names(g)])
+def test_every_shipped_config_passes(group, name):
+    extra = ["dataset.path=/d.npz"] if name == "npz" else []
+    config.check(composed(f"{group}={name}", *extra))
+
+
+def test_unknown_strategy_keeps_hydras_list_of_choices():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        composed("strategy=nope")
+    assert {"mask0", "mask1", "gradual", "standard", "lth", "random"} <= set(err.value.options)
+
+
+def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
+    """One declared field: the command line checks it, the strategy gets it."""
+    from phicenter.method import strategies
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class WideOptions(options.StrategyOptions):
+        width: PosInt = 3
+
+    monkeypatch.setitem(options.STRATEGY_OPTIONS, "wide", WideOptions)
+    monkeypatch.setitem(strategies.STRATEGIES, "wide", None)
+
+    @strategies.register("wide")
+    class Wide(strategies.Mask0):
+        pass
+
+    tree = config.resolved(composed())
+    assert schema.check(dict(tree, strategy={"name": "wide", "width": 4}))["strategy"]["width"] == 4
+    with pytest.raises(ConfigError, match=r"^strategy.width must be >= 1, got 0$"):
+        schema.check(dict(tree, strategy={"name": "wide", "width": 0}))
+    with pytest.raises(ConfigError, match=r"strategy wide has no option depth \(its options: pruned_fill, "
+                                          r"rewind_other, width\)"):
+        schema.check(dict(tree, strategy={"name": "wide", "depth": 1}))
+    assert strategies.build("wide", width=5).options.width == 5 and strategies.build("wide").options.width == 3
+    with pytest.raises(ValueError, match="strategy.width must be >= 1"):
+        strategies.build("wide", width=0)
+
+
+def test_schema_imports_no_torch_hydra_or_omegaconf():
+    code = ("import sys; import phicenter.config, phicenter.method.options; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'omegaconf', 'hydra'})); "
+            "import phicenter.train; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["[]", "False"]   # and the command line imports torch after its checks
+
+
+# ---------------------------------------------------------------- declarations agree with conf/ and the code
+
+def normalised(cls, key: str, value):
+    tp, _ = declared(cls)[key]
+    return check_value(key, value, tp)
+
+
+def group_file_pairs():
+    regs = {"strategy": options.STRATEGY_OPTIONS, "model": schema.MODEL_OPTIONS, "dataset": schema.DATASET_OPTIONS}
+    return [(g, n, regs[g]) for g in regs for n in names(g)]
+
+
+@pytest.mark.parametrize("group,name,registry", group_file_pairs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_conf_files_hold_the_declared_defaults(group, name, registry):
+    node = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    assert node.pop("name") == name and name in registry
+    fields = declared(registry[name])
+    for key, value in node.items():
+        assert key in fields, f"{group}/{name}.yaml: {key} is not declared"
+        if value != "???":
+            assert normalised(registry[name], key, value) == default(fields[key][1]), f"{group}.{key}"
+
+
+def test_config_yaml_holds_the_declared_defaults():
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))
+    top = declared(schema.Config)
+    for key, value in raw.items():
+        if key in ("defaults", "hydra", "data_dir", "optim", "schedule", "trainer"):
+            continue   # optim, schedule, trainer: their declared defaults are torch's and Lightning's
+        tp, f = top[key]
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                assert normalised(tp, sub, v) == default(declared(tp)[sub][1]), f"{key}.{sub}"
+        else:
+            assert check_value(key, value, tp) == default(f), key
+
+
+def test_registries_match_the_code():
+    from phicenter import data, models
+    from phicenter.method.strategies import STRATEGIES
+
+    assert set(STRATEGIES) == set(options.STRATEGY_OPTIONS)
+    assert set(models.MODELS) == set(schema.MODEL_OPTIONS)
+    assert set(data.DATASETS) == set(schema.DATASET_OPTIONS)
+    assert tuple(models.INITS) == typing.get_args(schema.Init)
+    assert tuple(data.NORMALIZE) == typing.get_args(declared(schema.DatasetOptions)["normalize"][0])
+    assert tuple(data.PIPELINES) == typing.get_args(declared(schema.DatasetOptions)["pipeline"][0])
+
+
+def keyword_defaults(fn, skip=()) -> dict:
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty and n not in skip}
+
+
+def test_model_and_dataset_code_takes_what_is_declared():
+    """Every keyword a model or dataset function takes is declared (so it is checked), with the same default."""
+    from phicenter import data, models
+
+    pairs = [(name, fn, schema.MODEL_OPTIONS[name]) for name, fn in models.MODELS.items()]
+    pairs += [(name, fn, schema.DATASET_OPTIONS[name]) for name, fn in data.DATASETS.items()]
+    pairs.append(("dataset", data.load, schema.DatasetOptions))
+    for name, fn, cls in pairs:
+        fields = declared(cls)
+        for key, value in keyword_defaults(fn, ("split_seed",) if fn is not data.load else ()).items():
+            assert key in fields, f"{name}: {key} is not declared"
+            if default(fields[key][1]) is not dataclasses.MISSING:   # npz's path: required in a config
+                assert normalised(cls, key, value) == default(fields[key][1]), f"{name}.{key}"
+
+
+def test_optimizer_options_are_torchs_keywords():
+    from phicenter.engine import module
+
+    assert set(module.OPTIMIZERS) == set(schema.OPTIMIZERS)
+    for name, cls in schema.OPTIMIZERS.items():
+        torch_defaults = keyword_defaults(module.OPTIMIZERS[name])
+        for key, (_, f) in declared(cls).items():
+            assert key in torch_defaults, f"{name}: torch takes no {key}"
+            if key != "fused":   # phicenter's fused: true picks torch's fused implementation where there is one
+                assert default(f) == torch_defaults[key], f"{name}.{key}"
+
+
+# ---------------------------------------------------------------- the one list of execution settings
+
+def test_folder_name_exclusions_are_derived_from_execution_keys():
+    exclude = OmegaConf.load(CONF / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    assert sorted(exclude) == sorted(config.folder_name_excluded())
+    assert "eval_batch_size" in exclude and "fault.fail_round" not in exclude  # a fault test sweeps it
+
+
+def test_every_execution_key_is_declared():
+    top = declared(schema.Config)
+    regs = {"trainer": {"": schema.Trainer}, "dataset": schema.DATASET_OPTIONS, "optim": schema.OPTIMIZERS}
+    for key in config.EXECUTION_KEYS:
+        head, _, rest = key.partition(".")
+        assert head in top, key
+        if rest:
+            assert any(rest in declared(cls) for cls in regs[head].values()), key
+
+
+def test_pack_keys_are_execution_keys():
+    from phicenter.engine import cohort
+
+    assert all(config.is_execution_key(k) for k in config.PACK_KEYS)
+    assert tuple(getattr(cohort, "PACK_KEYS", config.PACK_KEYS)) == config.PACK_KEYS
+
+
+def test_report_rows_ignore_execution_settings(tmp_path):
+    """Seeds run on two machines (compile, fused, accelerator, eval batch) are one experiment in the report."""
+    from phicenter.analysis import report
+
+    base = config.recorded_config(composed("epochs=2", "prune.iterations=1"))
+    runs = []
+    for seed, extra in enumerate(({}, {"compile": True, "eval_batch_size": 500},
+                                  {"optim": dict(base["optim"], fused=False),
+                                   "trainer": dict(base["trainer"], accelerator="gpu", devices=2)})):
+        rounds = [{"round": r, "val_acc": 0.9, "test_acc": 0.9, "flipped_by_phi": None} for r in range(2)]
+        path = tmp_path / str(seed) / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"config": dict(base, seed=seed, **extra), "rounds": rounds,
+                                    "final": rounds[-1], "status": "complete"}))
+        runs.append(report.read_run(path))
+    other = dict(base, optim=dict(base["optim"], lr=0.5))
+    path = tmp_path / "lr" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"config": other, "rounds": [], "final": {"test_acc": 0.9}, "status": "complete"}))
+    runs.append(report.read_run(path))
+    report.label(runs)
+    assert len({(r.dataset, r.row, r.col) for r in runs[:3]}) == 1
+    assert runs[3].row != runs[0].row and "optim.lr=0.5" in runs[3].row
+
+
+def test_hparams_lead_with_the_grid_axes_and_drop_execution_settings():
+    resolved = config.recorded_config(composed("strategy=gradual", "phi=5e-5", "seed=3", "threads=2",
+                                               "schedule.name=multistep", "+schedule.at=[0.5]"))
+    hp = config.hparams(resolved)
+    assert list(hp)[:5] == ["strategy", "phi", "seed", "model", "dataset"]
+    assert [hp[k] for k in list(hp)[:5]] == ["gradual", 5e-5, 3, "fc_lot", "digits"]
+    assert hp["optim.lr"] == 1.2e-3 and hp["strategy.trained_fraction"] == 0.7 and hp["prune.method"] == "magnitude"
+    assert hp["prune.output_base"] == "null" and hp["schedule.at"] == "[0.5]"
+    assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
+    for gone in ("threads", "compile", "data_dir", "eval_batch_size", "optim.fused", "trainer.accelerator",
+                 "trainer.devices", "checkpoint.keep_all", "pack", "fault.fail_round", "strategy.name"):
+        assert gone not in hp, gone
+    assert "trainer.precision" in hp and "optim.name" in hp
+
+
+def test_keys_added_with_their_default_leave_old_runs_resumable():
+    now = config.recorded_config(composed())
+    before = json.loads(json.dumps(now))
+    del before["rewind"], before["prune"]["method"]
+    assert config.config_changes(before, now) == []
+    assert config.config_changes(before, dict(now, rewind={"epoch": 2})) == ["rewind.epoch: (absent) -> 2"]
+    adam = dict(now, optim=dict(now["optim"], momentum=0.9))
+    assert config.config_changes(now, adam) == ["optim.momentum: (absent) -> 0.9"]
