@@ -313,3 +313,22 @@ def test_real_quickstart_grid(tmp_path):
     assert all(r["n"] == "2" for r in summary)
     assert by(read_csv(out / "best_vs_zero.csv"), strategy="mask0")["best_nonzero_phi"] == "—"
     no_nan(out)
+
+
+def test_new_strategies_are_columns_beside_the_papers_four_and_the_dead_zone_is_shown(tmp_path):
+    root = tmp_path / "grid"
+    for strategy in ("lrr", "mask0", "zeta", "sign_transfer", "lth", "gradual"):
+        write_run(root, strategy, 0.0, 0, 0.9, 0.9, flips=0)
+        write_run(root, strategy, 1e-3, 0, 0.9, 0.91, flips=8)
+    out = tmp_path / "rep"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    with open(out / "table__digits.csv", newline="") as f:
+        header = next(csv.reader(f))
+    # the paper's columns first (its tables' order), then sign_transfer, lrr, lth; an unknown name last
+    assert header == ["architecture", "gradual", "mask0", "sign_transfer", "lrr", "lth", "zeta"]
+    assert "| Architecture | gradual | mask0 | sign_transfer | lrr | lth | zeta |" in (out / "report.md").read_text()
+    # dead zone: round_entry puts 8 / 1600 = 0.5 % of the survivors in it in every round >= 1
+    row = by(read_csv(out / "summary.csv"), strategy="sign_transfer", phi="0.001")
+    assert row["dead_zone_pct"] == "0.5000" and by(read_csv(out / "summary.csv"), strategy="lrr", phi="0")[
+        "dead_zone_pct"] == "0.0000"
+    assert "dead zone (%)" in (out / "report.md").read_text()

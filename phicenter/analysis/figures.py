@@ -1,0 +1,151 @@
+"""The report's figures as PNG bytes: accuracy and flip share vs ϕ, accuracy vs sparsity, critical ϕ per layer."""
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from phicenter.analysis.runs import num
+from phicenter.analysis.stats import Cell, mean_ci
+from phicenter.analysis.tables import fmt_phi, mean_flip
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _symlog_x(ax, phis, axis="x"):
+    nonzero = [abs(p) for p in phis if p != 0]
+    thresh = min(nonzero) if nonzero else 1e-5
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("symlog", linthresh=thresh)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def slug(*parts: str) -> str:
+    return "__".join(re.sub(r"[^A-Za-z0-9.=-]+", "_", p).strip("_") for p in parts)
+
+
+def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
+    """The PNGs as (caption, file name, PNG bytes), in the order they should appear."""
+    plt = _plt()
+    made = []
+    by_row = defaultdict(list)
+    for c in cells:
+        by_row[(c.dataset, c.row)].append(c)
+
+    for (ds, row), cs in by_row.items():
+        # Final test accuracy vs phi, one line per strategy, 95 % CI band (the paper's appendix B).
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        phis = sorted({p for c in cs for p in c.groups})
+        for c in cs:
+            xs = sorted(c.groups)
+            m = [mean_ci(r.test for r in c.groups[p].runs) for p in xs]
+            y = np.array([100 * v[0] for v in m])
+            half = np.array([100 * (v[1] or 0.0) for v in m])
+            line, = ax.plot(xs, y, "-", label=f"{c.col} (n={max(v[2] for v in m)})")
+            ax.fill_between(xs, y - half, y + half, color=line.get_color(), alpha=0.2, linewidth=0)
+            act = [i for i, p in enumerate(xs) if not (p != 0 and c.groups[p].inactive)]
+            ina = [i for i in range(len(xs)) if i not in act]
+            ax.plot([xs[i] for i in act], y[act], "o", color=line.get_color())
+            ax.plot([xs[i] for i in ina], y[ina], "o", mfc="white", color=line.get_color())
+            if c.best is not None:
+                ax.plot([c.best.phi], [100 * mean_ci(r.test for r in c.best.runs)[0]], "*", ms=14,
+                        color=line.get_color(), mec="black")
+        _symlog_x(ax, phis)
+        ax.set(xlabel="ϕ (symmetric log)", ylabel="final test accuracy (%)",
+               title=f"{ds} · {row}: final accuracy vs ϕ\n(band: 95 % CI over seeds; ★ chosen ϕ; "
+                     f"hollow: ϕ inactive)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        name = slug("acc_vs_phi", ds, row) + ".png"
+        made.append((f"{ds} · {row}: final test accuracy vs ϕ", name, _png(fig)))
+
+        # Share of survivors re-signed by phi, per strategy.
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for c in cs:
+            xs = sorted(c.groups)
+            ax.plot(xs, [100 * mean_flip(c.groups[p]) for p in xs], "o-", label=c.col)
+        _symlog_x(ax, phis)
+        ax.set(xlabel="ϕ (symmetric log)", ylabel="survivors re-signed by ϕ (%)",
+               title=f"{ds} · {row}: flip fraction vs ϕ (mean over rounds ≥ 1 and seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        name = slug("flips_vs_phi", ds, row) + ".png"
+        made.append((f"{ds} · {row}: share of survivors whose sign ϕ changed", name, _png(fig)))
+
+        for c in cs:
+            made += _sparsity_figure(plt, c)
+            made += _critical_figure(plt, c)
+    return made
+
+
+def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
+    """Test accuracy across rounds against sparsity, one line per phi."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.cm.viridis(np.linspace(0, 0.95, max(len(c.groups), 1)))
+    for color, phi in zip(colors, sorted(c.groups)):
+        g = c.groups[phi]
+        n_rounds = min(len(r.rounds) for r in g.runs)
+        sp = [100 * num(g.runs[0].rounds[i].get("sparsity")) for i in range(n_rounds)]
+        acc = [100 * mean_ci(num(r.rounds[i].get("test_acc")) for r in g.runs)[0] for i in range(n_rounds)]
+        inactive = phi != 0 and g.inactive
+        ax.plot(sp, acc, "o--" if inactive else "o-", color=color, ms=3,
+                label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""))
+    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)",
+           title=f"{c.dataset} · {c.row} · {c.col}: accuracy vs sparsity (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    name = slug("acc_vs_sparsity", c.dataset, c.row, c.col) + ".png"
+    return [(f"{c.dataset} · {c.row} · {c.col}: accuracy vs sparsity, one line per ϕ", name, _png(fig))]
+
+
+def _critical_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
+    """Each layer's critical ϕ (smallest positive / largest negative ϕ that re-signs a survivor) per round,
+    against the swept ϕ values. Taken from the ϕ = 0 runs when there are any (median over seeds)."""
+    source = c.groups[0.0].runs if 0.0 in c.groups else [r for g in c.groups.values() for r in g.runs]
+    series = defaultdict(lambda: defaultdict(list))   # (layer, sign) -> round -> values
+    for run in source:
+        for r in run.rounds:
+            layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
+            for layer, v in layers.items():
+                for sign in ("pos", "neg") if isinstance(v, dict) else ():
+                    x = num(v.get(f"critical_phi_{sign}"))
+                    if math.isfinite(x):
+                        series[(layer, sign)][r.get("round")].append(x)
+    if not series:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {layer: f"C{i}" for i, layer in enumerate(sorted({k[0] for k in series}))}
+    values = []
+    for (layer, sign), by_round in sorted(series.items()):
+        rs = sorted(by_round)
+        ys = [float(np.median(by_round[x])) for x in rs]
+        values += ys
+        ax.plot(rs, ys, "o-" if sign == "pos" else "s--", color=colors[layer], ms=3,
+                label=f"{layer} ({'+' if sign == 'pos' else '−'})")
+    for phi in sorted(c.groups):
+        if phi != 0:
+            ax.axhline(phi, color="grey", lw=0.8, ls=":")
+            ax.annotate(f"ϕ = {fmt_phi(phi)}", (1.0, phi), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="grey", va="center")
+    _symlog_x(ax, values + list(c.groups), axis="y")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel="round", ylabel="critical ϕ (symmetric log)",
+           title=f"{c.dataset} · {c.row} · {c.col}: critical ϕ per layer vs swept ϕ (dotted)\n"
+                 "a swept ϕ between a layer's − and + curves re-signs nothing in that layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    name = slug("critical_phi", c.dataset, c.row, c.col) + ".png"
+    return [(f"{c.dataset} · {c.row} · {c.col}: each layer's critical ϕ across rounds vs the swept ϕ", name, _png(fig))]
