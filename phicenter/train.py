@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -53,6 +55,34 @@ def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     check_launch(cfg, results.read_json(run_dir / results.RESULTS), run_dir)
 
 
+def _stop_on_sigterm(exc: type[BaseException]) -> None:
+    """SIGTERM (scancel, a requeue, a time limit, a plain kill) stops the job at once, wherever it is: Lightning
+    alone defers it to its next batch and forgets it outside a fit, and submitit ignores it. Every checkpoint
+    is written atomically, so the last completed epoch is what the next launch resumes."""
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:   # once: a second SIGTERM must not cut short the record of the first
+            fired.append(signum)
+            raise exc()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str) -> None:
+    """Each run of this job that was still running when the job was stopped: `interrupted`, rounds kept."""
+    from phicenter.engine.rundir import is_writer
+
+    if not is_writer():
+        return
+    for name in names:
+        prev = results.read_json(run_dir / name / results.RESULTS)
+        if (prev is None and name) or (prev is not None and prev.get("status") != "running"):
+            continue   # a packed variant not begun, or a run that completed, failed or diverged
+        _mark(run_dir / name, cfg, "interrupted", why)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
@@ -74,13 +104,19 @@ def main(cfg: DictConfig) -> float:
     if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
         import torch
         torch.set_num_threads(int(cpus))
+    variants = None
     try:
+        _stop_on_sigterm(SIGTERMException)
         # a cohort: this job's phi=[...] x strategy=[...] grid with pack=true, else the run alone
         variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
         outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"))
-    except SIGTERMException:  # preempted: recorded, checkpoints intact; the same command resumes
-        log.warning("run interrupted by SIGTERM; relaunch the same command to resume (%s)", run_dir)
-        sys.exit(143)
+    except SystemExit as e:  # SIGTERM, or submitit's exit once it requeued a job near its time limit
+        why = "SIGTERM" if isinstance(e, SIGTERMException) else f"exit {e.code}"
+        _mark_interrupted(run_dir, cfg, [v.name for v in variants] if variants else [""], why)
+        log.warning("run interrupted (%s); relaunch the same command to resume (%s)", why, run_dir)
+        if isinstance(e, SIGTERMException):
+            sys.exit(143)
+        raise
     except (ConfigError, DataError) as e:
         _refuse(e, run_dir)
     except CohortFailed as e:   # each failed run's results.json says how; a multirun goes on with the next job

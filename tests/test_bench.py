@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from phicenter import data, models
 from phicenter.method import pruning, strategies
 from phicenter.method.imp import IMP, IMPConfig
-from phicenter.engine.module import PhiModule
+from phicenter.engine.module import CohortModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def _setup(seed=0):
 
 
 def _fit(net, batches, epochs=2, precision="32-true"):
-    module = PhiModule(net, {"name": "adam", "lr": 1e-3})
+    module = CohortModule([net], {"name": "adam", "lr": 1e-3})
     module.train_batches = batches
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
@@ -40,7 +40,7 @@ def _fit(net, batches, epochs=2, precision="32-true"):
 
 
 def test_grouped_manual_steps_are_exactly_the_plain_loop():
-    """PhiModule's steps (k per Lightning call) are the hand-written loop's steps, bit for bit: the bench's
+    """CohortModule's steps (k per Lightning call) are the hand-written loop's steps, bit for bit: the bench's
     ratio compares the same work."""
     s, net_a = _setup()
     _, net_b = _setup()
@@ -64,12 +64,12 @@ def test_grouped_manual_steps_are_exactly_the_plain_loop():
         losses.append(total / n)
     for a, b, c in zip(net_a.state_dict().values(), net_b.state_dict().values(), net_c.state_dict().values()):
         assert torch.equal(a, b) and torch.equal(a, c)
-    assert [h["train_loss"] for h in module.history] == losses     # on-device metrics, the same numbers
+    assert [h["train_loss"] for h in module.history[0]] == losses     # on-device metrics, the same numbers
 
 
 def test_schedule_steps_once_per_epoch_in_manual_optimisation():
     s, net = _setup()
-    module = PhiModule(net, {"name": "sgd", "lr": 0.1}, {"name": "multistep", "at": [0.5, 0.75], "gamma": 0.1})
+    module = CohortModule([net], {"name": "sgd", "lr": 0.1}, {"name": "multistep", "at": [0.5, 0.75], "gamma": 0.1})
     batches = data.make_loaders(s, 64, group=2)[0]
     module.train_batches = batches
     lrs = []
@@ -89,7 +89,7 @@ def test_other_precisions_train(precision):
     """bf16-mixed takes the direct steps under autocast; 64-true goes through Lightning's manual path."""
     s, net = _setup()
     module, trainer = _fit(net, data.make_loaders(s, 32, group=4)[0], epochs=1, precision=precision)
-    assert math.isfinite(module.history[-1]["train_loss"])
+    assert math.isfinite(module.history[0][-1]["train_loss"])
     assert trainer.global_step == data.make_loaders(s, 32)[0].n_batches()
 
 
@@ -137,7 +137,7 @@ def test_compile_survives_remasking_without_recompiling():
 def test_prepare_compiles_once():
     s, net = _setup()
     keys = list(net.state_dict())
-    module = PhiModule(net, {"name": "adam", "lr": 1e-3})
+    module = CohortModule([net], {"name": "adam", "lr": 1e-3})
     module.prepare("cpu", compile=False)
     assert getattr(net, "_compiled_call_impl", None) is None
     module.prepare("cpu", compile=True)

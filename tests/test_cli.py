@@ -29,11 +29,14 @@ def test_quickstart_default_runs_all_rounds(tmp_path):
     assert "round 10/10" in proc.stderr + proc.stdout
 
 
-def test_tensorboard_has_continuous_steps_and_hparams(tmp_path):
+@pytest.mark.parametrize("k", [1, 3])
+def test_tensorboard_has_continuous_steps_and_hparams(tmp_path, k):
+    """A run alone and a variant of a cohort write the same events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(*FAST, f"hydra.run.dir={tmp_path}")
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    cohort = ["pack=true", "phi=[0,0.02,-0.02]"] if k == 3 else []
+    train(*FAST, *cohort, f"hydra.run.dir={tmp_path}")
+    acc = EventAccumulator(str(tmp_path / ("phi=0.02,strategy=mask0" if k == 3 else "") / "tb"))
     acc.Reload()
     steps = [e.step for e in acc.Scalars("epoch/train_loss")]
     assert steps == list(range(6))  # 3 rounds x 2 epochs on one axis

@@ -49,7 +49,7 @@ def test_theta0_identical_through_the_hydra_config():
     from hydra import compose, initialize_config_dir
 
     from phicenter import config
-    from phicenter.engine import run
+    from phicenter.engine import build
 
     splits = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
     thetas = []
@@ -57,10 +57,10 @@ def test_theta0_identical_through_the_hydra_config():
         for overrides in (["strategy=mask0", "phi=0"], ["strategy=mask1", "phi=-1e-3"],
                           ["strategy=gradual", "phi=5e-5"], ["strategy=standard", "phi=0.1"]):
             cfg = compose("config", overrides=overrides + ["seed=2"])
-            net = run.build_model(cfg, splits)
-            imp = run.build_imp(cfg, net, config.validate(cfg))
+            net = build.build_model(cfg, splits)
+            imp = build.build_imp(cfg, net, config.validate(cfg))
             thetas.append(imp.theta0)
-        other = run.build_model(compose("config", overrides=["seed=3"]), splits).state_dict()
+        other = build.build_model(compose("config", overrides=["seed=3"]), splits).state_dict()
     assert all(states_equal(thetas[0], t) for t in thetas[1:])
     assert not torch.equal(other["fc1.weight"], thetas[0]["fc1.parametrizations.weight.original"])
 

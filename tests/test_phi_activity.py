@@ -42,13 +42,17 @@ def test_init_reference_is_moved_by_phi_above_its_critical_value(grid):
     assert accuracies(small)[1:] != accuracies(zero)[1:]
 
 
-def test_dry_run_counts_match_full_run_round_one(grid, tmp_path):
-    proc = train("dry_run=phi", "dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,mask1]", *FAST,
-                 f"hydra.run.dir={tmp_path}")
+@pytest.mark.parametrize("k", [1, 4])
+def test_dry_run_counts_match_full_run_round_one(grid, tmp_path, k):
+    """K = 1: the grid is dry_run_grid; K = 4 (pack=true): the cohort's own phi x strategy grid."""
+    grid_args = (["dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,mask1]"] if k == 1
+                 else ["pack=true", "phi=[0,5e-4]", "strategy=[mask0,mask1]"])
+    proc = train("dry_run=phi", *grid_args, *FAST, f"hydra.run.dir={tmp_path}")
     assert "re-signed by phi" in proc.stdout
     dry = json.loads((tmp_path / "dry_run.json").read_text())
     assert dry["status"] == "dry_run" and len(dry["rounds"]) == 1  # round 0 only was trained
     rows = {(r["strategy"], r["phi"]): r for r in dry["dry_run"]["rows"]}
+    assert set(rows) == {(s, p) for s in ("mask0", "mask1") for p in (0.0, 5e-4)}
     for key in (("mask0", 5e-4), ("mask1", 5e-4), ("mask1", 0.0)):
         full = grid[key]["rounds"][1]
         assert rows[key]["dead_zone_count"] == full["dead_zone_count"]

@@ -10,42 +10,62 @@ import pytest
 
 from tests.cli import accuracies, results, start, train
 
-RUN = ["threads=1", "epochs=4", "prune.iterations=2"]
+BASE = ["threads=1", "epochs=4", "prune.iterations=2"]
+COHORT = ["pack=true", "phi=[0,0.02,-0.02]"]   # K = 3; the variant checked is VARIANT
+VARIANT = "phi=0.02,strategy=mask0"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def run_args(k: int) -> list[str]:
+    return BASE + (COHORT if k == 3 else [])
+
+
+def folder(job_dir: Path, k: int) -> Path:
+    """The folder of the run checked: the job folder itself alone, a variant's in a cohort."""
+    return job_dir / VARIANT if k == 3 else job_dir
+
+
+def epoch_checkpoints(job_dir: Path, k: int, r: int) -> Path:
+    """The cohort's epoch checkpoints of round r (the run's own folder alone; per cohort under the job's)."""
+    if k == 1:
+        return job_dir / "checkpoints" / f"round_{r:03d}_epochs"
+    found = list((job_dir / "checkpoints").glob(f"cohort_*/round_{r:03d}_epochs"))
+    return found[0] if found else job_dir / "checkpoints" / "cohort_?" / f"round_{r:03d}_epochs"
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["K=1", "K=3"])
+def reference(request, tmp_path_factory):
     """The same config, never interrupted."""
+    k = request.param
     d = tmp_path_factory.mktemp("reference")
-    train(*RUN, f"hydra.run.dir={d}")
-    res = results(d)
-    res["dir"] = d
+    train(*run_args(k), f"hydra.run.dir={d}")
+    res = results(folder(d, k))
+    res["dir"], res["k"] = d, k
     return res
 
 
-def _kill_mid_round(run_dir: Path, sig) -> dict:
-    proc = start(*RUN, f"hydra.run.dir={run_dir}")
-    target = run_dir / "checkpoints" / "round_001_epochs" / "last.ckpt"
+def _kill_mid_round(run_dir: Path, sig, k: int) -> dict:
+    proc = start(*run_args(k), f"hydra.run.dir={run_dir}")
     deadline = time.time() + 240
-    while not target.exists():
+    while not (epoch_checkpoints(run_dir, k, 1) / "last.ckpt").exists():
         assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
         assert time.time() < deadline
         time.sleep(0.002)
     proc.send_signal(sig)
     proc.wait(timeout=120)
-    res = results(run_dir)
+    res = results(folder(run_dir, k))
     assert res["status"] != "complete" and len(res["rounds"]) < 3, "the kill came too late to test anything"
     return res
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_identical_results(tmp_path, reference, sig):
-    killed = _kill_mid_round(tmp_path, sig)
+    k = reference["k"]
+    killed = _kill_mid_round(tmp_path, sig, k)
     if sig == signal.SIGTERM:  # a scheduler's SIGTERM is recorded; SIGKILL leaves the last written state
         assert killed["status"] in ("interrupted", "running")
-    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    proc = train(*run_args(k), f"hydra.run.dir={tmp_path}")
     assert "resuming" in proc.stderr + proc.stdout
-    res = results(tmp_path)
+    res = results(folder(tmp_path, k))
     assert res["status"] == "complete"
     assert accuracies(res) == accuracies(reference)  # to the last digit
     assert [e["train_loss"] for r in res["rounds"] for e in r["epochs"]] == \
@@ -53,27 +73,27 @@ def test_killed_run_resumes_to_identical_results(tmp_path, reference, sig):
 
 
 def test_finished_run_does_no_work(reference):
-    run_dir = reference["dir"]
-    before = (run_dir / "results.json").read_bytes()
-    proc = train(*RUN, f"hydra.run.dir={run_dir}")
+    run_dir, k = reference["dir"], reference["k"]
+    before = (folder(run_dir, k) / "results.json").read_bytes()
+    proc = train(*run_args(k), f"hydra.run.dir={run_dir}")
     assert "already complete; nothing to do" in proc.stderr + proc.stdout
     assert "round 0/" not in proc.stderr + proc.stdout
-    assert (run_dir / "results.json").read_bytes() == before
+    assert (folder(run_dir, k) / "results.json").read_bytes() == before
 
 
 def test_relaunch_under_another_config_is_refused(reference):
     """Resuming continues the run on record: a changed setting is one line, exit 2, and nothing touched."""
-    run_dir = reference["dir"]
-    before = (run_dir / "results.json").read_bytes()
-    proc = train(*RUN, "optim.lr=2e-3", "seed=3", f"hydra.run.dir={run_dir}", check=False)
+    run_dir, k = reference["dir"], reference["k"]
+    before = (folder(run_dir, k) / "results.json").read_bytes()
+    proc = train(*run_args(k), "optim.lr=2e-3", "seed=3", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("phicenter: error: ") and "another configuration" in err[0], err
     assert "optim.lr: 0.0012 -> 0.002" in err[0] and "seed: 0 -> 3" in err[0]
-    assert (run_dir / "results.json").read_bytes() == before
+    assert (folder(run_dir, k) / "results.json").read_bytes() == before
     # how it runs may change: threads, progress bar, checkpoint policy
-    proc = train("threads=2", "epochs=4", "prune.iterations=2", "trainer.enable_progress_bar=true",
-                 "checkpoint.keep_all=true", f"hydra.run.dir={run_dir}")
+    proc = train(*run_args(k), "threads=2", "trainer.enable_progress_bar=true", "checkpoint.keep_all=true",
+                 f"hydra.run.dir={run_dir}")
     assert "already complete; nothing to do" in proc.stderr + proc.stdout
 
 
@@ -95,8 +115,8 @@ def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path):
     """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
     from hydra import compose, initialize_config_dir
 
-    from phicenter.engine import results as res
-    from phicenter.engine.run import run
+    from phicenter.engine import rundir as res
+    from phicenter.engine.loop import run
     from tests.cli import ROOT
 
     def cfg(*extra):
@@ -137,26 +157,32 @@ def test_failure_record_holds_the_resolved_config(tmp_path):
 
 
 def test_truncated_checkpoint_falls_back(tmp_path, reference):
-    _kill_mid_round(tmp_path, signal.SIGKILL)
-    epochs = tmp_path / "checkpoints" / "round_001_epochs"
-    last = epochs / "last.ckpt"
+    k = reference["k"]
+    _kill_mid_round(tmp_path, signal.SIGKILL, k)
+    last = epoch_checkpoints(tmp_path, k, 1) / "last.ckpt"
     if last.exists():
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
-    rounds = sorted((tmp_path / "checkpoints").glob("round_*.pt"))
-    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    rounds = sorted((folder(tmp_path, k) / "checkpoints").glob("round_*.pt"))
+    proc = train(*run_args(k), f"hydra.run.dir={tmp_path}")
     if last.exists() or rounds:
         assert "unreadable" in proc.stderr + proc.stdout or not last.exists()
-    assert accuracies(results(tmp_path)) == accuracies(reference)
+    assert accuracies(results(folder(tmp_path, k))) == accuracies(reference)
 
 
 def test_truncated_round_checkpoint_falls_back_to_previous_round(tmp_path, reference):
-    train(*RUN, "fault.fail_round=2", f"hydra.run.dir={tmp_path}", check=False)
-    newest = sorted((tmp_path / "checkpoints").glob("round_*.pt"))[-1]
+    """In a cohort, the variant that falls back a round trains it alone, then the others go on."""
+    k = reference["k"]
+    proc = train(*run_args(k), "fault.fail_round=2", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    failed = results(folder(tmp_path, k))
+    assert failed["status"] == "failed" and "injected fault at round 2" in failed["error"]
+    assert len(failed["rounds"]) == 2  # rounds 0 and 1 completed before the fault, and are kept
+    newest = sorted((folder(tmp_path, k) / "checkpoints").glob("round_*.pt"))[-1]
     assert newest.name == "round_001.pt"
     newest.write_bytes(b"garbage")
-    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
+    proc = train(*run_args(k), f"hydra.run.dir={tmp_path}")
     assert "round_001.pt is unreadable" in proc.stderr + proc.stdout
-    assert accuracies(results(tmp_path)) == accuracies(reference)
+    assert accuracies(results(folder(tmp_path, k))) == accuracies(reference)
 
 
 def test_multirun_failures_isolated_and_relaunch_skips_finished(tmp_path):
@@ -175,12 +201,14 @@ def test_multirun_failures_isolated_and_relaunch_skips_finished(tmp_path):
     assert proc.stderr.count("already complete; nothing to do") + proc.stdout.count("already complete") >= 1
 
 
-def test_diverged_run_is_marked(tmp_path):
+@pytest.mark.parametrize("k", [1, 3])
+def test_diverged_run_is_marked(tmp_path, k):
     proc = train("threads=1", "epochs=1", "prune.iterations=1", "optim.name=sgd", "optim.lr=1e20",
-                 f"hydra.run.dir={tmp_path}", check=False)
+                 *(COHORT if k == 3 else []), f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 1
-    res = results(tmp_path)
-    assert res["status"] == "diverged" and "loss became" in res["error"]
+    for d in ([tmp_path / f"phi={p},strategy=mask0" for p in (0.0, 0.02, -0.02)] if k == 3 else [tmp_path]):
+        res = results(d)
+        assert res["status"] == "diverged" and "loss became" in res["error"]
 
 
 def test_local_launcher_runs_grid_in_parallel_processes(tmp_path):

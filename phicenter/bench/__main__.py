@@ -4,7 +4,7 @@ Everything runs in one process, on the same model objects and the same resident 
 alternates every repeat) and repeated; each number is the median of the repeats.
 
   (a) loop overhead: one training epoch through the real path (the experiment's composed config, the round
-      loop's Trainer settings and callbacks, PhiModule, data.loaders) ÷ the same epoch in a minimal hand-written
+      loop's Trainer settings and callbacks, CohortModule, data.loaders) ÷ the same epoch in a minimal hand-written
       loop (same masked net, optimizer, batch size and device; pre-normalised float data indexed by a
       permutation). fc_lot on MNIST-shaped data, conv4 on CIFAR-shaped data, augmentation off in both.
       The ratio is the median over repeats of each repeat's two back-to-back epochs (drifting load cancels).

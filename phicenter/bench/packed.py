@@ -193,7 +193,7 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     # unprofiled step
     share = min(1.0, sum(ops.values()) / wall_us)
     kernel_ms = share * packed_ms / k
-    top = sorted(ops.items(), key=lambda kv: -kv[1])[:6]
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
     return {"k": k, "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(),
             "optimizer": optim["name"], "single_ms": single_ms, "packed_ms_per_variant": packed_ms / k,
             "kernel_share": share, "kernel_ms_per_variant": kernel_ms,

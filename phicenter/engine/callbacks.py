@@ -37,6 +37,22 @@ class PruneReinit(pl.Callback):
             self.diagnostics = state.get("diagnostics")
 
 
+class RewindPoint(pl.Callback):
+    """Late rewinding (`rewind.epoch=k`): after epoch k of round 0, each variant's weights become its rewind
+    point theta_k (IMP.set_rewind), saved beside its theta0 so that a resumed run uses the same one."""
+
+    def __init__(self, imps: list[IMP], folders: list, epoch: int):
+        self.imps, self.folders, self.epoch = list(imps), list(folders), int(epoch)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 != self.epoch:
+            return
+        pl_module.scatter()
+        for imp, folder in zip(self.imps, self.folders):
+            imp.set_rewind({k: v.detach().to("cpu", copy=True) for k, v in imp.model.state_dict().items()})
+            folder.save_rewind(imp.rewind)
+
+
 class EpochCheckpoint(pl.callbacks.Checkpoint):
     """Saves the whole fit state (weights, masks, optimizer, schedule, loop progress) after every epoch,
     atomically, keeping the previous one as a fallback. Runs after the module's own epoch-end hook."""

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from phicenter import data
 from phicenter.config import recorded_config
 from phicenter.engine import build, records
-from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit
+from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.module import CohortModule, Diverged
 from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer, write_json
@@ -193,11 +193,18 @@ def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
         if not resume:
             folder.start_over()
         folder.save_theta0(imp.theta0)
+    if resume and rewind_epoch(cfg):
+        imp.set_rewind(folder.load_rewind())   # None (theta0) until the run reaches epoch k
     folder.drop_epochs_before(start)
-    record = records.skeleton(resolved, cfg, splits, rounds, [variant.name] if packed else None)
+    record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
     if ckpt is None:   # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
     return Member(variant, v, folder, net, imp, resolved, record, start)
+
+
+def rewind_epoch(cfg) -> int:
+    """rewind.epoch: 0 rewinds to theta0 itself."""
+    return int((cfg.get("rewind") or {}).get("epoch") or 0)
 
 
 def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
@@ -236,7 +243,10 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         resume_from = saver.resumable(log.warning) if resume else None
         if resume_from:
             log.info("resuming round %d from %s", r, resume_from)
-        trainer = build.make_trainer(cfg, [cb, saver], epochs)
+        callbacks = [cb, saver]
+        if r == 0 and rewind_epoch(cfg):
+            callbacks.insert(1, RewindPoint([m.imp for m in alive], [m.folder for m in alive], rewind_epoch(cfg)))
+        trainer = build.make_trainer(cfg, callbacks, epochs)
         device = trainer.strategy.root_device
         if module is None or module.k != len(alive):
             module = _module(alive, cfg, impl, device)

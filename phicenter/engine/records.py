@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 
-from phicenter.config import flatten
+from phicenter.config import hparams
 from phicenter.method.pruning import sparsity
 
 ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 LAYER_TAGS = ("sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 
 
-def skeleton(resolved: dict, cfg, splits, rounds: list, cohort: list[str] | None = None) -> dict:
+def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] | None = None) -> dict:
     """results.json before its first round is trained (a resumed run keeps the rounds it has)."""
+    from phicenter.models import parameter_counts
+
     out = {"config": resolved, "rounds": rounds, "final": rounds[-1] if rounds else None, "status": "running",
            "device": None, "precision": str(cfg.trainer.get("precision", "32-true")), "init": cfg.model.init,
+           "model_parameters": parameter_counts(net),
            "data": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test),
                     "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}}
     if cohort:
@@ -40,12 +43,6 @@ def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test
     if seconds_packed is not None:
         entry["seconds_packed"] = seconds_packed
     return entry
-
-
-def hparams(resolved: dict) -> dict:
-    """The config as TensorBoard hparams: dotted keys, plain values."""
-    return {k: ("null" if v is None else v if isinstance(v, (int, float, str, bool)) else str(v))
-            for k, v in flatten(resolved).items()}
 
 
 class Recorder:

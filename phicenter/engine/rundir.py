@@ -10,6 +10,7 @@ from pathlib import Path
 
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
+THETA_K = "theta_k.pt"   # the late-rewinding point (rewind.epoch=k > 0)
 CKPT_DIR = "checkpoints"
 
 
@@ -124,6 +125,17 @@ class RunFolder:
 
         return torch.load(self.path / THETA0, map_location="cpu", weights_only=True)
 
+    def save_rewind(self, state: dict) -> None:
+        if is_writer():
+            save_torch(self.path / THETA_K, state)
+
+    def load_rewind(self) -> dict | None:
+        """theta_k when this run has reached it, else None."""
+        import torch
+
+        path = self.path / THETA_K
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
     def latest_round(self, log) -> dict | None:
         return latest_round(self.path, log=log)
 
@@ -135,6 +147,7 @@ class RunFolder:
         """resume=false: no checkpoint of the run before may be resumed later."""
         if is_writer():
             shutil.rmtree(self.path / CKPT_DIR, ignore_errors=True)
+            (self.path / THETA_K).unlink(missing_ok=True)
 
     def drop_epochs_before(self, start: int) -> None:
         """Epoch checkpoints of rounds that have since completed."""

@@ -1,10 +1,9 @@
-"""Packed sweeps (phicenter/packed.py): packing is an execution detail, never a change of results.
+"""Cohorts (phicenter/engine): K variants trained as one is an execution detail, never a change of results.
 
-The central check trains the same four variants (one per paper strategy, each with its own phi) twice: packed,
-as one model, and alone, each through phicenter.engine.run.run (Lightning). Per round, every accuracy, loss and flip
-diagnostic must agree, and the final weights too. The spec's bounds are 1e-6 in accuracy and 1e-5 relative in
-weights; on CPU the packed default ("loop") issues the unpacked kernels on the unpacked shapes, so the test
-also asserts what that gives: accuracies, weights, masks and fills equal bit for bit.
+The central check trains the same four variants (one per paper strategy, each with its own phi) twice: as
+one cohort of K = 4, and each as the cohort of one a plain run is. Per round, every accuracy, loss and flip
+diagnostic must agree, and the final weights too. On CPU the stacked default ("loop") issues the unpacked
+kernels on the unpacked shapes, so the test asserts what that gives: equal bit for bit.
 """
 import json
 import math
@@ -20,9 +19,15 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from phicenter import models
-from phicenter.engine import packed, results
-from phicenter.method import pruning
+from phicenter.bench import packed as harness
 from phicenter.config import ConfigError
+from phicenter.engine import loop, module as cohort_module
+from phicenter.engine import rundir as results
+from phicenter.engine.batched import batched_plan
+from phicenter.engine.cohort import Variant, check_variants, make_variants, variant_name
+from phicenter.engine.module import make_optimizer
+from phicenter.engine.stacked import StackedNet, stacked_losses, stacked_step
+from phicenter.method import pruning
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -41,19 +46,17 @@ def config(model: str, strategy: str = "mask0", phi: float = 0.0, *extra: str):
 
 
 def variants(model: str, combos=COMBOS, *extra: str):
-    return [packed.Variant(packed.variant_name(p, s), config(model, s, p, *extra)) for s, p in combos]
+    return [Variant(variant_name(p, s), config(model, s, p, *extra)) for s, p in combos]
 
 
 @pytest.fixture(scope="module", params=["fc_lot", "conv2"])
 def pair(request, tmp_path_factory):
     """(model, variants, packed results, alone results, folder): the same variants packed and alone."""
-    from phicenter.engine.run import run
-
     model = request.param
     out = tmp_path_factory.mktemp(model)
     vs = variants(model)
-    res_packed = packed.train_packed(vs, out / "packed")
-    res_alone = {v.name: run(v.cfg, out / "alone" / v.name) for v in vs}
+    res_packed = loop.train(vs, out / "packed")
+    res_alone = {v.name: loop.run(v.cfg, out / "alone" / v.name) for v in vs}
     return model, vs, res_packed, res_alone, out
 
 
@@ -135,8 +138,8 @@ def test_packed_results_layout(pair):
 def test_chunks_equal_one_pack(tmp_path):
     """pack_chunk: three variants in chunks of two give the same results as all three at once."""
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
-    one = packed.train_packed(vs, tmp_path / "one")
-    chunked = packed.train_packed(vs, tmp_path / "chunked", chunk=2)
+    one = loop.train(vs, tmp_path / "one")
+    chunked = loop.train(vs, tmp_path / "chunked", chunk=2)
     assert chunked[vs[0].name]["packed"]["variants"] == [vs[0].name, vs[1].name]
     assert chunked[vs[2].name]["packed"]["variants"] == [vs[2].name]
     for v in vs:
@@ -144,27 +147,27 @@ def test_chunks_equal_one_pack(tmp_path):
 
 
 def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch):
-    """A chunk that runs out of memory mid-way is split in halves, each resumed where it stopped (here: the
+    """A cohort that runs out of memory mid-way is split in halves, each resumed where it stopped (here: the
     start of round 1), to the same results."""
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
-    ref = packed.train_packed(vs, tmp_path / "ref")
-    real_chunk, real_opt = packed._train_chunk, packed.make_optimizer
+    ref = loop.train(vs, tmp_path / "ref")
+    real_cohort, real_opt = loop.train_cohort, cohort_module.make_optimizer
     sizes, starts, calls = [], [], []
 
-    def chunk(slots, start, *a, **kw):
-        sizes.append(len(slots))
+    def cohort(members, start, *a, **kw):
+        sizes.append(len(members))
         starts.append(start)
-        return real_chunk(slots, start, *a, **kw)
+        return real_cohort(members, start, *a, **kw)
 
-    def optimizer(*a, **kw):   # called at the start of every round: fail at round 1 of the first chunk
+    def optimizer(*a, **kw):   # called at the start of every round: fail at round 1 of the first cohort
         calls.append(1)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_opt(*a, **kw)
 
-    monkeypatch.setattr(packed, "_train_chunk", chunk)
-    monkeypatch.setattr(packed, "make_optimizer", optimizer)
-    got = packed.train_packed(vs, tmp_path / "oom")
+    monkeypatch.setattr(loop, "train_cohort", cohort)
+    monkeypatch.setattr(cohort_module, "make_optimizer", optimizer)
+    got = loop.train(vs, tmp_path / "oom")
     assert sizes == [3, 2, 1] and starts == [0, 1, 1]
     for v in vs:
         assert got[v.name]["status"] == "complete"
@@ -175,47 +178,52 @@ def test_resume_and_complete_runs_skipped(tmp_path):
     """A relaunch skips complete variants and resumes the others from their last round checkpoint, to the
     same results."""
     vs = variants("fc_lot", COMBOS[:2], "prune.iterations=1")
-    first = packed.train_packed(vs, tmp_path)
+    first = loop.train(vs, tmp_path)
     # make the second variant look interrupted after round 0
     d = tmp_path / vs[1].name
     (d / "checkpoints" / "round_001.pt").unlink()
     partial = dict(first[vs[1].name], status="running", rounds=first[vs[1].name]["rounds"][:1])
     results.write_json(d / results.RESULTS, partial)
     stamp = (tmp_path / vs[0].name / results.RESULTS).stat().st_mtime_ns
-    again = packed.train_packed(vs, tmp_path)
+    again = loop.train(vs, tmp_path)
     assert (tmp_path / vs[0].name / results.RESULTS).stat().st_mtime_ns == stamp
     assert again[vs[1].name]["status"] == "complete"
     assert_same_rounds(again[vs[1].name], first[vs[1].name], vs[1].name)
 
 
 @pytest.mark.parametrize("optim", ["adam", "sgd"])
-def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, optim):
-    """A packed chunk that dies mid-round resumes from its last epoch checkpoint (weights, masks, optimizer
-    and schedule state, epoch history) to results identical to an uninterrupted pack; no epoch is redone."""
+@pytest.mark.parametrize("k", [1, 2])
+def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, optim, k):
+    """A cohort that dies mid-round resumes from its last epoch checkpoint (weights, masks, optimizer and
+    schedule state, epoch history) to results identical to an uninterrupted one; no epoch is redone."""
     extra = ["prune.iterations=1", "epochs=4", f"optim.name={optim}"]
     if optim == "sgd":   # the LR drops after epoch 2, i.e. after the resume point
         extra += ["optim.lr=0.05", "+optim.momentum=0.9", "schedule.name=multistep", "+schedule.at=[0.75]"]
-    vs = variants("fc_lot", COMBOS[1:3], *extra)
-    reference = packed.train_packed(vs, tmp_path / "reference")
+    vs = variants("fc_lot", COMBOS[1:1 + k], *extra)
+    reference = loop.train(vs, tmp_path / "reference")
     calls = {"n": 0}
-    real = packed._evaluate
+    real = cohort_module.CohortModule.on_validation_epoch_end
 
-    def dies_in_round_1_epoch_2(*a):
+    def dies_in_round_1_epoch_2(self):
         calls["n"] += 1
-        if calls["n"] == 8:   # round 0: 4 val + 1 test; round 1: val after epochs 0 and 1, then this one
+        if calls["n"] == 7:   # round 0: 4 epochs; round 1: validation after epochs 0 and 1, then this one
             raise RuntimeError("killed")
-        return real(*a)
+        return real(self)
 
-    monkeypatch.setattr(packed, "_evaluate", dies_in_round_1_epoch_2)
-    with pytest.raises(packed.PackFailed):
-        packed.train_packed(vs, tmp_path / "run")
-    for v in vs:
-        files = sorted(p.name for p in (tmp_path / "run" / v.name / "checkpoints" / "round_001_epochs").iterdir())
-        assert files == ["packed_last.pt", "packed_prev.pt"]
+    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", dies_in_round_1_epoch_2)
+    with pytest.raises(loop.CohortFailed):
+        loop.train(vs, tmp_path / "run")
+    epochs_dir = next((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs"))
+    assert sorted(p.name for p in epochs_dir.iterdir()) == ["last.ckpt", "prev.ckpt"]
     calls["n"] = 0
-    monkeypatch.setattr(packed, "_evaluate", lambda *a: (calls.__setitem__("n", calls["n"] + 1), real(*a))[1])
-    again = packed.train_packed(vs, tmp_path / "run")
-    assert calls["n"] == 3   # validation after epochs 2 and 3, and the test: 0 and 1 were not trained again
+
+    def counted(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", counted)
+    again = loop.train(vs, tmp_path / "run")
+    assert calls["n"] == 2   # validation after epochs 2 and 3: 0 and 1 were not trained again
     for v in vs:
         assert again[v.name]["status"] == "complete"
         assert_same_rounds(again[v.name], reference[v.name], v.name)
@@ -223,26 +231,26 @@ def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, opt
             assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
         wa = torch.load(results.checkpoint_path(tmp_path / "run" / v.name, 1), weights_only=True)["model"]
         wb = torch.load(results.checkpoint_path(tmp_path / "reference" / v.name, 1), weights_only=True)["model"]
-        assert all(torch.equal(wa[k], wb[k]) for k in wb)
-        assert not (tmp_path / "run" / v.name / "checkpoints" / "round_001_epochs").exists()
+        assert all(torch.equal(wa[key], wb[key]) for key in wb)
+    assert not list((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs"))
 
 
 def test_relaunch_under_another_config_is_refused(tmp_path):
     """Each variant folder resumes only its own configuration; the check comes before any training."""
     vs = variants("fc_lot", COMBOS[:2], "prune.iterations=0", "epochs=1")
-    packed.train_packed(vs, tmp_path)
+    loop.train(vs, tmp_path)
     before = {v.name: (tmp_path / v.name / results.RESULTS).read_bytes() for v in vs}
     changed = variants("fc_lot", COMBOS[:2], "prune.iterations=0", "epochs=1", "optim.lr=0.01")
     with pytest.raises(ConfigError, match=r"another configuration \(optim.lr: 0.0012 -> 0.01\)"):
-        packed.train_packed(changed, tmp_path)
+        loop.train(changed, tmp_path)
     assert {v.name: (tmp_path / v.name / results.RESULTS).read_bytes() for v in vs} == before
 
 
 def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
     """A variant whose loss stops being finite is recorded as diverged; the others train on unchanged."""
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
-    ref = packed.train_packed(vs, tmp_path / "ref")
-    real = packed.packed_losses
+    ref = loop.train(vs, tmp_path / "ref")
+    real = cohort_module.stacked_losses
 
     def poisoned(logits, y):
         losses, values = real(logits, y)
@@ -251,8 +259,10 @@ def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
             values[1] = math.nan
         return losses, values
 
-    monkeypatch.setattr(packed, "packed_losses", poisoned)
-    got = packed.train_packed(vs, tmp_path / "nan")
+    monkeypatch.setattr(cohort_module, "stacked_losses", poisoned)
+    with pytest.raises(loop.CohortFailed, match="1 of 3 runs did not complete"):
+        loop.train(vs, tmp_path / "nan")
+    got = {v.name: results.read_json(tmp_path / "nan" / v.name / results.RESULTS) for v in vs}
     assert got[vs[1].name]["status"] == "diverged"
     assert "round 0, epoch 0" in got[vs[1].name]["error"]
     for i in (0, 2):
@@ -273,12 +283,12 @@ def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
     for i, n in enumerate(nets):   # different masks per variant
         pruning.mask_of(n[0]).mask.copy_(torch.rand(7, 5) > 0.3 * i)
     alone = [[p for p in n.parameters()] for n in nets]
-    pk = packed.PackedNet([_clone(n) for n in nets])
-    opt, _ = packed.make_optimizer(pk.variant_parameters(), {"name": name, **kw}, {"name": "none"}, 1)
-    own = [packed.make_optimizer(ps, {"name": name, **kw}, {"name": "none"}, 1)[0] for ps in alone]
+    pk = StackedNet([_clone(n) for n in nets])
+    opt, _ = make_optimizer(pk.optimizer_parameters(), {"name": name, **kw}, {"name": "none"}, 1)
+    own = [make_optimizer(ps, {"name": name, **kw}, {"name": "none"}, 1)[0] for ps in alone]
     for step in range(4):
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
-        packed.packed_step(pk, opt, x, y)
+        stacked_step(pk, opt, x, y)
         for n, o in zip(nets, own):
             o.zero_grad()
             F.cross_entropy(n(x), y).backward()
@@ -331,7 +341,7 @@ def test_forward_backward_and_batchnorm_per_variant(arch, impl):
             mf = pruning.mask_of(layer)
             mf.mask.copy_(torch.rand(mf.mask.shape) > 0.25 * i)
             mf.fill.copy_(torch.randn(mf.fill.shape) * 0.01 * i)
-    pk = packed.PackedNet([_clone(n) for n in nets], impl=impl)
+    pk = StackedNet([_clone(n) for n in nets], impl=impl)
     assert pk.impl == impl
     if impl == "loop":
         check = torch.equal
@@ -341,7 +351,7 @@ def test_forward_backward_and_batchnorm_per_variant(arch, impl):
     for training, batch in ((True, 7), (True, 5), (False, 9)):
         x, y = torch.randn(batch, *shape), torch.randint(0, 3, (batch,))
         logits = pk(x, training=training)
-        losses, values = packed.packed_losses(logits, y)
+        losses, values = stacked_losses(logits, y)
         pk.zero_grad()
         losses.sum().backward()
         for k, n in enumerate(nets):
@@ -356,30 +366,32 @@ def test_forward_backward_and_batchnorm_per_variant(arch, impl):
                 assert check(pk.grad(pname, k), p.grad), (arch, training, k, pname)
             for bname, b in n.named_buffers():
                 if b.is_floating_point():
-                    assert check(pk.buffers[bname][k], b), (arch, training, k, bname)
+                    assert check(pk.bufs[bname][k], b), (arch, training, k, bname)
                 else:
-                    assert torch.equal(pk.buffers[bname][k], b), (arch, k, bname)
+                    assert torch.equal(pk.bufs[bname][k], b), (arch, k, bname)
 
 
 def test_auto_picks_loop_on_cpu():
     nets = [models.build("fc_lot", (1, 8, 8), 10) for _ in range(2)]
     for n in nets:
         pruning.attach_masks(n)
-    assert packed.PackedNet(nets).impl == "loop"
-    assert packed.batched_plan(nets[0]) is not None and packed.batched_plan(_Wrapped()) is None
+    assert StackedNet(nets).impl == "loop"
+    assert batched_plan(nets[0]) is not None and batched_plan(_Wrapped()) is None
 
 
 def test_bad_packs_fail_in_one_line():
-    """Variants that differ in more than phi and strategy, duplicates, or a non-float32 precision."""
+    """Variants that differ in more than phi and strategy, duplicates, or one loss scale for several."""
     a = config("fc_lot", "mask0", 0.0)
     with pytest.raises(ConfigError, match="only phi and strategy may vary"):
-        packed.check_variants([packed.Variant("a", a), packed.Variant("b", config("fc_lot", "mask0", 0.1, "seed=3"))])
+        check_variants([Variant("a", a), Variant("b", config("fc_lot", "mask0", 0.1, "seed=3"))])
     with pytest.raises(ConfigError, match="given twice"):
-        packed.check_variants([packed.Variant("a", a), packed.Variant("a", a)])
-    with pytest.raises(ConfigError, match="float32"):
-        packed.check_variants([packed.Variant("a", config("fc_lot", "mask0", 0.0, "trainer.precision=16-mixed"))])
+        check_variants([Variant("a", a), Variant("a", a)])
+    half = config("fc_lot", "mask0", 0.0, "trainer.precision=16-mixed")
+    with pytest.raises(ConfigError, match="one loss scale"):
+        check_variants([Variant("a", half), Variant("b", config("fc_lot", "mask1", 0.0, "trainer.precision=16-mixed"))])
+    check_variants([Variant("", half)])   # alone, a run may scale its loss
     with pytest.raises(ConfigError, match="phi must be a number"):
-        packed.make_variants(a, ["x"])
+        make_variants(a, ["x"])
 
 
 def test_cli_pack_in_a_multirun(tmp_path):
@@ -410,7 +422,7 @@ def test_cli_pack_in_a_multirun(tmp_path):
 
 def test_packed_speedup_bench_reports(tmp_path):
     """The bench row phicenter.bench calls: the two figures and what they were measured on."""
-    out = packed.packed_speedup(k=2, dataset="digits", epochs=1, iterations=0, workdir=tmp_path, isolate=False)
+    out = harness.packed_speedup(k=2, dataset="digits", epochs=1, iterations=0, workdir=tmp_path, isolate=False)
     assert out["packed_speedup"] > 0 and out["packed_speedup_cpu"] > 0
     assert out["packed_peak_memory_ratio"] > 0 or math.isnan(out["packed_peak_memory_ratio"])
     assert out["k"] == 2 and out["dataset"] == "digits" and out["sequential_runs_timed"] == 2
@@ -420,7 +432,7 @@ def test_packed_speedup_bench_reports(tmp_path):
 
 def test_packed_speedup_conv2_row(tmp_path):
     """The bench's conv2 row (run on a GPU, or with --packed-conv2), on small CIFAR-shaped synthetic data."""
-    out = packed.packed_speedup(k=2, model="conv2", dataset="synthetic", epochs=1, workdir=tmp_path, isolate=False,
+    out = harness.packed_speedup(k=2, model="conv2", dataset="synthetic", epochs=1, workdir=tmp_path, isolate=False,
                                 overrides=["dataset.shape=[3,8,8]", "dataset.n_train=240", "dataset.n_test=60",
                                            "dataset.val_size=60"])
     assert out["model"] == "conv2" and out["dataset"] == "synthetic" and out["packed_speedup"] > 0
@@ -431,7 +443,7 @@ def test_packed_speedup_conv2_row(tmp_path):
 def test_packed_step_breakdown_accounts_for_the_step():
     """The bench's bound: the variants' own kernels are a part of the packed step, and they are the masked
     products and the optimizer's arithmetic."""
-    out = packed.packed_step_breakdown(k=2, input_shape=(1, 8, 8), steps=3, repeats=1)
+    out = harness.packed_step_breakdown(k=2, input_shape=(1, 8, 8), steps=3, repeats=1)
     assert 0 < out["kernel_share"] <= 1
     assert 0 < out["kernel_ms_per_variant"] <= out["packed_ms_per_variant"]
     assert out["packing_bound"] == pytest.approx(out["single_ms"] / out["kernel_ms_per_variant"])
@@ -446,7 +458,7 @@ def test_batched_path_trains_like_alone(pair):
     if model != "fc_lot":
         pytest.skip("conv2's batched layers are checked per step in test_forward_backward_...; whole rounds "
                     "on CPU grouped convolutions cost time for no further coverage")
-    got = packed.train_packed(vs, out / "batched", impl="batched")
+    got = loop.train(vs, out / "batched", impl="batched")
     for v in vs:
         a, b = got[v.name], res_alone[v.name]
         assert a["packed"]["impl"] == "batched" and a["status"] == "complete"
@@ -454,3 +466,86 @@ def test_batched_path_trains_like_alone(pair):
             for k in ROUND_KEYS_ACC:
                 assert abs(ra[k] - rb[k]) <= 0.02, (v.name, ra["round"], k, ra[k], rb[k])
             assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+
+
+def test_compiled_stack_survives_remasking_without_recompiling():
+    """compile=true with K > 1: the stack is compiled once; the round boundary (scatter, IMP.advance per
+    variant, gather) changes masks in place, so later rounds reuse the graphs and honour the new masks."""
+    import torch._dynamo
+
+    from phicenter.method import strategies
+    from phicenter.method.imp import IMP, IMPConfig
+
+    torch._dynamo.reset()
+    nets = [models.build("fc_lot", (1, 8, 8), 10, seed=0) for _ in range(2)]
+    imps = [IMP(n, strategies.build(s), IMPConfig(phi=p)) for n, (s, p) in zip(nets, [("mask0", 0.0), ("mask1", 0.02)])]
+    pk = StackedNet(nets, impl="loop")
+    pk.compile(backend="eager")
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    counters = torch._dynamo.utils.counters
+
+    def step():
+        stacked_losses(pk(x, training=True), y)[0].sum().backward()
+        with torch.no_grad():
+            return pk(x, training=False)
+
+    step()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    for r in (1, 2):
+        with torch.no_grad():
+            for p in pk.parameters():
+                p.add_(0.01)
+        pk.scatter(nets)
+        for imp in imps:
+            imp.advance(r)
+        pk.gather(nets)
+        out = step()
+        for k, n in enumerate(nets):
+            with torch.no_grad():   # a copy: the template's own train/eval flag is part of the graphs' guards
+                torch.testing.assert_close(out[k], _clone(n).eval()(x))    # each variant's new masks are in force
+    assert counters["stats"]["unique_graphs"] == graphs     # ... with the graphs of round 0
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_late_rewinding_point_is_the_state_after_epoch_k(tmp_path, k):
+    """rewind.epoch=1: lth's survivors restart from their values after epoch 1 of round 0 (saved as
+    theta_k.pt), not from theta0; a relaunch after round 0 uses the saved point, to the same results."""
+    combos = [("lth", 0.0), ("mask1", 0.02)][:k]
+    vs = variants("fc_lot", combos, "prune.iterations=1", "epochs=2", "rewind.epoch=1")
+    ref = loop.train(vs, tmp_path / "ref")
+    d = tmp_path / "ref" / vs[0].name
+    theta_k = torch.load(d / results.THETA_K, weights_only=True)
+    theta0 = torch.load(d / results.THETA0, weights_only=True)
+    key = "fc1.parametrizations.weight.original"
+    assert not torch.equal(theta_k[key], theta0[key])              # one epoch of training moved it
+    # the same cohort killed after round 0 and relaunched
+    again_dir = tmp_path / "again"
+    loop.train(variants("fc_lot", combos, "prune.iterations=0", "epochs=2", "rewind.epoch=1"), again_dir)
+    for v in vs:   # the finished round-0-only runs are "complete": continue them as the longer config
+        res = results.read_json(again_dir / v.name / results.RESULTS)
+        res["status"], res["config"]["prune"]["iterations"] = "running", 1
+        results.write_json(again_dir / v.name / results.RESULTS, res)
+    got = loop.train(vs, again_dir)
+    for v in vs:
+        assert_same_rounds(got[v.name], ref[v.name], v.name)
+
+
+def test_lth_with_late_rewinding_restarts_from_theta_k():
+    """The engine's point reaches the method: IMP.advance with lth puts theta_k's values on the survivors."""
+    from phicenter.method import strategies
+    from phicenter.method.imp import IMP, IMPConfig
+
+    net = models.build("fc_lot", (1, 8, 8), 10, seed=0)
+    imp = IMP(net, strategies.build("lth"), IMPConfig())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5)
+    theta_k = {n: t.clone() for n, t in net.state_dict().items()}
+    imp.set_rewind(theta_k)
+    imp.advance(1)
+    layer = imp.layers["fc1"]
+    keep = pruning.mask_of(layer).mask
+    raw = pruning.raw_weight(layer).detach()
+    assert torch.equal(raw[keep], theta_k["fc1.parametrizations.weight.original"][keep])
