@@ -19,11 +19,9 @@ Real MNIST/CIFAR-10 are used when --data-dir holds them; otherwise seeded synthe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,14 +29,9 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from phicenter import CONF_DIR as CONF
-TRAIN_SIZE = {"mnist": 55000, "cifar10": 45000, "cifar100": 45000}   # real train split (after 5000 val)
-EVAL_SIZE = {"mnist": (5000, 10000), "cifar10": (5000, 10000), "cifar100": (5000, 10000)}  # val, test
-SHAPE = {"mnist": [1, 28, 28], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
-CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
-# Dense peak TFLOP/s by precision, for MFU; --peak-tflops overrides. First matching name wins.
+from phicenter.bench.cases import EVAL_SIZE, TRAIN_SIZE, Case, compose, interleaved, med
 PEAKS = [("H100 PCIe", {"bf16": 756.0, "16": 756.0, "32": 51.2}),
          ("H100", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
          ("H200", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
@@ -61,195 +54,6 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
-
-
-def _real_available(name: str, data_dir: str | None) -> bool:
-    from phicenter import data
-
-    if not data_dir:
-        return False
-    files = data.MNIST_FILES if name == "mnist" else data._cifar_files(name)
-    return all((Path(data_dir) / f).is_file() for f in files)
-
-
-def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None,
-                      compile: bool = False):
-    """The experiment's own config (model, optimizer, batch size, epochs), on real data when it is in
-    data_dir, else on synthetic data of the real shape; augmentation off, n_train training images."""
-    base = compose([f"experiment={experiment}"])
-    name = base.dataset.name
-    over = [f"experiment={experiment}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            "trainer.enable_progress_bar=false", "dataset.augment=false"]
-    if precision:
-        over.append(f"trainer.precision={precision}")
-    if compile:
-        over.append("compile=true")
-    if base.model.name == "vgg16_pretrained":
-        over.append("model.pretrained=false")  # the same network; timing needs no download
-    if _real_available(name, data_dir):
-        over += [f"data_dir={Path(data_dir).resolve()}", "dataset.download=false"]
-        source = name
-    else:
-        shape = SHAPE.get(name, [3, 32, 32])
-        over += ["dataset=synthetic", f"dataset.shape=[{','.join(map(str, shape))}]",
-                 f"dataset.n_train={n_train + 100}", "dataset.n_test=100", "dataset.val_size=100",
-                 f"dataset.num_classes={CLASSES.get(name, 10)}"]
-        source = f"synthetic {shape}"
-    cfg = compose(over)
-    return cfg, name, source
-
-
-class _Clock:
-    """Wall time of the training epoch inside a fit: from the epoch-start hook to the end of training (the
-    epoch-end hooks, logging and epoch checkpoint included)."""
-
-    def __init__(self, sync):
-        import pytorch_lightning as pl
-
-        clock = self
-
-        class Cb(pl.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                sync()
-                clock.start = time.perf_counter()
-
-            def on_train_end(self, trainer, module):
-                sync()
-                clock.end = time.perf_counter()
-
-        self.callback = Cb()
-        self.start = self.end = math.nan
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-
-class Case:
-    """One experiment's model and data, trained alternately by phicenter's fit path and a plain loop."""
-
-    def __init__(self, experiment: str, n_train: int, data_dir: str | None, device: str,
-                 precision: str | None = None, workdir: Path | None = None, compile: bool = False):
-        from omegaconf import OmegaConf
-
-        from phicenter import data
-        from phicenter.config import validate
-        from phicenter.engine import build, records
-        from phicenter.engine.module import CohortModule
-
-        self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
-                                                                compile)
-        self.experiment, self.device = experiment, torch.device(device)
-        v = validate(self.cfg)
-        splits = build.load_data(self.cfg)
-        if len(splits.y_train) > n_train:  # real data: the first n_train images of the train split
-            splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
-        self.splits, self.n = splits, len(splits.y_train)
-        self.batch_size, self.seed = v["batch_size"], v["seed"]
-        self.net = build.build_model(self.cfg, splits)
-        self.imp = build.build_imp(self.cfg, self.net, v)
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
-        self.module = CohortModule([self.net], OmegaConf.to_container(self.cfg.optim, resolve=True),
-                                   OmegaConf.to_container(self.cfg.schedule, resolve=True),
-                                   recorders=[records.Recorder(self.workdir / experiment)])
-        self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
-        self.train_b.to(self.device)
-        self.module.train_batches = self.train_b
-        # The plain loop's data: the same images, normalised once, resident on the same device.
-        self.x = ((splits.x_train.float() / 255.0 - splits.mean.view(1, -1, 1, 1))
-                  / splits.std.view(1, -1, 1, 1)).to(self.device)
-        self.y = splits.y_train.to(self.device)
-        self.epoch = 0
-        self.checkpoint_s: list[float] = []
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def phicenter_epoch(self) -> float:
-        """One epoch of a fresh fit, exactly as a round of the engine (engine.loop) makes it."""
-        from phicenter.engine import build, callbacks
-
-        clock = _Clock(self.sync)
-        cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
-        saver_cls = getattr(callbacks, "EpochCheckpoint", None)  # the round loop's epoch checkpoint, when present
-        self.last_checkpoint_s = 0.0
-        if saver_cls is not None:
-            saver = saver_cls(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1))
-            save = saver.on_train_epoch_end
-
-            def timed_save(trainer, module):
-                t0 = time.perf_counter()
-                save(trainer, module)
-                self.last_checkpoint_s = time.perf_counter() - t0
-
-            saver.on_train_epoch_end = timed_save
-            cbs.append(saver)
-        trainer = build.make_trainer(self.cfg, cbs, 1)
-        self.module.start_round(self.epoch, 1)  # a fresh data order each time
-        self.module.prepare(trainer.strategy.root_device, compile=bool(self.cfg.get("compile", False)))
-        trainer.fit(self.module, train_dataloaders=self.train_b)
-        self.epoch += 1
-        self.checkpoint_s.append(self.last_checkpoint_s)
-        return clock.seconds
-
-    def plain_epoch(self) -> float:
-        """The minimal hand-written loop: permutation, index, forward, loss, backward, step."""
-        from omegaconf import OmegaConf
-
-        from phicenter.engine.module import optimizer_kwargs
-
-        params = list(self.net.to(self.device).parameters())
-        cls, kwargs = optimizer_kwargs(params, OmegaConf.to_container(self.cfg.optim, resolve=True))
-        opt = cls(params, **kwargs)
-        net, bs, n = self.net.to(self.device).train(), self.batch_size, self.n
-        self.sync()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=self.device)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(self.x.index_select(0, idx)), self.y.index_select(0, idx)).backward()
-            opt.step()
-        self.sync()
-        return time.perf_counter() - t0
-
-    def flops_per_image(self) -> float:
-        """Model FLOPs of one training step (forward + backward), per image, counted from the model."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        net = self.net.to(self.device).train()
-        x, y = self.x[:self.batch_size], self.y[:self.batch_size]
-        with FlopCounterMode(display=False) as counter:
-            F.cross_entropy(net(x), y).backward()
-        net.zero_grad(set_to_none=True)
-        return counter.get_total_flops() / len(y)
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Each function `warmup` times untimed, then `repeats` rounds, the order rotating every round."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    out = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(repeats):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        for k in order:
-            out[k].append(fns[k]())
-    return out
-
-
-def med(xs) -> float:
-    return float(statistics.median(xs))
-
-
-# ---------------------------------------------------------------------------------------------------------
 def bench_loop(sizes, args, device) -> dict:
     out = {}
     for key, experiment in (("fc_lot", "mnist_fc_lot"), ("conv4", "cifar10_conv4")):
@@ -425,6 +229,51 @@ def table(res: dict) -> str:
     return "\n".join(L)
 
 
+def packed_rows(res: dict, args, device: str) -> None:
+    """K = 11 variants trained as one cohort vs one after another (fc_lot; conv2 on a GPU or on request),
+    and on CPU where a stacked step's time goes."""
+    from phicenter.bench.packed import packed_speedup
+
+    t0 = time.perf_counter()
+    over = [f"data_dir={args.data_dir}"] if args.data_dir else []
+    res["packed"] = packed_speedup(k=11, model="fc_lot", epochs=1, overrides=over,
+                                   sequential=3 if args.quick else None)
+    res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
+    res["packed_speedup"] = res["packed"]["packed_speedup"]
+    res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
+    if device == "cuda" or args.packed_conv2:   # the issue's second GPU row: a small conv net
+        n = 1000 if args.quick else 10000
+        res["packed_conv2"] = packed_speedup(
+            k=11, model="conv2", dataset="synthetic", epochs=1, sequential=3 if args.quick else None,
+            overrides=["dataset.shape=[3,32,32]", f"dataset.n_train={n}", "dataset.n_test=500",
+                       "dataset.val_size=500", "batch_size=60"])
+        res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
+    if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
+        from phicenter.bench.packed import packed_step_breakdown
+
+        res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40,
+                                                   repeats=3 if args.quick else 7)
+        res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
+
+
+def print_summary(res: dict) -> None:
+    print(f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
+          f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)")
+    if "packed_speedup" in res:
+        print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
+              f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
+    if "packed_speedup_conv2" in res:
+        print(f"packed_speedup_conv2 {res['packed_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, packed vs "
+              f"sequential)  peak memory ratio {res['packed_conv2']['packed_peak_memory_ratio']:.2f}")
+    if res.get("packed_step"):
+        st = res["packed_step"]
+        kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in st["top_kernels_ms_per_variant"].items() if v >= 0.05)
+        print(f"packed step (fc_lot, K = 11): one lean unpacked step {st['single_ms']:.2f} ms; packed "
+              f"{st['packed_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
+              f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
+              f"packing here {st['packing_bound']:.2f}x")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m phicenter.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller version, under a minute on 2 CPU cores")
@@ -485,46 +334,11 @@ def main(argv=None) -> dict:
     res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
     res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
     if args.packed:
-        from phicenter.bench.packed import packed_speedup
-
-        t0 = time.perf_counter()
-        over = [f"data_dir={args.data_dir}"] if args.data_dir else []
-        res["packed"] = packed_speedup(k=11, model="fc_lot", epochs=1, overrides=over,
-                                       sequential=3 if args.quick else None)
-        res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
-        res["packed_speedup"] = res["packed"]["packed_speedup"]
-        res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
-        if device == "cuda" or args.packed_conv2:   # the issue's second GPU row: a small conv net
-            n = 1000 if args.quick else 10000
-            res["packed_conv2"] = packed_speedup(
-                k=11, model="conv2", dataset="synthetic", epochs=1, sequential=3 if args.quick else None,
-                overrides=["dataset.shape=[3,32,32]", f"dataset.n_train={n}", "dataset.n_test=500",
-                           "dataset.val_size=500", "batch_size=60"])
-            res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
-        if device == "cpu":   # what packing can gain at all here: the variants' own kernels stay
-            from phicenter.bench.packed import packed_step_breakdown
-
-            res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40,
-                                                       repeats=3 if args.quick else 7)
-            res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
+        packed_rows(res, args, device)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["seconds"] = time.perf_counter() - t_start
     print(table(res))
-    print(f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
-          f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)")
-    if "packed_speedup" in res:
-        print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
-              f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
-    if "packed_speedup_conv2" in res:
-        print(f"packed_speedup_conv2 {res['packed_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, packed vs "
-              f"sequential)  peak memory ratio {res['packed_conv2']['packed_peak_memory_ratio']:.2f}")
-    if res.get("packed_step"):
-        st = res["packed_step"]
-        kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in st["top_kernels_ms_per_variant"].items() if v >= 0.05)
-        print(f"packed step (fc_lot, K = 11): one lean unpacked step {st['single_ms']:.2f} ms; packed "
-              f"{st['packed_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
-              f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
-              f"packing here {st['packing_bound']:.2f}x")
+    print_summary(res)
     if args.out:
         from phicenter.engine.rundir import write_json
         write_json(Path(args.out), res)

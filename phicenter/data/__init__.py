@@ -87,7 +87,7 @@ CIFAR = {  # name: (torchvision class, folder, train files, test files, meta fil
 }
 
 
-def _cifar_files(name: str) -> tuple[str, ...]:
+def cifar_files(name: str) -> tuple[str, ...]:
     _, folder, train, test, meta, _ = CIFAR[name]
     return tuple(f"{folder}/{f}" for f in (*train, *test, meta))
 
@@ -111,7 +111,7 @@ def _read_cifar_batch(file: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 def _decode_cifar(name: str, root: Path, download: bool) -> dict:
     cls_name, folder, train, test, meta, label_key = CIFAR[name]
     expected = f"{folder}/{{{','.join((*train, *test, meta))}}}"
-    if not all((root / f).is_file() for f in _cifar_files(name)):
+    if not all((root / f).is_file() for f in cifar_files(name)):
         if not download:
             raise _missing(cls_name, root, download, expected)
         import torchvision
@@ -135,12 +135,12 @@ def mnist(root: Path, download: bool = True, **_):
 
 @register_dataset
 def cifar10(root: Path, download: bool = True, **_):
-    return cached(root, "cifar10", _cifar_files("cifar10"), lambda: _decode_cifar("cifar10", root, download))
+    return cached(root, "cifar10", cifar_files("cifar10"), lambda: _decode_cifar("cifar10", root, download))
 
 
 @register_dataset
 def cifar100(root: Path, download: bool = True, **_):
-    return cached(root, "cifar100", _cifar_files("cifar100"), lambda: _decode_cifar("cifar100", root, download))
+    return cached(root, "cifar100", cifar_files("cifar100"), lambda: _decode_cifar("cifar100", root, download))
 
 
 @register_dataset
