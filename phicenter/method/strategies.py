@@ -111,41 +111,37 @@ class Standard(Strategy):
         return v.trained
 
 
-@register("lth")
-class LotteryTicket(Strategy):
-    """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
+class TakeReference(Strategy):
+    """The baselines without a sign decision: survivors take their reference's values as they are."""
     uses_phi = False
-
-    def reference(self, v):
-        return v.rewind
-
-    def survivors(self, v, reference):
-        return v.rewind.clone()
-
-
-@register("random")
-class RandomReinit(Strategy):
-    """Baseline: survivors get a fresh draw of the layer's init distribution."""
-    uses_phi = False
-
-    def reference(self, v):
-        return v.fresh_init(v.generator).to(v.trained.device, v.trained.dtype)
 
     def survivors(self, v, reference):
         return reference.clone()
 
 
+@register("lth")
+class LotteryTicket(TakeReference):
+    """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
+
+    def reference(self, v):
+        return v.rewind
+
+
+@register("random")
+class RandomReinit(TakeReference):
+    """Baseline: survivors get a fresh draw of the layer's init distribution."""
+
+    def reference(self, v):
+        return v.fresh_init(v.generator).to(v.trained.device, v.trained.dtype)
+
+
 @register("lrr")
-class LearningRateRewinding(Strategy):
+class LearningRateRewinding(TakeReference):
     """Baseline: survivors keep their trained values; only the optimizer and LR schedule restart (Renda et al.,
     2020)."""
-    uses_phi = False
 
     def reference(self, v):
         return v.trained
-
-    def survivors(self, v, reference):
-        return v.trained.clone()
 
 
 @register("sign_transfer")
