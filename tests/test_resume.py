@@ -111,25 +111,29 @@ def test_config_changes_ignores_execution_keys_and_new_keys():
     assert config_changes(added, before) == ["optim.momentum: 0.9 -> (absent)"]
 
 
-def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path):
+@pytest.mark.parametrize("k", [1, 3])
+def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path, k):
     """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
     from hydra import compose, initialize_config_dir
 
     from phicenter.engine import rundir as res
-    from phicenter.engine.loop import run
+    from phicenter.engine.cohort import make_variants, single
+    from phicenter.engine.loop import train
     from tests.cli import ROOT
 
-    def cfg(*extra):
+    def cohort(*extra):
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose("config", overrides=["dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40",
-                                                "dataset.val_size=40", "epochs=1", "threads=1", *extra])
+            c = compose("config", overrides=["dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40",
+                                             "dataset.val_size=40", "epochs=1", "threads=1", *extra])
+        return single(c) if k == 1 else make_variants(c, [0.0, 0.02, -0.02])
 
-    run(cfg("prune.iterations=2"), tmp_path)
-    assert res.latest_round(tmp_path)["round"] == 2
-    run(cfg("prune.iterations=0", "optim.lr=0.01", "resume=false"), tmp_path)
-    assert res.latest_round(tmp_path)["round"] == 0
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round_000.pt"]
-    assert res.read_json(tmp_path / "results.json")["config"]["optim"]["lr"] == 0.01
+    train(cohort("prune.iterations=2"), tmp_path)
+    d = folder(tmp_path, k)
+    assert res.latest_round(d)["round"] == 2
+    train(cohort("prune.iterations=0", "optim.lr=0.01", "resume=false"), tmp_path)
+    assert res.latest_round(d)["round"] == 0
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["round_000.pt"]
+    assert res.read_json(d / "results.json")["config"]["optim"]["lr"] == 0.01
 
 
 def test_multirun_over_an_unnamed_key_is_refused(tmp_path):
