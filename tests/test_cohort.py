@@ -418,6 +418,12 @@ def test_cli_pack_in_a_multirun(tmp_path):
         else:
             assert "trained_fraction" not in cfg["strategy"]
         assert list((path.parent / "tb").glob("events.out.tfevents.*"))
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert len(summary["complete"]) == 8 and set(summary) == {"complete"}   # one entry per variant
+    from phicenter.analysis import report
+
+    made = report.report([tmp_path], tmp_path / "report")
+    assert made["used"] == 8                                                # the report reads every variant
 
 
 def test_packed_speedup_bench_reports(tmp_path):
