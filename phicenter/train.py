@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -13,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from phicenter.analysis.sweep import job_line, where_results
 from phicenter.engine import rundir as results
 from phicenter.config import ConfigError, check_launch, recorded_config
 
@@ -26,8 +28,11 @@ def _discard_if_new(run_dir: Path) -> None:
 
 
 def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> Path:
-    """Record how a run ended in its results.json, keeping the rounds it completed."""
+    """Record how a run ended in its results.json, keeping the rounds it completed (the first process of a
+    data-parallel run writes it)."""
     path = run_dir / results.RESULTS
+    if not results.is_writer():
+        return path
     prev = results.read_json(path) or {"config": _recorded(cfg), "rounds": []}
     prev.update(status=status, error=error, traceback=trace)
     results.write_json(path, prev)
@@ -55,6 +60,17 @@ def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     check_launch(cfg, results.read_json(run_dir / results.RESULTS), run_dir)
 
 
+def _check_data_parallel(cfg: DictConfig, multirun: bool) -> None:
+    """Lightning's DDP starts its worker processes by running this command line again; in a multirun that
+    would be the whole multirun, in each worker. Under SLURM, SLURM starts them (one task per device)."""
+    strategy = str(cfg.trainer.get("strategy") or "")
+    if (multirun and strategy.startswith("ddp") and "spawn" not in strategy and cfg.trainer.get("devices") != 1
+            and os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
+        raise ConfigError(f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices')} cannot "
+                          "run inside a multirun here (its workers would relaunch the whole multirun); run each "
+                          "job on its own (no -m), or under hydra/launcher=slurm")
+
+
 def _stop_on_sigterm(exc: type[BaseException]) -> None:
     """SIGTERM (scancel, a requeue, a time limit, a plain kill) stops the job at once, wherever it is: Lightning
     alone defers it to its next batch and forgets it outside a fit, and submitit ignores it. Every checkpoint
@@ -72,9 +88,7 @@ def _stop_on_sigterm(exc: type[BaseException]) -> None:
 
 def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str) -> None:
     """Each run of this job that was still running when the job was stopped: `interrupted`, rounds kept."""
-    from phicenter.engine.rundir import is_writer
-
-    if not is_writer():
+    if not results.is_writer():
         return
     for name in names:
         prev = results.read_json(run_dir / name / results.RESULTS)
@@ -89,6 +103,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     try:
         _first_checks(cfg, run_dir)
+        _check_data_parallel(cfg, hc.mode.name == "MULTIRUN")
     except ConfigError as e:
         _refuse(e, run_dir)
     except Exception:   # anything else (an interpolation, say) is met again below, and recorded there
@@ -100,6 +115,11 @@ def main(cfg: DictConfig) -> float:
     from phicenter.engine.cohort import single, variants_from_hydra
     from phicenter.engine.loop import CohortFailed, train
 
+    multirun = hc.mode.name == "MULTIRUN"
+    if not results.is_writer():   # a data-parallel worker: the first process reports for all of them
+        logging.getLogger("phicenter").setLevel(logging.WARNING)
+    elif multirun:
+        log.info("%s", job_line())
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
     if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
         import torch
@@ -130,6 +150,9 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
         return float("nan")
+    if not multirun and not cfg.get("dry_run") and results.is_writer():
+        for line in where_results(run_dir, "results"):
+            log.info("%s", line)
     accs = [o["final"]["val_acc"] for o in outs.values() if o and o.get("final")
             and o["final"].get("val_acc") is not None]
     return max(accs) if accs else float("nan")   # the sweeper's objective: the best variant's

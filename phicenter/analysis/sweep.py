@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +28,44 @@ def summarize(sweep_dir: str | Path) -> dict:
     return out
 
 
+JOBS_ENV = "PHICENTER_MULTIRUN_JOBS"   # set at the start of a multirun for its jobs: how many there are
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs a multirun launches: the sweeper's n_trials (Optuna), else the product of the swept
+    values of the basic sweeper, hydra.sweeper.params overridden key by key by the command line's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("n_trials") is not None:
+        return int(sweeper.n_trials)
+    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+        sizes = {o.get_key_element(): len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                 for o in overrides}
+    except Exception:   # a sweep this count does not know (say, an interval)
+        return None
+    return math.prod(sizes.values())
+
+
+def job_line() -> str:
+    """'job 3 of 88: phi=0.0005,strategy=mask1', in a multirun job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    total = os.environ.get(JOBS_ENV)
+    return f"job {hc.job.num + 1}{f' of {total}' if total else ''}: {hc.job.override_dirname or '(no overrides)'}"
+
+
+def where_results(folder: str | Path, what: str) -> list[str]:
+    """Where a run's or a multirun's results are, and the two commands that read them."""
+    shown = os.path.relpath(folder) if Path(folder).resolve().is_relative_to(Path.cwd()) else str(folder)
+    return [f"{what} in {shown}; to read them:",
+            f"  tensorboard --logdir {shown}",
+            f"  python -m phicenter.report {shown}"]
+
+
 def swept_unnamed_keys(config: DictConfig) -> list[str]:
     """Keys the multirun sweeps over (`compile=true,false`) that job folder names leave out
     (hydra.job.config.override_dirname.exclude_keys): its jobs would share one folder."""
@@ -44,6 +84,9 @@ class SweepSummary(Callback):
                   "(how a job runs, not what it trains), so its jobs would share one folder; run one multirun "
                   "per value, each with its own hydra.sweep.dir", file=sys.stderr)
             sys.exit(2)
+        total = count_jobs(config)
+        if total:
+            os.environ[JOBS_ENV] = str(total)   # for the jobs, here or in the processes a launcher starts
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -54,3 +97,5 @@ class SweepSummary(Callback):
         for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):
             for job in summary.get(status, []):
                 log.warning("%s: %s%s", status, job["job"], f" -- {job['error']}" if job["error"] else "")
+        for line in where_results(sweep_dir, "results of the multirun"):
+            log.info("%s", line)

@@ -194,7 +194,7 @@ class Trainer:
     devices: PosInt | Literal["auto"] | list[NonNegInt] = "auto"
     precision: Precision = "32-true"
     deterministic: bool | None = None  # null: on for CPU runs, off on GPU
-    enable_progress_bar: bool = False
+    enable_progress_bar: bool | None = None  # null: a live bar when stdout is a terminal, else a line per epoch
 
 
 @frozen

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached  # noqa: F401 (re-exported)
+from phicenter.data.shards import shard, shard_size
 from phicenter.data.transforms import NORMALIZE, augment, channel_stats, statistics  # noqa: F401 (re-exported)
 from phicenter.method import seeding
 
@@ -293,6 +294,12 @@ class Batches:
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.drop_last, self.group = drop_last, max(1, int(group))
         self.round = self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "Batches":
+        """From now on, yield only this process's shard of each epoch's order (data.shards)."""
+        self.rank, self.world = int(rank), int(world)
+        return self
 
     def to(self, device) -> "Batches":
         self.x, self.y = self.x.to(device), self.y.to(device)
@@ -303,7 +310,7 @@ class Batches:
         self.round, self.epoch = round_index, epoch
 
     def n_batches(self) -> int:
-        n = len(self.y)
+        n = shard_size(len(self.y), self.world)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
@@ -324,9 +331,12 @@ class Batches:
             yield Group(stream, start, min(self.group, total - start))
 
     def _batches(self):
-        n = len(self.y)
         g = seeding.generator(self.seed, "batches", self.round, self.epoch)
-        order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        order = torch.randperm(len(self.y), generator=g) if self.shuffle else None
+        if self.world > 1:
+            order = shard(torch.arange(len(self.y)) if order is None else order, self.rank, self.world)
+        n = shard_size(len(self.y), self.world)
+        order = None if order is None else order.to(self.x.device)
         for i in range(self.n_batches()):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if order is None:
@@ -350,18 +360,18 @@ class SeededOrder(torch.utils.data.Sampler):
     def __init__(self, n: int, seed: int = 0, shuffle: bool = False):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.round = self.epoch = 0
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, round_index: int, epoch: int) -> None:
         self.round, self.epoch = round_index, epoch
 
     def __len__(self) -> int:
-        return self.n
+        return shard_size(self.n, self.world)
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
         g = seeding.generator(self.seed, "batches", self.round, self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        return iter(shard(order, self.rank, self.world).tolist())
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -423,6 +433,13 @@ class LoaderBatches:
     def set_epoch(self, round_index: int, epoch: int) -> None:
         self.order.set_epoch(round_index, epoch)
         self.dataset.set_epoch(round_index, epoch)
+
+    def shard(self, rank: int, world: int) -> "LoaderBatches":
+        self.order.rank, self.order.world = int(rank), int(world)
+        return self
+
+    def n_batches(self) -> int:
+        return len(self.loader)
 
     def __len__(self) -> int:
         return math.ceil(len(self.loader) / self.group)

@@ -62,11 +62,18 @@ def deterministic(cfg) -> bool:
     return not (cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available())
 
 
-def make_trainer(cfg: DictConfig, callbacks, epochs: int) -> pl.Trainer:
-    """One round's Trainer. Logging is the engine's own (engine.records), one event file per variant."""
+def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False) -> pl.Trainer:
+    """One round's Trainer. Logging is the engine's own (engine.records), one event file per variant. With
+    `progress`, the run's per-epoch progress (engine.progress): a live bar, or one log line per epoch."""
+    from phicenter.engine import progress as shown
+
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     kw["deterministic"] = deterministic(cfg)
-    kw.setdefault("enable_progress_bar", False)
+    setting = kw.pop("enable_progress_bar", None)
+    kw["enable_progress_bar"] = bool(progress) and shown.wants_bar(setting)
+    if progress:
+        last = 0 if cfg.get("dry_run") else int(cfg.prune.iterations)
+        callbacks = [*callbacks, shown.callback(setting, last)]
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "plugins" not in kw:
         # submitit requeues preempted/timed-out jobs; Lightning must not requeue them a second time
         from pytorch_lightning.plugins.environments import SLURMEnvironment

@@ -246,7 +246,7 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         callbacks = [cb, saver]
         if r == 0 and rewind_epoch(cfg):
             callbacks.insert(1, RewindPoint([m.imp for m in alive], [m.folder for m in alive], rewind_epoch(cfg)))
-        trainer = build.make_trainer(cfg, callbacks, epochs)
+        trainer = build.make_trainer(cfg, callbacks, epochs, progress=True)
         device = trainer.strategy.root_device
         if module is None or module.k != len(alive):
             module = _module(alive, cfg, impl, device)
