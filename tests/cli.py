@@ -13,8 +13,11 @@ FAST = ["threads=1", "epochs=2", "prune.iterations=2"]
 
 
 def env() -> dict:
+    """The subprocess's environment: one thread, no data folder of the caller's, and the session's round
+    store (tests/conftest.py), never the default one under outputs/."""
     e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e.pop("PHICENTER_DATA_DIR", None)
+    assert e.get("PHICENTER_ROUND_STORE"), "tests/conftest.py sets the round store of the session"
     return e
 
 

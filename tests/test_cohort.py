@@ -4,6 +4,9 @@ The central check trains the same four variants (one per paper strategy, each wi
 one cohort of K = 4, and each as the cohort of one a plain run is. Per round, every accuracy, loss and flip
 diagnostic must agree, and the final weights too. On CPU the stacked default ("loop") issues the unpacked
 kernels on the unpacked shapes, so the test asserts what that gives: equal bit for bit.
+
+Every config here has the round store off (`round_store.enabled=false`): each side trains every round of
+every variant itself, so what is compared is training (tests/test_round_store.py tests the reuse).
 """
 import json
 import math
@@ -42,7 +45,7 @@ def config(model: str, strategy: str = "mask0", phi: float = 0.0, *extra: str):
         return compose("config", overrides=[
             f"model={model}", "dataset=synthetic", f"dataset.shape={shape}", f"dataset.n_train={n_train}",
             "dataset.n_test=150", "epochs=2", "prune.iterations=2", f"strategy={strategy}", f"phi={phi}",
-            "checkpoint.keep_all=true", *extra])
+            "checkpoint.keep_all=true", "round_store.enabled=false", *extra])
 
 
 def variants(model: str, combos=COMBOS, *extra: str):

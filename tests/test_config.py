@@ -205,6 +205,13 @@ def test_conf_files_hold_the_declared_defaults(group, name, registry):
             assert normalised(registry[name], key, value) == default(fields[key][1]), f"{group}.{key}"
 
 
+def env_default(value):
+    """`${oc.env:NAME,DEFAULT}` stands for DEFAULT when NAME is unset."""
+    if isinstance(value, str) and value.startswith("${oc.env:") and value.endswith("}") and "," in value:
+        return value[:-1].split(",", 1)[1]
+    return value
+
+
 def test_config_yaml_holds_the_declared_defaults():
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))
     top = declared(schema.Config)
@@ -214,7 +221,7 @@ def test_config_yaml_holds_the_declared_defaults():
         tp, f = top[key]
         if isinstance(value, dict):
             for sub, v in value.items():
-                assert normalised(tp, sub, v) == default(declared(tp)[sub][1]), f"{key}.{sub}"
+                assert normalised(tp, sub, env_default(v)) == default(declared(tp)[sub][1]), f"{key}.{sub}"
         else:
             assert check_value(key, value, tp) == default(f), key
 

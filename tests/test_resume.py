@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli import accuracies, results, start, train
 
-BASE = ["threads=1", "epochs=4", "prune.iterations=2"]
+BASE = ["threads=1", "epochs=4", "prune.iterations=2", "round_store.enabled=false"]   # every round trained
 COHORT = ["pack=true", "phi=[0,0.02,-0.02]"]   # K = 3; the variant checked is VARIANT
 VARIANT = "phi=0.02,strategy=mask0"
 

@@ -54,14 +54,15 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 RUN_COLUMNS = ["path", "status", "dataset", "architecture", "strategy", "phi", "seed", "val_acc", "test_acc",
-               "inactive", "problem"]
+               "inactive", "rounds_trained", "rounds_reused", "problem"]
 
 
 def run_rows(runs: list[Run]) -> list[dict]:
     return [{"path": str(r.path.parent), "status": r.status, "dataset": r.dataset, "architecture": r.row,
              "strategy": r.col, "phi": "" if math.isnan(r.phi) else fmt_phi(r.phi),
              "seed": "" if r.seed is None else r.seed, "val_acc": pct(r.val, 4), "test_acc": pct(r.test, 4),
-             "inactive": r.inactive, "problem": r.problem or ""} for r in runs]
+             "inactive": r.inactive, "rounds_trained": r.rounds_trained, "rounds_reused": r.rounds_reused,
+             "problem": r.problem or ""} for r in runs]
 
 
 def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
@@ -97,9 +98,13 @@ def markdown(dirs, by, cells, t, made, usable, not_used) -> str:
            if by == "val" else
            "ϕ chosen on **test** accuracy — **the paper's way**: the same numbers pick ϕ and report it, so cells "
            "and p-values are optimistic. Run without `--select test` for the honest version.")
+    everything = usable + not_used
+    trained, reused = sum(r.rounds_trained for r in everything), sum(r.rounds_reused for r in everything)
     lines = ["# phicenter report", "",
              f"Sources: {', '.join(f'`{d}`' for d in dirs)} — {len(usable)} runs used, "
              f"{len(not_used)} not used (listed at the end).", "",
+             f"Rounds: {trained} trained, {reused} reused (an identical round trained once, by another run "
+             "or a cohort twin, and taken from the round store: `reused_from` in results.json).", "",
              how + " Cells: mean ± 95 % CI over seeds (t interval), the chosen ϕ in brackets, n = seeds. "
              f"Non-zero ϕ values that changed no sign in any round are marked “{INACTIVE}” "
              "and are never offered as a best ϕ.", ""]

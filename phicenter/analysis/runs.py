@@ -44,6 +44,8 @@ class Run:
     val: float = math.nan               # final-round accuracies, fractions
     test: float = math.nan
     inactive: bool = False              # phi != 0 and phi re-signed no survivor in any round
+    rounds_trained: int = 0             # rounds this run trained itself
+    rounds_reused: int = 0              # rounds it took from the round store or a cohort twin (`reused_from`)
     dataset: str = ""                   # labels, filled in by label()
     row: str = ""
     col: str = ""
@@ -77,6 +79,8 @@ def read_run(path: Path) -> Run:
     if not all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds):
         return Run(path, "corrupt", "results.json has a malformed round entry")
     run = Run(path, status, config=data["config"], rounds=rounds)
+    run.rounds_reused = sum(r.get("reused_from") is not None for r in rounds)
+    run.rounds_trained = len(rounds) - run.rounds_reused
     if status != "complete":
         total = (run.config.get("prune") or {}).get("iterations")
         of = f" of {total + 1}" if isinstance(total, int) else ""

@@ -11,20 +11,25 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from phicenter.engine import rundir as results
+from phicenter.engine.roundstore import RoundStore, describe, store_dir
 
 log = logging.getLogger("phicenter")
 
 
 def summarize(sweep_dir: str | Path) -> dict:
-    """Status of every job folder under sweep_dir: {"complete": [...], "failed": [...], ...}."""
+    """Status of every job folder under sweep_dir: {"complete": [...], "failed": [...], ...}, each job with
+    the rounds it trained and those it reused (`reused_from`, engine.reuse)."""
     out: dict[str, list] = {}
     jobs = [p.parent for p in Path(sweep_dir).glob("**/.hydra")]
     jobs += [p.parent for j in list(jobs) if (j / "pack.json").exists() for p in j.glob("*/results.json")]
     for job in sorted(j for j in jobs if not (j / "pack.json").exists()):  # a packed job: one entry per variant
         res = results.read_json(job / results.RESULTS)
         status = (res or {}).get("status", "missing" if res is None else "unknown")
+        rounds = (res or {}).get("rounds") or []
+        reused = sum(isinstance(r, dict) and r.get("reused_from") is not None for r in rounds)
         out.setdefault(status, []).append({"job": str(job.relative_to(sweep_dir)),
-                                           "error": (res or {}).get("error")})
+                                           "error": (res or {}).get("error"),
+                                           "rounds_trained": len(rounds) - reused, "rounds_reused": reused})
     return out
 
 
@@ -91,9 +96,15 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = summarize(sweep_dir)
-        results.write_json(sweep_dir / "sweep_summary.json", summary)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(summary.items()))
+        jobs = [j for v in summary.values() for j in v]
+        rounds = {k: sum(j[f"rounds_{k}"] for j in jobs) for k in ("trained", "reused")}
+        root = store_dir(config)
+        usage = RoundStore(root).usage() if root is not None else None
+        results.write_json(sweep_dir / "sweep_summary.json", summary)
         log.info("multirun finished: %s (%s)", counts, sweep_dir / "sweep_summary.json")
+        log.info("rounds: %d trained, %d reused; %s", rounds["trained"], rounds["reused"],
+                 describe(usage) if usage else "round store off")
         for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):
             for job in summary.get(status, []):
                 log.warning("%s: %s%s", status, job["job"], f" -- {job['error']}" if job["error"] else "")

@@ -95,7 +95,9 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
 
     if k < 1:
         raise ValueError("k must be >= 1")
-    base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", *overrides]
+    # both sides train every round of every variant: the round store would reuse the shared ones
+    base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", "round_store.enabled=false",
+            *overrides]
     if dataset == "auto":
         dataset = "mnist"
         try:
@@ -244,7 +246,7 @@ def bench_phase(spec: dict) -> dict:
     device = _device(cfg)
     load_data(cfg)
     warm = make_variants(_compose([f"model={spec['model']}", "dataset=synthetic", "dataset.n_train=300",
-                                   "epochs=1", "prune.iterations=0"]), [0.0])
+                                   "epochs=1", "prune.iterations=0", "round_store.enabled=false"]), [0.0])
     if spec["side"] == "sequential":   # lazy imports and first-call costs, untimed
         run(warm[0].cfg, work / "warmup")
     else:

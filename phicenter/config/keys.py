@@ -16,7 +16,7 @@ from phicenter.spec import declared, is_group
 EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
                   "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
                   "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
-                  "eval_batch_size", "optim.fused")
+                  "eval_batch_size", "optim.fused", "round_store")
 
 # Execution settings job folder names keep: a packed job's folder holds its variants' folders, and a dry run
 # or an injected fault must not take the folder of the run it stands for.

@@ -215,6 +215,12 @@ class Fault:
 
 
 @frozen
+class RoundStore:
+    enabled: bool = True               # train each distinct round once; reuse it wherever it appears
+    dir: str = "outputs/round_store"   # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
+
+
+@frozen
 class Config:
     """The top level of conf/config.yaml (with the groups the defaults list picks)."""
     phi: float = 0.0                   # a list of numbers with pack=true
@@ -232,6 +238,7 @@ class Config:
     dry_run: Literal["phi", False] | None = None
     dry_run_grid: DryRunGrid = field(default_factory=DryRunGrid)
     fault: Fault = field(default_factory=Fault)
+    round_store: RoundStore = field(default_factory=RoundStore)
     prune: Prune = field(default_factory=Prune)
     rewind: Rewind = field(default_factory=Rewind)
     reinit: Reinit = field(default_factory=Reinit)

@@ -16,6 +16,8 @@ class PruneReinit(pl.Callback):
     survivors relative to phi, reinitialise them at the constant magnitude (IMP.advance, on the variant's own
     net). The optimizer is created fresh by the new fit.
 
+    The round loop applies the boundary before the fit (`apply`), since a round's key is computed on the
+    state after it (engine.reuse); a fit started without that finds it undone and does it at its start.
     Its state (the round's diagnostics) is saved in epoch checkpoints, so a fit resumed mid-round does not
     prune twice."""
 
@@ -23,11 +25,19 @@ class PruneReinit(pl.Callback):
         self.imps, self.round_index = list(imps), round_index
         self.diagnostics: list[dict] | None = None
 
-    def on_fit_start(self, trainer, pl_module):
-        if self.round_index > 0 and self.diagnostics is None:
+    def apply(self, pl_module=None) -> None:
+        """The round boundary of every variant, once (round 0 has none). With a module, its stack is
+        scattered into the variants' nets first and gathered back after."""
+        if self.round_index == 0 or self.diagnostics is not None:
+            return
+        if pl_module is not None:
             pl_module.scatter()
-            self.diagnostics = [imp.advance(self.round_index) for imp in self.imps]
+        self.diagnostics = [imp.advance(self.round_index) for imp in self.imps]
+        if pl_module is not None:
             pl_module.gather()
+
+    def on_fit_start(self, trainer, pl_module):
+        self.apply(pl_module)
 
     def state_dict(self):
         return {"round": self.round_index, "diagnostics": self.diagnostics}

@@ -2,9 +2,11 @@
 
 The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
 is a cohort of one. Each round is one fresh Lightning fit of the cohort's module (fresh optimizer and
-schedule); the PruneReinit callback does every variant's round boundary with the unchanged method. Every
-completed round is checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in
-the same folder resumes where it stopped.
+schedule); the PruneReinit callback does every variant's round boundary with the unchanged method, before
+the fit. Each distinct round is trained once (engine.reuse): a variant whose round key is in the round store
+takes its round from there, and variants of a cohort with equal keys train as one. Every completed round is
+checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in the same folder
+resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import gc
 import hashlib
 import logging
 import math
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,7 +29,9 @@ from phicenter.engine import build, records
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.reuse import Reuse
 from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer, write_json
+from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
 
@@ -224,48 +229,37 @@ def _module(cohort: list[Member], cfg, impl: str, device) -> CohortModule:
 
 def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto",
                  last_round: int | None = None) -> CohortModule | None:
-    """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders."""
+    """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders. Each
+    round: the boundary, the members' round keys, then one representative per distinct key not in the round
+    store trains and the others take its result (engine.reuse)."""
     cfg, v = members[0].variant.cfg, members[0].v
     epochs = v["epochs"]
     last_round = v["iterations"] if last_round is None else last_round
-    resume = cfg.get("resume", True)
-    train_b, val_b, test_b = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
+    loaders = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
     for m in members:
         m.recorder = records.Recorder(m.folder.path, enabled=is_writer())
+    probe = build.make_trainer(cfg, [], epochs)   # the device, and whether this run is one process
+    device = probe.strategy.root_device
+    reuse = Reuse(cfg, splits, device.type, lookup=probe.world_size == 1, log=log.warning)
     module = None
     for r in range(start, last_round + 1):
         alive = [m for m in members if m.alive]
         if not alive:
             break
         t0 = time.perf_counter()
-        cb = PruneReinit([m.imp for m in alive], r)
-        saver = EpochCheckpoint(epochs_dir(job_dir, alive, r), cfg.checkpoint.get("every_n_epochs", 1))
-        resume_from = saver.resumable(log.warning) if resume else None
-        if resume_from:
-            log.info("resuming round %d from %s", r, resume_from)
-        callbacks = [cb, saver]
-        if r == 0 and rewind_epoch(cfg):
-            callbacks.insert(1, RewindPoint([m.imp for m in alive], [m.folder for m in alive], rewind_epoch(cfg)))
-        trainer = build.make_trainer(cfg, callbacks, epochs, progress=True)
-        device = trainer.strategy.root_device
-        if module is None or module.k != len(alive):
-            module = _module(alive, cfg, impl, device)
-        module.start_round(r, epochs)
-        module.train_batches = train_b
-        for b in (train_b, val_b, test_b):
-            b.to(device)
-        module.prepare(device, compile=bool(cfg.get("compile", False)))
         build.fault_point(cfg, r)
-        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
-        trainer.test(module, dataloaders=test_b, verbose=False)
-        module.scatter()
-        _finish_round(alive, module, cb, r, time.perf_counter() - t0, str(device))
-        if is_writer():
-            saver.clear()
-    if is_writer() and len(members) > 1:   # the cohort's epoch folder, empty once its last round is done
-        for d in (epochs_dir(job_dir, members, 0).parent,):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        torch.manual_seed(seeding.derive(v["seed"], "round", r))   # anything random in training: (seed, round)
+        cb = PruneReinit([m.imp for m in alive], r)
+        cb.apply()
+        trained, sources = reuse.plan(alive, r)
+        if trained:
+            module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device)
+        outcomes = reuse.take(alive, sources, trained, module, r, epochs)
+        reuse.publish(alive, outcomes, r)
+        _finish_round(alive, outcomes, cb, r, time.perf_counter() - t0, str(device),
+                      module.impl if trained else None)
+        if is_writer():   # (with nothing trained: what an earlier launch left of this round)
+            _clear_epochs(epochs_dir(job_dir, trained or alive, r))
     for m in members:
         if m.alive and m.record.get("final") is not None and last_round == v["iterations"]:
             m.record["status"] = "complete"
@@ -274,29 +268,70 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
     return module
 
 
-def _finish_round(alive: list[Member], module: CohortModule, cb: PruneReinit, r: int, seconds: float,
-                  device: str) -> None:
-    """Each variant's round record, TensorBoard events and round checkpoint."""
+def _fit_round(trained: list[Member], module: CohortModule | None, cb: PruneReinit, r: int, loaders,
+               job_dir: Path, impl: str, device) -> CohortModule:
+    """One fit of the members that train this round (resumed from its last epoch checkpoint when there is
+    one), then its test pass; the module is rebuilt when the members trained change."""
+    cfg, epochs = trained[0].variant.cfg, trained[0].v["epochs"]
+    train_b, val_b, test_b = loaders
+    saver = EpochCheckpoint(epochs_dir(job_dir, trained, r), cfg.checkpoint.get("every_n_epochs", 1))
+    resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+    if resume_from:
+        log.info("resuming round %d from %s", r, resume_from)
+    callbacks = [cb, saver]
+    if r == 0 and rewind_epoch(cfg):
+        callbacks.insert(1, RewindPoint([m.imp for m in trained], [m.folder for m in trained], rewind_epoch(cfg)))
+    trainer = build.make_trainer(cfg, callbacks, epochs, progress=True)
+    if module is None or module.nets != [m.net for m in trained]:
+        module = _module(trained, cfg, impl, device)
+    else:
+        module.gather()   # the boundary changed the members' nets
+    module.start_round(r, epochs)
+    module.train_batches = train_b
+    for b in (train_b, val_b, test_b):
+        b.to(device)
+    module.prepare(device, compile=bool(cfg.get("compile", False)))
+    trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+    trainer.test(module, dataloaders=test_b, verbose=False)
+    module.scatter()
+    return module
+
+
+def _clear_epochs(folder: Path) -> None:
+    """A round's epoch checkpoints, and the cohort's folder of them once it is empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = folder.parent
+    if parent.name.startswith("cohort_") and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+
+
+def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, seconds: float, device: str,
+                  impl: str | None) -> None:
+    """Each variant's round record, TensorBoard events and round checkpoint. `impl`: the module that trained
+    this round (None: every variant took its round from the store)."""
     cfg, epochs = alive[0].variant.cfg, alive[0].v["epochs"]
     packed = len(alive) > 1 or "packed" in alive[0].record
-    for i, m in enumerate(alive):
-        if i in module.diverged:
-            m.fail("diverged", f"Diverged: {module.diverged[i]}")
+    for i, (m, out) in enumerate(zip(alive, outcomes)):
+        if out.diverged is not None:
+            m.fail("diverged", f"Diverged: {out.diverged}")
             continue
-        entry = records.round_entry(r, m.imp, cb.diagnostics[i] if cb.diagnostics else None, module.history[i],
-                                    module.last_test[i], seconds / len(alive), seconds if packed else None)
+        entry = records.round_entry(r, m.imp, cb.diagnostics[i] if cb.diagnostics else None, out.history,
+                                    out.test, seconds / len(alive), seconds if packed else None, key=out.key,
+                                    reused_from=out.reused_from)
         m.rounds.append(entry)
         m.recorder.round(entry, step=(r + 1) * epochs - 1)
         m.record.update(final=entry, device=device)
         if packed:
-            m.record["packed"] = {"variants": [a.variant.name for a in alive], "impl": module.impl}
+            m.record["packed"] = {"variants": [a.variant.name for a in alive],
+                                  "impl": impl or (m.record.get("packed") or {}).get("impl")}
         m.folder.save_round(r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds},
                             keep_all=bool(cfg.checkpoint.keep_all))
         m.folder.write(m.record)
-    log.info("round %d/%d  %s(%.1fs)", r, alive[0].v["iterations"], "  ".join(
+    reused = sum(o.reused_from is not None for o in outcomes)
+    log.info("round %d/%d  %s(%.1fs%s)", r, alive[0].v["iterations"], "  ".join(
         f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f}  "
         f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
-        for m in alive if m.alive), seconds)
+        for m in alive if m.alive), seconds, f", {reused} of {len(alive)} reused" if reused else "")
 
 
 def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_dir: Path, splits) -> dict:

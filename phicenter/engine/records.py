@@ -26,8 +26,11 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
 
 
 def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test: tuple[float, float],
-                seconds: float, seconds_packed: float | None = None) -> dict:
-    """One round of results.json: the last epoch's metrics, the test split, the round boundary's diagnostics."""
+                seconds: float, seconds_packed: float | None = None, key: str | None = None,
+                reused_from: str | None = None) -> dict:
+    """One round of results.json: the last epoch's metrics, the test split, the round boundary's diagnostics,
+    the round's key and where its training came from (`reused_from`: null when this run trained it, else the
+    run folder that did; engine.reuse)."""
     last = history[-1]
     total_sp, layer_sp = sparsity(imp.layers)
     diag = diagnostics or {}
@@ -36,7 +39,7 @@ def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test
         "val_acc": last.get("val_acc", math.nan), "test_acc": test[1], "test_loss": test[0],
         "flipped_by_phi": diag.get("flipped_by_phi"), "flipped_vs_init": diag.get("flipped_vs_init"),
         "dead_zone": diag.get("dead_zone"), "dead_zone_count": diag.get("dead_zone_count"),
-        "seconds": seconds,
+        "seconds": seconds, "round_key": key, "reused_from": reused_from,
         "layers": {n: {"sparsity": layer_sp[n], **diag.get("layers", {}).get(n, {})} for n in imp.layers},
         "epochs": history,
     }

@@ -40,9 +40,12 @@ def _clean(obj):
     return obj
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(_clean(data), indent=2, allow_nan=False).encode()
-    _atomic(Path(path), lambda f: f.write(text))
+    write_bytes(path, json.dumps(_clean(data), indent=2, allow_nan=False).encode())
 
 
 def read_json(path: Path) -> dict | None:
