@@ -8,6 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from phicenter.engine import distributed
 from phicenter.method.imp import IMP
 
 
@@ -38,6 +39,18 @@ class PruneReinit(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.apply(pl_module)
+
+    def setup(self, trainer, pl_module, stage):
+        """Data-parallel: every process did the boundary on its own nets, before DDP could broadcast anything;
+        their masks and signs must agree (engine.distributed.agree; each process's digest goes on record)."""
+        if stage != "fit" or distributed.world_size(trainer) == 1:
+            return
+        self.apply(pl_module)
+        if self.diagnostics:
+            per_variant = distributed.agree([distributed.digest(imp) for imp in self.imps],
+                                            f"the masks and signs of round {self.round_index}")
+            for d, digests in zip(self.diagnostics, per_variant):
+                d["rank_digests"] = digests
 
     def state_dict(self):
         return {"round": self.round_index, "diagnostics": self.diagnostics}

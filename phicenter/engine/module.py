@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phicenter.engine import distributed
 from phicenter.engine.stacked import StackedNet, stacked_losses
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -87,6 +88,7 @@ class CohortModule(pl.LightningModule):
         self.diverged: dict[int, str] = {}
         self.last_test: list[tuple[float, float]] = []
         self._sums = {}
+        self.world = 1              # data-parallel processes of the fit (engine.distributed)
         self.automatic_optimization = False
 
     def start_round(self, round_index: int, epochs: int) -> None:
@@ -133,21 +135,25 @@ class CohortModule(pl.LightningModule):
         sizes.append(len(y))
 
     def _take(self, stage) -> list[tuple[float, float]]:
-        """(mean loss, accuracy) of each variant over the stage's samples, summed in float64 in step order."""
+        """(mean loss, accuracy) of each variant over the stage's samples, summed in float64 in step order.
+        Data-parallel, training: over every process's shard (evaluation runs whole on each process)."""
         s = self._sums.pop(stage, None)
         if s is None or not s[2]:
             return [(math.nan, math.nan)] * self.k
         losses, correct, sizes = s
         n = sum(sizes)
         weighted = (torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)[:, None])
-        hits = torch.stack(correct).sum(0).tolist()
-        out = []
-        for i, column in enumerate(weighted.t().tolist()):
+        hits = [float(h) for h in torch.stack(correct).sum(0).tolist()]
+        sums = []
+        for column in weighted.t().tolist():
             loss = 0.0
             for v in column:
                 loss += v  # in step order, as a running float64 sum would
-            out.append((loss / n, float(hits[i]) / n))
-        return out
+            sums.append(loss)
+        if self.world > 1 and stage == "train":
+            *sums_hits, n = distributed.sum_over_processes([*sums, *hits, n], self.device)
+            sums, hits = sums_hits[:self.k], sums_hits[self.k:]
+        return [(loss / n, hit / n) for loss, hit in zip(sums, hits)]
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["phicenter"] = {"round": self.round, "history": self.history, "diverged": self.diverged}
@@ -169,9 +175,21 @@ class CohortModule(pl.LightningModule):
         if compile and getattr(target, "_compiled_call_impl", None) is None:
             target.compile()
 
+    def on_fit_start(self):
+        """Data-parallel (engine.distributed): gradients averaged here, each process on its shard of the data."""
+        self.world = distributed.world_size(self.trainer)
+        if self.world > 1:
+            distributed.own_gradients(self.trainer)
+            if self.train_batches is not None:
+                self.train_batches.shard(self.global_rank, self.world)
+
     def on_train_epoch_start(self):
         if self.train_batches is not None:
             self.train_batches.set_epoch(self.round, self.current_epoch)
+
+    def on_validation_epoch_start(self):
+        if self.world > 1:
+            distributed.broadcast_buffers(self)
 
     def _direct(self) -> bool:
         """Plain torch steps (no loss scaling to do: 32-bit, or mixed precision without a GradScaler) skip
@@ -202,6 +220,8 @@ class CohortModule(pl.LightningModule):
                 loss.backward()
             else:
                 self.manual_backward(loss)
+            if self.world > 1:
+                distributed.average_gradients(self.parameters(), self.world)
             if self.stack is not None:
                 self.stack.share_grads()
             (opt.optimizer if direct else opt).step()

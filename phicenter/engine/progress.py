@@ -45,7 +45,7 @@ def summary(history: list[list[dict]], diverged=()) -> str:
         if not values:
             return None
         lo, hi = min(values), max(values)
-        return format(lo, spec) if len(rows) == 1 else f"{lo:{spec}}-{hi:{spec}}"
+        return format(lo, spec) if lo == hi else f"{lo:{spec}}-{hi:{spec}}"
 
     parts = [f"{name} {v}" for name, v in (("loss", show("train_loss", ".4f")), ("val", show("val_acc", ".4f")))
              if v is not None]

@@ -45,6 +45,8 @@ def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test
     }
     if seconds_packed is not None:
         entry["seconds_packed"] = seconds_packed
+    if diag.get("rank_digests"):   # data-parallel: each process's digest of its masks and signs (all equal)
+        entry["rank_digests"] = diag["rank_digests"]
     return entry
 
 
