@@ -64,7 +64,7 @@ class RoundKeys:
 
     def __init__(self, cfg, splits, device_type: str):
         header = {"version": KEY_VERSION, "settings": training_settings(cfg), "data": data_fingerprint(splits),
-                  "device": device_type}
+                  "device": device_type, "torch": torch.__version__}
         self.header = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
 
     def __call__(self, net: torch.nn.Module, round_index: int) -> str:
