@@ -30,6 +30,10 @@ bench: setup  # make bench [ARGS='--quick --data-dir ../shared/data']; writes ou
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
+.PHONY: gpu-check
+gpu-check: setup  # on one GPU: the CUDA-only checks and a short bench (< 8 min); writes outputs/gpu-check.json
+	$(PY) -m phicenter.bench.gpu_check --out outputs/gpu-check.json $(ARGS)
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
 
