@@ -1,7 +1,8 @@
-"""hydra/launcher=slurm: hydra-submitit-launcher's SLURM launcher, except that a job ending without a result
-(scancel, a time limit past max_num_timeout, a lost node) does not end the multirun while the rest of the
-array still runs. Each such job is named in the log; its own results.json (`interrupted`, `running`) and the
-sweep summary say where it stopped, and relaunching the same command resumes it."""
+"""phicenter's hydra/launcher=slurm (a Hydra plugin, so in the hydra_plugins namespace): hydra-submitit-launcher's
+SLURM launcher, except that a job ending without a result (scancel, a time limit past max_num_timeout, a lost
+node) does not end the multirun while the rest of the array still runs. Each such job is named in the log; its
+own results.json (`interrupted`, `running`) and the sweep summary say where it stopped, and relaunching the
+same command resumes it."""
 from __future__ import annotations
 
 import logging
