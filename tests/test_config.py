@@ -292,12 +292,12 @@ def test_pack_keys_are_execution_keys():
     from phicenter.engine import cohort
 
     assert all(config.is_execution_key(k) for k in config.PACK_KEYS)
-    assert tuple(getattr(cohort, "PACK_KEYS", config.PACK_KEYS)) == config.PACK_KEYS
+    assert tuple(cohort.PACK_KEYS) == config.PACK_KEYS
 
 
 def test_report_rows_ignore_execution_settings(tmp_path):
     """Seeds run on two machines (compile, fused, accelerator, eval batch) are one experiment in the report."""
-    from phicenter.analysis import report
+    from phicenter.analysis import runs as report
 
     base = config.recorded_config(composed("epochs=2", "prune.iterations=1"))
     runs = []
