@@ -4,7 +4,8 @@ The default grid: fc_lot on scikit-learn's digits, 4 strategies x phi in {0, ±5
 `prune.iterations=3 epochs=20`, seed 0: 28 runs x 4 rounds = 112 rounds, of which 61 are distinct (round 0 is
 shared by all 28; mask0 and standard re-sign nothing at |phi| <= 1e-3, so those runs are the phi = 0 run).
 Each side trains the grid run by run in this one process, as the jobs of a multirun on Hydra's basic
-launcher would, each into its own folder; the store-on side starts from an empty store. Reported: the rounds
+launcher would, each into its own folder; the store-on side starts from an empty store. The two sides are
+interleaved run by run, so that the machine's load weighs on both alike. Reported: the rounds
 each side trained, the wall time of each side and their ratio, the wall time of a run all of whose rounds
 were reused (what reuse cannot remove: setup, records, checkpoints), and whether every run's results.json
 agrees between the sides apart from timing fields and the reuse record.
@@ -36,16 +37,20 @@ def _comparable(path: Path) -> dict:
     return res
 
 
-def _side(configs: list, work: Path) -> dict:
-    """Train the runs one after another; wall time of the whole and of each run."""
+def _sides(off: list, on: list, work: Path) -> tuple[dict, dict]:
+    """Each side's runs in grid order, the two sides interleaved run by run (which goes first alternates), so
+    that a drift in the machine's load weighs on both alike; a side's wall time is the sum of its runs'."""
     from phicenter.engine.loop import run
 
-    seconds, t0 = [], time.perf_counter()
-    for name, cfg in configs:
-        t = time.perf_counter()
-        run(cfg, work / name)
-        seconds.append(time.perf_counter() - t)
-    return {"wall": time.perf_counter() - t0, "runs": seconds}
+    times, cpu = {"off": [], "on": []}, {"off": 0.0, "on": 0.0}
+    for i, pair in enumerate(zip(off, on)):
+        order = (("off", pair[0]), ("on", pair[1]))
+        for side, (name, cfg) in order if i % 2 == 0 else order[::-1]:
+            t, c = time.perf_counter(), time.process_time()
+            run(cfg, work / side / name)
+            times[side].append(time.perf_counter() - t)
+            cpu[side] += time.process_time() - c
+    return tuple({"wall": sum(times[s]), "cpu": cpu[s], "runs": times[s]} for s in ("off", "on"))
 
 
 def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIES, phis=PHIS,
@@ -76,8 +81,7 @@ def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIE
         run(compose([f"dataset={dataset}", "epochs=1", "prune.iterations=0", "round_store.enabled=false"]),
             work / "warmup")   # lazy imports and first-call costs, untimed
         load_before = os.getloadavg()[0]
-        t_off = _side(off, work / "off")
-        t_on = _side(on, work / "on")
+        t_off, t_on = _sides(off, on, work)
         rounds_on = [read_json(work / "on" / n / RESULTS)["rounds"] for n, _ in on]
         rounds_off = [read_json(work / "off" / n / RESULTS)["rounds"] for n, _ in off]
         trained_on, trained_off = (sum(r["reused_from"] is None for rs in side for r in rs)
@@ -87,9 +91,11 @@ def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIE
         same = all(_comparable(work / "on" / n / RESULTS) == _comparable(work / "off" / n / RESULTS) for n, _ in on)
         return {
             "round_store_wall_ratio": t_off["wall"] / t_on["wall"],
+            "round_store_cpu_ratio": t_off["cpu"] / t_on["cpu"],
             "rounds_total": sum(len(rs) for rs in rounds_on), "rounds_trained_off": trained_off,
             "rounds_trained_on": trained_on, "distinct_keys": len({r["round_key"] for rs in rounds_on for r in rs}),
-            "seconds_off": t_off["wall"], "seconds_on": t_on["wall"], "runs": len(on),
+            "seconds_off": t_off["wall"], "seconds_on": t_on["wall"], "cpu_seconds_off": t_off["cpu"],
+            "cpu_seconds_on": t_on["cpu"], "runs": len(on),
             "reused_run_seconds": statistics.median(all_reused) if all_reused else None,
             "trained_run_seconds": statistics.median(trained_runs) if trained_runs else None,
             "identical_results": same, "store": RoundStore(work / "store").usage(),
@@ -109,6 +115,7 @@ def table(res: dict) -> str:
             ("wall time, store off", f"{res['seconds_off']:.1f} s"),
             ("wall time, store on", f"{res['seconds_on']:.1f} s"),
             ("wall-time ratio (off / on)", f"**{res['round_store_wall_ratio']:.2f}x**"),
+            ("CPU-time ratio (off / on)", f"{res['round_store_cpu_ratio']:.2f}x"),
             ("a run with every round reused", _s(res["reused_run_seconds"])),
             ("a run with every round trained", _s(res["trained_run_seconds"])),
             ("results.json identical (timing, reuse aside)", str(res["identical_results"])),
