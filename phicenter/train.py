@@ -131,6 +131,8 @@ def main(cfg: DictConfig) -> float:
         variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
         outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"))
     except SystemExit as e:  # SIGTERM, or submitit's exit once it requeued a job near its time limit
+        if threading.current_thread() is threading.main_thread():   # the SIGTERM that follows a requeue
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)           # must not cut this record short
         why = "SIGTERM" if isinstance(e, SIGTERMException) else f"exit {e.code}"
         _mark_interrupted(run_dir, cfg, [v.name for v in variants] if variants else [""], why)
         log.warning("run interrupted (%s); relaunch the same command to resume (%s)", why, run_dir)
