@@ -145,9 +145,7 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
                     torch.cuda.empty_cache()
                 queue[:0] = [now[:half], now[half:]]
                 continue
-            _record_failure(cohort, e)
-            if type(e).__name__ == "SIGTERMException":
-                raise
+            _record_failure(cohort, e)   # (a SIGTERM is a SystemExit: phicenter.train records it)
         finally:
             if cohort is not None:
                 _close(cohort)
@@ -155,13 +153,11 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
             done[m.variant.name] = m.record
 
 
-def _record_failure(cohort: list[Member], e: BaseException) -> None:
-    sigterm = type(e).__name__ == "SIGTERMException"
-    status = "interrupted" if sigterm else "diverged" if isinstance(e, Diverged) else "failed"
-    error = "SIGTERM" if sigterm else f"{type(e).__name__}: {e}"
+def _record_failure(cohort: list[Member], e: Exception) -> None:
+    status = "diverged" if isinstance(e, Diverged) else "failed"
     for m in cohort:
         if m.alive:
-            m.fail(status, error, None if sigterm else traceback.format_exc())
+            m.fail(status, f"{type(e).__name__}: {e}", traceback.format_exc())
 
 
 def _close(cohort: list[Member]) -> None:
