@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import math
 import shutil
 import time
 import traceback
