@@ -288,3 +288,15 @@ def test_report_counts_trained_and_reused_rounds(grid, tmp_path):
     with open(tmp_path / "rep" / "runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sum(int(r["rounds_trained"]) for r in rows) == 13 and sum(int(r["rounds_reused"]) for r in rows) == 11
+
+
+def test_bench_row_reports_both_sides(tmp_path):
+    """phicenter.bench.rounds on a small grid: trained rounds off and on, the ratio, identical results."""
+    from phicenter.bench.rounds import round_store_grid, table
+
+    res = round_store_grid(epochs=1, iterations=1, strategies=("mask0", "mask1"), phis=(0.0, 1e-3),
+                           workdir=tmp_path)
+    assert res["rounds_total"] == res["rounds_trained_off"] == 8
+    assert res["rounds_trained_on"] == res["distinct_keys"] == res["store"]["entries"] == 1 + 1 + 2
+    assert res["identical_results"] and res["round_store_wall_ratio"] > 0
+    assert "wall-time ratio" in table(res)
