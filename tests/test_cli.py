@@ -1,11 +1,10 @@
 """The real command line: quickstart, multiruns, MNIST from disk, bad input."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.cli import FAST, SHARED_DATA, accuracies, results, train
+from tests.cli import FAST, SHARED_DATA, results, train
 
 
 def test_quickstart_default_runs_all_rounds(tmp_path):

@@ -31,6 +31,7 @@ from phicenter.engine.cohort import Variant, check_variants, make_variants, vari
 from phicenter.engine.module import make_optimizer
 from phicenter.engine.stacked import StackedNet, stacked_losses, stacked_step
 from phicenter.method import pruning
+from tests.faults import counted, die_at_validation
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -204,27 +205,12 @@ def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, opt
         extra += ["optim.lr=0.05", "+optim.momentum=0.9", "schedule.name=multistep", "+schedule.at=[0.75]"]
     vs = variants("fc_lot", COMBOS[1:1 + k], *extra)
     reference = loop.train(vs, tmp_path / "reference")
-    calls = {"n": 0}
-    real = cohort_module.CohortModule.on_validation_epoch_end
-
-    def dies_in_round_1_epoch_2(self):
-        calls["n"] += 1
-        if calls["n"] == 7:   # round 0: 4 epochs; round 1: validation after epochs 0 and 1, then this one
-            raise RuntimeError("killed")
-        return real(self)
-
-    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", dies_in_round_1_epoch_2)
+    calls = die_at_validation(monkeypatch, 7)   # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
     with pytest.raises(loop.CohortFailed):
         loop.train(vs, tmp_path / "run")
     epochs_dir = next((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs"))
     assert sorted(p.name for p in epochs_dir.iterdir()) == ["last.ckpt", "prev.ckpt"]
-    calls["n"] = 0
-
-    def counted(self):
-        calls["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", counted)
+    counted(monkeypatch, calls)
     again = loop.train(vs, tmp_path / "run")
     assert calls["n"] == 2   # validation after epochs 2 and 3: 0 and 1 were not trained again
     for v in vs:

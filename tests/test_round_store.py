@@ -14,12 +14,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from phicenter.config import validate
-from phicenter.engine import build, loop, module as cohort_module
+from phicenter.engine import build, loop
 from phicenter.engine import rundir as results
 from phicenter.engine.cohort import make_variants
 from phicenter.engine.reuse import RoundKeys
 from phicenter.engine.roundstore import Entry, RoundStore
 from phicenter.method import pruning
+from tests.faults import counted, die_at_validation
 from tests.cli import ROOT, env
 
 # digits, one epoch a round: mask0 and standard at |phi| <= 1e-3 re-sign nothing (docs/method.md)
@@ -243,28 +244,13 @@ def test_killed_cohort_resumes_mid_round_with_its_representatives(tmp_path, monk
     relaunched: it resumes from the epoch checkpoint of the same representatives, to the results of a
     cohort that trained every variant itself; no epoch is trained twice."""
     extra = ["epochs=4", "prune.iterations=1", "threads=1", "strategy=mask1"]
-    ref = loop.train(make_variants(config(*extra, "round_store.enabled=false"), [0.0, 0.02]), tmp_path / "ref")
+    loop.train(make_variants(config(*extra, "round_store.enabled=false"), [0.0, 0.02]), tmp_path / "ref")
     vs = make_variants(config(*extra, f"round_store.dir={tmp_path / 'store'}"), [0.0, 0.02])
-    calls = {"n": 0}
-    real = cohort_module.CohortModule.on_validation_epoch_end
-
-    def dies_in_round_1_epoch_2(self):
-        calls["n"] += 1
-        if calls["n"] == 7:   # round 0: 4 epochs; round 1: validation after epochs 0 and 1, then this one
-            raise RuntimeError("killed")
-        return real(self)
-
-    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", dies_in_round_1_epoch_2)
+    calls = die_at_validation(monkeypatch, 7)   # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
     with pytest.raises(loop.CohortFailed):
         loop.train(vs, tmp_path / "run")
     assert list((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs/last.ckpt"))
-    calls["n"] = 0
-
-    def counted(self):
-        calls["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(cohort_module.CohortModule, "on_validation_epoch_end", counted)
+    counted(monkeypatch, calls)
     again = loop.train(vs, tmp_path / "run")
     assert calls["n"] == 2   # validation after epochs 2 and 3 of round 1
     for v in vs:

@@ -32,7 +32,7 @@ from torch import nn
 
 from phicenter.method import pruning, seeding
 from phicenter.method.imp import IMP, IMPConfig, layer_constant, layer_phi
-from phicenter.method.strategies import STRATEGIES, build
+from phicenter.method.strategies import build
 
 W1_0 = torch.tensor([[0.4, -0.2, 0.2], [-0.4, 0.1, 0.5]])
 B1_0 = torch.tensor([0.1, -0.1])

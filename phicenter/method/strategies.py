@@ -44,9 +44,11 @@ class LayerView:
 
 
 class Strategy:
-    """Base: the reference is chosen by the subclass; survivors = signs(reference, phi) * c."""
+    """Base: the reference is the LayerView field named by `source` (or the subclass's own choice);
+    survivors = signs(reference, phi) * c."""
     name = "?"
     uses_phi = True
+    source: str | None = None     # "trained" or "rewind" (theta0, or theta_k under late rewinding)
     Options = StrategyOptions     # this strategy's declared options (set by register)
 
     def __init__(self, options: StrategyOptions | None = None, **values):
@@ -68,7 +70,9 @@ class Strategy:
         return self.options.rewind_other
 
     def reference(self, v: LayerView) -> torch.Tensor:
-        raise NotImplementedError
+        if self.source is None:
+            raise NotImplementedError(f"strategy {self.name} names no reference")
+        return getattr(v, self.source)
 
     def survivors(self, v: LayerView, reference: torch.Tensor) -> torch.Tensor:
         return signs(reference, v.phi) * v.c
@@ -81,17 +85,13 @@ class Strategy:
 @register("mask1")
 class Mask1(Strategy):
     """Signs from the initial weights (LTH-style polarity rewinding); from theta_k under late rewinding."""
-
-    def reference(self, v):
-        return v.rewind
+    source = "rewind"
 
 
 @register("mask0")
 class Mask0(Strategy):
     """Signs from the weights trained in the previous round."""
-
-    def reference(self, v):
-        return v.trained
+    source = "trained"
 
 
 @register("gradual")
@@ -106,9 +106,7 @@ class Gradual(Strategy):
 @register("standard")
 class Standard(Strategy):
     """Signs from trained weights; pruned weights stay frozen at their trained values ("Standard (Full)")."""
-
-    def reference(self, v):
-        return v.trained
+    source = "trained"
 
 
 class TakeReference(Strategy):
@@ -122,9 +120,7 @@ class TakeReference(Strategy):
 @register("lth")
 class LotteryTicket(TakeReference):
     """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
-
-    def reference(self, v):
-        return v.rewind
+    source = "rewind"
 
 
 @register("random")
@@ -139,18 +135,14 @@ class RandomReinit(TakeReference):
 class LearningRateRewinding(TakeReference):
     """Baseline: survivors keep their trained values; only the optimizer and LR schedule restart (Renda et al.,
     2020)."""
-
-    def reference(self, v):
-        return v.trained
+    source = "trained"
 
 
 @register("sign_transfer")
 class SignTransfer(Strategy):
     """The learned sign (relative to phi) on the magnitude of the rewind point: |theta_k| * signs(trained, phi)
     (Oh et al., 2025)."""
-
-    def reference(self, v):
-        return v.trained
+    source = "trained"
 
     def survivors(self, v, reference):
         return v.rewind.abs() * signs(reference, v.phi)
