@@ -1,7 +1,6 @@
 """The real command line: quickstart, multiruns, MNIST from disk, bad input."""
 from __future__ import annotations
 
-
 import pytest
 
 from tests.cli import FAST, SHARED_DATA, results, train
