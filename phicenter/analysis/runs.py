@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phicenter.config import shapes_training
+from phicenter.config import flatten, shapes_training
 
 RESULTS = "results.json"
 # The axes the report is about: runs that differ in them only are one experiment. Settings of how a run
@@ -129,14 +129,9 @@ def num(x) -> float:
 
 # ---------------------------------------------------------------- group
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
-    return out
+def _flat(d: dict) -> dict:
+    """Dotted keys, each value as canonical JSON (comparable whatever its type)."""
+    return {k: json.dumps(v, sort_keys=True) for k, v in flatten(d).items()}
 
 
 def _varying(runs: list[Run], keep) -> list[str]:

@@ -73,7 +73,11 @@ class IMP:
         self._rewind: dict[str, torch.Tensor] | None = None
         self.fresh_init = fresh_init or _default_fresh_init
         self.constants = {n: layer_constant(self.theta0_weight(n), cfg.magnitude) for n in self.layers}
-        self.phis = {n: layer_phi(self.theta0_weight(n), cfg.phi, cfg.phi_scale) for n in self.layers}
+        self.phis = self.layer_phis(cfg.phi)
+
+    def layer_phis(self, phi: float) -> dict[str, float]:
+        """phi in each layer's own units (phi_scale), from theta0."""
+        return {n: layer_phi(self.theta0_weight(n), phi, self.cfg.phi_scale) for n in self.layers}
 
     @property
     def rewind(self) -> dict[str, torch.Tensor]:
@@ -116,7 +120,7 @@ class IMP:
         twin.layers = pruning.prunable_layers(twin.model)
         twin.strategy = strategy
         twin.cfg = dataclasses.replace(self.cfg, phi=float(phi))
-        twin.phis = {n: layer_phi(self.theta0_weight(n), float(phi), self.cfg.phi_scale) for n in self.layers}
+        twin.phis = self.layer_phis(float(phi))
         return twin
 
     @torch.no_grad()
@@ -132,8 +136,7 @@ class IMP:
             keep = new[name].bool()
             device = trained[name].device
             view = LayerView(
-                name=name, trained=trained[name], theta0=self.theta0_weight(name).to(device),
-                rewind=self.rewind_weight(name).to(device), c=self.constants[name], phi=self.phis[name],
+                name=name, trained=trained[name], rewind=self.rewind_weight(name).to(device), c=self.constants[name], phi=self.phis[name],
                 generator=seeding.generator(self.cfg.seed, self.strategy.name, round_index, name),
                 fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g))
             ref = self.strategy.reference(view)

@@ -35,7 +35,6 @@ class LayerView:
     """What a strategy may look at for one prunable weight tensor."""
     name: str
     trained: torch.Tensor          # effective weight at the end of the previous round
-    theta0: torch.Tensor           # the weight at t = 0
     rewind: torch.Tensor           # the rewind point theta_k (theta0 itself unless rewind.epoch = k > 0)
     c: float                       # constant survivor magnitude of this layer
     phi: float                     # phi in absolute units for this layer
