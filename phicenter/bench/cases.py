@@ -136,19 +136,17 @@ class Case:
 
         clock = _Clock(self.sync)
         cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
-        saver_cls = getattr(callbacks, "EpochCheckpoint", None)  # the round loop's epoch checkpoint, when present
-        self.last_checkpoint_s = 0.0
-        if saver_cls is not None:
-            saver = saver_cls(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1))
-            save = saver.on_train_epoch_end
+        self.last_checkpoint_s = 0.0   # the round loop's epoch checkpoint, timed
+        saver = callbacks.EpochCheckpoint(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1))
+        save = saver.on_train_epoch_end
 
-            def timed_save(trainer, module):
-                t0 = time.perf_counter()
-                save(trainer, module)
-                self.last_checkpoint_s = time.perf_counter() - t0
+        def timed_save(trainer, module):
+            t0 = time.perf_counter()
+            save(trainer, module)
+            self.last_checkpoint_s = time.perf_counter() - t0
 
-            saver.on_train_epoch_end = timed_save
-            cbs.append(saver)
+        saver.on_train_epoch_end = timed_save
+        cbs.append(saver)
         trainer = build.make_trainer(self.cfg, cbs, 1)
         self.module.start_round(self.epoch, 1)  # a fresh data order each time
         self.module.prepare(trainer.strategy.root_device, compile=bool(self.cfg.get("compile", False)))

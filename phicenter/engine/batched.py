@@ -98,15 +98,16 @@ def batched_forward(net, h: torch.Tensor, training: bool) -> torch.Tensor:
     # h is shared by all variants ([B, ...]) until the first layer with weights; after it, a feature
     # map is [B, K*C, H, W] (variant k owns channels k*C..k*C+C-1) and a vector is [K, B, F].
     k, shared = net.k, True
+    params, bufs = net.params, net.bufs   # once a step: the stack's dicts are rebuilt on each read
     for name, m in net.plan:
         if isinstance(m, nn.Linear):
             if not shared and h.dim() != 3:
                 raise ValueError(f"{name}: Linear on a feature map needs a Flatten before it")
-            h = _PackedLinear.apply(h, net.weight(name), net.params.get(f"{name}.bias"))
+            h = _PackedLinear.apply(h, net.weight(name, params, bufs), params.get(f"{name}.bias"))
             shared = False
         elif isinstance(m, nn.Conv2d):
-            w = net.weight(name)
-            b = net.params.get(f"{name}.bias")
+            w = net.weight(name, params, bufs)
+            b = params.get(f"{name}.bias")
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
                          m.stride, m.padding, m.dilation, 1 if shared else k)
             shared = False
@@ -128,9 +129,10 @@ def vmap_forward(net, x: torch.Tensor, training: bool) -> torch.Tensor:
 
     # BatchNorm's step counters are equal in every variant and read with .item() (momentum=None), which
     # vmap cannot batch: pass variant 0's, unbatched, and copy it to the others afterwards
-    counters = [n for n in net.bufs if n.endswith("num_batches_tracked")]
-    buffers = {n: (t[0] if n in counters else t) for n, t in net.bufs.items()}
-    dims = {n: (None if n in counters else 0) for n in net.bufs}
+    bufs = net.bufs
+    counters = [n for n in bufs if n.endswith("num_batches_tracked")]
+    buffers = {n: (t[0] if n in counters else t) for n, t in bufs.items()}
+    dims = {n: (None if n in counters else 0) for n in bufs}
     was = net.template.training
     net.template.train(training)
     try:
@@ -141,5 +143,5 @@ def vmap_forward(net, x: torch.Tensor, training: bool) -> torch.Tensor:
         net.template.train(was)
     with torch.no_grad():
         for n in counters:
-            net.bufs[n][1:] = net.bufs[n][0]
+            bufs[n][1:] = bufs[n][0]
     return out

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -115,6 +114,3 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
             except Exception as e:
                 log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
         return None
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)

@@ -176,7 +176,10 @@ class CohortModule(pl.LightningModule):
             target.compile()
 
     def on_fit_start(self):
-        """Data-parallel (engine.distributed): gradients averaged here, each process on its shard of the data."""
+        """What the fit fixes for every step (the step's kind, its progress counter), and data-parallel
+        training (engine.distributed): gradients averaged here, each process on its shard of the data."""
+        self._direct_step = self._direct()
+        self._step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         self.world = distributed.world_size(self.trainer)
         if self.world > 1:
             distributed.own_gradients(self.trainer)
@@ -209,7 +212,7 @@ class CohortModule(pl.LightningModule):
         opt = self.optimizers()
         single = isinstance(batch, (tuple, list)) and isinstance(batch[0], torch.Tensor)
         steps = [batch] if single else batch  # else a group: an iterable of (x, y) pairs
-        direct = self._direct()
+        direct = self._direct_step
         convert = None if direct or single else self.trainer.precision_plugin.convert_input
         for x, y in steps:
             if convert is not None:  # a group is opaque to Lightning: e.g. 64-true's double inputs
@@ -227,10 +230,9 @@ class CohortModule(pl.LightningModule):
             (opt.optimizer if direct else opt).step()
             self._acc("train", logits, y, values)
         if direct:  # keep trainer.global_step counting optimizer steps
-            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
             for _ in range(len(steps)):
-                progress.increment_ready()
-                progress.increment_completed()
+                self._step_progress.increment_ready()
+                self._step_progress.increment_completed()
 
     def _evaluate(self, stage, batch):
         x, y = batch

@@ -125,12 +125,11 @@ class StackedNet(nn.Module):
             own.copy_(stacked)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def weight(self, name: str) -> torch.Tensor:
-        """The stacked effective weight of layer `name`."""
-        raw = self.params.get(f"{name}.parametrizations.weight.original")
+    def weight(self, name: str, params: dict, bufs: dict) -> torch.Tensor:
+        """The stacked effective weight of layer `name` (params, bufs: this step's self.params, self.bufs)."""
+        raw = params.get(f"{name}.parametrizations.weight.original")
         if raw is None:
-            return self.params[f"{name}.weight"]
-        bufs = self.bufs
+            return params[f"{name}.weight"]
         mask, fill = bufs[f"{name}.parametrizations.weight.0.mask"], bufs[f"{name}.parametrizations.weight.0.fill"]
         return torch.where(mask, raw, fill.to(raw.dtype))
 
