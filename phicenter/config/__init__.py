@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 
 from phicenter.config import schema
-from phicenter.config.keys import (EXECUTION_KEYS, PACK_KEYS, PHI_SEARCH_KEYS, flatten, folder_name_excluded,
-                                   hparams, is_execution_key, shapes_training)
+from phicenter.config.keys import (EXECUTION_KEYS, IN_ROUND_KEY, PACK_KEYS, PHI_SEARCH_KEYS, flatten,
+                                   folder_name_excluded, hparams, is_execution_key, shapes_training)
 from phicenter.spec import ConfigError
 
-__all__ = ["ConfigError", "EXECUTION_KEYS", "PACK_KEYS", "PHI_SEARCH_KEYS", "check", "check_launch",
-           "check_same_run", "config_changes", "flatten", "folder_name_excluded", "hparams", "is_execution_key",
-           "recorded_config", "resolved", "shapes_training", "validate"]
+__all__ = ["ConfigError", "EXECUTION_KEYS", "IN_ROUND_KEY", "PACK_KEYS", "PHI_SEARCH_KEYS", "check",
+           "check_launch", "check_same_run", "config_changes", "flatten", "folder_name_excluded", "hparams",
+           "is_execution_key", "recorded_config", "resolved", "shapes_training", "validate"]
 
 
 def resolved(cfg) -> dict:

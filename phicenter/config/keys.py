@@ -18,6 +18,12 @@ EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pac
                   "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
                   "eval_batch_size", "optim.fused", "round_store")
 
+# The execution settings that change a round's result to the bit: the round key holds each one's effective
+# value (engine.reuse.execution_in_key: the thread count torch uses, the number of processes, ...). The others
+# leave a round's bits alone; docs/method.md ("The round key") says why for each.
+IN_ROUND_KEY = ("threads", "compile", "optim.fused", "trainer.deterministic", "trainer.accelerator",
+                "trainer.devices", "eval_batch_size")
+
 # Execution settings job folder names keep: a packed job's folder holds its variants' folders, and a dry run
 # or an injected fault must not take the folder of the run it stands for.
 NAMED_IN_FOLDERS = ("pack", "dry_run", "dry_run_grid", "fault")

@@ -21,7 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from phicenter.data import npzfile
 from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached  # noqa: F401 (re-exported)
+from phicenter.data.errors import DataError
 from phicenter.data.shards import shard, shard_size
 from phicenter.data.transforms import NORMALIZE, augment, channel_stats, statistics  # noqa: F401 (re-exported)
 from phicenter.method import seeding
@@ -29,10 +31,6 @@ from phicenter.method import seeding
 log = logging.getLogger("phicenter")
 
 DATASETS: dict[str, Callable[..., dict]] = {}
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read: the message names the folder/file and what was expected."""
 
 
 def register_dataset(fn):
@@ -171,22 +169,9 @@ def synthetic(root: Path, n_train: int = 600, n_test: int = 200, num_classes: in
 
 @register_dataset
 def npz(root: Path, path: str | None = None, **_):
-    """Your own data: one .npz with x_train, y_train, x_test, y_test (and optionally x_val, y_val)."""
-    if not path:
-        raise DataError("dataset npz needs dataset.path=/path/to/file.npz")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"dataset.path: no file at {file}")
-    with np.load(file) as f:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-        if missing:
-            raise DataError(f"{file}: missing key(s) {', '.join(missing)} "
-                            "(expected x_train, y_train, x_test, y_test; optional x_val, y_val)")
-        out = {k: (_nchw(f[k]) if k.startswith("x") else _labels(f[k])) for k in f.files
-               if k in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")}
-    if ("x_val" in out) != ("y_val" in out):
-        raise DataError(f"{file}: x_val and y_val must be given together")
-    return out
+    """Your own data: one .npz with x_train, y_train, x_test, y_test (and optionally x_val, y_val), read and
+    checked by phicenter.data.npzfile."""
+    return {k: (_nchw(v) if k.startswith("x") else _labels(v)) for k, v in npzfile.read(path).items()}
 
 
 @dataclass
@@ -476,11 +461,15 @@ def make_loaders(splits: Splits, batch_size: int, *, seed: int = 0, augment: boo
 STEPS_PER_CALL = 16  # optimizer steps per Lightning training_step call (group) in the round loop
 
 
+def eval_batch_size(cfg, batch_size: int) -> int:
+    """The batch of validation and test: eval_batch_size (default 1000), never below the training batch."""
+    return max(int(batch_size), int(cfg.get("eval_batch_size") or 1000))
+
+
 def loaders(cfg, splits: Splits, batch_size: int, seed: int, group: int = 1):
     """make_loaders for a run's config: dataset.pipeline (fast|torchvision), dataset.augment,
     dataset.num_workers (torchvision only), eval_batch_size; train grouped by `group`."""
     ds = cfg.dataset
-    eval_bs = max(batch_size, int(cfg.get("eval_batch_size") or 1000))
     return make_loaders(splits, batch_size, seed=seed, augment=bool(ds.get("augment", False)),
-                        eval_batch_size=eval_bs, pipeline=str(ds.get("pipeline", "fast")),
+                        eval_batch_size=eval_batch_size(cfg, batch_size), pipeline=str(ds.get("pipeline", "fast")),
                         num_workers=int(ds.get("num_workers") or 0), group=group)

@@ -235,7 +235,7 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         m.recorder = records.Recorder(m.folder.path, enabled=is_writer())
     probe = build.make_trainer(cfg, [], epochs)   # the device, and whether this run is one process
     device = probe.strategy.root_device
-    reuse = Reuse(cfg, splits, device.type, lookup=probe.world_size == 1, log=log.warning)
+    reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
     module = None
     for r in range(start, last_round + 1):
         alive = [m for m in members if m.alive]

@@ -1,11 +1,13 @@
 """Each distinct round trained once (docs/method.md, "Each distinct round is trained once").
 
-A round's training is fixed by its round key: the whole state at its start (every parameter, buffer, mask and
-fill, after the round boundary), the settings that shape training, the data, the seed and the round index.
-phi and the strategy act only through that state, so they stay out of the key. Before a round trains, the
-loop computes each member's key; members whose key is in the round store take the trained state and metrics
-from it, members of a cohort with equal keys train as one (the first of them, the representative) and the
-others copy its result. Each round trained is then published under its key.
+A round's result is fixed, to the bit, by its round key: the whole state at its start (every parameter,
+buffer, mask and fill, after the round boundary), the settings that shape training, the execution settings
+that change float rounding (threads, processes, fused optimizer, compile, deterministic kernels, evaluation
+batch), the platform and library versions, the training code, the data, the seed and the round index. phi and
+the strategy act only through that state, so they stay out of the key. Before a round trains, the loop
+computes each member's key; members whose key is in the round store take the trained state and metrics from
+it, members of a cohort with equal keys train as one (the first of them, the representative) and the others
+copy its result. Each round trained is then published under its key.
 """
 from __future__ import annotations
 
@@ -13,18 +15,30 @@ import hashlib
 import json
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
-from phicenter.config import flatten, recorded_config, shapes_training
+from phicenter import data
+from phicenter.config import flatten, recorded_config, shapes_training, validate
+from phicenter.engine import build
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
+from phicenter.engine.stacked import keeps_bits
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 # what acts on a round only through the state at its start (the round boundary made it)
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std")
+# The training code is every module of the package but these, which only show or read what was trained:
+# the analysis (report, figures, statistics, the sweep summary, the dry run's counts), the bench (a caller of
+# the engine, never imported by it), the report's entry point, the progress bar and lines, and the records
+# (results.json's round entries and TensorBoard events, made from a round once it is trained).
+CODE_ROOT = Path(__file__).resolve().parents[1]
+NOT_TRAINING_CODE = ("analysis/", "bench/", "report.py", "engine/progress.py", "engine/records.py")
 
 _fingerprints: dict[int, str] = {}
+_code_digests: dict[Path, str] = {}
 
 
 def training_settings(cfg) -> dict:
@@ -33,6 +47,47 @@ def training_settings(cfg) -> dict:
     rewind.epoch (round 0 records theta_k); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
     flat = flatten(recorded_config(cfg, 0.0))
     return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
+
+
+def execution_in_key(cfg, device_type: str, world_size: int) -> dict:
+    """The execution settings that change a round's bits (phicenter.config.IN_ROUND_KEY), each at the value
+    the round trains with: the threads torch uses now (whether `threads` set them or not), the device type and
+    the number of data-parallel processes (trainer.accelerator and trainer.devices resolved), and the others
+    as the engine reads them."""
+    return {"threads": torch.get_num_threads(), "compile": bool(cfg.get("compile")),
+            "optim.fused": bool((cfg.get("optim") or {}).get("fused")),
+            "trainer.deterministic": build.deterministic(cfg), "trainer.accelerator": device_type,
+            "trainer.devices": int(world_size),
+            "eval_batch_size": data.eval_batch_size(cfg, validate(cfg)["batch_size"])}
+
+
+def platform(device_type: str) -> dict:
+    """What else sets a kernel's rounding: torch and Lightning (their versions), the CPU's vector instruction
+    set that torch dispatches to, float32 matmul precision, and on CUDA the GPU, CUDA, cuDNN and TF32."""
+    out = {"torch": torch.__version__, "torch_git": torch.version.git_version, "lightning": pl.__version__,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "matmul_precision": torch.get_float32_matmul_precision()}
+    if device_type == "cuda" and torch.cuda.is_available():
+        out.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()),
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+def code_digest(root: Path | None = None) -> str:
+    """sha256 of the training code: every .py file under `root` (default CODE_ROOT, the package) but
+    NOT_TRAINING_CODE, by relative path and bytes, in sorted order; read once per process."""
+    root = Path(CODE_ROOT if root is None else root)
+    if root not in _code_digests:
+        h = hashlib.sha256()
+        for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py")):
+            if rel in NOT_TRAINING_CODE or rel.startswith(tuple(x for x in NOT_TRAINING_CODE if x.endswith("/"))):
+                continue
+            content = (root / rel).read_bytes()
+            h.update(f"{rel}\0{len(content)}\0".encode())
+            h.update(content)
+        _code_digests[root] = h.hexdigest()
+    return _code_digests[root]
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
@@ -60,11 +115,13 @@ def state_digest(h, state: dict) -> None:
 
 
 class RoundKeys:
-    """The round keys of one cohort's members (they share every setting in the key)."""
+    """The round keys of one cohort's members (they share every setting in the key), for a run of
+    `world_size` data-parallel processes on a device of `device_type`."""
 
-    def __init__(self, cfg, splits, device_type: str):
-        header = {"version": KEY_VERSION, "settings": training_settings(cfg), "data": data_fingerprint(splits),
-                  "device": device_type, "torch": torch.__version__}
+    def __init__(self, cfg, splits, device_type: str, world_size: int = 1):
+        header = {"version": KEY_VERSION, "settings": training_settings(cfg),
+                  "execution": execution_in_key(cfg, device_type, world_size), "platform": platform(device_type),
+                  "code": code_digest(), "data": data_fingerprint(splits)}
         self.header = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
 
     def __call__(self, net: torch.nn.Module, round_index: int) -> str:
@@ -77,11 +134,13 @@ class RoundKeys:
 @dataclass
 class Source:
     """Where a member's round comes from: trained here (`rep`: its index among the members trained), copied
-    from a representative of the cohort, or taken from the store (`entry`)."""
+    from a representative of the cohort, or taken from the store (`entry`). `publish`: whether a round
+    trained here goes to the store (not when its bits depend on the cohort it trained in)."""
     key: str
     rep: int | None = None
     entry: Entry | None = None
     reused_from: str | None = None     # null: this run trained it
+    publish: bool = True
 
 
 @dataclass
@@ -92,28 +151,37 @@ class Outcome:
     test: tuple
     reused_from: str | None
     diverged: str | None = None
+    publish: bool = True
 
 
 class Reuse:
-    """Round keys, the store and who trains what, for one cohort. `round_store.enabled=false`: every member
-    trains every round (keys are still recorded). `lookup=false` (a multi-process run, whose ranks must all
-    decide alike) never reads the store, only publishes to it."""
+    """Round keys, the store and who trains what, for one cohort of a run of `world_size` processes, trained
+    with the stack's forward `impl` (engine.stacked). `round_store.enabled=false`: every member trains every
+    round (keys are still recorded). A multi-process run, whose ranks must all decide alike, never reads the
+    store, and its rounds, whose keys hold its number of processes, would be read by nothing: it does not
+    publish either. Where a stack of several variants trains each to other bits than alone (not
+    stacked.keeps_bits) and kernels are deterministic, every member trains every round itself, as with the
+    store off, and nothing is published: a reused round must be the very one the run would have trained."""
 
-    def __init__(self, cfg, splits, device_type: str, lookup: bool = True, log=print):
-        self.keys = RoundKeys(cfg, splits, device_type)
+    def __init__(self, cfg, splits, device_type: str, world_size: int = 1, impl: str = "auto", log=print):
+        self.keys = RoundKeys(cfg, splits, device_type, world_size)
         root = store_dir(cfg)
         self.store = RoundStore(root) if root is not None else None
-        self.lookup, self.log = lookup and self.store is not None, log
+        self.shared = self.store is not None and int(world_size) == 1
+        self.log = log
+        self.stacked_alone = not keeps_bits(impl, device_type) and build.deterministic(cfg)
         self.rewind_epoch = int((cfg.get("rewind") or {}).get("epoch") or 0)
 
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
-        store."""
+        store; every member, when several train stacked to bits of their own (see the class)."""
+        if len(members) > 1 and self.stacked_alone:
+            return list(members), [Source(self.keys(m.net, r), rep=i, publish=False) for i, m in enumerate(members)]
         trained, sources, first = [], [], {}
         for m in members:
             key = self.keys(m.net, r)
             if self.store is None or key not in first:
-                entry = self.store.get(key, self.log) if self.lookup else None
+                entry = self.store.get(key, self.log) if self.shared else None
                 if entry is not None:
                     src = Source(key, entry=entry, reused_from=entry.first_run)
                 else:
@@ -139,7 +207,8 @@ class Reuse:
             else:
                 rep = trained[src.rep]
                 res = Outcome(src.key, [dict(row) for row in module.history[src.rep]],
-                              tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep))
+                              tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep),
+                              src.publish)
                 state = rep.net.state_dict() if rep is not m else None
                 rewind = rep.imp.rewind if r == 0 and self.rewind_epoch and rep is not m else None
             if src.reused_from is not None and res.diverged is None:
@@ -155,10 +224,10 @@ class Reuse:
 
     def publish(self, members: list, outcomes: list[Outcome], r: int) -> None:
         """Each round trained here (and not diverged), under its key, once."""
-        if self.store is None:
+        if not self.shared:
             return
         for m, res in zip(members, outcomes):
-            if res.reused_from is not None or res.diverged is not None:
+            if res.reused_from is not None or res.diverged is not None or not res.publish:
                 continue
             rewind = m.imp.rewind if r == 0 and self.rewind_epoch else None
             self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),

@@ -24,6 +24,13 @@ from phicenter.engine.batched import batched_forward, batched_plan, vmap_forward
 IMPLS = ("auto", "loop", "batched", "vmap")
 
 
+def keeps_bits(impl: str, device_type: str) -> bool:
+    """Whether every variant of a stack trains to the bits of that variant trained alone: only the per-variant
+    kernels on a CPU ("loop", the CPU's "auto"; tests/test_cohort.py). Elsewhere it is the same maths with
+    other roundings (batched kernels; on CUDA a net alone also runs in channels_last)."""
+    return device_type == "cpu" and impl in ("auto", "loop")
+
+
 def _safe(name: str) -> str:
     return name.replace(".", "__")
 
