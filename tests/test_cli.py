@@ -120,6 +120,37 @@ def test_bad_input_rejected_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
+def _npz(path, **arrays):
+    import numpy as np
+
+    base = {"x_train": np.zeros((10, 4, 4), np.uint8), "y_train": np.zeros(10, np.int64),
+            "x_test": np.zeros((5, 4, 4), np.uint8), "y_test": np.zeros(5, np.int64)}
+    np.savez(path, **{k: v for k, v in {**base, **arrays}.items() if v is not None})
+
+
+BAD_NPZ = {
+    "not an npz": (lambda f: f.write_text("x_train,y_train\n1,2\n"), "is not an .npz file (the zip of arrays"),
+    "no y_test": (lambda f: _npz(f, y_test=None), "missing key(s) y_test (expected x_train, y_train, x_test"),
+    "lengths": (lambda f: _npz(f, y_train=__import__("numpy").zeros(9, "int64")),
+                "x_train has 10 images but y_train has 9 labels"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NPZ)
+def test_bad_npz_one_line_exit_2_no_folder(tmp_path, case):
+    """dataset=npz with a file that cannot be the data: one line naming the file, exit 2, no run folder."""
+    make, message = BAD_NPZ[case]
+    f, run_dir = tmp_path / "data.npz", tmp_path / "run"
+    make(f)
+    proc = train("dataset=npz", f"dataset.path={f}", "threads=1", f"hydra.run.dir={run_dir}", check=False,
+                 timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"phicenter: error: dataset.path: {f}"), proc.stderr
+    assert message in lines[0], lines[0]
+    assert not run_dir.exists()
+
+
 def test_npz_missing_key(tmp_path):
     import numpy as np
 

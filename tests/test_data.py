@@ -266,6 +266,58 @@ def test_corrupt_cifar_batch_is_one_clear_error(tmp_path):
         data.load("cifar10", tmp_path, download=False, val_size=5)
 
 
+def _npz(path: Path, **arrays) -> Path:
+    base = {"x_train": np.zeros((10, 4, 4), np.uint8), "y_train": np.arange(10) % 3,
+            "x_test": np.zeros((5, 4, 4), np.uint8), "y_test": np.arange(5) % 3}
+    np.savez(path, **{k: v for k, v in {**base, **arrays}.items() if v is not None})
+    return path
+
+
+def test_npz_reads_every_split(tmp_path):
+    x_val = np.full((4, 2, 4, 4), 7, np.uint8)
+    f = _npz(tmp_path / "d.npz", x_train=np.zeros((10, 4, 4, 3), np.uint8), x_test=np.zeros((5, 4, 4, 3), np.uint8),
+             x_val=np.full((4, 4, 4, 3), 7, np.uint8), y_val=np.array([[0], [1], [2], [1]]))
+    s = data.load("npz", tmp_path, path=str(f))
+    assert s.input_shape == (3, 4, 4) and len(s.y_train) == 10 and s.y_val.tolist() == [0, 1, 2, 1]
+    assert s.num_classes == 3 and torch.equal(s.x_val[:, :2], torch.from_numpy(x_val))
+
+
+NPZ_BAD = {
+    "a .npy, not an .npz": (lambda f: np.save(f, np.zeros(3)), "is not an .npz file"),
+    "a pickled object array": (lambda f: _npz(f, x_train=np.array([object()] * 10)),
+                               "array x_train cannot be read (ValueError: Object arrays cannot be loaded"),
+    "x_val without y_val": (lambda f: _npz(f, x_val=np.zeros((2, 4, 4), np.uint8)),
+                            "x_val and y_val must be given together"),
+    "test lengths": (lambda f: _npz(f, y_test=np.zeros(6, np.int64)), "x_test has 5 images but y_test has 6 labels"),
+    "val lengths": (lambda f: _npz(f, x_val=np.zeros((3, 4, 4), np.uint8), y_val=np.zeros(2, np.int64)),
+                    "x_val has 3 images but y_val has 2 labels"),
+    "float images": (lambda f: _npz(f, x_train=np.zeros((10, 4, 4), np.float32)),
+                     "x_train must be uint8 images, got float32"),
+    "flat images": (lambda f: _npz(f, x_test=np.zeros((5, 16), np.uint8)),
+                    "x_test must be N×H×W, N×C×H×W or N×H×W×C, got shape (5, 16)"),
+    "float labels": (lambda f: _npz(f, y_train=np.zeros(10, np.float64)),
+                     "y_train must be one integer label per image, got float64 of shape (10,)"),
+    "negative labels": (lambda f: _npz(f, y_test=np.array([0, 1, -1, 2, 0])), "y_test has a negative label (-1)"),
+    "no test images": (lambda f: _npz(f, x_test=np.zeros((0, 4, 4), np.uint8), y_test=np.zeros(0, np.int64)),
+                       "x_test has no images"),
+    "a truncated archive": (lambda f: (_npz(f), f.write_bytes(f.read_bytes()[:-30])), "is not an .npz file"),
+}
+
+
+@pytest.mark.parametrize("case", NPZ_BAD)
+def test_bad_npz_is_one_clear_error_naming_the_file(tmp_path, case):
+    """Each split is checked whole before any use; the command line turns these into one line and exit 2
+    (tests/test_cli.py)."""
+    make, message = NPZ_BAD[case]
+    f = tmp_path / "d.npz"
+    make(f)
+    f = f if f.exists() else tmp_path / "d.npz.npy"   # np.save appends .npy
+    with pytest.raises(data.DataError) as err:
+        data.load("npz", tmp_path, path=str(f), val_size=2)
+    assert str(err.value).startswith(f"dataset.path: {f}") and message in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
 # --- the decode cache -------------------------------------------------------------------------------------
 
 def _count_decodes(monkeypatch, name: str) -> list:

@@ -24,6 +24,7 @@ from phicenter import data
 from phicenter.config import flatten, recorded_config, shapes_training, validate
 from phicenter.engine import build
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
+from phicenter.engine.rundir import CKPT_DIR, is_writer, write_bytes
 from phicenter.engine.stacked import keeps_bits
 
 KEY_VERSION = 2
@@ -161,7 +162,10 @@ class Reuse:
     store, and its rounds, whose keys hold its number of processes, would be read by nothing: it does not
     publish either. Where a stack of several variants trains each to other bits than alone (not
     stacked.keeps_bits) and kernels are deterministic, every member trains every round itself, as with the
-    store off, and nothing is published: a reused round must be the very one the run would have trained."""
+    store off, and nothing is published: a reused round must be the very one the run would have trained.
+    Nor is a round published that resumes a fit an earlier launch began under another key (say at another
+    thread count): part of it was trained otherwise. Each round a member trains is marked with its key in the
+    member's checkpoints (`round_NNN.key`) until it is done, for a relaunch to compare."""
 
     def __init__(self, cfg, splits, device_type: str, world_size: int = 1, impl: str = "auto", log=print):
         self.keys = RoundKeys(cfg, splits, device_type, world_size)
@@ -185,7 +189,7 @@ class Reuse:
                 if entry is not None:
                     src = Source(key, entry=entry, reused_from=entry.first_run)
                 else:
-                    src = Source(key, rep=len(trained))
+                    src = Source(key, rep=len(trained), publish=self._begin(m, r, key))
                     trained.append(m)
                 first[key] = src
             else:
@@ -194,6 +198,20 @@ class Reuse:
                     src = Source(key, rep=src.rep, reused_from=str(trained[src.rep].folder.path.resolve()))
             sources.append(src)
         return trained, sources
+
+    def _begin(self, m, r: int, key: str) -> bool:
+        """Mark round r of m as begun under `key`; false when an earlier launch began it under another key."""
+        if not self.shared:
+            return False
+        mark = _mark(m, r)
+        before = mark.read_text() if mark.is_file() else None
+        if before is None and is_writer():
+            write_bytes(mark, key.encode())
+        if before in (None, key):
+            return True
+        self.log(f"round {r} of {m.folder.path} resumes a fit begun under another round key (an execution setting "
+                 "that changes its bits, the code or the platform changed since); it will not be published")
+        return False
 
     def take(self, members: list, sources: list[Source], trained: list, module, r: int, epochs: int) -> list:
         """Each member's Outcome; a member that did not train gets the trained state (and, in round 0 of a
@@ -227,11 +245,19 @@ class Reuse:
         if not self.shared:
             return
         for m, res in zip(members, outcomes):
-            if res.reused_from is not None or res.diverged is not None or not res.publish:
+            if res.reused_from is not None:
+                continue
+            if is_writer():
+                _mark(m, r).unlink(missing_ok=True)
+            if res.diverged is not None or not res.publish:
                 continue
             rewind = m.imp.rewind if r == 0 and self.rewind_epoch else None
             self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
                                  res.history, res.test, None if rewind is None else _cpu(rewind)))
+
+
+def _mark(m, r: int) -> Path:
+    return m.folder.path / CKPT_DIR / f"round_{r:03d}.key"
 
 
 def _cpu(state: dict) -> dict:
