@@ -75,6 +75,11 @@ def test_threads_torch_uses_not_the_setting(threads):
     assert key() != one and key("threads=2") == key()
     threads(1)
     assert key() == one
+    cfg, splits, net = parts()
+    keys = RoundKeys(cfg, splits, "cpu")
+    assert keys(net, 1) == one
+    threads(2)
+    assert keys(net, 1) != one   # read as each key is made
 
 
 def test_fused_optimizer():

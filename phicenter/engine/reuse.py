@@ -77,7 +77,7 @@ def platform(device_type: str) -> dict:
 
 def code_digest(root: Path | None = None) -> str:
     """sha256 of the training code: every .py file under `root` (default CODE_ROOT, the package) but
-    NOT_TRAINING_CODE, by relative path and bytes, in sorted order; read once per process."""
+    NOT_TRAINING_CODE, by relative path and bytes, in sorted order; read once per process (and root)."""
     root = Path(CODE_ROOT if root is None else root)
     if root not in _code_digests:
         h = hashlib.sha256()
@@ -89,6 +89,9 @@ def code_digest(root: Path | None = None) -> str:
             h.update(content)
         _code_digests[root] = h.hexdigest()
     return _code_digests[root]
+
+
+code_digest()   # as the package is imported: the code this process runs
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
@@ -117,13 +120,23 @@ def state_digest(h, state: dict) -> None:
 
 class RoundKeys:
     """The round keys of one cohort's members (they share every setting in the key), for a run of
-    `world_size` data-parallel processes on a device of `device_type`."""
+    `world_size` data-parallel processes on a device of `device_type`. The thread count is read as each key
+    is made."""
 
     def __init__(self, cfg, splits, device_type: str, world_size: int = 1):
-        header = {"version": KEY_VERSION, "settings": training_settings(cfg),
-                  "execution": execution_in_key(cfg, device_type, world_size), "platform": platform(device_type),
-                  "code": code_digest(), "data": data_fingerprint(splits)}
-        self.header = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
+        self._made = (cfg, splits, device_type, world_size)
+        self._headers: dict[int, bytes] = {}
+
+    @property
+    def header(self) -> bytes:
+        threads = torch.get_num_threads()
+        if threads not in self._headers:
+            cfg, splits, device_type, world_size = self._made
+            header = {"version": KEY_VERSION, "settings": training_settings(cfg),
+                      "execution": execution_in_key(cfg, device_type, world_size), "platform": platform(device_type),
+                      "code": code_digest(), "data": data_fingerprint(splits)}
+            self._headers[threads] = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
+        return self._headers[threads]
 
     def __call__(self, net: torch.nn.Module, round_index: int) -> str:
         h = hashlib.sha256(self.header)
