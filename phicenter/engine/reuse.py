@@ -19,7 +19,7 @@ import torch
 from phicenter.config import flatten, recorded_config, shapes_training
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 
-KEY_VERSION = 1
+KEY_VERSION = 2   # 2: masks and fills as buffers beside weights that hold their effective values
 # what acts on a round only through the state at its start (the round boundary made it)
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std")

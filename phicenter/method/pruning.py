@@ -177,6 +177,37 @@ def sparsity(layers: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:
     return dead / max(total, 1), per
 
 
+_LEGACY = ".parametrizations.weight."   # masks as torch parametrizations (where(mask, raw, fill) in the forward)
+
+
+def is_legacy(state: dict) -> bool:
+    """A state dict saved while masks were parametrizations: `<layer>.parametrizations.weight.original`,
+    `.0.mask`, `.0.fill`."""
+    return any(_LEGACY in k for k in state)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict in today's names (a legacy one converted, any other returned as it is). The weight
+    becomes where(mask, original, fill), the effective weight the forward pass used: under weight decay the
+    raw tensor's dead entries had drifted from their fill."""
+    if not is_legacy(state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if _LEGACY not in key:
+            out[key] = value
+            continue
+        name, rest = key.split(_LEGACY, 1)
+        if rest == "original":
+            mask, fill = state[f"{name}{_LEGACY}0.mask"], state[f"{name}{_LEGACY}0.fill"]
+            out[state_keys(name)[0]] = torch.where(mask, value, fill.to(value.dtype))
+        elif rest in ("0.mask", "0.fill"):
+            out[state_keys(name)[1 if rest == "0.mask" else 2]] = value
+        else:
+            raise ValueError(f"unexpected key {key!r} in a state dict with masks as parametrizations")
+    return out
+
+
 # -- enforcing it, in place, every optimizer step -------------------------------------------------------
 _GENERATION = 0          # bumped by attach_masks: a module's list of masked tensors is looked up again
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
