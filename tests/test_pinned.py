@@ -52,3 +52,32 @@ def test_packed_cohort_matches_pinned(tmp_path):
     train(*run["args"], *PINNED["common"], f"hydra.run.dir={tmp_path}")
     for variant, want in run["variants"].items():
         _compare(rounds(tmp_path / variant), want, variant)
+
+
+def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
+    """compile=true, K = 1 and a packed K = 2, trained in this process: the pinned numbers of the runs alone.
+    Compiled with the eager backend (dynamo's graphs and guards, no code generation): inductor's CPU kernels
+    may round differently in the last bit (docs/benchmarks.md)."""
+    import torch._dynamo
+    from hydra import compose, initialize_config_dir
+    from torch import nn
+
+    from phicenter.engine import loop
+    from phicenter.engine.cohort import make_variants, single
+
+    real = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **kw: real(self, *a, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+    common = [a for a in PINNED["common"] if not a.startswith("threads")]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false"])
+        standard = compose("config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false",
+                                                "strategy=standard"])
+    loop.train(single(standard), tmp_path / "alone")
+    _compare(rounds(tmp_path / "alone"), _pinned("standard")["rounds"], "standard, compiled")
+    pack = make_variants(cfg, strategies=[{"name": "mask1"}, {"name": "standard"}])
+    loop.train(pack, tmp_path / "packed")
+    for v in pack:
+        _compare(rounds(tmp_path / "packed" / v.name), _pinned(v.name.split("=")[-1])["rounds"], f"{v.name}, compiled")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2      # the net, and the stack, compiled
+    torch._dynamo.reset()
