@@ -22,10 +22,17 @@ from phicenter.engine.module import CohortModule
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup(seed=0):
+def _setup(seed=0, dead=0.0):
+    """Synthetic data and a masked fc_lot; `dead`: that share of each layer's weights pruned (seeded), with
+    standard-like non-zero fills."""
     s = data.load("synthetic", ".", val_size=40, n_train=250, n_test=40, shape=(1, 8, 8))
     net = models.build("fc_lot", s.input_shape, s.num_classes, seed=seed)
-    pruning.attach_masks(net)
+    g = torch.Generator().manual_seed(1)
+    for layer in pruning.attach_masks(net).values():
+        mf = pruning.mask_of(layer)
+        mf.mask.copy_(torch.rand(mf.mask.shape, generator=g) >= dead)
+        mf.fill.copy_(torch.randn(mf.fill.shape, generator=g) * 0.01)
+    pruning.reapply_masks(net)
     return s, net
 
 
@@ -40,11 +47,11 @@ def _fit(net, batches, epochs=2, precision="32-true"):
 
 
 def test_grouped_manual_steps_are_exactly_the_plain_loop():
-    """CohortModule's steps (k per Lightning call) are the hand-written loop's steps, bit for bit: the bench's
-    ratio compares the same work."""
-    s, net_a = _setup()
-    _, net_b = _setup()
-    _, net_c = _setup()
+    """CohortModule's steps (k per Lightning call) are the hand-written loop's steps, bit for bit, the mask
+    passes included: the bench's ratio compares the same work."""
+    s, net_a = _setup(dead=0.3)
+    _, net_b = _setup(dead=0.3)
+    _, net_c = _setup(dead=0.3)
     batches = data.make_loaders(s, 32, seed=4, group=3)[0]
     module, trainer = _fit(net_a, batches)
     assert trainer.global_step == 2 * batches.n_batches()          # one global step per optimizer step
@@ -59,7 +66,9 @@ def test_grouped_manual_steps_are_exactly_the_plain_loop():
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net_c(x), y)
             loss.backward()
+            pruning.zero_dead_grads(net_c)
             opt.step()
+            pruning.reapply_masks(net_c)
             total, n = total + float(loss.detach().double()) * len(y), n + len(y)
         losses.append(total / n)
     for a, b, c in zip(net_a.state_dict().values(), net_b.state_dict().values(), net_c.state_dict().values()):
@@ -169,3 +178,12 @@ def test_bench_quick_writes_json(tmp_path):
     assert res["grid_gpu_hours_est"] is None           # never an estimate from a CPU
     assert "packed_speedup" not in res                 # --no-packed (packed_speedup itself: tests/test_packed.py)
     assert "loop_overhead_ratio" in proc.stdout and "| (a) fc_lot" in proc.stdout
+    for key in ("masked_step_ratio", "masked_step_ratio_conv4", "masked_round_ratio"):   # (e): masks
+        assert isinstance(res[key], float) and math.isfinite(res[key]) and res[key] > 0, key
+    step = res["masks"]["step"]["fc_lot"]
+    assert step["sparsity"] == pytest.approx(0.2) and step["threads"] == 1 and step["masked_step_ms"] > 0
+    assert len(res["masks"]["round"]["rounds_s"][0]) == 2           # round 0 (dense), round 1 (masked)
+    rows = res["threads_rows"]["rows"]                                # (f): 1 vs 2 threads
+    assert set(rows) == {"mnist_fc_lot", "cifar10_conv2"}
+    assert all(set(r["epoch_s"]) == {"1", "2"} for r in rows.values())
+    assert "| (e) fc_lot training step" in proc.stdout and "| (f) conv2 epoch" in proc.stdout

@@ -81,6 +81,7 @@ def _variants(name: str, k: int, device) -> list[nn.Module]:
                 mf.mask.copy_(torch.rand(raw.shape, generator=g) > 0.3)
                 mf.fill.copy_(torch.randn(raw.shape, generator=g) * 0.01 * (i % 2))
                 raw.mul_(torch.where(torch.rand(raw.shape, generator=g) < 0.2, -1.0, 1.0))
+        pruning.reapply_masks(net)   # dead entries at their fills, as the training step leaves them
         nets.append(net.to(device).train())
     return nets
 

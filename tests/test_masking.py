@@ -1,5 +1,7 @@
-"""The mask is enforced in the forward pass: pruned entries sit exactly at their fill value through optimizer
-steps (momentum, weight decay, Adam moments), and standard's frozen trained values act in the forward pass.
+"""The mask in force: pruned entries sit exactly at their fill value through optimizer steps (momentum, weight
+decay, Adam moments), their gradients are zero, and standard's frozen trained values act in the forward pass.
+A training step is backward, pruning.zero_dead_grads, the optimizer step, pruning.reapply_masks (what
+CohortModule.training_step does; the last tests run that step itself).
 
 Same tiny model and hand-set weights as test_strategies.py (see its docstring):
 after one round with phi = 0.15, base 0.8, output_base 0.5,
@@ -42,6 +44,7 @@ def train_by_hand(net):
         pruning.raw_weight(net[2]).copy_(T2)
         net[0].bias.copy_(TB1)
         net[2].bias.copy_(TB2)
+    pruning.reapply_masks(net)
 
 
 def pruned_model(name, **options):
@@ -56,16 +59,23 @@ X = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
 Y = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
 
 
-def steps(net, opt, n):
+def steps(net, opt, n, masks=True):
+    """n training steps; masks=False leaves out the two passes (what the optimizer alone would do)."""
     for _ in range(n):
         opt.zero_grad()
         F.mse_loss(net(X), Y).backward()
+        if masks:
+            pruning.zero_dead_grads(net)
         opt.step()
+        if masks:
+            pruning.reapply_masks(net)
 
 
 OPTIMIZERS = {
     "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
     "adamw": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.5),
+    "adam_l2": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.5),
+    "adam_fused_l2": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.5, fused=True),
 }
 
 
@@ -90,10 +100,11 @@ def test_pruned_entries_stay_at_fill_through_optimizer_steps(name, opt_name):
     # the survivors did train
     assert not torch.equal(net[0].weight[KEEP1], before[0][KEEP1])
     assert not torch.equal(net[2].weight[KEEP2], before[2][KEEP2])
-    # ... and the raw tensor under the pruned entries moved (momentum / weight decay), so the check above
-    # really tests the forward-pass mask, not "the optimizer happened to leave them alone"
-    raw2 = pruning.raw_weight(net[2]).detach()
-    assert not torch.equal(raw2[~KEEP2], fill2)
+    # ... and without the passes the same steps would have moved them (momentum, weight decay), so the check
+    # above really tests that the mask is held, not "the optimizer happened to leave them alone"
+    drift = copy.deepcopy(net)
+    steps(drift, OPTIMIZERS[opt_name](drift.parameters()), 5, masks=False)
+    assert not torch.equal(drift[2].weight[~KEEP2], fill2)
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
@@ -106,11 +117,15 @@ def test_fresh_optimizer_after_prune_standard_frozen(opt_name):
     assert torch.equal(net[2].weight[:, 1], torch.tensor([0.05, -0.01]))
 
 
-def test_gradient_of_pruned_raw_entries_is_zero():
+def test_gradient_of_pruned_entries_is_zero():
     net, _ = pruned_model("standard")
     F.mse_loss(net(X), Y).backward()
     g1, g2 = pruning.raw_weight(net[0]).grad, pruning.raw_weight(net[2]).grad
+    assert bool((g1[~KEEP1] != 0).any()) or bool((g2[~KEEP2] != 0).any())   # backward gives them one...
+    alive = g1[KEEP1].clone(), g2[KEEP2].clone()
+    pruning.zero_dead_grads(net)                                               # ... the step takes it away
     assert bool((g1[~KEEP1] == 0).all()) and bool((g2[~KEEP2] == 0).all())
+    assert torch.equal(g1[KEEP1], alive[0]) and torch.equal(g2[KEEP2], alive[1])
     assert bool((g1[KEEP1] != 0).any()) and bool((g2[KEEP2] != 0).any())
 
 
@@ -144,6 +159,7 @@ def test_standard_frozen_weights_unchanged_and_still_used_after_training():
     with torch.no_grad():
         for k in (0, 2):
             pruning.mask_of(zeroed[k]).fill.zero_()
+    pruning.reapply_masks(zeroed)
     x = torch.tensor([[1.0, 0.0, 0.0]])
     b11 = net[0].bias[1].item()
     expected = torch.tensor([[0.05, -0.01]]) * max(0.02 + b11, 0.0)
@@ -161,3 +177,68 @@ def test_masks_and_fills_survive_a_state_dict_round_trip():
         assert torch.equal(fresh[k].weight, net[k].weight)
         assert torch.equal(pruning.mask_of(fresh[k]).mask, pruning.mask_of(net[k]).mask)
     assert fresh[2].weight[0, 1].item() == torch.tensor(0.05).item()
+
+
+# -- the engine's training step ---------------------------------------------------------------------------
+ENGINE_OPTIMIZERS = {"adam_wd": {"name": "adam", "lr": 1e-2, "weight_decay": 0.1, "fused": True},
+                     "adamw": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.5, "fused": True},
+                     "sgd_momentum_wd": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}}
+
+
+def _pruned_fc_lot(strategy: str, seed: int):
+    from phicenter import models
+
+    net = models.build("fc_lot", (1, 8, 8), 10, seed=0)
+    imp = IMP(net, build(strategy), IMPConfig(phi=0.0, base=0.5, seed=seed))
+    with torch.no_grad():   # stand-in for a trained round 0: every weight moved a little
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+    imp.advance(1)
+    return net, imp
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("optim", sorted(ENGINE_OPTIMIZERS))
+def test_training_step_holds_dead_weights(optim, k):
+    """CohortModule.training_step (K = 1, and K = 2 on the stacked tensors): at every optimizer step the
+    gradients of dead weights are zero, and after the fit every dead weight is exactly its fill (standard's
+    trained values, mask0's zeros) while the alive ones trained."""
+    import pytorch_lightning as pl
+
+    from phicenter import data
+    from phicenter.engine.module import CohortModule
+
+    nets = [_pruned_fc_lot(s, seed=i)[0] for i, s in enumerate(["standard", "mask0"][:k])]
+    before = [{n: (l.weight.detach().clone(), pruning.mask_of(l).mask.clone(), pruning.mask_of(l).fill.clone())
+               for n, l in pruning.prunable_layers(net).items()} for net in nets]
+    module = CohortModule([copy.deepcopy(n) for n in nets] if k > 1 else nets, ENGINE_OPTIMIZERS[optim])
+    s = data.load("synthetic", ".", val_size=20, n_train=200, n_test=20, shape=(1, 8, 8))
+    module.train_batches = data.make_loaders(s, 20, seed=1, group=4)[0]
+    dead_grads = []
+
+    class Watch(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            def check(opt, args, kwargs):
+                params, bufs = dict(pl_module.named_parameters()), dict(pl_module.named_buffers())
+                for name, p in params.items():
+                    mask = bufs.get(name + "_mask")
+                    if mask is not None and p.grad is not None:
+                        dead_grads.append(float(p.grad[~mask].abs().max()) if bool((~mask).any()) else 0.0)
+            trainer.optimizers[0].register_step_pre_hook(check)
+
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
+                         callbacks=[Watch()])
+    trainer.fit(module, train_dataloaders=module.train_batches)
+    module.scatter()
+    steps = 2 * data.make_loaders(s, 20, seed=1)[0].n_batches()
+    assert len(dead_grads) == 3 * steps and max(dead_grads) == 0.0    # 3 layers, every step of 2 epochs
+    for net, was in zip(module.nets, before):
+        for name, layer in pruning.prunable_layers(net).items():
+            w, keep, fill = was[name]
+            assert torch.equal(pruning.mask_of(layer).mask, keep)
+            assert 0 < int((~keep).sum()) < keep.numel()
+            assert torch.equal(layer.weight.detach()[~keep], fill[~keep]), name
+            assert not torch.equal(layer.weight.detach()[keep], w[keep]), name
+    if k == 1:   # standard's fills are its trained values, not zeros
+        assert bool((before[0]["fc1"][2][~before[0]["fc1"][1]] != 0).all())

@@ -195,14 +195,112 @@ def test_mask_fill_and_attach_masks_idempotent():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Conv1d(1, 1, 1))
     layers = pruning.attach_masks(net)
     assert list(layers) == ["0", "2"]                 # BatchNorm is never prunable
-    assert pruning.attach_masks(net).keys() == layers.keys()
-    assert len(net[0].parametrizations.weight) == 1   # not registered twice
     mf = pruning.mask_of(net[0])
+    mf.mask[0, 0] = False
+    assert pruning.attach_masks(net).keys() == layers.keys()
+    assert not bool(pruning.mask_of(net[0]).mask[0, 0])   # not registered twice (nor reset)
+    # the weight stays the layer's own Parameter; mask and fill are buffers beside it
+    assert pruning.raw_weight(net[0]) is net[0].weight and isinstance(net[0].weight, nn.Parameter)
+    assert list(net[0].state_dict()) == ["weight", "bias", "weight_mask", "weight_fill"]
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight",
+                                                      "2.bias"]
     with torch.no_grad():
         pruning.raw_weight(net[0]).copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         mf.mask.copy_(torch.tensor([[True, False], [False, True]]))
         mf.fill.copy_(torch.tensor([[9.0, -7.0], [5.0, 9.0]]))
-    # where(mask, raw, fill)
+    # a mask or fill written takes effect at the next re-application: where(mask, weight, fill)
+    assert net[0].weight.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    pruning.reapply_masks(net)
     assert net[0].weight.tolist() == [[1.0, -7.0], [5.0, 4.0]]
     total, per = pruning.sparsity(layers)
     assert per == {"0": 0.5, "2": 0.0} and total == pytest.approx(2 / 5)
+
+
+def test_mask_of_an_unmasked_layer_says_so():
+    with pytest.raises(ValueError, match="attach_masks"):
+        pruning.mask_of(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_passes_are_exact_on_every_value(dtype):
+    """Both passes work on the floats' bits: alive entries keep every bit (NaN, inf, -0.0 included), dead
+    gradients become +0.0 (also where they were inf or NaN), dead weights their fill to the bit (-0.0 and
+    NaN-free fills included), for every float width."""
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-30, -3.5, 2.0])
+    layer = nn.Linear(8, 2).to(dtype)
+    pruning.attach_masks(layer)
+    mf = pruning.mask_of(layer)
+    keep = torch.tensor([[True, False] * 4, [False, True] * 4])
+    fill = torch.tensor([[0.25, -0.0, 0.0, 7.0, -1.5, 3.0, 0.0, 1e-3],
+                         [-0.0, 4.0, 5.0, 0.0, 0.0, -2.0, 0.125, 0.0]], dtype=dtype)
+    with torch.no_grad():
+        mf.mask.copy_(keep)
+        mf.fill.copy_(fill)
+        layer.weight.copy_(torch.stack([special, special.flip(0)]).to(dtype))
+    before = layer.weight.detach().clone()
+    layer.weight.grad = torch.stack([special.flip(0), special]).to(dtype)
+    grad_before = layer.weight.grad.clone()
+    pruning.zero_dead_grads(layer)
+    pruning.reapply_masks(layer)
+
+    def bits(t):
+        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+    assert torch.equal(bits(layer.weight.detach())[keep], bits(before)[keep])
+    assert torch.equal(bits(layer.weight.detach())[~keep], bits(fill)[~keep])
+    assert torch.equal(bits(layer.weight.grad)[keep], bits(grad_before)[keep])
+    assert bool((bits(layer.weight.grad)[~keep] == 0).all())          # +0.0, not -0.0 and not NaN
+
+
+def test_masks_written_in_place_are_seen_by_the_next_pass():
+    """The passes' derived tensors follow every in-place write of a mask or fill (copy_, a single element,
+    load_state_dict) and a move of the module."""
+    net = nn.Sequential(nn.Linear(3, 2))
+    pruning.attach_masks(net)
+    w = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+
+    def reset():
+        with torch.no_grad():
+            net[0].weight.copy_(w)
+
+    mf = pruning.mask_of(net[0])
+    reset()
+    pruning.reapply_masks(net)
+    assert torch.equal(net[0].weight.detach(), w)                      # all alive: nothing changes
+    mf.mask[0, 1] = False
+    pruning.reapply_masks(net)
+    assert net[0].weight.tolist() == [[1.0, 0.0, 3.0], [4.0, 5.0, 6.0]]
+    reset()
+    mf.fill.fill_(9.0)
+    pruning.reapply_masks(net)
+    assert net[0].weight.tolist() == [[1.0, 9.0, 3.0], [4.0, 5.0, 6.0]]
+    reset()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["0.weight_mask"] = torch.tensor([[True, True, True], [True, True, False]])
+    state["0.weight_fill"] = torch.full((2, 3), -1.0)
+    net.load_state_dict(state)
+    pruning.reapply_masks(net)
+    assert net[0].weight.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, -1.0]]
+    net.double()                                                       # new tensors: derived again
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    pruning.reapply_masks(net)
+    assert net[0].weight.tolist() == [[2.0, 2.0, 2.0], [2.0, 2.0, -1.0]]
+
+
+def test_legacy_state_dicts_read_in_todays_names():
+    """A state dict saved while masks were parametrizations (`<layer>.parametrizations.weight.original`,
+    `.0.mask`, `.0.fill`) reads as today's, its weight the effective where(mask, original, fill)."""
+    legacy = {"0.bias": torch.tensor([0.5, -0.5]),
+              "0.parametrizations.weight.original": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+              "0.parametrizations.weight.0.mask": torch.tensor([[True, False], [True, True]]),
+              "0.parametrizations.weight.0.fill": torch.tensor([[0.0, 0.25], [0.0, 0.0]])}
+    assert pruning.is_legacy(legacy)
+    state = pruning.upgrade_state(legacy)
+    assert not pruning.is_legacy(state)
+    net = nn.Sequential(nn.Linear(2, 2))
+    pruning.attach_masks(net)
+    net.load_state_dict(state)
+    assert net[0].weight.tolist() == [[1.0, 0.25], [3.0, 4.0]]
+    assert pruning.mask_of(net[0]).mask.tolist() == [[True, False], [True, True]]
+    assert pruning.upgrade_state(state) is state                       # today's: as it is

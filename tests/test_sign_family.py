@@ -30,9 +30,9 @@ def counts(layer: dict) -> tuple:
 
 def theta_k(imp: IMP) -> dict:
     state = {k: v.clone() for k, v in imp.theta0.items()}
-    state["0.parametrizations.weight.original"] = W1_K.clone()
+    state["0.weight"] = W1_K.clone()
     state["0.bias"] = B1_K.clone()
-    state["2.parametrizations.weight.original"] = W2_K.clone()
+    state["2.weight"] = W2_K.clone()
     state["2.bias"] = B2_K.clone()
     return state
 

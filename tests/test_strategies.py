@@ -59,11 +59,14 @@ def tiny():
 
 
 def train_by_hand(net, w1=T1, w2=T2, b1=TB1, b2=TB2):
+    """Set the weights as training would leave them: whatever a step wrote into a dead entry, the step ends
+    with the fills re-applied (pruning.reapply_masks)."""
     with torch.no_grad():
         pruning.raw_weight(net[0]).copy_(w1)
         pruning.raw_weight(net[2]).copy_(w2)
         net[0].bias.copy_(b1)
         net[2].bias.copy_(b2)
+    pruning.reapply_masks(net)
 
 
 def one_round(name, cfg=None, fresh_init=None, **options):
@@ -283,7 +286,8 @@ def test_survivor_magnitude_is_c_per_layer(name, magnitude):
 
 def test_second_round_standard_freezes_each_weight_at_its_own_rounds_value():
     net, imp, _ = one_round("standard")
-    # round 2 "training": layer 0's pruned [1, 0] raw value is garbage, its effective value stays 0.02
+    # round 2 "training": the optimizer wrote garbage into layer 0's pruned [1, 0]; the step's re-application
+    # puts it back at 0.02
     train_by_hand(net, w1=torch.tensor([[0.7, -0.03, -0.5], [999.0, 0.6, -0.9]]),
                   w2=torch.tensor([[0.3, 555.0], [-0.2, 555.0]]))
     close(net[0].weight, [[0.7, -0.03, -0.5], [0.02, 0.6, -0.9]])

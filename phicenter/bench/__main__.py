@@ -13,6 +13,9 @@ alternates every repeat) and repeated; each number is the median of the repeats.
   (c) prune + re-sign + reinit (IMP.advance) as a share of a round of the paper's length, each strategy.
   (d) throughput: images/s and model FLOPs per image (counted by torch.utils.flop_counter on one real
       step), and on a GPU the model FLOPs utilisation and an estimate of the whole paper grid in GPU-hours.
+  (e) masks: the module's training step on a masked net ÷ on the same net unmasked (fc_lot, conv4), and a
+      real run's masked round ÷ its dense round (bench.masking).
+  (f) threads: fc_lot and conv2 epochs of the real path at 1 and 2 torch threads (bench.masking).
 
 Real MNIST/CIFAR-10 are used when --data-dir holds them; otherwise seeded synthetic data of the same shapes.
 """
@@ -39,9 +42,9 @@ PEAKS = [("H100 PCIe", {"bf16": 756.0, "16": 756.0, "32": 51.2}),
          ("L40S", {"bf16": 362.0, "16": 362.0, "32": 91.6}),
          ("L4", {"bf16": 121.0, "16": 121.0, "32": 30.3})]
 
-SIZES = {  # default / --quick: training images per epoch for (a), images for (b), repeats
-    False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 7, "gpu_images": 20000},
-    True: {"fc_lot": 6000, "conv4": 120, "data": 600, "repeats": 3, "gpu_images": 4000},
+SIZES = {  # default / --quick: training images per epoch for (a) and (e), images for (b), repeats; (e)'s round
+    False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 7, "gpu_images": 20000, "round_epochs": 2},
+    True: {"fc_lot": 6000, "conv4": 120, "data": 600, "repeats": 3, "gpu_images": 4000, "round_epochs": 1},
 }
 
 
@@ -148,6 +151,30 @@ def bench_prune(loop: dict, sizes, args, device) -> dict:
     return out
 
 
+def bench_masks(sizes, args, device) -> dict | None:
+    """(e): masked vs dense training steps (fc_lot, conv4) and rounds (fc_lot), on the CPU."""
+    if device != "cpu":
+        return None
+    from phicenter.bench import masking
+
+    reps = sizes["repeats"]
+    return {"step": {"fc_lot": masking.masked_step("mnist_fc_lot", sizes["fc_lot"], reps, args.data_dir),
+                     "conv4": masking.masked_step("cifar10_conv4", sizes["conv4"], max(1, reps // 2),
+                                                  args.data_dir)},
+            "round": masking.masked_round(sizes["fc_lot"], sizes["round_epochs"], max(1, reps // 2), args.data_dir,
+                                          workdir=args.workdir / "rounds")}
+
+
+def bench_threads(sizes, args, device) -> dict | None:
+    """(f): fc_lot and conv2 epochs at 1 and 2 torch threads (a CPU with 2 cores or more)."""
+    if device != "cpu" or (os.cpu_count() or 1) < 2:
+        return None
+    from phicenter.bench import masking
+
+    return masking.threads({"mnist_fc_lot": sizes["fc_lot"], "cifar10_conv2": 2 * sizes["conv4"]},
+                           max(1, sizes["repeats"] // 2), args.data_dir, workdir=args.workdir / "threads")
+
+
 def _peak(device_name: str, precision: str) -> float | None:
     kind = "bf16" if "bf16" in precision else "16" if precision.startswith("16") else "32"
     for name, peaks in PEAKS:
@@ -217,6 +244,21 @@ def table(res: dict) -> str:
         L.append(f"| (d) {key} throughput ({res['device']}, 32-bit) | {r['images_per_s']:.0f} images/s | "
                  f"{r['train_flops_per_image'] / 1e6:.1f} MFLOP/image | "
                  f"{r['images_per_s'] * r['train_flops_per_image'] / 1e9:.2f} GFLOP/s | — |")
+    m = res.get("masks")
+    if m:
+        for key, r in m["step"].items():
+            L.append(f"| (e) {key} training step, masked ({r['strategy']}, {100 * r['sparsity']:.0f} % dead) vs "
+                     f"the same net unmasked, {r['images']} images | {r['masked_step_ms']:.3f} ms | "
+                     f"{r['dense_step_ms']:.3f} ms | {r['ratio']:.3f} (CPU time {r['cpu_ratio']:.3f}) | "
+                     f"{'≤ 1.05' if key == 'fc_lot' else '—'} |")
+        r = m["round"]
+        L.append(f"| (e) fc_lot round 1 (masked) vs round 0 (dense), {r['epochs']} epochs × {r['images']} images | "
+                 f"{r['masked_round_s']:.2f} s | {r['dense_round_s']:.2f} s | {r['ratio']:.3f} | — |")
+    t = res.get("threads_rows")
+    if t:
+        for exp, r in t["rows"].items():
+            L.append(f"| (f) {r['model']} epoch at 2 threads vs 1, {r['images']} images | {r['epoch_s']['2']:.3f} s | "
+                     f"{r['epoch_s']['1']:.3f} s (1 thread) | {r['speedup_2_vs_1']:.2f}× | — |")
     g = res.get("gpu")
     if g:
         for exp, r in g["rows"].items():
@@ -259,6 +301,9 @@ def packed_rows(res: dict, args, device: str) -> None:
 def print_summary(res: dict) -> None:
     print(f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
           f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)")
+    if "masked_step_ratio" in res:
+        print(f"masked_step_ratio {res['masked_step_ratio']:.3f} (fc_lot; conv4 {res['masked_step_ratio_conv4']:.3f})  "
+              f"masked_round_ratio {res['masked_round_ratio']:.3f}")
     if "packed_speedup" in res:
         print(f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
               f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}")
@@ -318,7 +363,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="phicenter-bench-") as tmp:
         args.workdir = Path(tmp)
         res["section_s"] = {}
-        for key, fn in (("loop", bench_loop), ("data", bench_data), ("prune", bench_prune), ("gpu", bench_gpu)):
+        for key, fn in (("loop", bench_loop), ("data", bench_data), ("prune", bench_prune), ("gpu", bench_gpu),
+                        ("masks", bench_masks), ("threads_rows", bench_threads)):
             t0 = time.perf_counter()
             if key == "gpu" and not (device == "cuda" or args.gpu_rows):
                 res[key] = None
@@ -333,6 +379,10 @@ def main(argv=None) -> dict:
     res["prune_share"] = res["prune"]["fc_lot"]["share"]
     res["mfu"] = (res["gpu"]["rows"].get("cifar10_vgg16", {}).get("mfu") if res["gpu"] else None)
     res["grid_gpu_hours_est"] = res["gpu"]["grid_hours_est"] if res["gpu"] and device == "cuda" else None
+    if res["masks"]:
+        res["masked_step_ratio"] = res["masks"]["step"]["fc_lot"]["ratio"]
+        res["masked_step_ratio_conv4"] = res["masks"]["step"]["conv4"]["ratio"]
+        res["masked_round_ratio"] = res["masks"]["round"]["ratio"]
     if args.packed:
         packed_rows(res, args, device)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -37,9 +37,10 @@ def _real_available(name: str, data_dir: str | None) -> bool:
 
 
 def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None,
-                      compile: bool = False):
+                      compile: bool = False, extra: tuple = ()):
     """The experiment's own config (model, optimizer, batch size, epochs), on real data when it is in
-    data_dir, else on synthetic data of the real shape; augmentation off, n_train training images."""
+    data_dir, else on synthetic data of the real shape; augmentation off, n_train training images; `extra`
+    overrides last. Returns (config, dataset name, data source)."""
     base = compose([f"experiment={experiment}"])
     name = base.dataset.name
     over = [f"experiment={experiment}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
@@ -59,8 +60,7 @@ def experiment_config(experiment: str, n_train: int, data_dir: str | None, devic
                  f"dataset.n_train={n_train + 100}", "dataset.n_test=100", "dataset.val_size=100",
                  f"dataset.num_classes={CLASSES.get(name, 10)}"]
         source = f"synthetic {shape}"
-    cfg = compose(over)
-    return cfg, name, source
+    return compose(over + list(extra)), name, source
 
 
 class _Clock:
@@ -156,10 +156,12 @@ class Case:
         return clock.seconds
 
     def plain_epoch(self) -> float:
-        """The minimal hand-written loop: permutation, index, forward, loss, backward, step."""
+        """The minimal hand-written loop: permutation, index, forward, loss, backward, the masks' two passes,
+        step."""
         from omegaconf import OmegaConf
 
         from phicenter.engine.module import optimizer_kwargs
+        from phicenter.method.pruning import reapply_masks, zero_dead_grads
 
         params = list(self.net.to(self.device).parameters())
         cls, kwargs = optimizer_kwargs(params, OmegaConf.to_container(self.cfg.optim, resolve=True))
@@ -172,7 +174,9 @@ class Case:
             idx = perm[i:i + bs]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(self.x.index_select(0, idx)), self.y.index_select(0, idx)).backward()
+            zero_dead_grads(net)
             opt.step()
+            reapply_masks(net)
         self.sync()
         return time.perf_counter() - t0
 

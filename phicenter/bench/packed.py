@@ -137,10 +137,12 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
                           optim: dict | None = None) -> dict:
     """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed.
 
-    single_ms: one optimizer step of a plain loop (the masked net, the product's optimizer, no framework);
-    packed_ms_per_variant: a packed step ("loop" implementation) divided by K; kernel_ms_per_variant: the part
-    of it spent inside the variants' own aten kernels (torch.profiler self time) -- their matrix products,
-    mask selects and optimizer arithmetic, which packing on this device does not remove. So
+    The nets are masked as in round 1 (a seeded 20 % of each layer's weights dead), so every step makes the
+    two mask passes. single_ms: one optimizer step of a plain loop (the masked net, the product's optimizer
+    and mask passes, no framework); packed_ms_per_variant: a packed step ("loop" implementation) divided by
+    K; kernel_ms_per_variant: the part of it spent inside the variants' own aten kernels (torch.profiler self
+    time) -- their matrix products, mask passes and optimizer arithmetic, which packing on this device does
+    not remove. So
     single_ms / kernel_ms_per_variant bounds what any packing of these variants can gain here over a lean
     unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
     from torch.profiler import ProfilerActivity, profile
@@ -155,7 +157,10 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     nets = []
     for i in range(k):
         net = models.build(model, input_shape, num_classes, seed=i)
-        pruning.attach_masks(net)
+        for layer in pruning.attach_masks(net).values():
+            mask = pruning.mask_of(layer).mask
+            mask.copy_(torch.rand(mask.shape, generator=g) >= 0.2)
+        pruning.reapply_masks(net)
         nets.append(net)
 
     single = copy.deepcopy(nets[0])
@@ -164,7 +169,9 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     def single_step(i):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(single(x[i]), y[i]).backward()
+        pruning.zero_dead_grads(single)
         opt.step()
+        pruning.reapply_masks(single)
 
     pk = StackedNet(nets, impl="loop")
     popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)

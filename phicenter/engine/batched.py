@@ -98,15 +98,15 @@ def batched_forward(net, h: torch.Tensor, training: bool) -> torch.Tensor:
     # h is shared by all variants ([B, ...]) until the first layer with weights; after it, a feature
     # map is [B, K*C, H, W] (variant k owns channels k*C..k*C+C-1) and a vector is [K, B, F].
     k, shared = net.k, True
-    params, bufs = net.params, net.bufs   # once a step: the stack's dicts are rebuilt on each read
+    params = net.params   # once a step: the stack's dict is rebuilt on each read
     for name, m in net.plan:
         if isinstance(m, nn.Linear):
             if not shared and h.dim() != 3:
                 raise ValueError(f"{name}: Linear on a feature map needs a Flatten before it")
-            h = _PackedLinear.apply(h, net.weight(name, params, bufs), params.get(f"{name}.bias"))
+            h = _PackedLinear.apply(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
             shared = False
         elif isinstance(m, nn.Conv2d):
-            w = net.weight(name, params, bufs)
+            w = params[f"{name}.weight"]
             b = params.get(f"{name}.bias")
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
                          m.stride, m.padding, m.dilation, 1 if shared else k)

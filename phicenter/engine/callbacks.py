@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from phicenter.engine import distributed
+from phicenter.method import pruning
 from phicenter.method.imp import IMP
 
 
@@ -104,13 +105,20 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
             os.replace(tmp, self.last)
 
     def resumable(self, log) -> str | None:
-        """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped."""
+        """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped. One
+        saved while masks were parametrizations is not resumed (its optimizer state follows another order of
+        the parameters): the round is trained again from its start."""
         for path in (self.last, self.prev):
             if not path.exists():
                 continue
             try:
-                torch.load(path, map_location="cpu", weights_only=False)
-                return str(path)
+                state = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as e:
                 log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
+                continue
+            if isinstance(state, dict) and pruning.is_legacy(state.get("state_dict", {})):
+                log(f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "
+                    "starts again from its beginning, to the same result")
+                return None
+            return str(path)
         return None

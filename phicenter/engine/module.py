@@ -11,6 +11,7 @@ from torch import nn
 
 from phicenter.engine import distributed
 from phicenter.engine.stacked import StackedNet, stacked_losses
+from phicenter.method import pruning
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -166,8 +167,9 @@ class CohortModule(pl.LightningModule):
 
     def prepare(self, device, compile: bool = False) -> None:
         """Speed options, idempotent, called before each fit: conv nets in channels_last on CUDA; with
-        `compile`, torch.compile the net (or the stack) once, in place (state_dict keys unchanged). Masks are
-        buffers updated in place between rounds, so re-masking reuses the compiled graphs."""
+        `compile`, torch.compile the net (or the stack) once, in place (state_dict keys unchanged). The forward
+        pass has no mask in it (weights hold their effective values), so re-masking reuses the compiled
+        graphs."""
         target = self.net if self.stack is None else self.stack
         if (self.stack is None and torch.device(device).type == "cuda"
                 and any(isinstance(m, nn.Conv2d) for m in self.net.modules())):
@@ -225,9 +227,11 @@ class CohortModule(pl.LightningModule):
                 self.manual_backward(loss)
             if self.world > 1:
                 distributed.average_gradients(self.parameters(), self.world)
-            if self.stack is not None:
+            pruning.zero_dead_grads(self)   # the masks, held in place: no gradient, no update reaches a dead
+            if self.stack is not None:      # weight (K > 1: on the stacked tensors)
                 self.stack.share_grads()
             (opt.optimizer if direct else opt).step()
+            pruning.reapply_masks(self)
             self._acc("train", logits, y, values)
         if direct:  # keep trainer.global_step counting optimizer steps
             for _ in range(len(steps)):

@@ -27,7 +27,7 @@ from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 from phicenter.engine.rundir import CKPT_DIR, is_writer, write_bytes
 from phicenter.engine.stacked import keeps_bits
 
-KEY_VERSION = 2
+KEY_VERSION = 3   # 3: masks and fills as buffers beside weights that hold their effective values
 # what acts on a round only through the state at its start (the round boundary made it)
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std")

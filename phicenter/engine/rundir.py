@@ -75,15 +75,18 @@ def save_round(run_dir: Path, round_index: int, state: dict, keep_all: bool) -> 
 
 
 def latest_round(run_dir: Path, log=print) -> dict | None:
-    """The newest checkpoint that loads; a corrupt or truncated one is reported and skipped."""
+    """The newest checkpoint that loads; a corrupt or truncated one is reported and skipped. Weights, masks
+    and fills saved while masks were parametrizations read in today's names (pruning.upgrade_state)."""
     import torch
+
+    from phicenter.method.pruning import upgrade_state
 
     for path in sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"), reverse=True):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
             if not isinstance(state, dict) or "round" not in state:
                 raise ValueError("not a round checkpoint")
-            return state
+            return dict(state, model=upgrade_state(state["model"]))
         except Exception as e:
             log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
     return None
@@ -126,7 +129,9 @@ class RunFolder:
     def load_theta0(self) -> dict:
         import torch
 
-        return torch.load(self.path / THETA0, map_location="cpu", weights_only=True)
+        from phicenter.method.pruning import upgrade_state
+
+        return upgrade_state(torch.load(self.path / THETA0, map_location="cpu", weights_only=True))
 
     def save_rewind(self, state: dict) -> None:
         if is_writer():
@@ -136,8 +141,10 @@ class RunFolder:
         """theta_k when this run has reached it, else None."""
         import torch
 
+        from phicenter.method.pruning import upgrade_state
+
         path = self.path / THETA_K
-        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+        return upgrade_state(torch.load(path, map_location="cpu", weights_only=True)) if path.exists() else None
 
     def latest_round(self, log) -> dict | None:
         return latest_round(self.path, log=log)

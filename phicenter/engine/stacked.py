@@ -1,9 +1,11 @@
 """A cohort of K > 1 variants as one module: every parameter and buffer of the K nets stacked along dim 0.
 
-The variants share an architecture, theta0 and the data order; they differ in masks, fills and signs. The
-effective weight of each is where(mask, raw, fill), as pruning.MaskFill computes it, so the mask is enforced
-in the forward pass. The round boundary never runs on the stack: the Callback scatters it into the K
-ordinary nets, runs the unchanged method (IMP.advance) on each, and gathers them back.
+The variants share an architecture, theta0 and the data order; they differ in masks, fills and signs. Each
+stacked weight holds the variants' effective weights (dead entries at their fill), its masks and fills stacked
+beside it as `<layer>__weight_mask` and `<layer>__weight_fill`, so pruning.zero_dead_grads and
+pruning.reapply_masks hold every variant's dead entries on the stacked tensors themselves. The round boundary
+never runs on the stack: the Callback scatters it into the K ordinary nets, runs the unchanged method
+(IMP.advance) on each, and gathers them back.
 
 Forward implementations (`impl`):
   "loop"    each layer with weights once per variant, the very call the unpacked module makes on the same
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phicenter.engine.batched import batched_forward, batched_plan, vmap_forward
+from phicenter.method import pruning
 
 IMPLS = ("auto", "loop", "batched", "vmap")
 
@@ -132,23 +135,6 @@ class StackedNet(nn.Module):
             own.copy_(stacked)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def weight(self, name: str, params: dict, bufs: dict) -> torch.Tensor:
-        """The stacked effective weight of layer `name` (params, bufs: this step's self.params, self.bufs)."""
-        raw = params.get(f"{name}.parametrizations.weight.original")
-        if raw is None:
-            return params[f"{name}.weight"]
-        mask, fill = bufs[f"{name}.parametrizations.weight.0.mask"], bufs[f"{name}.parametrizations.weight.0.fill"]
-        return torch.where(mask, raw, fill.to(raw.dtype))
-
-    def _weights(self, name: str, params: dict, bufs: dict) -> list[torch.Tensor]:
-        """Each variant's effective weight, variant by variant (the unpacked op on cache-sized tensors; one
-        where over the whole stack is memory-bound on CPU)."""
-        key = f"{name}.parametrizations.weight.original"
-        if key not in params:
-            return self.per_variant(f"{name}.weight", params)
-        mask, fill = bufs[f"{name}.parametrizations.weight.0.mask"], bufs[f"{name}.parametrizations.weight.0.fill"]
-        return [torch.where(m, r, f.to(r.dtype)) for m, r, f in zip(mask, self.per_variant(key, params), fill)]
-
     def forward(self, x: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         training = self.training if training is None else training
         if self.impl == "loop":
@@ -162,7 +148,7 @@ class StackedNet(nn.Module):
         calls on the unpacked shapes); parameter-free layers (ReLU, pooling, Flatten) once on all variants."""
         if self.plan is None:
             return self._loop_any(x, training)
-        k, params, bufs = self.k, self.params, self.bufs
+        k, params = self.k, self.params
         shared, stacked, parts = x, None, None   # exactly one is set: shared input, [K, B, ...], K tensors
         for name, m in self.plan:
             if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
@@ -172,7 +158,7 @@ class StackedNet(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     parts = self.batch_norm(name, m, list(parts), training)
                     continue
-                ws, bs = self._weights(name, params, bufs), self.per_variant(f"{name}.bias", params)
+                ws, bs = self.per_variant(f"{name}.weight", params), self.per_variant(f"{name}.bias", params)
                 if isinstance(m, nn.Linear):
                     parts = [F.linear(h, w, bb) for h, w, bb in zip(parts, ws, bs)]
                 else:
@@ -244,11 +230,14 @@ def stacked_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
 
 def stacked_step(net: StackedNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
     """One optimizer step of every variant on the batch (x, y), without a framework (the bench's lean
-    step); returns the logits and per-variant loss values."""
+    step, masks held as CohortModule.training_step holds them); returns the logits and per-variant loss
+    values."""
     logits = net(x, training=True)
     losses, values = stacked_losses(logits, y)
     net.zero_grad()
     losses.sum().backward()
+    pruning.zero_dead_grads(net)
     net.share_grads()
     opt.step()
+    pruning.reapply_masks(net)
     return logits, values

@@ -145,7 +145,7 @@ class IMP:
             mf = pruning.mask_of(layer)
             mf.mask.copy_(keep)
             mf.fill.copy_(fill)
-            pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))
+            pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))   # the effective weight itself
             new_sign = self.strategy.new_signs(view, ref, surv)
             stats = polarity.flip_fractions(ref, view.phi, new_sign, view.rewind, keep)
             if not self.strategy.uses_phi:
@@ -166,15 +166,14 @@ class IMP:
     def _rewind_other(self):
         """Biases, BatchNorm affine parameters and running statistics back to the rewind point."""
         state = self.model.state_dict()
-        prunable = {f"{n}.parametrizations.weight.{s}" for n in self.layers
-                    for s in ("original", "0.mask", "0.fill")}
+        prunable = {key for n in self.layers for key in pruning.state_keys(n)}
         for key, value in state.items():
             if key not in prunable:
                 value.copy_(self.rewind[key])
 
 
 def _weight_key(name: str) -> str:
-    return f"{name}.parametrizations.weight.original"
+    return pruning.state_keys(name)[0]
 
 
 def _fractions(stats: dict) -> dict:

@@ -1,5 +1,5 @@
-"""Magnitude and structured (whole-unit) pruning with an exact count per round, and the mask that enforces it
-in the forward pass."""
+"""Magnitude and structured (whole-unit) pruning with an exact count per round, and the mask in force: each
+prunable weight holds its effective value, dead entries held at their fill in place (no autograd cost)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 
 def n_to_prune(n_alive: int, base: float) -> int:
@@ -104,16 +103,14 @@ def _prune_units(pool: list[str], weights, masks, base: float, scope: str, new: 
         offset += units
 
 
-class MaskFill(nn.Module):
-    """weight = where(mask, raw, fill): pruned entries are exactly `fill` whatever the optimizer does."""
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
-        self.register_buffer("fill", torch.zeros_like(weight))
-
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.mask, raw, self.fill.to(raw.dtype))
+# -- the mask in force -------------------------------------------------------------------------------------
+# A prunable weight is a plain Parameter that holds its effective value: its dead entries are exactly its
+# fill (0, or standard's frozen trained value). Beside it, on the same module, two buffers: `<name>_mask`
+# (bool, True = alive) and `<name>_fill`. Training keeps the invariant with two in-place passes per optimizer
+# step, outside autograd: zero_dead_grads before the step (so neither the gradient nor momentum built from it
+# reaches a dead entry) and reapply_masks after it (so nothing else the optimizer does, weight decay
+# included, survives in a dead entry). The forward pass is the layer's own, with no mask in it.
+MASK, FILL = "_mask", "_fill"
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -123,21 +120,50 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def attach_masks(model: nn.Module) -> dict[str, nn.Module]:
-    """Register a MaskFill on every prunable weight (idempotent); returns the prunable layers."""
+    """Give every prunable weight a mask (all alive) and a fill (zeros), idempotent; returns the prunable
+    layers. The weight stays the layer's own Parameter."""
+    global _GENERATION
     layers = prunable_layers(model)
     for layer in layers.values():
-        if not parametrize.is_parametrized(layer, "weight"):
-            parametrize.register_parametrization(layer, "weight", MaskFill(layer.weight), unsafe=True)
+        if "weight" + MASK not in layer._buffers:
+            w = layer.weight
+            layer.register_buffer("weight" + MASK, torch.ones(w.shape, dtype=torch.bool, device=w.device))
+            layer.register_buffer("weight" + FILL, torch.zeros_like(w, requires_grad=False).detach())
+            _GENERATION += 1
     return layers
 
 
+class Mask:
+    """A prunable weight's mask and fill (`mask_of`): `.mask` (bool, True = alive) and `.fill`, the layer's
+    own buffers, to be written in place (copy_). The weight takes them at the next reapply_masks."""
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.layer._buffers["weight" + MASK]
+
+    @property
+    def fill(self) -> torch.Tensor:
+        return self.layer._buffers["weight" + FILL]
+
+
+def mask_of(layer: nn.Module) -> Mask:
+    if "weight" + MASK not in layer._buffers:
+        raise ValueError(f"{type(layer).__name__} has no mask: call pruning.attach_masks on its model first")
+    return Mask(layer)
+
+
 def raw_weight(layer: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind a masked weight."""
-    return layer.parametrizations.weight.original
+    """The trainable tensor of a prunable layer: its weight itself (dead entries at their fill)."""
+    return layer.weight
 
 
-def mask_of(layer: nn.Module) -> MaskFill:
-    return layer.parametrizations.weight[0]
+def state_keys(name: str) -> tuple[str, str, str]:
+    """The state_dict keys of prunable layer `name`: its weight, mask and fill."""
+    return f"{name}.weight", f"{name}.weight{MASK}", f"{name}.weight{FILL}"
 
 
 def sparsity(layers: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:
@@ -149,3 +175,120 @@ def sparsity(layers: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:
         per[name] = d / m.numel()
         dead, total = dead + d, total + m.numel()
     return dead / max(total, 1), per
+
+
+_LEGACY = ".parametrizations.weight."   # masks as torch parametrizations (where(mask, raw, fill) in the forward)
+
+
+def is_legacy(state: dict) -> bool:
+    """A state dict saved while masks were parametrizations: `<layer>.parametrizations.weight.original`,
+    `.0.mask`, `.0.fill`."""
+    return any(_LEGACY in k for k in state)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict in today's names (a legacy one converted, any other returned as it is). The weight
+    becomes where(mask, original, fill), the effective weight the forward pass used: under weight decay the
+    raw tensor's dead entries had drifted from their fill."""
+    if not is_legacy(state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if _LEGACY not in key:
+            out[key] = value
+            continue
+        name, rest = key.split(_LEGACY, 1)
+        if rest == "original":
+            mask, fill = state[f"{name}{_LEGACY}0.mask"], state[f"{name}{_LEGACY}0.fill"]
+            out[state_keys(name)[0]] = torch.where(mask, value, fill.to(value.dtype))
+        elif rest in ("0.mask", "0.fill"):
+            out[state_keys(name)[1 if rest == "0.mask" else 2]] = value
+        else:
+            raise ValueError(f"unexpected key {key!r} in a state dict with masks as parametrizations")
+    return out
+
+
+# -- enforcing it, in place, every optimizer step -------------------------------------------------------
+_GENERATION = 0          # bumped by attach_masks: a module's list of masked tensors is looked up again
+_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class _Derived:
+    """What the per-step passes need of one mask and fill, rebuilt when either is written (their version
+    counters move on every in-place write: copy_, load_state_dict, ...) or moved: `keep`, 1 for an alive
+    entry and 0 for a dead one, in the integer type of the weight's width, and `dead_fill`, the fill's bits at
+    dead entries and 0 elsewhere. The passes work on the floats' bits, so they are exact for every value:
+    bits * 1 is the entry unchanged (NaN, inf and -0.0 included), bits * 0 is +0.0, + dead_fill puts the fill
+    exactly. Elementwise and vectorised (torch.where with a bool mask is a scalar loop on CPU)."""
+    __slots__ = ("stamp", "keep", "dead_fill", "any_dead", "zero_fill")
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor, stamp):
+        itype = _INT[weight.element_size()]
+        self.stamp = stamp
+        self.any_dead = not bool(mask.all())
+        self.keep = mask.to(itype)
+        dead_fill = torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device),
+                                fill.to(weight.dtype))
+        self.dead_fill = dead_fill.view(itype)
+        self.zero_fill = not bool(self.dead_fill.any())
+
+
+def _stamp(weight, mask, fill) -> tuple:
+    """What the derived tensors were built from. It holds the mask and fill themselves, so no other tensor can
+    take their identity while they are cached; a write bumps their version counters."""
+    return (mask, fill, mask._version, fill._version, mask.data_ptr(), fill.data_ptr(), weight.dtype,
+            weight.device)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
+
+
+def _masked(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, parameter name) of every parameter with a mask beside it: a prunable layer's `weight`, or a
+    stacked cohort's `<layer>__weight` (engine.stacked). Looked up once per model (and again after
+    attach_masks registers new masks anywhere)."""
+    found = model.__dict__.get("_phicenter_masked")
+    if found is None or found[0] != _GENERATION:
+        pairs = [(m, name) for m in model.modules() for name, p in m._parameters.items()
+                 if p is not None and name + MASK in m._buffers]
+        found = (_GENERATION, pairs)
+        model.__dict__["_phicenter_masked"] = found
+    return found[1]
+
+
+def _enforced(model: nn.Module):
+    """(weight, derived) of every masked parameter of `model` that has a dead entry."""
+    out = []
+    for m, name in _masked(model):
+        weight, mask, fill = m._parameters[name], m._buffers[name + MASK], m._buffers[name + FILL]
+        cache = m.__dict__.setdefault("_phicenter_derived", {})
+        stamp = _stamp(weight, mask, fill)
+        d = cache.get(name)
+        if d is None or not _same(d.stamp, stamp):
+            with torch.no_grad():
+                d = cache[name] = _Derived(weight, mask, fill, stamp)
+        if d.any_dead:
+            out.append((weight, d))
+    return out
+
+
+@torch.no_grad()
+def zero_dead_grads(model: nn.Module) -> None:
+    """Before an optimizer step: the gradient of every dead weight of `model` becomes exactly +0.0, in place
+    (what the gradient of where(mask, raw, fill) gave); alive entries are untouched."""
+    for weight, d in _enforced(model):
+        if weight.grad is not None:
+            weight.grad.view(d.keep.dtype).mul_(d.keep)
+
+
+@torch.no_grad()
+def reapply_masks(model: nn.Module) -> None:
+    """After an optimizer step (and after a mask or fill was written): every dead weight of `model` back to
+    exactly its fill, in place; alive entries are untouched. The one way dead entries are held."""
+    for weight, d in _enforced(model):
+        bits = weight.detach().view(d.keep.dtype)
+        if d.zero_fill:
+            bits.mul_(d.keep)
+        else:
+            torch.addcmul(d.dead_fill, bits, d.keep, out=bits)
