@@ -288,6 +288,15 @@ def test_a_removed_unit_is_gone_for_every_strategy(name):
         torch.testing.assert_close(net.train(train)(x), twin.train(train)(x), rtol=0, atol=0)
 
 
+def test_standard_is_mask0_under_structured_pruning():
+    """Every weight structured pruning takes belongs to a removed unit or reads one: none stays frozen at its
+    trained value, so standard's one difference from mask0 is gone."""
+    standard, _ = removed_small("standard")
+    mask0, _ = removed_small("mask0")
+    for (k, a), (_, b) in zip(standard.state_dict().items(), mask0.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_removed_units_stay_removed_in_later_rounds():
     net, imp = removed_small("mask1")
     train_small_by_hand(net)                 # "training" writes every raw value and bias again

@@ -76,6 +76,9 @@ class Wiring:
                     self.kept[node.name] = found
                 else:
                     self.removable[node.name] = found
+        for name in self.layers:
+            if name not in self.removable and name not in self.kept:
+                self.kept[name] = "the forward pass does not use it"
 
     def _follow(self, start: int, modules: dict) -> Removable | str:
         """Where the units of layer node `start` go: a Removable when every path ends in layers that read
@@ -125,10 +128,13 @@ class Wiring:
         """The masks with every weight that reads a removed unit masked too: a conv reader's input channel, a
         linear reader's input column, and behind a flatten every column of the unit's channel."""
         out = dict(masks)
-        for name, gone in self.removed(masks).items():
+        for name, removable in self.removable.items():   # in forward order: a reader's own units come later
+            if name not in out:
+                continue
+            gone = ~out[name].bool().flatten(1).any(1)
             if not bool(gone.any()):
                 continue
-            for reader, flat in self.removable[name].readers:
+            for reader, flat in removable.readers:
                 m = out[reader].clone()
                 cols = gone.repeat_interleave(m.shape[1] // gone.numel()) if flat else gone
                 m[:, cols] = 0
@@ -218,6 +224,9 @@ class Wiring:
                     reach[i] |= b.view(reach[i].numel(), -1).any(1)   # a flattened view: per channel
         eff = {}
         for n in self.layers:
+            if n not in fan:                        # not used by the forward pass
+                eff[n] = torch.zeros_like(present[n])
+                continue
             p, tail = present[n], (1,) * (present[n].dim() - 2)
             eff[n] = p & fan[n].view(1, -1, *tail) & at_out[n].view(-1, 1, *tail)
         return eff
@@ -292,7 +301,7 @@ def _kind(node: fx.Node, modules: dict, layers: set[str]) -> str | None:
     if node.op == "call_module":
         m = modules[node.target]
         if node.target in layers:
-            return "layer"
+            return "layer" if getattr(m, "groups", 1) == 1 else None
         if isinstance(m, NORMS):
             return "norm"
         if isinstance(m, SAME_MODULES):
