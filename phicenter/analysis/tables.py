@@ -40,25 +40,21 @@ def cell_text(cell: Cell) -> str:
     return f"{acc_text(r.test for r in g.runs)} ({phi}){mark} n={g.n}"
 
 
+def mean_of(values) -> float:
+    """Mean of the finite values (nan when none)."""
+    vals = [v for v in values if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
 def mean_flip(g: PhiGroup) -> float:
     """Share of survivors whose sign ϕ changed, averaged over rounds >= 1 and seeds."""
-    vals = [num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1]
-    vals = [v for v in vals if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
+    return mean_of(num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def mean_dead_zone(g: PhiGroup) -> float:
     """Share of survivors whose reference lay strictly between 0 and ϕ (the dead zone), averaged over rounds >= 1
     and seeds."""
-    vals = [num(r.get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1]
-    vals = [v for v in vals if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
-def mean_of(values) -> float:
-    """Mean of the finite values (nan when none): e.g. the final sparsities of a group's seeds."""
-    vals = [v for v in values if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
+    return mean_of(num(r.get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:
