@@ -18,8 +18,9 @@ def test_quickstart_default_runs_all_rounds(tmp_path):
     assert res["final"]["sparsity"] == pytest.approx(1 - 0.8 ** 10, abs=2e-3)
     for r in res["rounds"]:
         assert 0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
-        assert set(r) >= {"round", "sparsity", "train_loss", "val_acc", "test_acc", "flipped_by_phi",
-                          "flipped_vs_init", "seconds"}
+        assert set(r) >= {"round", "sparsity", "effective_sparsity", "train_loss", "val_acc", "test_acc",
+                          "flipped_by_phi", "flipped_vs_init", "seconds"}
+        assert r["effective_sparsity"] >= r["sparsity"] - 1e-12   # mask0: nothing pruned acts any more
     assert res["rounds"][0]["flipped_by_phi"] is None and res["rounds"][1]["flipped_vs_init"] > 0
     assert res["final"]["test_acc"] > 0.5  # digits is learnable even at 89 % sparsity
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
@@ -40,7 +41,8 @@ def test_tensorboard_has_continuous_steps_and_hparams(tmp_path, k):
     assert steps == list(range(6))  # 3 rounds x 2 epochs on one axis
     assert [e.step for e in acc.Scalars("round/test_acc")] == [1, 3, 5]
     assert "round/flipped_by_phi" in acc.Tags()["scalars"]
-    assert {"layer/fc1/dead_zone", "layer/out/flipped_vs_init", "layer/fc2/sparsity"} <= set(acc.Tags()["scalars"])
+    assert {"layer/fc1/dead_zone", "layer/out/flipped_vs_init", "layer/fc2/sparsity", "round/effective_sparsity",
+            "layer/fc1/effective_sparsity"} <= set(acc.Tags()["scalars"])
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"] or acc.summary_metadata
 
 

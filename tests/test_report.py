@@ -29,7 +29,7 @@ def layer(flips: int) -> dict:
 
 def round_entry(r: int, val: float, test: float, flips: int) -> dict:
     diag = None if r == 0 else flips / 1600
-    return {"round": r, "sparsity": 1 - 0.8 ** r, "train_loss": 0.1, "train_acc": 0.99, "val_acc": val,
+    return {"round": r, "sparsity": 1 - 0.8 ** r, "effective_sparsity": 1 - 0.8 ** r + 0.01 * r, "train_loss": 0.1, "train_acc": 0.99, "val_acc": val,
             "test_acc": test, "test_loss": 0.3, "flipped_by_phi": diag, "flipped_vs_init": diag,
             "dead_zone": diag, "dead_zone_count": None if r == 0 else flips, "seconds": 1.0,
             "layers": {"fc1": {"sparsity": 0.0}, "out": {"sparsity": 0.0}} if r == 0 else
@@ -305,6 +305,7 @@ def test_real_quickstart_grid(tmp_path):
 
     runs = read_csv(out / "runs.csv")
     assert len(runs) == 12 and all(r["status"] == "complete" for r in runs)
+    assert all(float(r["effective_sparsity"]) >= float(r["sparsity"]) > 30 for r in runs)
     # mask0's reference is the trained weights: a survivor is never within 1e-3 of zero, so phi is inactive
     summary = read_csv(out / "summary.csv")
     for phi in ("-0.001", "5e-05"):
@@ -332,3 +333,8 @@ def test_new_strategies_are_columns_beside_the_papers_four_and_the_dead_zone_is_
     assert row["dead_zone_pct"] == "0.5000" and by(read_csv(out / "summary.csv"), strategy="lrr", phi="0")[
         "dead_zone_pct"] == "0.0000"
     assert "dead zone (%)" in (out / "report.md").read_text()
+    # the final round's pruned and effective sparsity (1 - 0.8^2 = 36 %, and 2 pp more), per run and per phi
+    assert (row["sparsity_pct"], row["effective_sparsity_pct"]) == ("36.00", "38.00")
+    run = [r for r in read_csv(out / "runs.csv") if r["strategy"] == "lth" and r["phi"] == "0"][0]
+    assert (run["sparsity"], run["effective_sparsity"]) == ("36.0000", "38.0000")
+    assert "| sparsity (%) | effective sparsity (%) |" in (out / "report.md").read_text()

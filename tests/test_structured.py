@@ -100,21 +100,25 @@ def test_bad_method():
 
 
 def test_imp_structured_mask0_fills_the_dead_zone():
-    """Trained T1 unit L1 norms: 0.9 + 0.05 + 0.3 = 1.25, 0.02 + 0.12 + 0.8 = 0.94; base 0.5 -> k = 1: unit 1 goes.
-    The output layer (T2 = [[-0.2, 0.05], [0.4, -0.01]]) keeps all 4 weights; every survivor is re-signed."""
+    """Trained T1 unit L1 norms: 0.9 + 0.05 + 0.3 = 1.25, 0.02 + 0.12 + 0.8 = 0.94; base 0.5 -> k = 1: unit 1 goes,
+    and with it its bias and the output layer's column that read it (T2 = [[-0.2, 0.05], [0.4, -0.01]]: 0.05 and
+    -0.01 go). The output layer loses no unit; every survivor is re-signed."""
     net = tiny()
     imp = IMP(net, build("mask0"), IMPConfig(phi=0.15, base=0.5, method="structured"))
     train_by_hand(net)
     diag = imp.advance(1)
     assert pruning.mask_of(net[0]).mask.tolist() == [[True] * 3, [False] * 3]
-    assert bool(pruning.mask_of(net[2]).mask.all())
+    assert pruning.mask_of(net[2]).mask.tolist() == [[True, False], [True, False]]
     close(net[0].weight, [[C1, -C1, -C1], [0, 0, 0]])           # 0.9 +, 0.05 - (below phi), -0.3 -
-    close(net[2].weight, [[-C2, -C2], [C2, -C2]])               # -0.2 -, 0.05 -, 0.4 +, -0.01 -
-    # the kept small weights 0.05 (layer 0) and 0.05 (output) lie in (0, 0.15) and are re-signed by phi
+    close(net[0].bias, [0.5, 0.0])                              # the removed unit's bias is gone
+    close(net[2].weight, [[-C2, 0], [C2, 0]])                   # -0.2 -, 0.4 +; the column of unit 1 is gone
+    # the kept small weight 0.05 of layer 0 lies in (0, 0.15) and is re-signed by phi; the output layer's 0.05
+    # read the removed unit and left with it
     l0, l2 = diag["layers"]["0"], diag["layers"]["2"]
     assert (l0["survivors"], l0["dead_zone_count"], l0["flipped_by_phi_count"]) == (3, 1, 1)
-    assert (l2["survivors"], l2["dead_zone_count"], l2["flipped_by_phi_count"]) == (4, 1, 1)
-    assert diag["dead_zone"] == pytest.approx(2 / 7)
+    assert (l2["survivors"], l2["dead_zone_count"], l2["flipped_by_phi_count"]) == (2, 0, 0)
+    assert l2["sparsity"] == pytest.approx(1 / 2)
+    assert diag["dead_zone"] == pytest.approx(1 / 5)
 
     # magnitude pruning at the same base removes exactly those small weights: the dead zone is empty
     net = tiny()

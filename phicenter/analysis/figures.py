@@ -92,18 +92,22 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
 
 
 def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
-    """Test accuracy across rounds against sparsity, one line per phi."""
+    """Test accuracy across rounds against the pruned sparsity, one line per phi; where the effective sparsity
+    differs from it, the same accuracies against the effective sparsity, dotted, with hollow markers."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.95, max(len(c.groups), 1)))
     for color, phi in zip(colors, sorted(c.groups)):
         g = c.groups[phi]
         n_rounds = min(len(r.rounds) for r in g.runs)
         sp = [100 * num(g.runs[0].rounds[i].get("sparsity")) for i in range(n_rounds)]
+        eff = [100 * num(g.runs[0].rounds[i].get("effective_sparsity")) for i in range(n_rounds)]
         acc = [100 * mean_ci(num(r.rounds[i].get("test_acc")) for r in g.runs)[0] for i in range(n_rounds)]
         inactive = phi != 0 and g.inactive
         ax.plot(sp, acc, "o--" if inactive else "o-", color=color, ms=3,
                 label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""))
-    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)",
+        if any(math.isfinite(e) and abs(e - s) > 1e-9 for e, s in zip(eff, sp)):
+            ax.plot(eff, acc, "o:", color=color, ms=3, mfc="none", label=f"ϕ = {fmt_phi(phi)}, effective")
+    ax.set(xlabel="sparsity (%): pruned (solid), effective where it differs (dotted)", ylabel="test accuracy (%)",
            title=f"{c.dataset} · {c.row} · {c.col}: accuracy vs sparsity (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

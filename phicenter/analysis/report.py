@@ -54,13 +54,14 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 RUN_COLUMNS = ["path", "status", "dataset", "architecture", "strategy", "phi", "seed", "val_acc", "test_acc",
-               "inactive", "rounds_trained", "rounds_reused", "problem"]
+               "sparsity", "effective_sparsity", "inactive", "rounds_trained", "rounds_reused", "problem"]
 
 
 def run_rows(runs: list[Run]) -> list[dict]:
     return [{"path": str(r.path.parent), "status": r.status, "dataset": r.dataset, "architecture": r.row,
              "strategy": r.col, "phi": "" if math.isnan(r.phi) else fmt_phi(r.phi),
              "seed": "" if r.seed is None else r.seed, "val_acc": pct(r.val, 4), "test_acc": pct(r.test, 4),
+             "sparsity": pct(r.sparsity, 4), "effective_sparsity": pct(r.effective_sparsity, 4),
              "inactive": r.inactive, "rounds_trained": r.rounds_trained, "rounds_reused": r.rounds_reused,
              "problem": r.problem or ""} for r in runs]
 

@@ -43,6 +43,8 @@ class Run:
     seed: int | None = None
     val: float = math.nan               # final-round accuracies, fractions
     test: float = math.nan
+    sparsity: float = math.nan          # final round: share of prunable weights pruned
+    effective_sparsity: float = math.nan  # final round: share that can no longer change the output
     inactive: bool = False              # phi != 0 and phi re-signed no survivor in any round
     rounds_trained: int = 0             # rounds this run trained itself
     rounds_reused: int = 0              # rounds it took from the round store or a cohort twin (`reused_from`)
@@ -93,6 +95,7 @@ def read_run(path: Path) -> Run:
         run.seed = int(run.config["seed"])
         run.test = float(final["test_acc"])
         run.val = num(final.get("val_acc"))
+        run.sparsity, run.effective_sparsity = num(final.get("sparsity")), num(final.get("effective_sparsity"))
         for part in ("dataset", "model", "strategy"):
             if not isinstance(run.config[part]["name"], str):
                 raise TypeError(f"{part}.name")

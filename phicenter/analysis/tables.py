@@ -40,19 +40,21 @@ def cell_text(cell: Cell) -> str:
     return f"{acc_text(r.test for r in g.runs)} ({phi}){mark} n={g.n}"
 
 
+def mean_of(values) -> float:
+    """Mean of the finite values (nan when none)."""
+    vals = [v for v in values if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
 def mean_flip(g: PhiGroup) -> float:
     """Share of survivors whose sign ϕ changed, averaged over rounds >= 1 and seeds."""
-    vals = [num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1]
-    vals = [v for v in vals if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
+    return mean_of(num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def mean_dead_zone(g: PhiGroup) -> float:
     """Share of survivors whose reference lay strictly between 0 and ϕ (the dead zone), averaged over rounds >= 1
     and seeds."""
-    vals = [num(r.get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1]
-    vals = [v for v in vals if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
+    return mean_of(num(r.get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:
@@ -89,7 +91,10 @@ def tables(cells: list[Cell]) -> dict[str, list[dict]]:
                             "n": g.n, "seeds": " ".join(str(r.seed) for r in sorted(g.runs, key=lambda r: r.seed)),
                             "val_mean": pct(vm), "val_ci95": pct(vh), "test_mean": pct(tm), "test_ci95": pct(th),
                             "flipped_by_phi_pct": pct(mean_flip(g), 4),
-                            "dead_zone_pct": pct(mean_dead_zone(g), 4), "inactive": g.phi != 0 and g.inactive,
+                            "dead_zone_pct": pct(mean_dead_zone(g), 4),
+                            "sparsity_pct": pct(mean_of(r.sparsity for r in g.runs), 2),
+                            "effective_sparsity_pct": pct(mean_of(r.effective_sparsity for r in g.runs), 2),
+                            "inactive": g.phi != 0 and g.inactive,
                             "note": note})
         t = c.vs_zero
         tests.append({"dataset": c.dataset, "architecture": c.row, "strategy": c.col,
@@ -119,7 +124,8 @@ HEADERS = {"architecture": "Architecture", "strategy": "Strategy", "best_nonzero
            "p_paired_t": "p (paired t)", "p_wilcoxon": "p (Wilcoxon)", "p_sign": "p (sign)",
            "better_worse_tied": "seeds up/down/same", "phi": "ϕ", "val_mean": "val %", "val_ci95": "± CI",
            "test_mean": "test %", "test_ci95": "± CI", "flipped_by_phi_pct": "re-signed by ϕ (%)",
-           "dead_zone_pct": "dead zone (%)",
+           "dead_zone_pct": "dead zone (%)", "sparsity_pct": "sparsity (%)",
+           "effective_sparsity_pct": "effective sparsity (%)",
            "run": "Run", "status": "Status", "problem": "Problem", "verdict": "Verdict", "note": "Note"}
 
 

@@ -324,7 +324,8 @@ def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, 
         m.folder.write(m.record)
     reused = sum(o.reused_from is not None for o in outcomes)
     log.info("round %d/%d  %s(%.1fs%s)", r, alive[0].v["iterations"], "  ".join(
-        f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f}  "
+        f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f} "
+        f"(effective {m.record['final']['effective_sparsity']:.3f})  "
         f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
         for m in alive if m.alive), seconds, f", {reused} of {len(alive)} reused" if reused else "")
 

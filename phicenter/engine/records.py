@@ -6,9 +6,11 @@ import math
 
 from phicenter.config import hparams
 from phicenter.method.pruning import sparsity
+from phicenter.method.units import effective_sparsity
 
-ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
-LAYER_TAGS = ("sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
+ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init",
+              "dead_zone")
+LAYER_TAGS = ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 
 
 def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] | None = None) -> dict:
@@ -28,19 +30,23 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
 def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test: tuple[float, float],
                 seconds: float, seconds_packed: float | None = None, key: str | None = None,
                 reused_from: str | None = None) -> dict:
-    """One round of results.json: the last epoch's metrics, the test split, the round boundary's diagnostics,
-    the round's key and where its training came from (`reused_from`: null when this run trained it, else the
-    run folder that did; engine.reuse)."""
+    """One round of results.json: the last epoch's metrics, the test split, the pruned and the effective
+    sparsity of the trained net (method.units), the round boundary's diagnostics, the round's key and where its
+    training came from (`reused_from`: null when this run trained it, else the run folder that did;
+    engine.reuse)."""
     last = history[-1]
     total_sp, layer_sp = sparsity(imp.layers)
+    total_eff, layer_eff = effective_sparsity(imp.model, imp.wiring)
     diag = diagnostics or {}
     entry = {
-        "round": r, "sparsity": total_sp, "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+        "round": r, "sparsity": total_sp, "effective_sparsity": total_eff,
+        "train_loss": last["train_loss"], "train_acc": last["train_acc"],
         "val_acc": last.get("val_acc", math.nan), "test_acc": test[1], "test_loss": test[0],
         "flipped_by_phi": diag.get("flipped_by_phi"), "flipped_vs_init": diag.get("flipped_vs_init"),
         "dead_zone": diag.get("dead_zone"), "dead_zone_count": diag.get("dead_zone_count"),
         "seconds": seconds, "round_key": key, "reused_from": reused_from,
-        "layers": {n: {"sparsity": layer_sp[n], **diag.get("layers", {}).get(n, {})} for n in imp.layers},
+        "layers": {n: {"sparsity": layer_sp[n], "effective_sparsity": layer_eff[n],
+                       **diag.get("layers", {}).get(n, {})} for n in imp.layers},
         "epochs": history,
     }
     if seconds_packed is not None:
@@ -70,7 +76,7 @@ class Recorder:
             return
         per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items() for k, v in d.items()
                      if k in LAYER_TAGS and v is not None}
-        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry[k] is not None} | per_layer,
+        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer,
                                 step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from phicenter.method import polarity, pruning, seeding
+from phicenter.method import polarity, pruning, seeding, units
 from phicenter.method.strategies import LayerView, Strategy
 
 
@@ -69,6 +69,10 @@ class IMP:
         self.model, self.strategy, self.cfg = model, strategy, cfg
         self.layers = pruning.attach_masks(model)
         self.output_layer = list(self.layers)[-1]
+        self.wiring = units.Wiring(model)
+        if cfg.method == "structured" and not self.wiring.removable:
+            raise ValueError("prune.method=structured: no unit of this network can be removed ("
+                             + "; ".join(f"{n}: {why}" for n, why in self.wiring.kept.items()) + ")")
         self.theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._rewind: dict[str, torch.Tensor] | None = None
         self.fresh_init = fresh_init or _default_fresh_init
@@ -128,8 +132,8 @@ class IMP:
         """Prune the trained weights, then reinitialise per the strategy. Returns the round's diagnostics."""
         trained = {n: l.weight.detach().clone() for n, l in self.layers.items()}
         old = {n: pruning.mask_of(l).mask.float() for n, l in self.layers.items()}
-        new = pruning.prune_masks(trained, old, self.bases(), self.cfg.scope, self.cfg.method,
-                                  output=self.output_layer)
+        new = self.wiring.prune_masks(trained, old, self.bases(), self.cfg.scope, self.cfg.method,
+                                      output=self.output_layer)
         per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0,
                                  "flipped_vs_init_count": 0, "dead_zone_count": 0}
         for name, layer in self.layers.items():
@@ -141,7 +145,9 @@ class IMP:
                 fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g))
             ref = self.strategy.reference(view)
             surv = self.strategy.survivors(view, ref)
-            fill = trained[name] if self.strategy.pruned_fill == "trained" else torch.zeros_like(trained[name])
+            # structured: every pruned weight belongs to a removed unit or reads one; it is 0 under every strategy
+            frozen = self.strategy.pruned_fill == "trained" and self.cfg.method != "structured"
+            fill = trained[name] if frozen else torch.zeros_like(trained[name])
             mf = pruning.mask_of(layer)
             mf.mask.copy_(keep)
             mf.fill.copy_(fill)
@@ -161,6 +167,8 @@ class IMP:
                 totals[k] += stats[k]
         if self.strategy.rewind_other:
             self._rewind_other()
+        if self.cfg.method == "structured":
+            self.wiring.silence(self.model)
         return {**_fractions(totals), **totals, "layers": per_layer}
 
     def _rewind_other(self):

@@ -39,13 +39,13 @@ def _pools(names: list[str], bases: dict[str, float], scope: str) -> list[list[s
 
 def prune_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                 bases: dict[str, float], scope: str = "layer", method: str = "magnitude",
-                output: str | None = None) -> dict[str, torch.Tensor]:
+                output: str | None = None, whole: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """New masks with round((1 - base) * alive) of each pool's alive weights (method="magnitude") or alive
     output units (method="structured") removed, smallest first. Dead weights and units stay dead.
 
     scope="layer": every tensor is its own pool. scope="global": tensors sharing a base form one pool
     (so an output layer with its own base is pruned apart from the rest). Under method="structured" the
-    output layer (`output`, default: the last tensor of `weights`) is left unpruned.
+    output layer (`output`, default: the last tensor of `weights`) and the layers in `whole` are left unpruned.
     """
     if scope not in ("layer", "global"):
         raise ValueError(f"prune.scope must be 'layer' or 'global', got {scope!r}")
@@ -55,7 +55,7 @@ def prune_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     new = {n: masks[n].clone() for n in names}
     if method == "structured":
         output = names[-1] if output is None else output
-        for pool in _pools([n for n in names if n != output], bases, scope):
+        for pool in _pools([n for n in names if n != output and n not in whole], bases, scope):
             _prune_units(pool, weights, masks, bases[pool[0]], scope, new)
         return new
     for pool in _pools(names, bases, scope):
