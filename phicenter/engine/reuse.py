@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from phicenter.config import flatten, recorded_config, shapes_training
+from phicenter.engine import rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 
 KEY_VERSION = 1
@@ -30,7 +31,7 @@ _fingerprints: dict[int, str] = {}
 def training_settings(cfg) -> dict:
     """The settings of a config that shape a round's training, flat and sorted: the optimizer, schedule,
     epochs, batch size, precision, the model and the dataset with its split and augmentation, the seed,
-    rewind.epoch (round 0 records theta_k); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
+    rewind.* (round 0 records theta_s; rounds >= 1 train from it); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
     flat = flatten(recorded_config(cfg, 0.0))
     return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
 
@@ -104,7 +105,7 @@ class Reuse:
         root = store_dir(cfg)
         self.store = RoundStore(root) if root is not None else None
         self.lookup, self.log = lookup and self.store is not None, log
-        self.rewind_epoch = int((cfg.get("rewind") or {}).get("epoch") or 0)
+        self.rewinds = rewinding.active(cfg)
 
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
@@ -141,7 +142,7 @@ class Reuse:
                 res = Outcome(src.key, [dict(row) for row in module.history[src.rep]],
                               tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep))
                 state = rep.net.state_dict() if rep is not m else None
-                rewind = rep.imp.rewind if r == 0 and self.rewind_epoch and rep is not m else None
+                rewind = rep.imp.rewind if r == 0 and self.rewinds and rep is not m else None
             if src.reused_from is not None and res.diverged is None:
                 m.net.load_state_dict(state)
                 if rewind is not None:
@@ -160,7 +161,7 @@ class Reuse:
         for m, res in zip(members, outcomes):
             if res.reused_from is not None or res.diverged is not None:
                 continue
-            rewind = m.imp.rewind if r == 0 and self.rewind_epoch else None
+            rewind = m.imp.rewind if r == 0 and self.rewinds else None
             self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
                                  res.history, res.test, None if rewind is None else _cpu(rewind)))
 
