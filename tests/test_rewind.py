@@ -250,6 +250,20 @@ def test_killed_mid_round_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch
         assert all(torch.equal(ta[key], tb[key]) for key in tb)
 
 
+def test_a_cohort_trains_each_variant_as_it_would_alone(tmp_path):
+    """K = 2 (the stacked module): theta_12 taken inside a group of steps, the stacked optimizer cleared there,
+    round 1 from batch 2 of epoch 2; each variant bit-identical to the same run alone."""
+    vs = variants("rewind.step=12", 2)
+    packed = loop.train(vs, tmp_path / "packed")
+    for v in vs:
+        alone = loop.run(v.cfg, tmp_path / "alone" / v.name)
+        for ra, rb in zip(packed[v.name]["rounds"], alone["rounds"], strict=True):
+            assert (ra["test_acc"], ra["epochs"]) == (rb["test_acc"], rb["epochs"]), (v.name, ra["round"])
+        ta = torch.load(tmp_path / "packed" / v.name / results.THETA_K, weights_only=True)
+        tb = torch.load(tmp_path / "alone" / v.name / results.THETA_K, weights_only=True)
+        assert all(torch.equal(ta[key], tb[key]) for key in tb)
+
+
 def test_round_store_reuses_a_rewinding_run_whole(tmp_path):
     """With the store on, the same rewinding run again takes every round from it (round 0 with its theta_s)
     to the same numbers; its rounds' keys cover rewind.step (another s: other keys)."""

@@ -92,7 +92,7 @@ class CohortModule(pl.LightningModule):
         self.recorders = list(recorders) if recorders is not None else [None] * self.k
         self.round = 0
         self.epoch_offset = 0       # the global epoch index of epoch 0 of this round
-        self.plan = Plan(1)         # where this run's rounds train on the schedule (engine.rewinding)
+        self._plan = None           # where this run's rounds train on the schedule (engine.rewinding)
         self.first_epoch = 0        # the epoch of the schedule this round's fit starts at
         self.after_step = None      # (s, fn): fn() right after the fit's s-th optimizer step (RewindPoint)
         self.train_batches = None   # set by the round loop; epochs re-seed it
@@ -106,10 +106,15 @@ class CohortModule(pl.LightningModule):
     def start_round(self, round_index: int, epochs: int, plan: Plan | None = None) -> None:
         """The next fit is round `round_index` of `epochs` epochs; with a late-rewinding `plan`, a round >= 1
         trains from the rewind point to the end (plan.fit_epochs)."""
-        self.plan = plan or Plan(epochs)
+        self._plan = plan or Plan(epochs)
         self.round, self.epoch_offset = round_index, round_index * epochs
         self.first_epoch = self.plan.start(round_index)[0]
         self.history = [[] for _ in range(self.k)]
+
+    @property
+    def plan(self) -> Plan:
+        """The round loop's plan (start_round); a fit without one trains its Trainer's max_epochs whole."""
+        return self._plan or Plan(self.trainer.max_epochs)
 
     @property
     def round_epoch(self) -> int:
