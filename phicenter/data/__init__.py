@@ -275,8 +275,7 @@ def spans(total: int, group: int, start: int = 0):
 
 
 def _grouped(batches, group: int, total: int, start: int = 0):
-    """Lists of the batches of each span (`batches` yields those from `start` on); each batch itself when
-    group == 1 and nothing is left out."""
+    """Lists of the batches of each span (`batches` yields those from `start` on); else each batch itself."""
     if group <= 1 and start == 0:
         yield from batches
         return
@@ -291,9 +290,8 @@ class Batches:
 
     Yields (x, y) pairs; with group=k > 1, Groups of k consecutive pairs (iterables, made lazily; CohortModule
     takes one optimizer step per pair), so a training loop's per-item overhead is paid once per k steps.
-    An epoch started at batch j > 0 (`set_epoch(..., start=j)`) yields Groups in the places of a whole
-    epoch's (spans), without the batches before j: the same batches j.. as the whole epoch's, augmentation
-    included."""
+    An epoch started at batch j (`set_epoch(..., start=j)`) yields Groups in the places of a whole epoch's
+    (spans) holding its batches j.., augmentation included."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
@@ -368,8 +366,7 @@ class Batches:
 # seeded permutation as Batches, so with augmentation off both pipelines give the same batches.
 
 class SeededOrder(torch.utils.data.Sampler):
-    """Indices in the order Batches uses: randperm seeded by (seed, round, epoch), or 0..n-1; from the
-    `skip`-th on (its length stays the whole epoch's)."""
+    """Indices in Batches' order (seeded by (seed, round, epoch)) from the `skip`-th on; len: the whole epoch."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = False):
         self.n, self.seed, self.shuffle = n, seed, shuffle
@@ -445,8 +442,7 @@ class LoaderBatches:
         return self
 
     def set_epoch(self, round_index: int, epoch: int, start: int = 0) -> None:
-        """As Batches.set_epoch: the per-sample augmentation is seeded by the sample, so leaving out the
-        batches before `start` leaves the others' unchanged."""
+        """As Batches.set_epoch (augmentation is seeded per sample: batches left out change no other)."""
         self.start = int(start)
         self.order.set_epoch(round_index, epoch, self.start * self.batch_size)
         self.dataset.set_epoch(round_index, epoch)

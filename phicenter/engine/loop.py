@@ -2,11 +2,11 @@
 
 The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
 is a cohort of one. Each round is one fresh Lightning fit of the cohort's module (fresh optimizer and
-schedule; under late rewinding a round >= 1 fits from the rewind point on, engine.rewinding); the PruneReinit callback does every variant's round boundary with the unchanged method, before
-the fit. Each distinct round is trained once (engine.reuse): a variant whose round key is in the round store
-takes its round from there, and variants of a cohort with equal keys train as one. Every completed round is
-checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in the same folder
-resumes where it stopped.
+schedule; under late rewinding a round >= 1 fits from the rewind point on, engine.rewinding); the PruneReinit
+callback does every variant's round boundary with the unchanged method, before the fit. Each distinct round
+is trained once (engine.reuse): a variant whose round key is in the round store takes its round from there,
+and variants of a cohort with equal keys train as one. Every completed round is checkpointed in each
+variant's folder and every epoch in the cohort's, so a relaunch in the same folder resumes where it stopped.
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ _fingerprints: dict[int, str] = {}
 def training_settings(cfg) -> dict:
     """The settings of a config that shape a round's training, flat and sorted: the optimizer, schedule,
     epochs, batch size, precision, the model and the dataset with its split and augmentation, the seed,
-    rewind.* (round 0 records theta_s; rounds >= 1 train from it); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
+    rewind.* (round 0 records theta_s; rounds >= 1 train from it); never an execution setting
+    (phicenter.config.EXECUTION_KEYS)."""
     flat = flatten(recorded_config(cfg, 0.0))
     return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
 
