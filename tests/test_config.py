@@ -57,6 +57,10 @@ BAD = [
     ("prune.method=bogus", "prune.method must be magnitude or structured, got 'bogus'"),
     ("+prune.foo=1", "unknown key prune.foo: prune has no option foo (its options: iterations, base, scope"),
     ("rewind.epoch=-1", "rewind.epoch must be >= 0, got -1"),
+    ("rewind.step=1.5", "rewind.step must be an integer, got 1.5"),
+    ("rewind.epoch=1 rewind.step=5", "rewind.epoch=1 and rewind.step=5: the rewind point is one of them; set the "
+                                     "other to 0"),
+    ("epochs=3 rewind.epoch=3", "rewind.epoch=3 is not inside round 0 (epochs=3): rounds >= 1 train epochs k+1..3"),
     ("reinit.magnitude=-1", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got -1"),
     ("reinit.magnitude=foo", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got 'foo'"),
     ("optim.name=lbfgs", "optim.name must be adam, adamw or sgd, got 'lbfgs'"),
@@ -120,6 +124,7 @@ GOOD = [
     ("trainer.devices=[0,1]",), ("trainer.accelerator=gpu",), ("epochs=2.0",), ("phi=-5e-5",), ("phi='1e-3'",),
     ("pack=true", "phi=[0,1e-3]", "strategy=[mask0,gradual]", "strategy.trained_fraction=0.5"),
     ("prune.method=structured", "rewind.epoch=2", "prune.output_base=0.5", "reinit.magnitude=0.01"),
+    ("rewind.step=500",), ("epochs=3", "rewind.epoch=2"),
     ("dry_run=phi", "dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,lrr]", "fault.fail_round=2"),
     ("model=vgg16_pretrained", "model.batch_norm=true", "model.verify_weights=false", "model.weights_path=/w.pth"),
     ("dataset=cifar10", "dataset.augment=true", "dataset.pipeline=torchvision", "+dataset.num_workers=2"),

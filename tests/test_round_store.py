@@ -75,7 +75,8 @@ def test_key_follows_what_is_trained_and_nothing_else():
     base = _key()
     training = ["optim.lr=0.002", "epochs=3", "batch_size=32", "seed=1", "trainer.precision=bf16-mixed",
                 "schedule.name=cosine", "dataset.val_size=30", "dataset.augment=true", "dataset.split_seed=1",
-                "dataset.noise=30", "+model.hidden=[20,10]", "rewind.epoch=1", "+trainer.gradient_clip_val=1.0"]
+                "dataset.noise=30", "+model.hidden=[20,10]", "rewind.epoch=1", "rewind.step=3",
+                "+trainer.gradient_clip_val=1.0"]
     for o in training:
         assert _key(o) != base, o
     assert _key(r=2) != base

@@ -178,7 +178,9 @@ class Prune:
 
 @frozen
 class Rewind:
+    """At most one non-zero; rounds >= 1 train from the rewind point to the end of round 0's schedule."""
     epoch: NonNegInt = 0               # k > 0: theta_k (after k epochs of round 0) is the rewind point
+    step: NonNegInt = 0                # s > 0: theta_s (after s optimizer steps of round 0) is the rewind point
 
 
 @frozen
@@ -278,7 +280,21 @@ def check(tree: Mapping, pack: bool | None = None) -> dict:
         tree["phi"] = [_phi(p) for p in phi]
     elif "phi" in tree:
         tree["phi"] = _phi(phi)
-    return check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
+    out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
+    _check_rewind(out)
+    return out
+
+
+def _check_rewind(c: Mapping) -> None:
+    """One rewind point, inside round 0 (rewind.step is checked against round 0's steps once the data is
+    known: engine.rewinding)."""
+    rewind, epochs = c.get("rewind") or {}, c.get("epochs", Config.epochs)
+    k, s = rewind.get("epoch", 0), rewind.get("step", 0)
+    if k and s:
+        raise ConfigError(f"rewind.epoch={k} and rewind.step={s}: the rewind point is one of them; set the other to 0")
+    if k >= epochs:
+        raise ConfigError(f"rewind.epoch={k} is not inside round 0 (epochs={epochs}): rounds >= 1 train epochs k+1.."
+                          f"{epochs}, so k must be less than epochs")
 
 
 def default_of(tree: Mapping, key: str):

@@ -24,8 +24,9 @@ import torch
 from phicenter.data import npzfile
 from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached  # noqa: F401 (re-exported)
 from phicenter.data.errors import DataError
-from phicenter.data.shards import shard, shard_size
-from phicenter.data.transforms import NORMALIZE, augment, channel_stats, statistics  # noqa: F401 (re-exported)
+from phicenter.data.shards import batches_per_epoch, shard, shard_size
+from phicenter.data.transforms import (NORMALIZE, augment, augment_draws, channel_stats,  # noqa: F401 (re-exported)
+                                         statistics)
 from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
@@ -241,27 +242,31 @@ class Group:
 
 
 class _Stream:
-    def __init__(self, batches):
-        self.batches, self.position = batches, 0
+    def __init__(self, batches, position: int = 0):
+        self.batches, self.position = batches, position
 
     def next(self):
         self.position += 1
         return next(self.batches)
 
 
-def _grouped(batches, group: int):
-    """Lists of `group` consecutive batches (the last one shorter); each batch itself when group == 1."""
-    if group <= 1:
+def spans(total: int, group: int, start: int = 0):
+    """(first batch, count) of each item of an epoch of `total` batches in groups of `group`: the groups keep
+    their places, and batches before `start` (where a round that starts mid-epoch starts) are left out, so the
+    epoch has as many items as a whole one, the first ones shorter or empty."""
+    for lo in range(0, total, group):
+        first = max(lo, start)
+        yield first, max(0, min(lo + group, total) - first)
+
+
+def _grouped(batches, group: int, total: int, start: int = 0):
+    """Lists of the batches of each span (`batches` yields those from `start` on); else each batch itself."""
+    if group <= 1 and start == 0:
         yield from batches
         return
-    chunk = []
-    for b in batches:
-        chunk.append(b)
-        if len(chunk) == group:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    it = iter(batches)
+    for _, count in spans(total, max(1, group), start):
+        yield [next(it) for _ in range(count)]
 
 
 class Batches:
@@ -269,7 +274,9 @@ class Batches:
     (and optionally augmented) on the device. No worker processes, no per-sample transforms.
 
     Yields (x, y) pairs; with group=k > 1, Groups of k consecutive pairs (iterables, made lazily; CohortModule
-    takes one optimizer step per pair), so a training loop's per-item overhead is paid once per k steps."""
+    takes one optimizer step per pair), so a training loop's per-item overhead is paid once per k steps.
+    An epoch started at batch j (`set_epoch(..., start=j)`) yields Groups in the places of a whole epoch's
+    (spans) holding its batches j.., augmentation included."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
@@ -278,7 +285,7 @@ class Batches:
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.drop_last, self.group = drop_last, max(1, int(group))
-        self.round = self.epoch = 0
+        self.round = self.epoch = self.start = 0
         self.rank, self.world = 0, 1
 
     def shard(self, rank: int, world: int) -> "Batches":
@@ -291,12 +298,12 @@ class Batches:
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
 
-    def set_epoch(self, round_index: int, epoch: int) -> None:
-        self.round, self.epoch = round_index, epoch
+    def set_epoch(self, round_index: int, epoch: int, start: int = 0) -> None:
+        """The next pass is epoch `epoch` of round `round_index`, from its batch `start` on."""
+        self.round, self.epoch, self.start = round_index, epoch, int(start)
 
     def n_batches(self) -> int:
-        n = shard_size(len(self.y), self.world)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batches_per_epoch(len(self.y), self.batch_size, self.world, self.drop_last)
 
     def __len__(self) -> int:
         return math.ceil(self.n_batches() / self.group)
@@ -306,14 +313,14 @@ class Batches:
         return xb.float().div_(255.0).sub_(self.mean).div_(self.std)
 
     def __iter__(self):
-        if self.group == 1:
+        if self.group == 1 and self.start == 0:
             return self._batches()
         return self._groups()
 
     def _groups(self):
-        stream, total = _Stream(self._batches()), self.n_batches()
-        for start in range(0, total, self.group):
-            yield Group(stream, start, min(self.group, total - start))
+        stream = _Stream(self._batches(), self.start)
+        for first, count in spans(self.n_batches(), self.group, self.start):
+            yield Group(stream, first, count)
 
     def _batches(self):
         g = seeding.generator(self.seed, "batches", self.round, self.epoch)
@@ -324,6 +331,10 @@ class Batches:
         order = None if order is None else order.to(self.x.device)
         for i in range(self.n_batches()):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if i < self.start:   # left out; its augmentation draws are drawn, so the next batches get theirs
+                if self.augment:
+                    augment_draws(hi - lo, g)
+                continue
             if order is None:
                 xb, yb = self.x[lo:hi], self.y[lo:hi]
             else:  # index_select copies whole rows: ~10x faster than x[idx] for small batches
@@ -340,15 +351,15 @@ class Batches:
 # seeded permutation as Batches, so with augmentation off both pipelines give the same batches.
 
 class SeededOrder(torch.utils.data.Sampler):
-    """Indices in the order Batches uses: randperm seeded by (seed, round, epoch), or 0..n-1."""
+    """Indices in Batches' order (seeded by (seed, round, epoch)) from the `skip`-th on; len: the whole epoch."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = False):
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.round = self.epoch = 0
+        self.round = self.epoch = self.skip = 0
         self.rank, self.world = 0, 1
 
-    def set_epoch(self, round_index: int, epoch: int) -> None:
-        self.round, self.epoch = round_index, epoch
+    def set_epoch(self, round_index: int, epoch: int, skip: int = 0) -> None:
+        self.round, self.epoch, self.skip = round_index, epoch, int(skip)
 
     def __len__(self) -> int:
         return shard_size(self.n, self.world)
@@ -356,7 +367,7 @@ class SeededOrder(torch.utils.data.Sampler):
     def __iter__(self):
         g = seeding.generator(self.seed, "batches", self.round, self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        return iter(shard(order, self.rank, self.world).tolist())
+        return iter(shard(order, self.rank, self.world)[self.skip:].tolist())
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -403,7 +414,7 @@ class LoaderBatches:
 
     def __init__(self, dataset: ImageDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, group: int = 1):
-        self.dataset, self.group = dataset, max(1, int(group))
+        self.dataset, self.group, self.batch_size, self.start = dataset, max(1, int(group)), batch_size, 0
         self.order = SeededOrder(len(dataset), seed, shuffle)
         self._kw = dict(batch_size=batch_size, sampler=self.order, num_workers=num_workers)
         self.loader = torch.utils.data.DataLoader(dataset, pin_memory=pin_memory, **self._kw)
@@ -415,8 +426,10 @@ class LoaderBatches:
             self.loader = torch.utils.data.DataLoader(self.dataset, pin_memory=pin, **self._kw)
         return self
 
-    def set_epoch(self, round_index: int, epoch: int) -> None:
-        self.order.set_epoch(round_index, epoch)
+    def set_epoch(self, round_index: int, epoch: int, start: int = 0) -> None:
+        """As Batches.set_epoch (augmentation is seeded per sample: batches left out change no other)."""
+        self.start = int(start)
+        self.order.set_epoch(round_index, epoch, self.start * self.batch_size)
         self.dataset.set_epoch(round_index, epoch)
 
     def shard(self, rank: int, world: int) -> "LoaderBatches":
@@ -424,13 +437,13 @@ class LoaderBatches:
         return self
 
     def n_batches(self) -> int:
-        return len(self.loader)
+        return batches_per_epoch(self.order.n, self.batch_size, self.order.world)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.loader) / self.group)
+        return math.ceil(self.n_batches() / self.group)
 
     def __iter__(self):  # a generator: the epoch is read at the first batch, after set_epoch
-        yield from _grouped(self.loader, self.group)
+        yield from _grouped(self.loader, self.group, self.n_batches(), self.start)
 
 
 PIPELINES = ("fast", "torchvision")

@@ -19,3 +19,10 @@ def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 def shard_size(n: int, world: int) -> int:
     return math.ceil(n / max(1, world))
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int = 1, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch of n samples for each of `world` processes (the last batch shorter, or
+    dropped)."""
+    m = shard_size(n, world)
+    return m // batch_size if drop_last else math.ceil(m / batch_size)

@@ -34,15 +34,22 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).float(), torch.stack(stds).clamp_min(1e-6).float()
 
 
+def augment_draws(n: int, g: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of augmenting a batch of n images (row offsets, column offsets, then flips), from the CPU
+    generator g. Drawing them alone advances g exactly as augmenting that batch would (a skipped batch)."""
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
+    flip = torch.rand((n, 1), generator=g) < 0.5
+    return dy, dx, flip
+
+
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip, for a whole uint8 batch in one gather.
-    Draws (offsets, then flips) come from the CPU generator g, so CPU and GPU runs see the same crops."""
+    Draws come from the CPU generator g (augment_draws), so CPU and GPU runs see the same crops."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     wp = w + 2 * pad
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=g).to(x.device)
-    flip = (torch.rand((n, 1), generator=g) < 0.5).to(x.device)
+    dy, dx, flip = (t.to(x.device) for t in augment_draws(n, g, pad))
     rows = dy + torch.arange(h, device=x.device)
     cols = dx + torch.arange(w, device=x.device)
     cols = torch.where(flip, cols.flip(1), cols)

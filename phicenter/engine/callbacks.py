@@ -61,19 +61,27 @@ class PruneReinit(pl.Callback):
 
 
 class RewindPoint(pl.Callback):
-    """Late rewinding (`rewind.epoch=k`): after epoch k of round 0, each variant's weights become its rewind
-    point theta_k (IMP.set_rewind), saved beside its theta0 so that a resumed run uses the same one."""
+    """Late rewinding (engine.rewinding): right after round 0's s-th optimizer step, each variant's state becomes
+    its rewind point theta_s (IMP.set_rewind), saved beside its theta0 so that a resumed run uses the same one,
+    and the optimizer's state starts afresh, as it does where every later round starts (open_lth trains each
+    level, the dense one included, from step s with a new optimizer). The LR schedule runs on."""
 
-    def __init__(self, imps: list[IMP], folders: list, epoch: int):
-        self.imps, self.folders, self.epoch = list(imps), list(folders), int(epoch)
+    def __init__(self, imps: list[IMP], folders: list, step: int):
+        self.imps, self.folders, self.step = list(imps), list(folders), int(step)
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 != self.epoch:
-            return
+    def on_fit_start(self, trainer, pl_module):
+        pl_module.after_step = (self.step, lambda: self.reached(trainer, pl_module))
+
+    def on_fit_end(self, trainer, pl_module):
+        pl_module.after_step = None
+
+    def reached(self, trainer, pl_module) -> None:
         pl_module.scatter()
         for imp, folder in zip(self.imps, self.folders):
             imp.set_rewind({k: v.detach().to("cpu", copy=True) for k, v in imp.model.state_dict().items()})
             folder.save_rewind(imp.rewind)
+        for opt in trainer.optimizers:
+            opt.state.clear()
 
 
 class EpochCheckpoint(pl.callbacks.Checkpoint):

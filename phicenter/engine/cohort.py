@@ -125,9 +125,6 @@ def check_variants(variants: list[Variant]) -> list[dict]:
             diff = sorted(k for k in set(ref) | set(shared(v.cfg)) if ref.get(k) != shared(v.cfg).get(k))
             raise ConfigError(f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
                               "only phi and strategy may vary within a pack")
-    k = int((variants[0].cfg.get("rewind") or {}).get("epoch") or 0)
-    if k > vals[0]["epochs"]:
-        raise ConfigError(f"rewind.epoch={k} is after the end of round 0 (epochs={vals[0]['epochs']})")
     precision = str(variants[0].cfg.trainer.get("precision", "32-true"))
     if len(variants) > 1 and precision in ("16-mixed", "16"):
         raise ConfigError(f"pack=true cannot train with trainer.precision={precision}: one loss scale for the "

@@ -2,11 +2,11 @@
 
 The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
 is a cohort of one. Each round is one fresh Lightning fit of the cohort's module (fresh optimizer and
-schedule); the PruneReinit callback does every variant's round boundary with the unchanged method, before
-the fit. Each distinct round is trained once (engine.reuse): a variant whose round key is in the round store
-takes its round from there, and variants of a cohort with equal keys train as one. Every completed round is
-checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in the same folder
-resumes where it stopped.
+schedule; under late rewinding a round >= 1 fits from the rewind point on, engine.rewinding); the PruneReinit
+callback does every variant's round boundary with the unchanged method, before the fit. Each distinct round
+is trained once (engine.reuse): a variant whose round key is in the round store takes its round from there,
+and variants of a cohort with equal keys train as one. Every completed round is checkpointed in each
+variant's folder and every epoch in the cohort's, so a relaunch in the same folder resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from phicenter import data
 from phicenter.config import recorded_config
-from phicenter.engine import build, records
+from phicenter.engine import build, records, rewinding
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.module import CohortModule, Diverged
@@ -98,6 +98,8 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
         torch.set_num_threads(int(cfg0.threads))
     if pending:
         splits = build.load_data(cfg0)
+        if rewinding.active(cfg0):   # the rewind point must lie inside round 0: checked before any work
+            rewinding.plan(cfg0, vals[0], splits, build.make_trainer(cfg0, [], 1).world_size)
         if cfg0.get("dry_run"):
             return {variants[pending[0]].name: dry_run(variants, vals, pending, job_dir, splits)}
         size = int(chunk) if chunk else len(pending)
@@ -193,18 +195,13 @@ def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
         if not resume:
             folder.start_over()
         folder.save_theta0(imp.theta0)
-    if resume and rewind_epoch(cfg):
-        imp.set_rewind(folder.load_rewind())   # None (theta0) until the run reaches epoch k
+    if resume and rewinding.active(cfg):
+        imp.set_rewind(folder.load_rewind())   # None (theta0) until the run reaches the rewind point
     folder.drop_epochs_before(start)
     record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
     if ckpt is None:   # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
     return Member(variant, v, folder, net, imp, resolved, record, start)
-
-
-def rewind_epoch(cfg) -> int:
-    """rewind.epoch: 0 rewinds to theta0 itself."""
-    return int((cfg.get("rewind") or {}).get("epoch") or 0)
 
 
 def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
@@ -235,6 +232,7 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         m.recorder = records.Recorder(m.folder.path, enabled=is_writer())
     probe = build.make_trainer(cfg, [], epochs)   # the device, and whether this run is one process
     device = probe.strategy.root_device
+    plan = rewinding.plan(cfg, v, splits, probe.world_size)
     reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
     module = None
     for r in range(start, last_round + 1):
@@ -248,7 +246,7 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         cb.apply()
         trained, sources = reuse.plan(alive, r)
         if trained:
-            module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device)
+            module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device, plan)
         outcomes = reuse.take(alive, sources, trained, module, r, epochs)
         reuse.publish(alive, outcomes, r)
         _finish_round(alive, outcomes, cb, r, time.perf_counter() - t0, str(device),
@@ -264,9 +262,10 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
 
 
 def _fit_round(trained: list[Member], module: CohortModule | None, cb: PruneReinit, r: int, loaders,
-               job_dir: Path, impl: str, device) -> CohortModule:
+               job_dir: Path, impl: str, device, plan: rewinding.Plan) -> CohortModule:
     """One fit of the members that train this round (resumed from its last epoch checkpoint when there is
-    one), then its test pass; the module is rebuilt when the members trained change."""
+    one), then its test pass; the module is rebuilt when the members trained change. A late-rewound round
+    trains from the rewind point to the end of the schedule (engine.rewinding)."""
     cfg, epochs = trained[0].variant.cfg, trained[0].v["epochs"]
     train_b, val_b, test_b = loaders
     saver = EpochCheckpoint(epochs_dir(job_dir, trained, r), cfg.checkpoint.get("every_n_epochs", 1))
@@ -274,14 +273,14 @@ def _fit_round(trained: list[Member], module: CohortModule | None, cb: PruneRein
     if resume_from:
         log.info("resuming round %d from %s", r, resume_from)
     callbacks = [cb, saver]
-    if r == 0 and rewind_epoch(cfg):
-        callbacks.insert(1, RewindPoint([m.imp for m in trained], [m.folder for m in trained], rewind_epoch(cfg)))
-    trainer = build.make_trainer(cfg, callbacks, epochs, progress=True)
+    if r == 0 and plan.step:
+        callbacks.insert(1, RewindPoint([m.imp for m in trained], [m.folder for m in trained], plan.step))
+    trainer = build.make_trainer(cfg, callbacks, plan.fit_epochs(r), progress=True)
     if module is None or module.nets != [m.net for m in trained]:
         module = _module(trained, cfg, impl, device)
     else:
         module.gather()   # the boundary changed the members' nets
-    module.start_round(r, epochs)
+    module.start_round(r, epochs, plan)
     module.train_batches = train_b
     for b in (train_b, val_b, test_b):
         b.to(device)

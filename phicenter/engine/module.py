@@ -3,6 +3,7 @@ fit (round). For K = 1 it is the plain net; for K > 1 the variants' tensors stac
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phicenter.engine import distributed
+from phicenter.engine.rewinding import Plan
 from phicenter.engine.stacked import StackedNet, stacked_losses
 from phicenter.method import pruning
 
@@ -36,8 +38,9 @@ def optimizer_kwargs(params, optim: dict) -> tuple[type, dict]:
     return OPTIMIZERS[name], cfg
 
 
-def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int):
-    """A fresh optimizer and per-epoch LR schedule (or None) for one round of `epochs` epochs."""
+def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int, first_epoch: int = 0):
+    """A fresh optimizer and per-epoch LR schedule (or None) for one round of `epochs` epochs, the schedule
+    at epoch `first_epoch` (a late-rewound round: stepped there as round 0's was, to the same rates)."""
     params = list(params)
     cls, kwargs = optimizer_kwargs(params, optim)
     opt = cls(params, **kwargs)
@@ -47,10 +50,16 @@ def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int):
         return opt, None
     if sched == "multistep":
         miles = [max(1, int(round(f * epochs))) for f in schedule.get("at", (0.5, 0.75))]
-        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
-    if sched == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
+        out = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
+    elif sched == "cosine":
+        out = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    else:
+        raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
+    with warnings.catch_warnings():   # (torch warns of a schedule stepped before the optimizer)
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(first_epoch):
+            out.step()
+    return opt, out
 
 
 class Diverged(RuntimeError):
@@ -83,7 +92,10 @@ class CohortModule(pl.LightningModule):
         self.schedule_cfg = dict(schedule or {"name": "none"})
         self.recorders = list(recorders) if recorders is not None else [None] * self.k
         self.round = 0
-        self.epoch_offset = 0       # epochs completed in earlier rounds
+        self.epoch_offset = 0       # the global epoch index of epoch 0 of this round
+        self._plan = None           # where this run's rounds train on the schedule (engine.rewinding)
+        self.first_epoch = 0        # the epoch of the schedule this round's fit starts at
+        self.after_step = None      # (s, fn): fn() right after the fit's s-th optimizer step (RewindPoint)
         self.train_batches = None   # set by the round loop; epochs re-seed it
         self.history: list[list[dict]] = [[] for _ in range(self.k)]
         self.diverged: dict[int, str] = {}
@@ -92,9 +104,23 @@ class CohortModule(pl.LightningModule):
         self.world = 1              # data-parallel processes of the fit (engine.distributed)
         self.automatic_optimization = False
 
-    def start_round(self, round_index: int, epochs: int) -> None:
+    def start_round(self, round_index: int, epochs: int, plan: Plan | None = None) -> None:
+        """The next fit is round `round_index` of `epochs` epochs; with a late-rewinding `plan`, a round >= 1
+        trains from the rewind point to the end (plan.fit_epochs)."""
+        self._plan = plan or Plan(epochs)
         self.round, self.epoch_offset = round_index, round_index * epochs
+        self.first_epoch = self.plan.start(round_index)[0]
         self.history = [[] for _ in range(self.k)]
+
+    @property
+    def plan(self) -> Plan:
+        """The round loop's plan (start_round); a fit without one trains its Trainer's max_epochs whole."""
+        return self._plan or Plan(self.trainer.max_epochs)
+
+    @property
+    def round_epoch(self) -> int:
+        """The epoch of the round's schedule being trained (0-based; the fit's own count starts at first_epoch)."""
+        return self.first_epoch + self.current_epoch
 
     # -- the stack and the variants' nets ----------------------------------------------------------------
     def scatter(self) -> None:
@@ -121,7 +147,7 @@ class CohortModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = self.net.parameters() if self.stack is None else self.stack.optimizer_parameters()
-        opt, sched = make_optimizer(params, self.optim_cfg, self.schedule_cfg, self.trainer.max_epochs)
+        opt, sched = make_optimizer(params, self.optim_cfg, self.schedule_cfg, self.plan.epochs, self.first_epoch)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
@@ -190,7 +216,8 @@ class CohortModule(pl.LightningModule):
 
     def on_train_epoch_start(self):
         if self.train_batches is not None:
-            self.train_batches.set_epoch(self.round, self.current_epoch)
+            e = self.round_epoch
+            self.train_batches.set_epoch(self.round, e, self.plan.first_batch(self.round, e))
 
     def on_validation_epoch_start(self):
         if self.world > 1:
@@ -212,10 +239,11 @@ class CohortModule(pl.LightningModule):
     def training_step(self, batch, _):
         """One optimizer step per (x, y) pair; `batch` is one pair or a group (data.Group, or a list) of them."""
         opt = self.optimizers()
-        single = isinstance(batch, (tuple, list)) and isinstance(batch[0], torch.Tensor)
-        steps = [batch] if single else batch  # else a group: an iterable of (x, y) pairs
+        single = isinstance(batch, (tuple, list)) and len(batch) > 0 and isinstance(batch[0], torch.Tensor)
+        steps = [batch] if single else batch  # else a group: an iterable of (x, y) pairs (empty: left out)
         direct = self._direct_step
         convert = None if direct or single else self.trainer.precision_plugin.convert_input
+        done, hook = self.trainer.global_step, self.after_step
         for x, y in steps:
             if convert is not None:  # a group is opaque to Lightning: e.g. 64-true's double inputs
                 x, y = convert((x, y))
@@ -233,6 +261,9 @@ class CohortModule(pl.LightningModule):
             (opt.optimizer if direct else opt).step()
             pruning.reapply_masks(self)
             self._acc("train", logits, y, values)
+            done += 1
+            if hook is not None and done == hook[0]:
+                hook[1]()
         if direct:  # keep trainer.global_step counting optimizer steps
             for _ in range(len(steps)):
                 self._step_progress.increment_ready()
@@ -252,14 +283,15 @@ class CohortModule(pl.LightningModule):
     def on_train_epoch_end(self):
         train = self._take("train")
         val = self.__dict__.pop("_last_val", [(math.nan, math.nan)] * self.k)
-        step = self.epoch_offset + self.current_epoch
+        epoch = self.round_epoch
+        step = self.epoch_offset + epoch
         for i, ((loss, acc), (val_loss, val_acc)) in enumerate(zip(train, val)):
             if i in self.diverged:
                 continue
             if not math.isfinite(loss):
-                self.diverged[i] = f"training loss became {loss} in round {self.round}, epoch {self.current_epoch}"
+                self.diverged[i] = f"training loss became {loss} in round {self.round}, epoch {epoch}"
                 continue
-            row = {"round": self.round, "epoch": self.current_epoch, "train_loss": loss, "train_acc": acc}
+            row = {"round": self.round, "epoch": epoch, "train_loss": loss, "train_acc": acc}
             if math.isfinite(val_acc):
                 row.update(val_loss=val_loss, val_acc=val_acc)
             self.history[i].append(row)

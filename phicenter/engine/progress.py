@@ -86,25 +86,25 @@ CLOCK = RunClock()
 
 
 class Where:
-    """The run's position from a trainer and the cohort module: round r of 0..last, epoch e of each round."""
+    """The run's position from the cohort module: round r of 0..last, epoch e of each round's schedule (the
+    module's plan: under late rewinding, rounds >= 1 train only from the rewind point on, engine.rewinding)."""
 
     def __init__(self, last_round: int):
         self.last = int(last_round)
 
     def text(self, trainer, module, epoch: int) -> str:
-        return f"round {module.round}/{self.last}  epoch {epoch + 1}/{trainer.max_epochs}"
+        return f"round {module.round}/{self.last}  epoch {epoch + 1}/{module.plan.epochs}"
 
     def _key(self, module):
         return tuple(id(n) for n in module.nets)
 
     def start(self, trainer, module) -> None:
-        CLOCK.start(self._key(module), module.round * trainer.max_epochs + trainer.current_epoch)
+        CLOCK.start(self._key(module), module.plan.position(module.round, module.round_epoch))
 
-    def eta(self, trainer, module, done_in_round: float) -> str:
-        """The run's ETA with `done_in_round` epochs of the current round done."""
-        epochs = trainer.max_epochs
-        pos = module.round * epochs + done_in_round
-        return duration(CLOCK.eta(self._key(module), pos, (self.last + 1) * epochs))
+    def eta(self, trainer, module, epoch: float) -> str:
+        """The run's ETA at `epoch` epochs into the current round's schedule."""
+        plan = module.plan
+        return duration(CLOCK.eta(self._key(module), plan.position(module.round, epoch), plan.total(self.last)))
 
 
 class ProgressBar(TQDMProgressBar):
@@ -124,7 +124,7 @@ class ProgressBar(TQDMProgressBar):
         self.fraction = 0.0
         super().on_train_epoch_start(trainer, pl_module)
         bar = self.train_progress_bar
-        bar.set_description(self.where.text(trainer, pl_module, trainer.current_epoch))
+        bar.set_description(self.where.text(trainer, pl_module, pl_module.round_epoch))
         bar.unit, bar.total = "step", steps_per_epoch(pl_module.train_batches)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -138,7 +138,7 @@ class ProgressBar(TQDMProgressBar):
             bar.refresh()
 
     def get_metrics(self, trainer, pl_module):
-        out = {"run ETA": self.where.eta(trainer, pl_module, trainer.current_epoch + self.fraction)}
+        out = {"run ETA": self.where.eta(trainer, pl_module, pl_module.round_epoch + self.fraction)}
         last = summary(pl_module.history, pl_module.diverged)
         if last:
             out["last epoch"] = last

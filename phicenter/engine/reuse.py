@@ -22,7 +22,7 @@ import torch
 
 from phicenter import data
 from phicenter.config import flatten, recorded_config, shapes_training, validate
-from phicenter.engine import build
+from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 from phicenter.engine.rundir import CKPT_DIR, is_writer, write_bytes
 from phicenter.engine.stacked import keeps_bits
@@ -45,7 +45,8 @@ _code_digests: dict[Path, str] = {}
 def training_settings(cfg) -> dict:
     """The settings of a config that shape a round's training, flat and sorted: the optimizer, schedule,
     epochs, batch size, precision, the model and the dataset with its split and augmentation, the seed,
-    rewind.epoch (round 0 records theta_k); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
+    rewind.* (round 0 records theta_s; rounds >= 1 train from it); never an execution setting
+    (phicenter.config.EXECUTION_KEYS)."""
     flat = flatten(recorded_config(cfg, 0.0))
     return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
 
@@ -187,7 +188,7 @@ class Reuse:
         self.shared = self.store is not None and int(world_size) == 1
         self.log = log
         self.stacked_alone = not keeps_bits(impl, device_type) and build.deterministic(cfg)
-        self.rewind_epoch = int((cfg.get("rewind") or {}).get("epoch") or 0)
+        self.rewinds = rewinding.active(cfg)
 
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
@@ -241,7 +242,7 @@ class Reuse:
                               tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep),
                               src.publish)
                 state = rep.net.state_dict() if rep is not m else None
-                rewind = rep.imp.rewind if r == 0 and self.rewind_epoch and rep is not m else None
+                rewind = rep.imp.rewind if r == 0 and self.rewinds and rep is not m else None
             if src.reused_from is not None and res.diverged is None:
                 m.net.load_state_dict(state)
                 if rewind is not None:
@@ -264,7 +265,7 @@ class Reuse:
                 _mark(m, r).unlink(missing_ok=True)
             if res.diverged is not None or not res.publish:
                 continue
-            rewind = m.imp.rewind if r == 0 and self.rewind_epoch else None
+            rewind = m.imp.rewind if r == 0 and self.rewinds else None
             self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
                                  res.history, res.test, None if rewind is None else _cpu(rewind)))
 
