@@ -92,7 +92,8 @@ class Where:
         self.last = int(last_round)
 
     def text(self, trainer, module, epoch: int) -> str:
-        return f"round {module.round}/{self.last}  epoch {epoch + 1}/{trainer.max_epochs}"
+        phase = f" {module.phase}" if getattr(module, "phase", "") else ""
+        return f"round {module.round}/{self.last}{phase}  epoch {epoch + 1}/{trainer.max_epochs}"
 
     def _key(self, module):
         return tuple(id(n) for n in module.nets)

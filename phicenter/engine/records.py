@@ -8,6 +8,7 @@ from phicenter.config import hparams
 from phicenter.method.pruning import sparsity
 
 ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
+TRANSFER_TAGS = ("val_acc", "test_acc", "flipped_by_phi", "flipped_vs_init", "dead_zone")   # sign_transfer
 LAYER_TAGS = ("sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 
 
@@ -22,6 +23,10 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
                     "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}}
     if cohort:
         out["packed"] = {"variants": cohort, "impl": None}
+    from phicenter.engine import transfer
+
+    if transfer.transfers(cfg):
+        out["transfer_seed"] = transfer.transfer_seed(cfg)
     return out
 
 
@@ -60,18 +65,20 @@ class Recorder:
 
             self.logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
 
-    def epoch(self, row: dict, step: int) -> None:
+    def epoch(self, row: dict, step: int, tag: str = "epoch") -> None:
         if self.logger is not None:
-            self.logger.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
-                                    | {"epoch/round": row["round"]}, step=step)
+            self.logger.log_metrics({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
+                                    | {f"{tag}/round": row["round"]}, step=step)
 
     def round(self, entry: dict, step: int) -> None:
         if self.logger is None:
             return
         per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items() for k, v in d.items()
                      if k in LAYER_TAGS and v is not None}
-        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry[k] is not None} | per_layer,
-                                step=step)
+        moved = entry.get("transfer") or {}   # sign_transfer: the transferred network of this level
+        transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
+        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry[k] is not None} | per_layer
+                                | transfer, step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:
         if self.logger is not None:

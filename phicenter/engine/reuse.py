@@ -18,9 +18,11 @@ import torch
 
 from phicenter.config import flatten, recorded_config, shapes_training
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
+from phicenter.method.options import training_options
 
 KEY_VERSION = 1
-# what acts on a round only through the state at its start (the round boundary made it)
+# what acts on a round only through the state at its start (the round boundary made it); a strategy option that
+# shapes training itself is declared so (method.options.trains) and is put back in by training_settings
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std")
 
@@ -30,9 +32,14 @@ _fingerprints: dict[int, str] = {}
 def training_settings(cfg) -> dict:
     """The settings of a config that shape a round's training, flat and sorted: the optimizer, schedule,
     epochs, batch size, precision, the model and the dataset with its split and augmentation, the seed,
-    rewind.epoch (round 0 records theta_k); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
-    flat = flatten(recorded_config(cfg, 0.0))
-    return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
+    rewind.epoch (round 0 records theta_k), and the strategy options declared as shaping training when they are
+    not at their default (strategy.aws: a sign_transfer stage 1 without AWS shares lrr's keys); never an
+    execution setting (phicenter.config.EXECUTION_KEYS)."""
+    resolved = recorded_config(cfg, 0.0)
+    flat = flatten(resolved)
+    flat = {k: v for k, v in flat.items() if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
+    flat.update(training_options(resolved.get("strategy") or {}))
+    return {k: flat[k] for k in sorted(flat)}
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
@@ -60,7 +67,8 @@ def state_digest(h, state: dict) -> None:
 
 
 class RoundKeys:
-    """The round keys of one cohort's members (they share every setting in the key)."""
+    """The round keys of the runs of one config (a cohort's members share every setting in the key but their
+    strategy's training options: Reuse keeps one RoundKeys per distinct set)."""
 
     def __init__(self, cfg, splits, device_type: str):
         header = {"version": KEY_VERSION, "settings": training_settings(cfg), "data": data_fingerprint(splits),
@@ -100,18 +108,26 @@ class Reuse:
     decide alike) never reads the store, only publishes to it."""
 
     def __init__(self, cfg, splits, device_type: str, lookup: bool = True, log=print):
-        self.keys = RoundKeys(cfg, splits, device_type)
+        self.splits, self.device_type = splits, device_type
+        self._keys: dict[str, RoundKeys] = {}
         root = store_dir(cfg)
         self.store = RoundStore(root) if root is not None else None
         self.lookup, self.log = lookup and self.store is not None, log
         self.rewind_epoch = int((cfg.get("rewind") or {}).get("epoch") or 0)
+
+    def keys(self, cfg) -> RoundKeys:
+        """The RoundKeys of a member's config (one per distinct training settings)."""
+        settings = json.dumps(training_options(cfg.strategy), sort_keys=True, default=str)
+        if settings not in self._keys:
+            self._keys[settings] = RoundKeys(cfg, self.splits, self.device_type)
+        return self._keys[settings]
 
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
         store."""
         trained, sources, first = [], [], {}
         for m in members:
-            key = self.keys(m.net, r)
+            key = self.keys(m.variant.cfg)(m.net, r)
             if self.store is None or key not in first:
                 entry = self.store.get(key, self.log) if self.lookup else None
                 if entry is not None:
