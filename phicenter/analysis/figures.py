@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from phicenter.analysis.runs import num
+from phicenter.analysis.runs import num, phi_record
 from phicenter.analysis.stats import Cell, mean_ci
 from phicenter.analysis.tables import fmt_phi, mean_flip
 
@@ -92,14 +92,16 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
 
 
 def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
-    """Test accuracy across rounds against sparsity, one line per phi."""
+    """Test accuracy across rounds against sparsity, one line per phi (sign_transfer: each level's transferred
+    network; round 0, the dense stage-1 network)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.95, max(len(c.groups), 1)))
     for color, phi in zip(colors, sorted(c.groups)):
         g = c.groups[phi]
         n_rounds = min(len(r.rounds) for r in g.runs)
         sp = [100 * num(g.runs[0].rounds[i].get("sparsity")) for i in range(n_rounds)]
-        acc = [100 * mean_ci(num(r.rounds[i].get("test_acc")) for r in g.runs)[0] for i in range(n_rounds)]
+        acc = [100 * mean_ci(num(phi_record(r.rounds[i]).get("test_acc")) for r in g.runs)[0]
+               for i in range(n_rounds)]
         inactive = phi != 0 and g.inactive
         ax.plot(sp, acc, "o--" if inactive else "o-", color=color, ms=3,
                 label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""))
@@ -118,7 +120,8 @@ def _critical_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
     series = defaultdict(lambda: defaultdict(list))   # (layer, sign) -> round -> values
     for run in source:
         for r in run.rounds:
-            layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
+            layers = phi_record(r).get("layers")
+            layers = layers if isinstance(layers, dict) else {}
             for layer, v in layers.items():
                 for sign in ("pos", "neg") if isinstance(v, dict) else ():
                     x = num(v.get(f"critical_phi_{sign}"))
