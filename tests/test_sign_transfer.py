@@ -37,7 +37,7 @@ from phicenter.method import aws, polarity, pruning, seeding, transfer
 from phicenter.method.imp import IMP, IMPConfig
 from phicenter.method.strategies import build as strategy
 from tests.faults import counted, die_at_validation
-from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny
+from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 S1 = torch.tensor([[-0.3, 0.6, 0.1], [0.25, -0.05, -0.7]])
@@ -177,6 +177,20 @@ def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
     assert diag["survivors"] == sum(int(pruning.mask_of(l).mask.sum()) for l in imp.layers.values())
     assert diag["dead_zone_count"] > 0
     assert engine_transfer.transfer_seed(config("strategy=sign_transfer", "seed=4")) == 5   # default: seed + 1
+
+
+def test_dry_run_counts_what_a_transfer_would_resign():
+    """dry_run=phi for sign_transfer: signs(trained, phi) on round 1's mask (mask0's count), not lrr's zero."""
+    from phicenter.analysis import dryrun
+
+    net = tiny()
+    imp = IMP(net, strategy("mask0"), IMPConfig(**CFG))
+    train_by_hand(net)
+    rows = {r["strategy"]: r for r in dryrun.phi_table(imp, phis=[0.15],
+                                                        strategy_names=["sign_transfer", "mask0", "lrr"])}
+    assert rows["sign_transfer"]["flipped_by_phi_count"] == rows["mask0"]["flipped_by_phi_count"] == 2   # 0.05, 0.12
+    assert rows["sign_transfer"]["dead_zone_count"] == 2 and rows["sign_transfer"]["survivors"] == 7
+    assert rows["lrr"]["flipped_by_phi_count"] == 0
 
 
 # ---------------------------------------------------------------- AWS (method.aws)

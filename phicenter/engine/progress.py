@@ -96,6 +96,8 @@ class Where:
         return f"round {module.round}/{self.last}{phase}  epoch {epoch + 1}/{trainer.max_epochs}"
 
     def _key(self, module):
+        if getattr(module, "phase", "") and CLOCK.key is not None:   # a fit within the round: the run's clock
+            return CLOCK.key
         return tuple(id(n) for n in module.nets)
 
     def start(self, trainer, module) -> None:
