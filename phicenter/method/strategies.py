@@ -148,8 +148,9 @@ class SignTransfer(LearningRateRewinding):
 
 @register("sign_rewind")
 class SignRewind(Strategy):
-    """A sign-preserving rewind, close to Zhou et al. (2019): survivors = |theta_k| * signs(trained, phi), the
-    learned sign (relative to phi) on the magnitude of the run's own rewind point (theta0, or theta_k)."""
+    """A sign-preserving rewind, after Zhou et al. (2019), who keep theta0's signs: survivors = |theta_k| *
+    signs(trained, phi), the learned sign (relative to phi) on the magnitude of the run's own rewind point
+    (theta0, or theta_k)."""
     source = "trained"
 
     def survivors(self, v, reference):
