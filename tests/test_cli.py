@@ -74,7 +74,7 @@ BAD = [
     ("phi=inf", "phi must be a finite number"),
     ("prune.base=1.5", "prune.base must be in (0, 1)"),
     ("prune.base=0", "prune.base must be in (0, 1)"),
-    ("prune.output_base=1", "prune.output_base must be in (0, 1)"),
+    ("prune.output_base=1.5", "prune.output_base must be in (0, 1]"),
     ("prune.iterations=-1", "prune.iterations must be >= 0"),
     ("epochs=0", "epochs must be >= 1"),
     ("batch_size=0", "batch_size must be >= 1"),

@@ -51,7 +51,7 @@ BAD = [
     ("fault.fail_round=-1", "fault.fail_round must be >= 0 (or null)"),
     ("+foo=1", "unknown key foo: the config has no option foo (its options: phi, phi_scale, seed"),
     ("prune.base=1.5", "prune.base must be in (0, 1), got 1.5"),
-    ("prune.output_base=1", "prune.output_base must be in (0, 1) (or null), got 1"),
+    ("prune.output_base=1.5", "prune.output_base must be in (0, 1] (or null), got 1.5"),
     ("prune.iterations=-1", "prune.iterations must be >= 0"),
     ("prune.scope=bogus", "prune.scope must be layer or global"),
     ("prune.method=bogus", "prune.method must be magnitude or structured, got 'bogus'"),

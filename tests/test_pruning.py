@@ -104,6 +104,10 @@ def test_global_scope_prunes_the_output_layer_apart():
     pooled = prune_masks(w, m, {"A": 0.5, "B": 0.5, "C": 0.5}, "global")
     assert pooled["C"].tolist() == [0, 0, 0, 0] and pooled["A"].tolist() == [0, 0, 0, 1]
     assert pooled["B"].tolist() == [1, 1, 1, 1, 1, 1]
+    # output base 1 (their code for sign_transfer: the classifier left out): C is never pruned, A+B as above
+    kept = prune_masks(w, m, {"A": 0.5, "B": 0.5, "C": 1.0}, "global")
+    assert kept["C"].tolist() == [1, 1, 1, 1] and kept["A"].tolist() == [0, 0, 0, 0]
+    assert kept["B"].tolist() == [0, 1, 1, 1, 1, 1]
 
 
 def test_global_ties_across_layers_break_by_pool_order():

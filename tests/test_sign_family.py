@@ -1,4 +1,4 @@
-"""lrr, sign_transfer and late rewinding (IMP.set_rewind) after one IMP round, against hand-computed tensors.
+"""lrr, sign_rewind and late rewinding (IMP.set_rewind) after one IMP round, against hand-computed tensors.
 
 The tiny model, theta0, the "trained" weights, the masks and phi = 0.15 are those of tests/test_strategies.py:
     keep1 = [[1, 1, 1], [0, 1, 1]]    keep2 = [[1, 0], [1, 0]]    c1 = sqrt(0.1), c2 = sqrt(0.225) (from theta0)
@@ -69,10 +69,10 @@ def test_lrr_ignores_phi():
     assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[2].weight, b[2].weight)
 
 
-# ---------------------------------------------------------------- sign_transfer
+# ---------------------------------------------------------------- sign_rewind
 
-def test_sign_transfer_puts_the_learned_sign_on_the_theta0_magnitude():
-    net, imp, diag = one_round("sign_transfer")
+def test_sign_rewind_puts_the_learned_sign_on_the_theta0_magnitude():
+    net, imp, diag = one_round("sign_rewind")
     check_masks(net)
     # signs(trained, 0.15): 0.9 +, 0.05 -, -0.3 -, [pruned], 0.12 -, 0.8 +; |theta0| = 0.4 0.2 0.2 . 0.1 0.5
     close(net[0].weight, [[0.4, -0.2, -0.2], [0, -0.1, 0.5]])
@@ -87,10 +87,10 @@ def test_sign_transfer_puts_the_learned_sign_on_the_theta0_magnitude():
     assert l2["critical_phi_pos"] == pytest.approx(0.4) and l2["critical_phi_neg"] == pytest.approx(-0.2)
 
 
-def test_sign_transfer_sign_counts_where_the_magnitude_is_zero():
+def test_sign_rewind_sign_counts_where_the_magnitude_is_zero():
     # theta0[2][1, 0] = 0.0; trained there -0.4: the survivor is 0 * (-1), its sign is -1 (not the +1 of a tie)
     net = tiny()
-    imp = IMP(net, build("sign_transfer"), IMPConfig(**CFG))
+    imp = IMP(net, build("sign_rewind"), IMPConfig(**CFG))
     train_by_hand(net, w2=torch.tensor([[-0.2, 0.05], [-0.4, -0.01]]))
     diag = imp.advance(1)
     close(net[2].weight, [[-0.3, 0], [0.0, 0]])
@@ -117,13 +117,13 @@ def test_mask1_and_lth_rewind_to_theta_k():
     assert torch.equal(net[0].bias, B1_K) and torch.equal(net[2].bias, B2_K)
 
 
-def test_gradual_theta0_share_and_sign_transfer_use_theta_k():
+def test_gradual_theta0_share_and_sign_rewind_use_theta_k():
     net, _, _ = rewound_round("gradual", trained_fraction=0.0)
     close(net[0].weight, [[C1, -C1, -C1], [0, -C1, C1]])
     close(net[2].weight, [[-C2, 0], [C2, 0]])
     assert torch.equal(net[0].bias, TB1) and torch.equal(net[2].bias, TB2)      # gradual keeps them trained
 
-    net, _, _ = rewound_round("sign_transfer")
+    net, _, _ = rewound_round("sign_rewind")
     # |theta_k| * signs(trained, 0.15): [+, -, -, ., -, +] on 0.5 0.1 0.2 . 0.1 0.4; [-, ., +, .] on 0.3 . 0.2 .
     close(net[0].weight, [[0.5, -0.1, -0.2], [0, -0.1, 0.4]])
     close(net[2].weight, [[-0.3, 0], [0.2, 0]])

@@ -2,11 +2,13 @@
 
 After round 0, re-runs round 1's boundary (prune + re-sign) on a copy of the model for every (strategy, phi)
 and counts the survivors each phi re-signs and the survivors in its dead zone. Nothing is trained beyond
-round 0.
+round 0. For sign_transfer, whose phi acts only in the transfer of each level, it counts what
+signs(trained, phi) re-signs on round 1's mask with round 0's trained weights (level 1's transfer will read
+round 1's trained weights, which a dry run does not train).
 """
 from __future__ import annotations
 
-from phicenter.method import strategies
+from phicenter.method import strategies, transfer
 from phicenter.method.imp import IMP
 
 PAPER_PHIS = (-0.1, -1e-3, -5e-4, -1e-4, -5e-5, 0.0, 5e-5, 1e-4, 5e-4, 1e-3, 0.1)
@@ -21,6 +23,10 @@ def phi_table(imp: IMP, phis=PAPER_PHIS, strategy_names=PAPER_STRATEGIES, strate
         for phi in phis:
             probe = imp.probe(strategies.build(name, **(strategy_options or {}).get(name, {})), float(phi))
             d = probe.advance(1)
+            if probe.strategy.transfers:   # the boundary keeps the trained values (lrr); phi acts in the transfer
+                signed = transfer.signed_mask(probe.layers, probe.phis)
+                d = transfer.diagnostics(probe.layers, probe.phis, signed,
+                                         {n: probe.theta0_weight(n) for n in probe.layers})
             rows.append({"strategy": name, "phi": float(phi), "survivors": d["survivors"],
                          "flipped_by_phi_count": d["flipped_by_phi_count"], "dead_zone_count": d["dead_zone_count"],
                          "flipped_by_phi": d["flipped_by_phi"], "dead_zone": d["dead_zone"],

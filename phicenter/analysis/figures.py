@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from phicenter.analysis.runs import num
+from phicenter.analysis.runs import num, phi_record
 from phicenter.analysis.stats import Cell, mean_ci
 from phicenter.analysis.tables import fmt_phi, mean_flip
 
@@ -92,8 +92,9 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
 
 
 def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
-    """Test accuracy across rounds against the pruned sparsity, one line per phi; where the effective sparsity
-    differs from it, the same accuracies against the effective sparsity, dotted, with hollow markers."""
+    """Test accuracy across rounds against the pruned sparsity, one line per phi (sign_transfer: each level's
+    transferred network; round 0, the dense stage-1 network); where the effective sparsity differs from it, the
+    same accuracies against the effective sparsity, dotted, with hollow markers."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.95, max(len(c.groups), 1)))
     for color, phi in zip(colors, sorted(c.groups)):
@@ -101,7 +102,8 @@ def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
         n_rounds = min(len(r.rounds) for r in g.runs)
         sp = [100 * num(g.runs[0].rounds[i].get("sparsity")) for i in range(n_rounds)]
         eff = [100 * num(g.runs[0].rounds[i].get("effective_sparsity")) for i in range(n_rounds)]
-        acc = [100 * mean_ci(num(r.rounds[i].get("test_acc")) for r in g.runs)[0] for i in range(n_rounds)]
+        acc = [100 * mean_ci(num(phi_record(r.rounds[i]).get("test_acc")) for r in g.runs)[0]
+               for i in range(n_rounds)]
         inactive = phi != 0 and g.inactive
         ax.plot(sp, acc, "o--" if inactive else "o-", color=color, ms=3,
                 label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""))
@@ -122,7 +124,8 @@ def _critical_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
     series = defaultdict(lambda: defaultdict(list))   # (layer, sign) -> round -> values
     for run in source:
         for r in run.rounds:
-            layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
+            layers = phi_record(r).get("layers")
+            layers = layers if isinstance(layers, dict) else {}
             for layer, v in layers.items():
                 for sign in ("pos", "neg") if isinstance(v, dict) else ():
                     x = num(v.get(f"critical_phi_{sign}"))

@@ -54,16 +54,23 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 RUN_COLUMNS = ["path", "status", "dataset", "architecture", "strategy", "phi", "seed", "val_acc", "test_acc",
-               "sparsity", "effective_sparsity", "inactive", "rounds_trained", "rounds_reused", "problem"]
+               "transfer_val_acc", "transfer_test_acc", "sparsity", "effective_sparsity", "inactive",
+               "rounds_trained", "rounds_reused", "problem"]
 
 
 def run_rows(runs: list[Run]) -> list[dict]:
     return [{"path": str(r.path.parent), "status": r.status, "dataset": r.dataset, "architecture": r.row,
              "strategy": r.col, "phi": "" if math.isnan(r.phi) else fmt_phi(r.phi),
-             "seed": "" if r.seed is None else r.seed, "val_acc": pct(r.val, 4), "test_acc": pct(r.test, 4),
+             "seed": "" if r.seed is None else r.seed, "val_acc": pct(r.round_val, 4),
+             "test_acc": pct(r.round_test, 4), "transfer_val_acc": _blank(pct(r.transfer_val, 4)),
+             "transfer_test_acc": _blank(pct(r.transfer_test, 4)),
              "sparsity": pct(r.sparsity, 4), "effective_sparsity": pct(r.effective_sparsity, 4),
              "inactive": r.inactive, "rounds_trained": r.rounds_trained, "rounds_reused": r.rounds_reused,
              "problem": r.problem or ""} for r in runs]
+
+
+def _blank(text: str) -> str:
+    return "" if text == "—" else text
 
 
 def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
@@ -109,6 +116,10 @@ def markdown(dirs, by, cells, t, made, usable, not_used) -> str:
              how + " Cells: mean ± 95 % CI over seeds (t interval), the chosen ϕ in brackets, n = seeds. "
              f"Non-zero ϕ values that changed no sign in any round are marked “{INACTIVE}” "
              "and are never offered as a best ϕ.", ""]
+    if any(math.isfinite(r.transfer_test) for r in usable):
+        lines += ["sign_transfer: its cells, ϕ choice and tests use the accuracy of the last level's transferred "
+                  "network (its signed mask on a fresh initialisation, trained once); runs.csv gives both that "
+                  "(`transfer_*`) and stage 1's own (`val_acc`, `test_acc`).", ""]
     if any(c.fell_back for c in cells):
         lines += ["† no validation accuracy in these runs: ϕ chosen on test.", ""]
     if any(c.stand_in and c.best is c.zero for c in cells):

@@ -20,7 +20,14 @@ SKIP_DIRS = {"tb", "checkpoints", ".hydra"}
 # Strategy columns: the paper's four in its tables' order, then the other strategies; any other name after
 # them, alphabetically.
 PAPER_COLUMNS = ("gradual", "mask0", "mask1", "standard")
-STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "lrr", "lth", "random")
+STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth", "random")
+
+
+def phi_record(entry: dict) -> dict:
+    """Where a round entry says what phi did: the transfer record of a sign_transfer level (phi acts only in
+    the transfer), else the round entry itself (its boundary's diagnostics)."""
+    moved = entry.get("transfer")
+    return moved if isinstance(moved, dict) else entry
 
 
 def column_key(col: str) -> tuple:
@@ -41,8 +48,12 @@ class Run:
     rounds: list = field(default_factory=list)
     phi: float = math.nan
     seed: int | None = None
-    val: float = math.nan               # final-round accuracies, fractions
-    test: float = math.nan
+    val: float = math.nan               # the accuracies the tables use, fractions: the final round's, or for a
+    test: float = math.nan              # run that transfers (sign_transfer) its last transferred network's
+    round_val: float = math.nan         # the final round's own (sign_transfer: stage 1's)
+    round_test: float = math.nan
+    transfer_val: float = math.nan      # sign_transfer: the last level's transferred network
+    transfer_test: float = math.nan
     sparsity: float = math.nan          # final round: share of prunable weights pruned
     effective_sparsity: float = math.nan  # final round: share that can no longer change the output
     inactive: bool = False              # phi != 0 and phi re-signed no survivor in any round
@@ -93,9 +104,16 @@ def read_run(path: Path) -> Run:
     try:
         run.phi = float(run.config["phi"])
         run.seed = int(run.config["seed"])
-        run.test = float(final["test_acc"])
-        run.val = num(final.get("val_acc"))
+        run.test = run.round_test = float(final["test_acc"])
+        run.val = run.round_val = num(final.get("val_acc"))
         run.sparsity, run.effective_sparsity = num(final.get("sparsity")), num(final.get("effective_sparsity"))
+        moved = final.get("transfer")
+        if isinstance(moved, dict):   # sign_transfer: the method's result is the transferred network
+            run.val = run.transfer_val = num(moved.get("val_acc"))
+            run.test = run.transfer_test = num(moved.get("test_acc"))
+            if moved.get("diverged"):
+                run.problem = f"the last level's transferred network diverged: {moved['diverged']}"
+                return run
         for part in ("dataset", "model", "strategy"):
             if not isinstance(run.config[part]["name"], str):
                 raise TypeError(f"{part}.name")
@@ -109,10 +127,12 @@ def read_run(path: Path) -> Run:
 
 
 def phi_changed_no_sign(rounds: list) -> bool:
-    """True when every round >= 1 says, in every layer, that phi re-signed no survivor (False when unknown)."""
+    """True when every round >= 1 says, in every layer, that phi re-signed no survivor (False when unknown);
+    for sign_transfer, its transfers say it (phi_record)."""
     for r in rounds:
         if r["round"] < 1:
             continue
+        r = phi_record(r)
         layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
         counts = [lay.get(k) if isinstance(lay, dict) else None
                   for lay in layers.values() for k in ("flipped_by_phi_count", "dead_zone_count")]

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from phicenter.analysis.runs import PhiGroup, column_key, num
+from phicenter.analysis.runs import PhiGroup, column_key, num, phi_record
 from phicenter.analysis.stats import Cell, compare, mean_ci
 
 INACTIVE = "ϕ inactive — identical to ϕ = 0 by construction"
@@ -47,14 +47,15 @@ def mean_of(values) -> float:
 
 
 def mean_flip(g: PhiGroup) -> float:
-    """Share of survivors whose sign ϕ changed, averaged over rounds >= 1 and seeds."""
-    return mean_of(num(r.get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1)
+    """Share of survivors whose sign ϕ changed, averaged over rounds >= 1 and seeds (sign_transfer: in its
+    transfers)."""
+    return mean_of(num(phi_record(r).get("flipped_by_phi")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def mean_dead_zone(g: PhiGroup) -> float:
     """Share of survivors whose reference lay strictly between 0 and ϕ (the dead zone), averaged over rounds >= 1
-    and seeds."""
-    return mean_of(num(r.get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1)
+    and seeds (sign_transfer: in its transfers)."""
+    return mean_of(num(phi_record(r).get("dead_zone")) for run in g.runs for r in run.rounds if r["round"] >= 1)
 
 
 def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:

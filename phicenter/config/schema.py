@@ -172,7 +172,7 @@ class Prune:
     iterations: NonNegInt = 10         # rounds after the dense round 0
     base: OpenUnit = 0.8               # each round keeps `base` of the surviving weights
     scope: Literal["layer", "global"] = "layer"
-    output_base: OpenUnit | None = None
+    output_base: Annotated[float, Range("(0, 1]")] | None = None   # 1: the output layer is never pruned
     method: Literal["magnitude", "structured"] = "magnitude"
 
 

@@ -29,9 +29,10 @@ def load_data(cfg: DictConfig) -> data.Splits:
     return data.load(cfg.dataset.name, cfg.data_dir, **_options(cfg.dataset))
 
 
-def build_model(cfg: DictConfig, splits: data.Splits):
+def build_model(cfg: DictConfig, splits: data.Splits, seed: int | None = None):
+    """The run's net at theta0; with `seed`, the same architecture and init scheme drawn from that seed."""
     return models.build(cfg.model.name, splits.input_shape, splits.num_classes, init=cfg.model.init,
-                        seed=cfg.seed, **_options(cfg.model, ("name", "init")))
+                        seed=cfg.seed if seed is None else seed, **_options(cfg.model, ("name", "init")))
 
 
 def build_strategy(cfg: DictConfig):

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from phicenter import data
 from phicenter.config import recorded_config
-from phicenter.engine import build, records, rewinding
+from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.module import CohortModule, Diverged
@@ -214,9 +214,10 @@ def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
 
 
 def _module(cohort: list[Member], cfg, impl: str, device) -> CohortModule:
-    return CohortModule([m.net for m in cohort], OmegaConf.to_container(cfg.optim, resolve=True),
+    nets = [m.net for m in cohort]
+    return CohortModule(nets, OmegaConf.to_container(cfg.optim, resolve=True),
                         OmegaConf.to_container(cfg.schedule, resolve=True), impl=impl, device=device,
-                        recorders=[m.recorder for m in cohort])
+                        recorders=[m.recorder for m in cohort], aws=transfer.AWSTraining.of(cohort, nets))
 
 
 def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto",
@@ -249,8 +250,9 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
             module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device, plan)
         outcomes = reuse.take(alive, sources, trained, module, r, epochs)
         reuse.publish(alive, outcomes, r)
+        moved = transfer.stage_two(alive, outcomes, r, splits, loaders, job_dir, impl, device, epochs_dir)
         _finish_round(alive, outcomes, cb, r, time.perf_counter() - t0, str(device),
-                      module.impl if trained else None)
+                      module.impl if trained else None, moved)
         if is_writer():   # (with nothing trained: what an earlier launch left of this round)
             _clear_epochs(epochs_dir(job_dir, trained or alive, r))
     for m in members:
@@ -300,9 +302,10 @@ def _clear_epochs(folder: Path) -> None:
 
 
 def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, seconds: float, device: str,
-                  impl: str | None) -> None:
+                  impl: str | None, moved: dict | None = None) -> None:
     """Each variant's round record, TensorBoard events and round checkpoint. `impl`: the module that trained
-    this round (None: every variant took its round from the store)."""
+    this round (None: every variant took its round from the store); `moved`: the transfer records of the
+    variants that transfer (engine.transfer.stage_two), by index."""
     cfg, epochs = alive[0].variant.cfg, alive[0].v["epochs"]
     packed = len(alive) > 1 or "packed" in alive[0].record
     for i, (m, out) in enumerate(zip(alive, outcomes)):
@@ -312,6 +315,8 @@ def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, 
         entry = records.round_entry(r, m.imp, cb.diagnostics[i] if cb.diagnostics else None, out.history,
                                     out.test, seconds / len(alive), seconds if packed else None, key=out.key,
                                     reused_from=out.reused_from)
+        if moved is not None and i in moved:
+            entry["transfer"] = moved[i]
         m.rounds.append(entry)
         m.recorder.round(entry, step=(r + 1) * epochs - 1)
         m.record.update(final=entry, device=device)

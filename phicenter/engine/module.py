@@ -79,7 +79,7 @@ class CohortModule(pl.LightningModule):
     left."""
 
     def __init__(self, nets: list[nn.Module], optim: dict, schedule: dict | None = None, impl: str = "auto",
-                 device=None, recorders: list | None = None):
+                 device=None, recorders: list | None = None, aws=None):
         super().__init__()
         self.k = len(nets)
         object.__setattr__(self, "nets", list(nets))   # the variants' own nets; for K > 1 not trained directly
@@ -102,6 +102,8 @@ class CohortModule(pl.LightningModule):
         self.last_test: list[tuple[float, float]] = []
         self._sums = {}
         self.world = 1              # data-parallel processes of the fit (engine.distributed)
+        self.aws = aws              # training batches with AWS (engine.transfer.AWSTraining), or None
+        self.phase = ""             # what the progress shows beside the round ("transfer": sign_transfer's stage 2)
         self.automatic_optimization = False
 
     def start_round(self, round_index: int, epochs: int, plan: Plan | None = None) -> None:
@@ -135,13 +137,15 @@ class CohortModule(pl.LightningModule):
     def forward(self, x):
         return self.net(x) if self.stack is None else self.stack(x)
 
-    def _losses(self, x, y):
-        """(logits, the loss to backpropagate, per-variant loss values [K])."""
+    def _losses(self, x, y, train: bool = False):
+        """(logits, the loss to backpropagate, per-variant loss values [K]); `train`: a training batch (the
+        only kind AWS moves)."""
+        aws = self.aws if train else None
         if self.stack is None:
-            logits = self.net(x)
+            logits = self.net(x) if aws is None else aws.forward(self, x)
             loss = F.cross_entropy(logits, y)
             return logits, loss, loss.detach().reshape(1)
-        logits = self.stack(x, training=self.training)
+        logits = self.stack(x, training=self.training) if aws is None else aws.forward(self, x)
         losses, values = stacked_losses(logits, y)
         return logits, losses.sum(), values
 
@@ -218,6 +222,8 @@ class CohortModule(pl.LightningModule):
         if self.train_batches is not None:
             e = self.round_epoch
             self.train_batches.set_epoch(self.round, e, self.plan.first_batch(self.round, e))
+        if self.aws is not None:
+            self.aws.start(self.round, self.round_epoch)
 
     def on_validation_epoch_start(self):
         if self.world > 1:
@@ -247,7 +253,7 @@ class CohortModule(pl.LightningModule):
         for x, y in steps:
             if convert is not None:  # a group is opaque to Lightning: e.g. 64-true's double inputs
                 x, y = convert((x, y))
-            logits, loss, values = self._losses(x, y)
+            logits, loss, values = self._losses(x, y, train=True)
             self._zero_grad(opt.optimizer)
             if direct:
                 loss.backward()

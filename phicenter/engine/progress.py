@@ -93,9 +93,12 @@ class Where:
         self.last = int(last_round)
 
     def text(self, trainer, module, epoch: int) -> str:
-        return f"round {module.round}/{self.last}  epoch {epoch + 1}/{module.plan.epochs}"
+        phase = f" {module.phase}" if getattr(module, "phase", "") else ""
+        return f"round {module.round}/{self.last}{phase}  epoch {epoch + 1}/{module.plan.epochs}"
 
     def _key(self, module):
+        if getattr(module, "phase", "") and CLOCK.key is not None:   # a fit within the round: the run's clock
+            return CLOCK.key
         return tuple(id(n) for n in module.nets)
 
     def start(self, trainer, module) -> None:

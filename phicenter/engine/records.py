@@ -10,6 +10,7 @@ from phicenter.method.units import effective_sparsity
 
 ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init",
               "dead_zone")
+TRANSFER_TAGS = ("val_acc", "test_acc", "flipped_by_phi", "flipped_vs_init", "dead_zone")   # sign_transfer
 LAYER_TAGS = ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 
 
@@ -24,6 +25,10 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
                     "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}}
     if cohort:
         out["packed"] = {"variants": cohort, "impl": None}
+    from phicenter.engine import transfer
+
+    if transfer.transfers(cfg):
+        out["transfer_seed"] = transfer.transfer_seed(cfg)
     return out
 
 
@@ -66,10 +71,10 @@ class Recorder:
 
             self.logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
 
-    def epoch(self, row: dict, step: int) -> None:
+    def epoch(self, row: dict, step: int, tag: str = "epoch") -> None:
         if self.logger is not None:
-            self.logger.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
-                                    | {"epoch/round": row["round"]}, step=step)
+            self.logger.log_metrics({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
+                                    | {f"{tag}/round": row["round"]}, step=step)
 
     def round(self, entry: dict, step: int) -> None:
         if self.logger is None:

@@ -26,9 +26,11 @@ from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 from phicenter.engine.rundir import CKPT_DIR, is_writer, write_bytes
 from phicenter.engine.stacked import keeps_bits
+from phicenter.method.options import training_options
 
 KEY_VERSION = 3   # 3: masks and fills as buffers beside weights that hold their effective values
-# what acts on a round only through the state at its start (the round boundary made it)
+# what acts on a round only through the state at its start (the round boundary made it); a strategy option that
+# shapes training itself is declared so (method.options.trains) and is put back in by training_settings
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std")
 # The training code is every module of the package but these, which only show or read what was trained:
@@ -45,10 +47,14 @@ _code_digests: dict[Path, str] = {}
 def training_settings(cfg) -> dict:
     """The settings of a config that shape a round's training, flat and sorted: the optimizer, schedule,
     epochs, batch size, precision, the model and the dataset with its split and augmentation, the seed,
-    rewind.* (round 0 records theta_s; rounds >= 1 train from it); never an execution setting
-    (phicenter.config.EXECUTION_KEYS)."""
-    flat = flatten(recorded_config(cfg, 0.0))
-    return {k: flat[k] for k in sorted(flat) if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
+    rewind.* (round 0 records theta_s; rounds >= 1 train from it), and the strategy options declared as
+    shaping training when they are not at their default (strategy.aws: a sign_transfer stage 1 without AWS
+    shares lrr's keys); never an execution setting (phicenter.config.EXECUTION_KEYS)."""
+    resolved = recorded_config(cfg, 0.0)
+    flat = flatten(resolved)
+    flat = {k: v for k, v in flat.items() if shapes_training(k) and k.split(".")[0] not in OUT_OF_KEY}
+    flat.update(training_options(resolved.get("strategy") or {}))
+    return {k: flat[k] for k in sorted(flat)}
 
 
 def execution_in_key(cfg, device_type: str, world_size: int) -> dict:
@@ -120,8 +126,9 @@ def state_digest(h, state: dict) -> None:
 
 
 class RoundKeys:
-    """The round keys of one cohort's members (they share every setting in the key), for a run of
-    `world_size` data-parallel processes on a device of `device_type`. The thread count is read as each key
+    """The round keys of the runs of one config, for a run of `world_size` data-parallel processes on a
+    device of `device_type` (a cohort's members share every setting in the key but their strategy's
+    training options: Reuse keeps one RoundKeys per distinct set). The thread count is read as each key
     is made."""
 
     def __init__(self, cfg, splits, device_type: str, world_size: int = 1):
@@ -182,7 +189,8 @@ class Reuse:
     member's checkpoints (`round_NNN.key`) until it is done, for a relaunch to compare."""
 
     def __init__(self, cfg, splits, device_type: str, world_size: int = 1, impl: str = "auto", log=print):
-        self.keys = RoundKeys(cfg, splits, device_type, world_size)
+        self.splits, self.device_type, self.world_size = splits, device_type, world_size
+        self._keys: dict[str, RoundKeys] = {}
         root = store_dir(cfg)
         self.store = RoundStore(root) if root is not None else None
         self.shared = self.store is not None and int(world_size) == 1
@@ -190,14 +198,21 @@ class Reuse:
         self.stacked_alone = not keeps_bits(impl, device_type) and build.deterministic(cfg)
         self.rewinds = rewinding.active(cfg)
 
+    def keys(self, cfg) -> RoundKeys:
+        """The RoundKeys of a member's config (one per distinct training settings)."""
+        settings = json.dumps(training_options(cfg.strategy), sort_keys=True, default=str)
+        if settings not in self._keys:
+            self._keys[settings] = RoundKeys(cfg, self.splits, self.device_type, self.world_size)
+        return self._keys[settings]
+
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
         store; every member, when several train stacked to bits of their own (see the class)."""
         if len(members) > 1 and self.stacked_alone:
-            return list(members), [Source(self.keys(m.net, r), rep=i, publish=False) for i, m in enumerate(members)]
+            return list(members), [Source(self.keys(m.variant.cfg)(m.net, r), rep=i, publish=False) for i, m in enumerate(members)]
         trained, sources, first = [], [], {}
         for m in members:
-            key = self.keys(m.net, r)
+            key = self.keys(m.variant.cfg)(m.net, r)
             if self.store is None or key not in first:
                 entry = self.store.get(key, self.log) if self.shared else None
                 if entry is not None:

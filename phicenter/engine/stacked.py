@@ -66,10 +66,12 @@ class StackedNet(nn.Module):
                 self.register_buffer(_safe(n), torch.stack([b[n] for b in own_b]))
         self.to(device)
         self._views = []
+        self.transform = None   # params -> the tensors one forward uses (AWS: engine.transfer.AWSTraining)
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
-        return {n: self._parameters[_safe(n)] for n in self.param_names}
+        p = {n: self._parameters[_safe(n)] for n in self.param_names}
+        return p if self.transform is None else self.transform(p)
 
     @property
     def bufs(self) -> dict[str, torch.Tensor]:

@@ -7,10 +7,17 @@ A new option is one field here (type, default, range: see phicenter.spec); a new
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Literal, Mapping
 
-from phicenter.spec import Unit
+from phicenter.spec import NonNegInt, Unit
+
+
+def trains(default):
+    """Declares a strategy option that changes how a round trains, not only the state the round boundary makes
+    (engine.reuse puts such an option in the round key whenever its value is not this default, which must
+    train as the strategy would without the option)."""
+    return field(default=default, metadata={"trains": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +42,12 @@ class GradualOptions(StrategyOptions):
     trained_fraction: Unit = 0.7   # probability that a weight references the trained value (else theta0)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SignTransferOptions(StrategyOptions):
+    aws: bool = trains(False)             # stage 1 trained with AWS (normalisation layers moved towards identity)
+    transfer_seed: NonNegInt | None = None   # the transfer's initialisation and data order; null: seed + 1
+
+
 STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
     "mask0": StrategyOptions,
     "mask1": RewindOtherOptions,
@@ -43,5 +56,16 @@ STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
     "lth": RewindOtherOptions,
     "random": StrategyOptions,
     "lrr": StrategyOptions,
-    "sign_transfer": RewindOtherOptions,
+    "sign_transfer": SignTransferOptions,
+    "sign_rewind": RewindOtherOptions,
 }
+
+
+def training_options(strategy: Mapping) -> dict:
+    """{"strategy.KEY": value} for the options of a strategy config node (name and values) that shape training
+    (declared with `trains`) and are set away from their default: what the round key adds for the strategy."""
+    cls = STRATEGY_OPTIONS.get(strategy.get("name"))
+    if cls is None:
+        return {}
+    return {f"strategy.{f.name}": strategy[f.name] for f in fields(cls)
+            if f.metadata.get("trains") and f.name in strategy and strategy[f.name] != f.default}

@@ -48,6 +48,7 @@ class Strategy:
     name = "?"
     uses_phi = True
     source: str | None = None     # "trained" or "rewind" (theta0, or theta_k under late rewinding)
+    transfers = False             # each level's signed mask is also transferred and trained (engine.transfer)
     Options = StrategyOptions     # this strategy's declared options (set by register)
 
     def __init__(self, options: StrategyOptions | None = None, **values):
@@ -138,9 +139,18 @@ class LearningRateRewinding(TakeReference):
 
 
 @register("sign_transfer")
-class SignTransfer(Strategy):
-    """The learned sign (relative to phi) on the magnitude of the rewind point: |theta_k| * signs(trained, phi)
-    (Oh et al., 2025)."""
+class SignTransfer(LearningRateRewinding):
+    """Oh, Baik & Lee (2025): stage 1 is lrr's lineage (with strategy.aws, trained with AWS: method.aws); at every
+    level the engine puts the signed mask, signs(trained, phi) on the mask, on a fresh initialisation of another
+    seed and trains that once (method.transfer, engine.transfer). phi acts only in the transfer."""
+    transfers = True
+
+
+@register("sign_rewind")
+class SignRewind(Strategy):
+    """A sign-preserving rewind, after Zhou et al. (2019), who keep theta0's signs: survivors = |theta_k| *
+    signs(trained, phi), the learned sign (relative to phi) on the magnitude of the run's own rewind point
+    (theta0, or theta_k)."""
     source = "trained"
 
     def survivors(self, v, reference):

@@ -1,0 +1,177 @@
+"""The engine's part of sign_transfer (Oh, Baik & Lee, 2025; docs/method.md, "sign_transfer"): AWS while stage 1
+trains (`AWSTraining`, used by the cohort module), and stage 2 (`stage_two`, called by the round loop after each
+round): at every level r >= 1 the round's signed mask, signs(trained, phi) on its mask, is put on a fresh
+initialisation of the transfer seed (method.transfer), trained once (one fit of `epochs` epochs, a fresh
+optimizer and schedule, the transfer's own data order), and tested. The transferred network is not part of the
+stage-1 lineage: it is built, trained, recorded in the round's entry (`transfer`) and dropped.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from phicenter import data
+from phicenter.engine import build
+from phicenter.engine.callbacks import EpochCheckpoint
+from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.rundir import is_writer
+from phicenter.method import aws, pruning, seeding
+from phicenter.method import transfer as method
+from phicenter.method.strategies import STRATEGIES
+
+log = logging.getLogger("phicenter")
+
+
+def transfers(cfg) -> bool:
+    """Whether a run's strategy transfers its signed masks (sign_transfer)."""
+    cls = STRATEGIES.get(str(cfg.strategy.name))
+    return bool(cls is not None and cls.transfers)
+
+
+def transfer_seed(cfg) -> int:
+    """strategy.transfer_seed, or by default seed + 1 (their scripts: stage 1 with seed 1, transfers with 2, 3)."""
+    s = cfg.strategy.get("transfer_seed")
+    return int(cfg.seed) + 1 if s is None else int(s)
+
+
+# ---------------------------------------------------------------- AWS while stage 1 trains
+
+class AWSTraining:
+    """AWS for one cohort module: the variants that train with it (`strategy.aws`), the normalisation layers'
+    affine parameters, and alpha per batch (method.aws.Alphas, seeded by the run's seed). Evaluation never
+    comes here."""
+
+    def __init__(self, seed: int, on: list[bool], names: dict[str, str]):
+        self.alphas, self.on, self.names = aws.Alphas(seed), torch.tensor(on, dtype=torch.bool), names
+
+    @classmethod
+    def of(cls, members: list, nets: list[nn.Module]) -> "AWSTraining | None":
+        """For the members a module trains; None when none of them uses AWS or the net has no normalisation
+        layer with affine parameters (then AWS changes nothing)."""
+        on = [bool(m.variant.cfg.strategy.get("aws", False)) for m in members]
+        names = aws.affine_names(nets[0])
+        if not any(on) or not names:
+            return None
+        return cls(int(members[0].variant.cfg.seed), on, names)
+
+    def start(self, round_index: int, epoch: int) -> None:
+        self.alphas.start(round_index, epoch)
+
+    def forward(self, module: CohortModule, x: torch.Tensor) -> torch.Tensor:
+        """One training batch's logits with this batch's alpha: the plain net (K = 1) or the stack."""
+        alpha = self.alphas.next()
+        if module.stack is None:
+            return aws.forward(module.net, x, alpha, self.names)
+        stack = module.stack
+        stack.transform = lambda p: {**p, **aws.towards_identity(p, self.names, alpha, self.on)}
+        try:
+            return stack(x, training=True)
+        finally:
+            stack.transform = None
+
+
+# ---------------------------------------------------------------- stage 2
+
+def stage_two(members: list, outcomes: list, r: int, splits, loaders, job_dir: Path, impl: str, device,
+              epochs_dir) -> dict[int, dict | None]:
+    """{member index: its transfer record} for the members whose strategy transfers (None at round 0: the
+    dense round has no mask to transfer); members whose round diverged are left out. Members with one transfer
+    seed are trained as one cohort (K = 1: the plain net). `loaders`: the round's (train, val, test); the
+    transfer scores on the same val and test. `epochs_dir(job_dir, members, r)`: the round's epoch checkpoints
+    (engine.loop), beside which the transfer keeps its own."""
+    out, groups = {}, {}
+    for i, (m, o) in enumerate(zip(members, outcomes)):
+        if not transfers(m.variant.cfg) or o.diverged is not None:
+            continue
+        if r == 0:
+            out[i] = None
+        else:
+            groups.setdefault(transfer_seed(m.variant.cfg), []).append(i)
+    for seed, idx in groups.items():
+        group = [members[i] for i in idx]
+        folder = epochs_dir(job_dir, group, r)
+        folder = folder.with_name(folder.name.replace("_epochs", "_transfer_epochs"))
+        records = _fit(group, seed, r, splits, loaders, folder, impl, device)
+        out.update(zip(idx, records))
+    return out
+
+
+def transferred_net(member, seed: int, splits) -> tuple[nn.Module, dict]:
+    """A member's transferred network (a fresh initialisation of `seed`, with the member's signed mask at its
+    current, trained state) and what phi did in the transfer (method.transfer.diagnostics)."""
+    cfg, imp = member.variant.cfg, member.imp
+    net = build.build_model(cfg, splits, seed=seed)
+    init = {n: layer.weight.detach().clone() for n, layer in pruning.prunable_layers(net).items()}
+    signed = method.signed_mask(imp.layers, imp.phis)
+    method.transfer(net, signed)
+    return net, method.diagnostics(imp.layers, imp.phis, signed, init)
+
+
+def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: str, device) -> list[dict]:
+    """Train the group's transferred nets as one cohort for `epochs` epochs (resumed from the fit's last epoch
+    checkpoint when a kill interrupted it), test them, and return each one's record."""
+    t0 = time.perf_counter()
+    cfg, v = group[0].variant.cfg, group[0].v
+    epochs = v["epochs"]
+    nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
+    _, val_b, test_b = loaders
+    train_b = data.loaders(cfg, splits, v["batch_size"], seeding.derive(seed, "transfer"),
+                           group=data.STEPS_PER_CALL)[0]
+    saver = EpochCheckpoint(folder, cfg.checkpoint.get("every_n_epochs", 1))
+    resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+    if resume_from:
+        log.info("resuming the transfer of round %d from %s", r, resume_from)
+    torch.manual_seed(seeding.derive(seed, "transfer", r))   # anything random in the fit: (transfer seed, level)
+    module = CohortModule(list(nets), OmegaConf.to_container(cfg.optim, resolve=True),
+                          OmegaConf.to_container(cfg.schedule, resolve=True), impl=impl, device=device,
+                          recorders=[None if m.recorder is None else Tagged(m.recorder) for m in group])
+    module.phase = "transfer"
+    module.start_round(r, epochs)
+    module.train_batches = train_b
+    train_b.to(device)
+    module.prepare(device, compile=bool(cfg.get("compile", False)))
+    trainer = build.make_trainer(cfg, [saver], epochs, progress=True)
+    failed = None
+    try:
+        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+        trainer.test(module, dataloaders=test_b, verbose=False)
+    except Diverged as e:   # every transferred net of the group diverged: recorded; the stage-1 runs go on
+        failed = str(e)
+    seconds = time.perf_counter() - t0
+    records = []
+    for k, m in enumerate(group):
+        history, diverged = module.history[k], failed or module.diverged.get(k)
+        last = history[-1] if history and diverged is None else {}
+        test = module.last_test[k] if diverged is None else (None, None)
+        records.append({"seed": seed, "val_acc": last.get("val_acc"), "test_acc": test[1], "test_loss": test[0],
+                        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
+                        "diverged": diverged, "seconds": seconds / len(group), **diags[k], "epochs": history})
+    if is_writer():
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.parent.name.startswith("cohort_") and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+    log.info("round %d transfer (seed %d)  %s(%.1fs)", r, seed, "  ".join(
+        f"{m.variant.name + ' ' if m.variant.name else ''}val {_show(rec['val_acc'])}  "
+        f"test {_show(rec['test_acc'])}  " for m, rec in zip(group, records)), seconds)
+    return records
+
+
+class Tagged:
+    """A run's Recorder for the transfer fit: its epoch rows go to TensorBoard as transfer_epoch/*, beside the
+    stage-1 round's epoch/* on the same step axis."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def epoch(self, row: dict, step: int) -> None:
+        self.recorder.epoch(row, step, tag="transfer_epoch")
+
+
+def _show(x) -> str:
+    return "—" if x is None else f"{x:.4f}"
