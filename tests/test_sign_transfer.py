@@ -86,8 +86,9 @@ def test_transfer_puts_the_signs_on_the_transfer_inits_magnitudes():
     close(moved[2].bias, [-0.05, 0.6])
     assert torch.equal(pruning.mask_of(moved[0]).mask, KEEP1) and torch.equal(pruning.mask_of(moved[2]).mask, KEEP2)
     assert not pruning.mask_of(moved[0]).fill.any()
-    with torch.no_grad():   # the mask holds whatever the optimizer does to the raw weight
+    with torch.no_grad():   # the mask holds whatever the optimizer does to the weight
         pruning.raw_weight(moved[0]).fill_(5.0)
+    pruning.reapply_masks(moved)
     close(moved[0].weight, [[5, 5, 5], [0, 5, 5]])
     # the stage-1 net is untouched
     close(net[0].weight, [[0.9, 0.05, -0.3], [0, 0.12, 0.8]])

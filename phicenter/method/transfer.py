@@ -43,7 +43,7 @@ def signed_mask(layers: dict[str, nn.Module], phis: dict[str, float]) -> SignedM
 @torch.no_grad()
 def transfer(net: nn.Module, signed: SignedMask) -> nn.Module:
     """Put `signed` on `net` (in place; returned): for every prunable layer, weight = where(mask, |w| * sign, 0)
-    with w the net's own weight (its initialisation), the mask enforced from then on (MaskFill, fill 0), and
+    with w the net's own weight (its initialisation), the mask held from then on (fill 0), and
     bias = |b| * bias sign. Nothing else of the net changes. ValueError when the signed mask does not cover
     exactly the net's prunable layers, or a shape differs."""
     layers = pruning.attach_masks(net)
