@@ -81,8 +81,10 @@ class Recorder:
             return
         per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items() for k, v in d.items()
                      if k in LAYER_TAGS and v is not None}
-        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer,
-                                step=step)
+        moved = entry.get("transfer") or {}   # sign_transfer: the transferred network of this level
+        transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
+        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
+                                | transfer, step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:
         if self.logger is not None:
