@@ -50,12 +50,12 @@ class Steps:
         self.rows, self.module = [], None
         real = cohort_module.CohortModule._losses
 
-        def losses(module, x, y):
+        def losses(module, x, y, **kwargs):
             if module.training:
                 self.module = module
                 self.rows.append({"round": module.round, "epoch": module.round_epoch, "x": x.clone(),
                                   "y": y.clone()})
-            return real(module, x, y)
+            return real(module, x, y, **kwargs)
 
         def before(opt, args, kwargs):
             self.rows[-1].update(lr=opt.param_groups[0]["lr"], fresh=len(opt.state) == 0)
