@@ -13,7 +13,7 @@ def test_quickstart_default_runs_all_rounds(tmp_path):
     assert [r["round"] for r in res["rounds"]] == list(range(11))
     assert res["final"] == res["rounds"][-1]
     assert res["config"]["dataset"]["name"] == "digits" and res["config"]["model"]["name"] == "fc_lot"
-    assert res["init"] == "torch_default" and res["device"] == "cpu"
+    assert res["init"] == "glorot_normal" and res["device"] == "cpu"   # the quickstart takes fc_lot's reference init
     # 10 rounds at base 0.8, per layer round() of the counts: 1 - 0.8^10 = 0.8926 overall
     assert res["final"]["sparsity"] == pytest.approx(1 - 0.8 ** 10, abs=2e-3)
     for r in res["rounds"]:
