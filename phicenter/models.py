@@ -13,6 +13,7 @@ from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 INITS = ("torch_default", "kaiming_normal", "glorot_normal")
+BATCHNORM_INITS = ("ones", "uniform")   # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0 in both
 
 
 def register_model(fn):
@@ -228,19 +229,29 @@ def init_weight_(weight: torch.Tensor, scheme: str, generator: torch.Generator |
 
 
 def build(name: str, input_shape, num_classes: int, init: str = "torch_default", seed: int = 0,
-          **options) -> nn.Module:
-    """theta0 depends only on (name, shapes, init, seed): paired runs share it exactly."""
+          batchnorm_init: str = "ones", **options) -> nn.Module:
+    """theta0 depends only on (name, shapes, init, batchnorm_init, seed): paired runs share it exactly. The
+    draws, all from the global RNG seeded with `seed` (restored afterwards): the constructor's (PyTorch's
+    default init); then, unless init is torch_default, each Conv/Linear weight from `init` in module order
+    (biases zeroed); then, with batchnorm_init=uniform, each BatchNorm gamma from U(0, 1) in module order
+    (beta zeroed). The gammas come last, so the weights do not depend on batchnorm_init."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
     if init not in INITS:
         raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
+    if batchnorm_init not in BATCHNORM_INITS:
+        raise ValueError(f"model.batchnorm_init must be one of {', '.join(BATCHNORM_INITS)}, got {batchnorm_init!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODELS[name](tuple(input_shape), num_classes, **options)
-        if init != "torch_default":
-            for m in getattr(model, "fresh_modules", model.modules()):
-                if isinstance(m, (nn.Linear, nn.Conv2d)):
-                    init_weight_(m.weight.data, init)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+        fresh = list(getattr(model, "fresh_modules", model.modules()))
+        for m in fresh:
+            if init != "torch_default" and isinstance(m, (nn.Linear, nn.Conv2d)):
+                init_weight_(m.weight.data, init)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in fresh:
+            if batchnorm_init == "uniform" and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                nn.init.uniform_(m.weight, 0.0, 1.0)
+                nn.init.zeros_(m.bias)
     return model

@@ -93,6 +93,8 @@ BAD = [
     ("model=vgg16_pretrained model.verify_weights=maybe", "model.verify_weights must be true or false"),
     ("model=vgg16_pretrained model.pretrained=1", "model.pretrained must be true or false"),
     ("model=conv2 +model.hidden=[10]", "unknown key model.hidden: model conv2 has no option hidden"),
+    ("model=vgg16 model.batchnorm_init=normal", "model.batchnorm_init must be ones or uniform, got 'normal'"),
+    ("+model.batchnorm_init=uniform", "unknown key model.batchnorm_init: model fc_lot has no option batchnorm_init"),
     ("dataset.augment=3", "dataset.augment must be true or false, got 3"),
     ("dataset.pipeline=bogus", "dataset.pipeline must be fast or torchvision"),
     ("dataset.normalize=bogus", "dataset.normalize must be dataset or imagenet"),
@@ -239,6 +241,7 @@ def test_registries_match_the_code():
     assert set(models.MODELS) == set(schema.MODEL_OPTIONS)
     assert set(data.DATASETS) == set(schema.DATASET_OPTIONS)
     assert tuple(models.INITS) == typing.get_args(schema.Init)
+    assert tuple(models.BATCHNORM_INITS) == typing.get_args(schema.BatchNormInit)
     assert tuple(data.NORMALIZE) == typing.get_args(declared(schema.DatasetOptions)["normalize"][0])
     assert tuple(data.PIPELINES) == typing.get_args(declared(schema.DatasetOptions)["pipeline"][0])
 

@@ -39,6 +39,37 @@ def test_init_schemes(init):
     assert float(net.fc1.bias.abs().max()) == 0.0
 
 
+def test_batchnorm_gamma_uniform_is_drawn_after_the_weights():
+    """open_lth's BatchNorm init: gamma ~ U(0, 1), beta = 0; the Conv/Linear weights are those of gamma = 1,
+    so the two inits differ in gamma only; theta0 is a function of (shapes, init, batchnorm_init, seed)."""
+    ones = models.build("resnet20", (3, 32, 32), 10, init="kaiming_normal", seed=5)
+    uni = models.build("resnet20", (3, 32, 32), 10, init="kaiming_normal", batchnorm_init="uniform", seed=5)
+    again = models.build("resnet20", (3, 32, 32), 10, init="kaiming_normal", batchnorm_init="uniform", seed=5)
+    other = models.build("resnet20", (3, 32, 32), 10, init="kaiming_normal", batchnorm_init="uniform", seed=6)
+    a, b = ones.state_dict(), uni.state_dict()
+    bn = {n for n, m in uni.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(bn) == 21                 # stem + 9 blocks x 2 + 2 projection shortcuts
+    gammas = torch.cat([b[f"{n}.weight"] for n in bn])
+    assert gammas.numel() == 16 * 7 + 32 * 7 + 64 * 7 and float(gammas.min()) >= 0 and float(gammas.max()) < 1
+    # U(0, 1): mean 1/2, variance 1/12; 784 draws give a standard error of 0.0103 on the mean
+    assert float(gammas.mean()) == pytest.approx(0.5, abs=0.04)
+    assert float(gammas.var()) == pytest.approx(1 / 12, rel=0.15)
+    for key in a:
+        same = torch.equal(a[key], b[key])
+        if key.endswith(".weight") and key.rsplit(".", 1)[0] in bn:
+            assert not same and torch.all(a[key] == 1), key              # gamma: 1 against U(0, 1)
+        else:
+            assert same, key                 # weights, beta = 0, running statistics: identical
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in b.items())
+    assert not torch.equal(b["bn.weight"], other.state_dict()["bn.weight"])
+    # the weights' init itself is open_lth's: Kaiming normal, std sqrt(2 / fan_in); the last three 3x3 convs
+    # (fan_in 64 * 9 = 576) hold 3 x 36,864 weights
+    w = torch.cat([uni.blocks[i].conv2.weight.flatten() for i in (6, 7, 8)])
+    assert float(w.std()) == pytest.approx((2 / 576) ** 0.5, rel=0.02)
+    with pytest.raises(ValueError, match="model.batchnorm_init must be one of ones, uniform"):
+        models.build("vgg16", (3, 32, 32), 10, batchnorm_init="normal")
+
+
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown model 'nope'; choices: conv2"):
         models.build("nope", (1, 8, 8), 10)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -338,3 +339,50 @@ def test_new_strategies_are_columns_beside_the_papers_four_and_the_dead_zone_is_
     run = [r for r in read_csv(out / "runs.csv") if r["strategy"] == "lth" and r["phi"] == "0"][0]
     assert (run["sparsity"], run["effective_sparsity"]) == ("36.0000", "38.0000")
     assert "| sparsity (%) | effective sparsity (%) |" in (out / "report.md").read_text()
+
+
+def _with_rewind_other(job: Path, value: bool) -> None:
+    path = job / "results.json"
+    data = json.loads(path.read_text())
+    data["config"]["strategy"]["rewind_other"] = value
+    path.write_text(json.dumps(data))
+
+
+def test_runs_that_differ_in_rewind_other_are_never_one_cell(tmp_path):
+    """A grid holding both values of strategy.rewind_other: every column says its value, within one strategy
+    (mask1 true and false are two cells, never averaged) and across strategies (mask0 false beside mask1 true
+    is labelled as such)."""
+    root = tmp_path / "grid"
+    # mask1 rewound: 80 % and 82 % at phi = 0; kept: 90 % and 92 %. Averaged together they would read 86.00.
+    for rewind, base in ((True, 0.80), (False, 0.90)):
+        for seed in (0, 1):
+            job = write_run(root / f"rw{rewind}", "mask1", 0.0, seed, 0.9, base + 0.02 * seed, flips=0)
+            _with_rewind_other(job, rewind)
+    for seed in (0, 1):   # mask0: only kept
+        _with_rewind_other(write_run(root / "m0", "mask0", 0.0, seed, 0.9, 0.95, flips=0), False)
+    out = tmp_path / "rep"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    half = report.mean_ci([0.80, 0.82])[1]
+    assert f"{100 * half:.2f}" == "12.71"            # t(0.975, 1) = 12.706 times sd 0.01414 / sqrt 2
+    assert read_csv(out / "table__digits.csv") == [{
+        "architecture": "fc_lot",
+        "mask0 [strategy.rewind_other=False]": "95.00 ± 0.00 (0) n=2",
+        "mask1 [strategy.rewind_other=False]": "91.00 ± 12.71 (0) n=2",
+        "mask1 [strategy.rewind_other=True]": "81.00 ± 12.71 (0) n=2"}]
+    runs = read_csv(out / "runs.csv")
+    assert {r["strategy"] for r in runs} == {"mask0 [strategy.rewind_other=False]",
+                                             "mask1 [strategy.rewind_other=False]",
+                                             "mask1 [strategy.rewind_other=True]"}
+
+    # mask0 kept against mask1 rewound only: the two columns still say so
+    shutil.rmtree(root / "rwFalse")
+    assert report.main([str(root), "--out", str(tmp_path / "rep2")]) == 0
+    header = list(read_csv(tmp_path / "rep2" / "table__digits.csv")[0])
+    assert header == ["architecture", "mask0 [strategy.rewind_other=False]", "mask1 [strategy.rewind_other=True]"]
+
+    # one value in the whole grid: plain strategy names
+    shutil.rmtree(root / "rwTrue")
+    for seed in (0, 1):
+        _with_rewind_other(write_run(root / "m1", "mask1", 0.0, seed, 0.9, 0.9, flips=0), False)
+    assert report.main([str(root), "--out", str(tmp_path / "rep3")]) == 0
+    assert list(read_csv(tmp_path / "rep3" / "table__digits.csv")[0]) == ["architecture", "mask0", "mask1"]

@@ -101,7 +101,7 @@ def test_sign_rewind_sign_counts_where_the_magnitude_is_zero():
 # ---------------------------------------------------------------- late rewinding
 
 def test_mask1_and_lth_rewind_to_theta_k():
-    net, imp, diag = rewound_round("mask1")
+    net, imp, diag = rewound_round("mask1", rewind_other=True)
     check_masks(net)
     # signs(theta_k, 0.15): 0.5 +, 0.1 -, -0.2 -, [pruned], -0.1 -, 0.4 +  |  -0.3 -, [pruned], 0.2 +, [pruned]
     close(net[0].weight, [[C1, -C1, -C1], [0, -C1, C1]])          # c from theta0, not from theta_k
@@ -147,7 +147,7 @@ def test_layer_std_phi_stays_defined_on_theta0():
 
 def test_rewind_other_restores_batchnorm_statistics_of_theta_k():
     net = bn_net()
-    imp = IMP(net, build("mask1"), IMPConfig(phi=0.0))
+    imp = IMP(net, build("mask1", rewind_other=True), IMPConfig(phi=0.0))
     net.train()
     net(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))     # "epoch k": running stats move
     with torch.no_grad():

@@ -106,8 +106,11 @@ def test_mask1():
     close(net[0].weight, [[C1, -C1, C1], [0, -C1, C1]])
     # 0.3 +, [pruned], 0.0 - (0 < 0.15), [pruned]
     close(net[2].weight, [[C2, 0], [-C2, 0]])
-    # biases rewound to theta0
-    assert torch.equal(net[0].bias, B1_0) and torch.equal(net[2].bias, B2_0)
+    # biases kept trained (the paper's four share rewind_other=false); rewind_other=true takes them to theta0
+    assert torch.equal(net[0].bias, TB1) and torch.equal(net[2].bias, TB2)
+    rewound, _, _ = one_round("mask1", rewind_other=True)
+    close(rewound[0].weight, [[C1, -C1, C1], [0, -C1, C1]])
+    assert torch.equal(rewound[0].bias, B1_0) and torch.equal(rewound[2].bias, B2_0)
     # diagnostics. layer 0: theta0 0.1 changes sign because of phi (1 of 5 survivors); new sign vs theta0's:
     # the same entry. dead zone (0, 0.15): the 0.1. layer 2: 0.0 flips (+1 at 0 by the tie, -1 at 0.15): 1 of 2;
     # it is on the boundary, not inside the dead zone.
@@ -312,10 +315,30 @@ def bn_net():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
 
 
+def test_the_papers_four_strategies_share_rewind_other():
+    """mask0, mask1, gradual and standard differ only in where the signs come from: one rewind_other default
+    (false: biases and BatchNorm kept trained), in the declarations and in conf/strategy/*.yaml alike; the
+    baselines keep theirs."""
+    import yaml
+    from pathlib import Path
+
+    from phicenter.method.options import STRATEGY_OPTIONS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+    declared = {n: STRATEGY_OPTIONS[n]().rewind_other for n in STRATEGY_OPTIONS}
+    in_conf = {n: yaml.safe_load((conf / f"{n}.yaml").read_text())["rewind_other"] for n in STRATEGY_OPTIONS}
+    assert declared == in_conf
+    assert {declared[n] for n in ("mask0", "mask1", "gradual", "standard")} == {False}
+    assert (declared["lth"], declared["sign_transfer"], declared["random"], declared["lrr"]) == (
+        True, True, False, False)
+    assert all(build(n).rewind_other is False for n in ("mask0", "mask1", "gradual", "standard"))
+
+
 @pytest.mark.parametrize("name, options, rewound", [
-    ("mask1", {}, True), ("lth", {}, True),
-    ("mask0", {}, False), ("gradual", {}, False), ("standard", {}, False), ("random", {}, False),
-    ("mask1", {"rewind_other": False}, False), ("mask0", {"rewind_other": True}, True),
+    ("lth", {}, True),
+    ("mask0", {}, False), ("mask1", {}, False), ("gradual", {}, False), ("standard", {}, False),
+    ("random", {}, False),
+    ("mask1", {"rewind_other": True}, True), ("mask0", {"rewind_other": True}, True),
 ])
 def test_non_prunable_parameters(name, options, rewound):
     net = bn_net()

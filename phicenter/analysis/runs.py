@@ -15,6 +15,10 @@ RESULTS = "results.json"
 # The axes the report is about: runs that differ in them only are one experiment. Settings of how a run
 # executes (phicenter.config.EXECUTION_KEYS) never make two experiments either.
 IGNORED_KEYS = {"seed", "phi"}
+# Strategy options that act beside the signs and that every strategy has: when a dataset's runs hold more than
+# one value, every column says its value, so "mask1 against mask0" is never also an unseen "BatchNorm rewound
+# against kept" (docs/method.md, "Non-prunable parameters").
+ACROSS_STRATEGIES = {"strategy.rewind_other"}
 SKIP_DIRS = {"tb", "checkpoints", ".hydra"}
 
 # Strategy columns: the paper's four in its tables' order, then the other strategies; any other name after
@@ -173,13 +177,16 @@ def _suffix(run: Run, keys: list[str]) -> str:
 
 def label(runs: list[Run]) -> None:
     """Dataset, row (architecture) and column (strategy) labels; any other setting that varies within a
-    dataset is added to the label it belongs to, so different experiments never share a cell."""
+    dataset is added to the label it belongs to, so different experiments never share a cell. A strategy
+    option that varies within one strategy labels that strategy's columns; one of ACROSS_STRATEGIES that varies
+    anywhere in the dataset labels every column."""
     by_ds = defaultdict(list)
     for r in runs:
         by_ds[r.config["dataset"]["name"]].append(r)
     for ds, rs in by_ds.items():
         ds_keys = _varying(rs, lambda k: k.startswith("dataset.") and k != "dataset.name")
         other = _varying(rs, lambda k: not k.startswith(("dataset.", "model.", "strategy.")))
+        across = _varying(rs, lambda k: k in ACROSS_STRATEGIES)
         for r in rs:
             r.dataset = ds + _suffix(r, ds_keys)
         for part in ("model", "strategy"):
@@ -192,7 +199,7 @@ def label(runs: list[Run]) -> None:
                     if part == "model":
                         r.row = name + _suffix(r, keys + other)
                     else:
-                        r.col = name + _suffix(r, keys)
+                        r.col = name + _suffix(r, sorted(set(keys) | set(across)))
 
 
 @dataclass

@@ -35,8 +35,17 @@ class FcLotOptions(ModelOptions):
     hidden: tuple[PosInt, ...] = (300, 100)
 
 
+BatchNormInit = Literal["ones", "uniform"]
+
+
 @frozen
-class ResNetOptions(ModelOptions):
+class BatchNormOptions(ModelOptions):
+    """Models with BatchNorm layers."""
+    batchnorm_init: BatchNormInit = "ones"   # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0
+
+
+@frozen
+class ResNetOptions(BatchNormOptions):
     init: Init = "kaiming_normal"
 
 
@@ -50,7 +59,7 @@ class Vgg16PretrainedOptions(ModelOptions):
 
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "fc_lot": FcLotOptions, "conv2": ModelOptions, "conv4": ModelOptions, "conv6": ModelOptions,
-    "vgg16": ModelOptions, "vgg16_pretrained": Vgg16PretrainedOptions, "resnet20": ResNetOptions,
+    "vgg16": BatchNormOptions, "vgg16_pretrained": Vgg16PretrainedOptions, "resnet20": ResNetOptions,
     "resnet18": ResNetOptions,
 }
 

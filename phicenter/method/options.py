@@ -24,11 +24,14 @@ def trains(default):
 class StrategyOptions:
     """What every strategy takes."""
     pruned_fill: Literal["zero", "trained"] = "zero"   # trained: frozen at the value of the round it was pruned
-    rewind_other: bool = False                         # biases and BatchNorm back to theta0 (or kept trained)
+    # biases and BatchNorm back to theta0 (or kept trained). False for the paper's four strategies alike, so
+    # that they differ only in where the signs come from (docs/method.md, "Non-prunable parameters")
+    rewind_other: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class RewindOtherOptions(StrategyOptions):
+    """Baselines whose references rewind the whole network (lth, sign_rewind)."""
     rewind_other: bool = True
 
 
@@ -50,7 +53,7 @@ class SignTransferOptions(StrategyOptions):
 
 STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
     "mask0": StrategyOptions,
-    "mask1": RewindOtherOptions,
+    "mask1": StrategyOptions,
     "gradual": GradualOptions,
     "standard": StandardOptions,
     "lth": RewindOtherOptions,
