@@ -102,7 +102,7 @@ class Reuse:
     def __init__(self, cfg, splits, device_type: str, lookup: bool = True, log=print):
         self.keys = RoundKeys(cfg, splits, device_type)
         root = store_dir(cfg)
-        self.store = RoundStore(root) if root is not None else None
+        self.store = RoundStore(root, log=log) if root is not None else None
         self.lookup, self.log = lookup and self.store is not None, log
         self.rewind_epoch = int((cfg.get("rewind") or {}).get("epoch") or 0)
 
@@ -110,6 +110,7 @@ class Reuse:
         """(the members to train, each member's Source): one representative per distinct key not in the
         store."""
         trained, sources, first = [], [], {}
+        seen = self._seen()
         for m in members:
             key = self.keys(m.net, r)
             if self.store is None or key not in first:
@@ -125,6 +126,7 @@ class Reuse:
                 if src.entry is None:
                     src = Source(key, rep=src.rep, reused_from=str(trained[src.rep].folder.path.resolve()))
             sources.append(src)
+        self._note_errors(members, seen)
         return trained, sources
 
     def take(self, members: list, sources: list[Source], trained: list, module, r: int, epochs: int) -> list:
@@ -142,6 +144,8 @@ class Reuse:
                               tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep))
                 state = rep.net.state_dict() if rep is not m else None
                 rewind = rep.imp.rewind if r == 0 and self.rewind_epoch and rep is not m else None
+            if src.entry is not None:
+                self.usage(m)["read"] += 1
             if src.reused_from is not None and res.diverged is None:
                 m.net.load_state_dict(state)
                 if rewind is not None:
@@ -157,12 +161,35 @@ class Reuse:
         """Each round trained here (and not diverged), under its key, once."""
         if self.store is None:
             return
+        seen = self._seen()
         for m, res in zip(members, outcomes):
             if res.reused_from is not None or res.diverged is not None:
                 continue
             rewind = m.imp.rewind if r == 0 and self.rewind_epoch else None
-            self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
-                                 res.history, res.test, None if rewind is None else _cpu(rewind)))
+            if self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
+                                    res.history, res.test, None if rewind is None else _cpu(rewind))):
+                self.usage(m)["published"] += 1
+        self._note_errors(members, seen)
+
+    def usage(self, m) -> dict:
+        """What the store did for member m, its results.json `round_store`: its dir (null when off), the
+        rounds read from it and published to it, and the store's errors (a relaunch carries the counts on)."""
+        rec = m.record.get("round_store")
+        if rec is None:
+            before = (m.folder.read() or {}).get("round_store") or {}
+            rec = m.record["round_store"] = {
+                "dir": None if self.store is None else str(self.store.root),
+                "read": int(before.get("read", 0)), "published": int(before.get("published", 0)),
+                "errors": list(before.get("errors") or [])}
+        return rec
+
+    def _seen(self) -> int:
+        return len(self.store.errors) if self.store is not None else 0
+
+    def _note_errors(self, members: list, seen: int) -> None:
+        """Each member's record of the store gets the errors met since `seen` (the cohort shares the store)."""
+        for m in members:
+            self.usage(m)["errors"] += self.store.errors[seen:] if self.store is not None else []
 
 
 def _cpu(state: dict) -> dict:
