@@ -100,6 +100,7 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    logging.raiseExceptions = False   # train.log on a full disk loses the line (the console has it), with no trace
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:

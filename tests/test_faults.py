@@ -50,44 +50,66 @@ def whole_records(path: Path) -> int:
 def reference(tmp_path_factory) -> Path:
     """The run never interrupted."""
     d = tmp_path_factory.mktemp("reference")
-    train(*RUN, f"hydra.run.dir={d}")
+    loop.run(config(*RUN), d)
     return d
 
 
-# what fails -> (fault.write, the file named, whether results.json can still record the failure)
+def check_failed(run_dir: Path, line: str, named: str, recorded: bool) -> None:
+    """One line that names the file and the cause; results.json `failed` with it, or the last good one and the
+    line saying so; no temporary file; TensorBoard's events end on a whole record."""
+    assert f"failed: WriteError: cannot write {run_dir}" in line and named in line and "(injected)" in line
+    assert "the same command resumes the run" in line
+    res = results.RunFolder(run_dir).read()
+    if recorded:
+        assert res["status"] == "failed" and res["error"] in line and res["traceback"]
+    else:
+        assert "results.json could not be written either" in line
+        assert res is None or (res["status"] == "running"
+                               and f"(status running, {len(res['rounds'])} rounds)" in line)
+    assert not temporaries(run_dir)
+    for events in (run_dir / "tb").glob("events.out.tfevents.*"):
+        whole_records(events)
+
+
+# what fails -> (the write that fails, the file named, whether results.json can still record the failure)
 CASES = {
     "results": ("2:ENOSPC:results.json", "results.json", True),   # the record after round 0
     "round checkpoint": ("1:EDQUOT:round_001.pt", "round_001.pt", True),
     "epoch checkpoint": ("4:EIO:last.ckpt", "last.ckpt", True),     # round 1's second epoch
-    "theta0": ("1:EACCES:theta0.pt", "theta0.pt", True),
     "tensorboard": ("5:ENOSPC:tfevents", "tfevents", True),         # round 0's record
     "results, for good": ("2+:ENOSPC:results.json", "results.json", False),
-    "a disk that fills up": ("12+:ENOSPC", "", False),               # every write from the 12th on
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_run_file_that_cannot_be_written_fails_in_one_line_and_resumes(tmp_path, reference, case):
+def test_a_run_file_that_cannot_be_written_fails_in_one_line_and_resumes(tmp_path, reference, caplog, case):
     spec, named, recorded = CASES[case]
+    with caplog.at_level(logging.INFO, logger="phicenter"), failing_writes(spec):
+        with pytest.raises(loop.CohortFailed):
+            loop.run(config(*RUN), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    check_failed(tmp_path, lines[0], named, recorded)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="phicenter"):
+        loop.run(config(*RUN), tmp_path)                  # the same again, the fault gone
+    if case == "epoch checkpoint":   # round 1's first epoch stood
+        assert "resuming round 1 from" in caplog.text
+    assert comparable(tmp_path / results.RESULTS) == comparable(reference / results.RESULTS)
+    assert not temporaries(tmp_path)
+
+
+@pytest.mark.parametrize("spec,named,recorded", [("1:EACCES:theta0.pt", "theta0.pt", True),
+                                                 ("12+:ENOSPC", "", False)], ids=["theta0", "a disk that fills up"])
+def test_the_command_line_says_it_in_one_line_exits_1_and_resumes(tmp_path, reference, spec, named, recorded):
+    """From the command line (`fault.write`): θ0, written before the run's first record, and a disk that fills
+    up (every write from the 12th on fails); then the same command again."""
     proc = train(*RUN, f"fault.write={spec}", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = error_lines(proc)
     assert len(lines) == 1, lines
-    assert f"failed: WriteError: cannot write {tmp_path}" in lines[0] and named in lines[0]
-    assert "(injected)" in lines[0] and "the same command resumes the run" in lines[0]
-    assert not temporaries(tmp_path)
-    res = results.RunFolder(tmp_path).read()
-    if recorded:
-        assert res["status"] == "failed" and res["error"] in lines[0] and res["traceback"]
-    else:   # the last good results.json stands, and the line says which
-        assert f"results.json could not be written either" in lines[0]
-        assert res is None or (res["status"] == "running"
-                               and f"(status running, {len(res['rounds'])} rounds)" in lines[0])
-    for events in (tmp_path / "tb").glob("events.out.tfevents.*"):
-        whole_records(events)
-    proc = train(*RUN, f"hydra.run.dir={tmp_path}")
-    if case == "epoch checkpoint":   # round 1's first epoch stood
-        assert "resuming round 1 from" in proc.stdout + proc.stderr
+    check_failed(tmp_path, lines[0], named, recorded)
+    train(*RUN, f"hydra.run.dir={tmp_path}")
     assert comparable(tmp_path / results.RESULTS) == comparable(reference / results.RESULTS)
     assert not temporaries(tmp_path)
 
@@ -123,7 +145,7 @@ def test_a_store_that_cannot_be_written_becomes_read_only(tmp_path, store_off, c
         res = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "run")
     assert res["status"] == "complete"
     warned = store_warnings(caplog)
-    assert len(warned) == 1 and "cannot write" in warned[0] and "read-only for this run" in warned[0], warned
+    assert len(warned) == 1 and "becomes read-only (cannot write" in warned[0] and "(injected)" in warned[0], warned
     assert res["round_store"]["errors"] == warned and res["round_store"]["read"] == 0
     published = res["round_store"]["published"]
     assert published == {"1:ENOSPC:state.pt": 0, "2:EDQUOT:entry.json": 1, "1+:EIO:/store/": 0}[spec]
@@ -150,7 +172,7 @@ def test_a_read_only_store_is_reused(tmp_path, store_off, caplog):
             p.chmod(0o755)
     assert res["status"] == "complete"
     warned = store_warnings(caplog)
-    assert len(warned) == 1 and "read-only for this run" in warned[0]
+    assert warned == [f"round store {store} is read-only: its rounds are reused, none is published by this run"]
     assert res["round_store"] == {"dir": str(store), "read": 3, "published": 0, "errors": warned}
     assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
     assert comparable(tmp_path / "second" / results.RESULTS) == comparable(store_off / results.RESULTS)

@@ -81,7 +81,7 @@ class RoundStore:
             self._unreadable(e)
             return
         if not writable(self.root):
-            self._read_only("a read-only folder")
+            self._read_only(f"round store {self.root} is read-only")
 
     def _unreadable(self, e: OSError) -> None:
         """Skipped: neither read nor written any more (what it holds cannot be checked)."""
@@ -91,8 +91,7 @@ class RoundStore:
 
     def _read_only(self, why: str) -> None:
         self.writable = False
-        self._error(f"round store {self.root}: {why}; it is read-only for this run (its rounds are reused, "
-                    "none is published)")
+        self._error(f"{why}: its rounds are reused, none is published by this run")
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -152,7 +151,7 @@ class RoundStore:
         try:
             done = publish_folder(target, {STATE: data, ENTRY: json_bytes(meta)})
         except OSError as e:
-            self._read_only(str(e))
+            self._read_only(f"round store {self.root} becomes read-only ({e})")
             return False
         self.published += done
         return done
