@@ -114,11 +114,16 @@ def test_the_command_line_says_it_in_one_line_exits_1_and_resumes(tmp_path, refe
     assert not temporaries(tmp_path)
 
 
-def test_only_the_full_trace_switch_prints_the_trace(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "phicenter.train", *RUN, "prune.iterations=0",
-                           "fault.write=1:EIO:theta0.pt", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                          env=dict(env(), HYDRA_FULL_ERROR="1"), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stdout + proc.stderr
+def test_only_the_full_trace_switch_prints_the_trace(tmp_path, caplog, monkeypatch):
+    for full in (False, True):
+        if full:
+            monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="phicenter"), failing_writes("1:EIO:round_000.pt"):
+            with pytest.raises(loop.CohortFailed):
+                loop.run(config(*RUN, "prune.iterations=0"), tmp_path / str(full))
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 + full and ("Traceback (most recent call last)" in errors[-1]) == full
 
 
 # ---------------------------------------------------------------- the round store and the data cache
@@ -264,7 +269,8 @@ def _grid_at_once(tmp_path: Path, strategies: list[str], phis: list[str]) -> Non
 
 
 def test_two_jobs_at_once_share_one_store(tmp_path):
-    _grid_at_once(tmp_path, ["mask0"], ["0", "1e-3"])
+    """The small form of the next (round 0 shared, the later rounds their own)."""
+    _grid_at_once(tmp_path, ["mask0", "mask1"], ["1e-3"])
 
 
 @pytest.mark.slow

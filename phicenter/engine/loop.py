@@ -167,7 +167,7 @@ def _record_failure(cohort: list[Member], e: Exception) -> None:
 def _close(cohort: list[Member]) -> None:
     for m in cohort:
         if m.recorder is not None:
-            m.recorder.close(m.record.get("status"))
+            m.recorder.close()
             m.recorder = None
 
 

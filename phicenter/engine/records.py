@@ -121,7 +121,7 @@ class Recorder:
             self.events.hparams(hparams(resolved), {"final/val_acc": final["val_acc"],
                                                     "final/test_acc": final["test_acc"]})
 
-    def close(self, status: str | None = None) -> None:
+    def close(self) -> None:
         if self.events is not None:
             self.events.close()
             self.events = None

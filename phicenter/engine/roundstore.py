@@ -54,14 +54,13 @@ def store_dir(cfg) -> Path | None:
 
 class RoundStore:
     """One store, as one run uses it. It never costs the run: a store that cannot be read is skipped, one that
-    cannot be written (full, read-only, over quota) becomes read-only, each said once in a warning; what it
-    did is counted (`read`, `published`, `errors`) for the run's results.json (engine.reuse)."""
+    cannot be written (full, read-only, over quota) becomes read-only, each said once in a warning and kept in
+    `errors` for the run's results.json (engine.reuse counts what each run read and published)."""
 
     def __init__(self, root: str | Path, log=print):
         self.root, self.log = Path(root), log
         self.readable = self.writable = True
         self.checked = False
-        self.read = self.published = 0
         self.errors: list[str] = []
 
     def _error(self, message: str, log=None) -> None:
@@ -128,7 +127,6 @@ class RoundStore:
                         "trained again", log)
             self._discard(folder)
             return None
-        self.read += 1
         return entry
 
     def put(self, entry: Entry) -> bool:
@@ -153,7 +151,6 @@ class RoundStore:
         except OSError as e:
             self._read_only(f"round store {self.root} becomes read-only ({e})")
             return False
-        self.published += done
         return done
 
     def _discard(self, folder: Path) -> None:
