@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from phicenter.analysis.sweep import job_line, where_results
 from phicenter.engine import rundir as results
+from phicenter.io import WriteError, read_json
 from phicenter.config import ConfigError, check_launch, recorded_config
 
 log = logging.getLogger("phicenter")
@@ -27,16 +28,16 @@ def _discard_if_new(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> Path:
+def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> str:
     """Record how a run ended in its results.json, keeping the rounds it completed (the first process of a
-    data-parallel run writes it)."""
+    data-parallel run writes it). Returns, for the line that says so, where it is recorded or, when it could
+    not be, what stands instead."""
     path = run_dir / results.RESULTS
     if not results.is_writer():
-        return path
-    prev = results.read_json(path) or {"config": _recorded(cfg), "rounds": []}
-    prev.update(status=status, error=error, traceback=trace)
-    results.write_json(path, prev)
-    return path
+        return f" ({path})"
+    prev = read_json(path) or {"config": _recorded(cfg), "rounds": []}
+    _, unrecorded = results.RunFolder(run_dir).fail(prev, status, error, trace)
+    return unrecorded or f" ({path})"
 
 
 def _refuse(e: Exception, run_dir: Path):
@@ -57,7 +58,7 @@ def _recorded(cfg: DictConfig) -> dict:
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     """Every setting against the schema, and that run_dir holds no other run, checked before torch is even
     imported (a packed job's variant folders are checked as it starts them)."""
-    check_launch(cfg, results.read_json(run_dir / results.RESULTS), run_dir)
+    check_launch(cfg, read_json(run_dir / results.RESULTS), run_dir)
 
 
 def _check_data_parallel(cfg: DictConfig, multirun: bool) -> None:
@@ -91,7 +92,7 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
     if not results.is_writer():
         return
     for name in names:
-        prev = results.read_json(run_dir / name / results.RESULTS)
+        prev = read_json(run_dir / name / results.RESULTS)
         if (prev is None and name) or (prev is not None and prev.get("status") != "running"):
             continue   # a packed variant not begun, or a run that completed, failed or diverged
         _mark(run_dir / name, cfg, "interrupted", why)
@@ -99,6 +100,7 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    logging.raiseExceptions = False   # train.log on a full disk loses the line (the console has it), with no trace
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
@@ -141,14 +143,19 @@ def main(cfg: DictConfig) -> float:
         raise
     except (ConfigError, DataError) as e:
         _refuse(e, run_dir)
-    except CohortFailed as e:   # each failed run's results.json says how; a multirun goes on with the next job
-        log.error("%s", e)
+    except CohortFailed as e:   # each failed run said how, in its line and its results.json
+        if len(e.statuses) > 1:   # a packed job: which of its runs did not complete
+            log.error("%s", e)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
         return float("nan")
     except Exception as e:  # before any run folder could record it: record it in the job's own
-        path = _mark(run_dir, cfg, "failed", f"{type(e).__name__}: {e}", traceback.format_exc())
-        log.error("run failed: %s (%s)", e, path)
+        trace, error = traceback.format_exc(), f"{type(e).__name__}: {e}"
+        where = _mark(run_dir, cfg, "failed", error, trace)
+        hint = results.RESUME_HINT if isinstance(e, WriteError) else ""
+        log.error("run %s failed: %s%s%s", run_dir, error, where, hint)
+        if results.full_trace():
+            log.error("%s", trace)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
         return float("nan")

@@ -1,7 +1,21 @@
-"""Kill a cohort mid-round from inside: the n-th validation of a process raises, as a crash there would."""
+"""Faults on purpose: kill a cohort mid-round from inside (the n-th validation of a process raises, as a crash
+there would), and make a write fail through phicenter.io (the in-process form of `fault.write=...`)."""
 from __future__ import annotations
 
+import contextlib
+
+from phicenter import io
 from phicenter.engine import module as cohort_module
+
+
+@contextlib.contextmanager
+def failing_writes(spec: str):
+    """Within the block, the writes `spec` names fail (phicenter.io.parse_fault: `N[+]:ERRNO[:MATCH]`)."""
+    io.inject(spec)
+    try:
+        yield
+    finally:
+        io.inject(None)
 
 
 def die_at_validation(monkeypatch, n: int) -> dict:

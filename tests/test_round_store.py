@@ -38,9 +38,10 @@ def store_args(store: Path | None) -> list[str]:
 
 
 def comparable(path: Path) -> dict:
-    """results.json less the timing fields, the reuse record and the round store setting."""
+    """results.json less the timing fields, the reuse record and the round store (its setting, what it did)."""
     res = results.read_json(path)
     res["config"].pop("round_store")
+    res.pop("round_store", None)
     for r in res["rounds"] + [res["final"]]:
         for k in ("seconds", "seconds_packed", "reused_from"):
             r.pop(k, None)

@@ -3,7 +3,8 @@
 
     python -m phicenter.report DIR [DIR...] [--out OUT] [--select val|test]
 
-Reads every results.json under the DIRs and writes report.md, CSVs and PNG figures into OUT (default DIR/report).
+Reads every results.json under the DIRs and writes report.md, CSVs and PNG figures into OUT (default DIR/report),
+each file atomically (phicenter.io); a file that cannot be written stops it with one line and exit code 1.
 Plain Python + numpy/scipy/matplotlib: no Lightning or Hydra. What each part means: docs/report.md.
 """
 from __future__ import annotations
@@ -12,36 +13,16 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from phicenter.analysis.figures import figures, slug
 from phicenter.analysis.runs import Run, group, label, load
 from phicenter.analysis.stats import mean_ci, paired, select  # noqa: F401 (mean_ci, paired: part of this API)
 from phicenter.analysis.tables import INACTIVE, fmt_phi, md_table, pct, table_columns, tables
+from phicenter.io import write_file
 
 # ---------------------------------------------------------------- output
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Temp file in the same folder, then os.replace: a reader never sees a half-written file."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
     buf = io.StringIO()
@@ -50,7 +31,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
         w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    write_atomic(path, buf.getvalue())
+    write_file(path, buf.getvalue())
 
 
 RUN_COLUMNS = ["path", "status", "dataset", "architecture", "strategy", "phi", "seed", "val_acc", "test_acc",
@@ -85,7 +66,7 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     made = figures(cs) if cs else []
     for _, name, png in made:
-        write_atomic(out / name, png)
+        write_file(out / name, png)
 
     not_used = [r for r in runs if r.problem is not None]
     files = {"runs.csv": run_rows(runs), "summary.csv": t["summary"], "best_vs_zero.csv": t["tests"],
@@ -96,7 +77,7 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
         columns[slug("table", ds) + ".csv"] = table_columns(rows)
     for name, rows in files.items():
         write_csv(out / name, rows, columns.get(name))
-    write_atomic(out / "report.md", markdown(dirs, by, cs, t, made, usable, not_used))
+    write_file(out / "report.md", markdown(dirs, by, cs, t, made, usable, not_used))
     return {"runs": len(runs), "used": len(usable), "not_used": len(not_used), "cells": len(cs),
             "figures": len(made), "files": sorted(files) + ["report.md"] + [m[1] for m in made]}
 
@@ -163,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phicenter.report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0] / "report"
-    res = report(args.dirs, out, args.select)
+    try:
+        res = report(args.dirs, out, args.select)
+    except OSError as e:   # each file is written whole or not at all: those written stand, the rest as before
+        print(f"phicenter.report: error: {e}", file=sys.stderr)
+        return 1
     print(f"phicenter.report: {out / 'report.md'}: {res['used']} runs used in {res['cells']} cells, "
           f"{res['not_used']} not used, {res['figures']} figures")
     return 0 if res["used"] else 1

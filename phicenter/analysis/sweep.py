@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from phicenter.engine import rundir as results
 from phicenter.engine.roundstore import RoundStore, describe, store_dir
+from phicenter.io import read_json, write_json
 
 log = logging.getLogger("phicenter")
 
@@ -23,7 +24,7 @@ def summarize(sweep_dir: str | Path) -> dict:
     jobs = [p.parent for p in Path(sweep_dir).glob("**/.hydra")]
     jobs += [p.parent for j in list(jobs) if (j / "pack.json").exists() for p in j.glob("*/results.json")]
     for job in sorted(j for j in jobs if not (j / "pack.json").exists()):  # a packed job: one entry per variant
-        res = results.read_json(job / results.RESULTS)
+        res = read_json(job / results.RESULTS)
         status = (res or {}).get("status", "missing" if res is None else "unknown")
         rounds = (res or {}).get("rounds") or []
         reused = sum(isinstance(r, dict) and r.get("reused_from") is not None for r in rounds)
@@ -101,8 +102,12 @@ class SweepSummary(Callback):
         rounds = {k: sum(j[f"rounds_{k}"] for j in jobs) for k in ("trained", "reused")}
         root = store_dir(config)
         usage = RoundStore(root).usage() if root is not None else None
-        results.write_json(sweep_dir / "sweep_summary.json", summary)
-        log.info("multirun finished: %s (%s)", counts, sweep_dir / "sweep_summary.json")
+        try:
+            write_json(sweep_dir / "sweep_summary.json", summary)
+            written = f"({sweep_dir / 'sweep_summary.json'})"
+        except OSError as e:
+            written = f"(sweep_summary.json not written: {e})"
+        log.info("multirun finished: %s %s", counts, written)
         log.info("rounds: %d trained, %d reused; %s", rounds["trained"], rounds["reused"],
                  describe(usage) if usage else "round store off")
         for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):

@@ -390,7 +390,7 @@ def main(argv=None) -> dict:
     print(table(res))
     print_summary(res)
     if args.out:
-        from phicenter.engine.rundir import write_json
+        from phicenter.io import write_json
         write_json(Path(args.out), res)
     return res
 

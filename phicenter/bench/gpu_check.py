@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-args", nargs=argparse.REMAINDER, default=[],
                     help="more arguments for python -m phicenter.bench (e.g. --data-dir ../shared/data)")
     args = ap.parse_args(argv)
-    from phicenter.engine.rundir import write_json
+    from phicenter.io import write_json
 
     import torch
 

@@ -13,7 +13,6 @@ agrees between the sides apart from timing fields and the reuse record.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,10 +26,11 @@ PHIS = (0.0, 5e-5, -5e-5, 1e-3, -1e-3, 0.1, -0.1)
 
 
 def _comparable(path: Path) -> dict:
-    from phicenter.engine.rundir import read_json
+    from phicenter.io import read_json
 
     res = read_json(path)
     res["config"].pop("round_store", None)
+    res.pop("round_store", None)   # what the store did: it differs by side
     for r in res["rounds"] + [res["final"]]:
         for k in ("seconds", "seconds_packed", "reused_from"):
             r.pop(k, None)
@@ -62,7 +62,8 @@ def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIE
     from phicenter.bench.cases import compose
     from phicenter.engine.loop import run
     from phicenter.engine.roundstore import RoundStore
-    from phicenter.engine.rundir import RESULTS, read_json
+    from phicenter.engine.rundir import RESULTS
+    from phicenter.io import read_json
 
     torch.set_num_threads(int(threads))
     own = workdir is None
@@ -144,7 +145,9 @@ def main(argv=None) -> dict:
                            workdir=args.workdir, threads=args.threads)
     print(table(res))
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        from phicenter.io import write_json
+
+        write_json(args.out, res)
     return res
 
 

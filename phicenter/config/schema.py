@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Mapping
 
+from phicenter.io import parse_fault
 from phicenter.method.options import STRATEGY_OPTIONS
 from phicenter.spec import (ByName, ConfigError, NonNegative, NonNegInt, OpenUnit, PosInt, Positive, Range,
                             Unit, check_value, default_at)
@@ -223,6 +224,7 @@ class DryRunGrid:
 @frozen
 class Fault:
     fail_round: NonNegInt | None = None
+    write: str | None = None           # N[+]:ERRNO[:MATCH]: the N-th write (N+: and after) of a MATCH path fails
 
 
 @frozen
@@ -291,6 +293,12 @@ def check(tree: Mapping, pack: bool | None = None) -> dict:
         tree["phi"] = _phi(phi)
     out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
     _check_rewind(out)
+    write = (out.get("fault") or {}).get("write")
+    if write is not None:
+        try:
+            parse_fault(write)
+        except ValueError as e:
+            raise ConfigError(f"fault.write {e}") from None
     return out
 
 

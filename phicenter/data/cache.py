@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import stat
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -13,12 +10,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from phicenter.io import save_torch, writable
+
 log = logging.getLogger("phicenter")
 
 # Decode cache: <data_dir>/phicenter-cache/<name>.pt holds the decoded uint8 tensors, the fingerprint of the
 # source files it was built from (path, size, mtime) and a CRC of the tensors. A stale fingerprint, a wrong
-# version or a bad CRC (truncated or corrupt file) means: decode again and replace it. Written to a temporary
-# file and renamed, so a reader never sees half a file; a read-only data_dir just goes without a cache.
+# version or a bad CRC (truncated or corrupt file) means: decode again and replace it. Written atomically
+# (phicenter.io), so a reader never sees half a file; a read-only data_dir just goes without a cache, and a
+# write that fails (a full disk) costs one warning.
 
 CACHE_DIR = "phicenter-cache"
 CACHE_VERSION = 1
@@ -67,38 +67,18 @@ def _read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def _writable(folder: Path) -> bool:
-    """A folder we may write into: write permission and a write bit in its mode. The mode check matters
-    for root, which os.access always lets write: a folder made read-only (chmod a-w) stays untouched."""
-    try:
-        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
-    except OSError:
-        return False
-
-
 def _write_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> bool:
-    """Atomically (temp file + rename); False, silently, where data_dir is not writable."""
-    tmp = None
-    root = path.parent.parent
-    if not _writable(root) or (path.parent.exists() and not _writable(path.parent)):
-        log.debug("data_dir %s is read-only: no data cache", root)
+    """Atomically (phicenter.io); False where data_dir is read-only (silently: a shared data folder often is)
+    or the write fails (one warning: the cache is an optimisation, never an error)."""
+    if not writable(path.parent):
+        log.debug("data_dir %s is read-only: no data cache", path.parent.parent)
         return False
+    blob = {"version": CACHE_VERSION, "key": key, "checksum": _checksum(tensors), "tensors": tensors}
     try:
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": CACHE_VERSION, "key": key, "checksum": _checksum(tensors),
-                        "tensors": tensors}, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing data_dir may read it
-        os.replace(tmp, path)
+        save_torch(path, blob)
         return True
-    except OSError as e:  # read-only or full: the cache is an optimisation, never an error
-        log.debug("not writing data cache %s (%s)", path, e)
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    except OSError as e:
+        log.warning("data cache not written (%s); the data is decoded again next time", e)
         return False
 
 

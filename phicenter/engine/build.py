@@ -83,6 +83,16 @@ def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False
                       enable_model_summary=False, num_sanity_val_steps=0, **kw)
 
 
+def arm_write_fault(cfg) -> None:
+    """For testing failure handling (`fault.write=N[+]:ERRNO[:MATCH]`): the N-th write of this process (N+: and
+    every one after it) of a file whose path contains MATCH fails with ERRNO (phicenter.io.inject)."""
+    from phicenter import io
+
+    spec = (cfg.get("fault") or {}).get("write")
+    if spec is not None:
+        io.inject(spec)
+
+
 def fault_point(cfg, round_index: int) -> None:
     """For testing failure handling (`fault.fail_round=K`): raise at the start of round K."""
     fault = cfg.get("fault") or {}

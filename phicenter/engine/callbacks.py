@@ -1,7 +1,6 @@
 """Lightning callbacks: the IMP round boundary, and epoch checkpoints that make a kill cost one epoch at most."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -9,6 +8,7 @@ import torch
 
 from phicenter.engine import distributed
 from phicenter.method import pruning
+from phicenter.io import newest_loadable, write_with
 from phicenter.method.imp import IMP
 
 
@@ -86,7 +86,8 @@ class RewindPoint(pl.Callback):
 
 class EpochCheckpoint(pl.callbacks.Checkpoint):
     """Saves the whole fit state (weights, masks, optimizer, schedule, loop progress) after every epoch,
-    atomically, keeping the previous one as a fallback. Runs after the module's own epoch-end hook."""
+    atomically (phicenter.io), keeping the previous one as a fallback. Runs after the module's own epoch-end
+    hook."""
 
     def __init__(self, folder: Path, every_n_epochs: int = 1):
         self.folder = Path(folder)
@@ -103,30 +104,22 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
     def on_train_epoch_end(self, trainer, pl_module):
         if (trainer.current_epoch + 1) % self.every:
             return
-        tmp = self.folder / ".last.ckpt.tmp"
-        if trainer.is_global_zero:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)   # every rank takes part; rank 0 writes
-        if trainer.is_global_zero:
-            if self.last.exists():
-                os.replace(self.last, self.prev)
-            os.replace(tmp, self.last)
+        if trainer.is_global_zero:   # Lightning writes the temporary file, phicenter.io puts it in place
+            write_with(self.last, trainer.save_checkpoint, keep=self.prev)
+        else:                        # every process takes part in saving; the first one writes
+            trainer.save_checkpoint(self.last)
 
     def resumable(self, log) -> str | None:
         """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped. One
         saved while masks were parametrizations is not resumed (its optimizer state follows another order of
         the parameters): the round is trained again from its start."""
-        for path in (self.last, self.prev):
-            if not path.exists():
-                continue
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as e:
-                log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
-                continue
-            if isinstance(state, dict) and pruning.is_legacy(state.get("state_dict", {})):
-                log(f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "
-                    "starts again from its beginning, to the same result")
-                return None
-            return str(path)
-        return None
+        found = newest_loadable((self.last, self.prev),
+                                lambda path: torch.load(path, map_location="cpu", weights_only=False), log)
+        if not found:
+            return None
+        path, state = found
+        if isinstance(state, dict) and pruning.is_legacy(state.get("state_dict", {})):
+            log(f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "
+                "starts again from its beginning, to the same result")
+            return None
+        return str(path)

@@ -29,7 +29,8 @@ from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.module import CohortModule, Diverged
 from phicenter.engine.reuse import Reuse
-from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer, write_json
+from phicenter.engine.rundir import CKPT_DIR, RESUME_HINT, RunFolder, full_trace, is_writer
+from phicenter.io import WriteError, write_json
 from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
@@ -62,10 +63,12 @@ class Member:
     def rounds(self) -> list:
         return self.record["rounds"]
 
-    def fail(self, status: str, error: str, trace: str | None = None) -> None:
-        self.record = self.folder.fail(self.record, status, error, trace)
+    def fail(self, status: str, error: str, trace: str | None = None, hint: str = "") -> None:
+        self.record, unrecorded = self.folder.fail(self.record, status, error, trace)
         self.alive = False
-        log.error("run %s %s: %s", self.folder.path, status, error)
+        log.error("run %s %s: %s%s%s", self.folder.path, status, error, unrecorded, hint)
+        if trace and full_trace():
+            log.error("%s", trace)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -80,6 +83,7 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
     job_dir, t_start = Path(job_dir), time.perf_counter()
     vals = check_variants(variants)
     cfg0 = variants[0].cfg
+    build.arm_write_fault(cfg0)
     if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
         from phicenter.config import ConfigError
         raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
@@ -156,15 +160,16 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
 
 def _record_failure(cohort: list[Member], e: Exception) -> None:
     status = "diverged" if isinstance(e, Diverged) else "failed"
+    hint = RESUME_HINT if isinstance(e, WriteError) else ""
     for m in cohort:
         if m.alive:
-            m.fail(status, f"{type(e).__name__}: {e}", traceback.format_exc())
+            m.fail(status, f"{type(e).__name__}: {e}", traceback.format_exc(), hint)
 
 
 def _close(cohort: list[Member]) -> None:
     for m in cohort:
         if m.recorder is not None:
-            m.recorder.close(m.record.get("status"))
+            m.recorder.close()
             m.recorder = None
 
 

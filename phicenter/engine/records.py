@@ -1,10 +1,17 @@
 """What a run records: its results.json skeleton, one entry per round, and its TensorBoard events (epoch, round,
-per-layer and hparams), on one step axis across rounds: the global epoch index."""
+per-layer and hparams), on one step axis across rounds: the global epoch index. The events are written here
+(TensorBoard's record format, through phicenter.io), not by a Lightning logger, so a write that fails is met
+where it happens."""
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import time
+from pathlib import Path
 
 from phicenter.config import hparams
+from phicenter.io import AppendFile
 from phicenter.method.pruning import sparsity
 from phicenter.method.units import effective_sparsity
 
@@ -61,37 +68,73 @@ def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test
     return entry
 
 
+class EventFile:
+    """One TensorBoard events file (`events.out.tfevents.<time>.<host>.<pid>.<n>`, one per launch), written
+    through phicenter.io: each event is appended whole at once, so a write that fails raises where it is made
+    and leaves the file ending on a whole record."""
+
+    _count = itertools.count()
+
+    def __init__(self, folder: Path):
+        import socket
+
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._count)}"
+        self.file = AppendFile(Path(folder) / name)
+        self.records = RecordWriter(self.file)
+        self._write(file_version="brain.Event:2")
+
+    def _write(self, step: int = 0, **fields) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self.records.write(Event(wall_time=time.time(), step=step, **fields).SerializeToString())
+
+    def scalars(self, values: dict, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._write(step, summary=Summary(value=[Summary.Value(tag=k, simple_value=float(v))
+                                                 for k, v in values.items() if v is not None]))
+
+    def hparams(self, params: dict, metrics: dict) -> None:
+        """The hparams plugin's three summaries (experiment, session start and end), and the metrics."""
+        from torch.utils.tensorboard.summary import hparams
+
+        self.scalars(metrics, step=0)
+        for summary in hparams(params, metrics):
+            self._write(0, summary=summary)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class Recorder:
-    """One run's TensorBoard events; a no-op on every rank but the first of a data-parallel run."""
+    """One run's TensorBoard events (`tb/`); a no-op on every rank but the first of a data-parallel run."""
 
     def __init__(self, run_dir, enabled: bool = True):
-        self.logger = None
-        if enabled:
-            from pytorch_lightning.loggers import TensorBoardLogger
-
-            self.logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
+        self.events = EventFile(Path(run_dir) / "tb") if enabled else None
 
     def epoch(self, row: dict, step: int, tag: str = "epoch") -> None:
-        if self.logger is not None:
-            self.logger.log_metrics({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
-                                    | {f"{tag}/round": row["round"]}, step=step)
+        if self.events is not None:
+            self.events.scalars({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
+                                | {f"{tag}/round": row["round"]}, step=step)
 
     def round(self, entry: dict, step: int) -> None:
-        if self.logger is None:
+        if self.events is None:
             return
         per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items() for k, v in d.items()
                      if k in LAYER_TAGS and v is not None}
         moved = entry.get("transfer") or {}   # sign_transfer: the transferred network of this level
         transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
-        self.logger.log_metrics({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
-                                | transfer, step=step)
+        self.events.scalars({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
+                            | transfer, step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:
-        if self.logger is not None:
-            self.logger.log_hyperparams(hparams(resolved), metrics={"final/val_acc": final["val_acc"],
-                                                                    "final/test_acc": final["test_acc"]})
+        if self.events is not None:
+            self.events.hparams(hparams(resolved), {"final/val_acc": final["val_acc"],
+                                                    "final/test_acc": final["test_acc"]})
 
-    def close(self, status: str) -> None:
-        if self.logger is not None:
-            self.logger.finalize("success" if status == "complete" else "failed")
-            self.logger = None
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None

@@ -24,7 +24,8 @@ from phicenter import data
 from phicenter.config import flatten, recorded_config, shapes_training, validate
 from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
-from phicenter.engine.rundir import CKPT_DIR, is_writer, write_bytes
+from phicenter.engine.rundir import CKPT_DIR, is_writer
+from phicenter.io import write_file
 from phicenter.engine.stacked import keeps_bits
 from phicenter.method.options import training_options
 
@@ -192,7 +193,7 @@ class Reuse:
         self.splits, self.device_type, self.world_size = splits, device_type, world_size
         self._keys: dict[str, RoundKeys] = {}
         root = store_dir(cfg)
-        self.store = RoundStore(root) if root is not None else None
+        self.store = RoundStore(root, log=log) if root is not None else None
         self.shared = self.store is not None and int(world_size) == 1
         self.log = log
         self.stacked_alone = not keeps_bits(impl, device_type) and build.deterministic(cfg)
@@ -211,6 +212,7 @@ class Reuse:
         if len(members) > 1 and self.stacked_alone:
             return list(members), [Source(self.keys(m.variant.cfg)(m.net, r), rep=i, publish=False) for i, m in enumerate(members)]
         trained, sources, first = [], [], {}
+        seen = self._seen()
         for m in members:
             key = self.keys(m.variant.cfg)(m.net, r)
             if self.store is None or key not in first:
@@ -226,6 +228,7 @@ class Reuse:
                 if src.entry is None:
                     src = Source(key, rep=src.rep, reused_from=str(trained[src.rep].folder.path.resolve()))
             sources.append(src)
+        self._note_errors(members, seen)
         return trained, sources
 
     def _begin(self, m, r: int, key: str) -> bool:
@@ -235,7 +238,7 @@ class Reuse:
         mark = _mark(m, r)
         before = mark.read_text() if mark.is_file() else None
         if before is None and is_writer():
-            write_bytes(mark, key.encode())
+            write_file(mark, key.encode())
         if before in (None, key):
             return True
         self.log(f"round {r} of {m.folder.path} resumes a fit begun under another round key (an execution setting "
@@ -258,6 +261,8 @@ class Reuse:
                               src.publish)
                 state = rep.net.state_dict() if rep is not m else None
                 rewind = rep.imp.rewind if r == 0 and self.rewinds and rep is not m else None
+            if src.entry is not None:
+                self.usage(m)["read"] += 1
             if src.reused_from is not None and res.diverged is None:
                 m.net.load_state_dict(state)
                 if rewind is not None:
@@ -273,6 +278,7 @@ class Reuse:
         """Each round trained here (and not diverged), under its key, once."""
         if not self.shared:
             return
+        seen = self._seen()
         for m, res in zip(members, outcomes):
             if res.reused_from is not None:
                 continue
@@ -281,8 +287,30 @@ class Reuse:
             if res.diverged is not None or not res.publish:
                 continue
             rewind = m.imp.rewind if r == 0 and self.rewinds else None
-            self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
-                                 res.history, res.test, None if rewind is None else _cpu(rewind)))
+            if self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
+                                    res.history, res.test, None if rewind is None else _cpu(rewind))):
+                self.usage(m)["published"] += 1
+        self._note_errors(members, seen)
+
+    def usage(self, m) -> dict:
+        """What the store did for member m, its results.json `round_store`: its dir (null when off), the
+        rounds read from it and published to it, and the store's errors (a relaunch carries the counts on)."""
+        rec = m.record.get("round_store")
+        if rec is None:
+            before = (m.folder.read() or {}).get("round_store") or {}
+            rec = m.record["round_store"] = {
+                "dir": None if self.store is None else str(self.store.root),
+                "read": int(before.get("read", 0)), "published": int(before.get("published", 0)),
+                "errors": list(before.get("errors") or [])}
+        return rec
+
+    def _seen(self) -> int:
+        return len(self.store.errors) if self.store is not None else 0
+
+    def _note_errors(self, members: list, seen: int) -> None:
+        """Each member's record of the store gets the errors met since `seen` (the cohort shares the store)."""
+        for m in members:
+            self.usage(m)["errors"] += self.store.errors[seen:] if self.store is not None else []
 
 
 def _mark(m, r: int) -> Path:

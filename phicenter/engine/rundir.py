@@ -1,65 +1,16 @@
-"""Run folders: results.json, theta0 and round checkpoints, always written atomically (temp file + rename)."""
+"""Run folders: results.json, theta0 and round checkpoints, always written atomically (phicenter.io)."""
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from phicenter.io import newest_loadable, read_json, save_torch, write_json
 
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
 THETA_K = "theta_k.pt"   # the late-rewinding point (rewind.epoch=k > 0)
 CKPT_DIR = "checkpoints"
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _clean(obj):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_bytes(path, json.dumps(_clean(data), indent=2, allow_nan=False).encode())
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def save_torch(path: Path, obj) -> None:
-    import torch   # here, so reading results (the CLI's first checks, the report) needs no torch
-
-    _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
 def checkpoint_path(run_dir: Path, round_index: int) -> Path:
@@ -81,15 +32,14 @@ def latest_round(run_dir: Path, log=print) -> dict | None:
 
     from phicenter.method.pruning import upgrade_state
 
-    for path in sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"), reverse=True):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "round" not in state:
-                raise ValueError("not a round checkpoint")
-            return dict(state, model=upgrade_state(state["model"]))
-        except Exception as e:
-            log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
-    return None
+    def load(path: Path) -> dict:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "round" not in state:
+            raise ValueError("not a round checkpoint")
+        return dict(state, model=upgrade_state(state["model"]))
+
+    found = newest_loadable(sorted((Path(run_dir) / CKPT_DIR).glob("round_*.pt"), reverse=True), load, log)
+    return found[1] if found else None
 
 
 def is_writer() -> bool:
@@ -165,8 +115,30 @@ class RunFolder:
             if int(stale.name.split("_")[1]) < start and is_writer():
                 shutil.rmtree(stale, ignore_errors=True)
 
-    def fail(self, record: dict, status: str, error: str, trace: str | None) -> dict:
-        """Record how the run ended, keeping the rounds it completed."""
+    def fail(self, record: dict, status: str, error: str, trace: str | None) -> tuple[dict, str]:
+        """Record how the run ended, keeping the rounds it completed. Returns the record and, when results.json
+        could not be written, what stands instead ("" when it was written)."""
         out = dict(record, status=status, error=error, traceback=trace)
-        self.write(out)
-        return out
+        try:
+            self.write(out)
+        except OSError as e:
+            return out, "; " + unrecorded(self.results, e)
+        return out, ""
+
+
+RESUME_HINT = "; once the folder can be written, the same command resumes the run"
+
+
+def unrecorded(path: Path, e: OSError) -> str:
+    """What stands when a run's end could not be recorded: its last good results.json (written atomically)."""
+    prev = read_json(path)
+    why = f"{Path(path).name} could not be written either ({e.strerror})"
+    if not isinstance(prev, dict):
+        return f"{why}: there is none yet"
+    return (f"{why}: the last good one stands (status {prev.get('status')}, "
+            f"{len(prev.get('rounds') or [])} rounds)")
+
+
+def full_trace() -> bool:
+    """Hydra's switch for full tracebacks; otherwise a failure is one line (and its trace in results.json)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
