@@ -129,3 +129,23 @@ def test_reference_experiment_trains_a_tiny_round(tmp_path, name):
     assert res["config"]["reference"]["source"] == cfg.reference.source
     assert res["rounds"][1]["sparsity"] > 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
+
+
+def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp_path):
+    """`python -m phicenter.bench --reference`: each reference experiment's GPU-hours (its sweep, one seed), out of
+    the paper grid's sum; without the flag they are not run at all (the GPU check stays as short as it was)."""
+    from argparse import Namespace
+
+    from phicenter.bench.__main__ import bench_gpu, reference_experiments
+
+    assert reference_experiments() == set(RECIPES)
+    args = dict(gpu_experiments=["mnist_fc_lot", "lth_lenet300_mnist"], data_dir=None, workdir=tmp_path,
+                precision="32-true", compile=False, peak_tflops=1.0)
+    sizes = {"gpu_images": 120, "repeats": 1}
+    res = bench_gpu(sizes, Namespace(reference=True, **args), "cpu")
+    row, paper = res["rows"]["lth_lenet300_mnist"], res["rows"]["mnist_fc_lot"]
+    assert row["reference"] and not paper["reference"]
+    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (2, 19, 55)   # lth and random, 18 levels
+    assert res["reference_hours_est"] == row["grid_hours_est"] and res["grid_hours_est"] == paper["grid_hours_est"]
+    res = bench_gpu(sizes, Namespace(reference=False, **args), "cpu")
+    assert set(res["rows"]) == {"mnist_fc_lot"} and res["reference_hours_est"] is None
