@@ -273,7 +273,7 @@ def markdown(comps: list[Comparison], figures: list[tuple[str, str, bytes]], md_
         lines += [f"### {ref.get('source', '(no source)')}", "", f"- Metric: {ref.get('metric', '—')}",
                   f"- Spread: {ref.get('spread', '—')}"]
         if ref.get("missing"):
-            lines.append(f"- Not stored: {ref['missing']}")
+            lines.append(f"- Missing: {ref['missing']}")
         lines.append("")
         for comp in group:
             title = comp.label if comp.cell else f"{comp.curve['strategy']}: {comp.curve['label']}"
