@@ -321,8 +321,8 @@ def figures(comps: list[Comparison]) -> list[tuple[str, str, bytes]]:
             if pts:
                 px = [float(p["remaining"]) for p in pts]
                 py = [float(p["accuracy"]) for p in pts]
-                lo = [py[i] - (p["spread"][0] if p.get("spread") else py[i]) for i, p in enumerate(pts)]
-                hi = [(p["spread"][1] if p.get("spread") else py[i]) - py[i] for i, p in enumerate(pts)]
+                lo = [max(0.0, py[i] - (p["spread"][0] if p.get("spread") else py[i])) for i, p in enumerate(pts)]
+                hi = [max(0.0, (p["spread"][1] if p.get("spread") else py[i]) - py[i]) for i, p in enumerate(pts)]
                 ax.errorbar(px, py, yerr=[lo, hi], fmt="s--", ms=4, capsize=3, color=line.get_color(), alpha=0.8,
                             label=f"paper: {comp.curve['label']}")
             for key, style in (("matching_remaining", ":"), ("below_remaining", "-.")):
