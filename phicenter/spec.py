@@ -3,7 +3,9 @@ once; `check` holds a plain mapping of user values to it and says in one line wh
 
 Types a field may have: bool, int, float, str, Literal[...] (the choices), None, unions of those (`int | None`,
 `Literal["init_std"] | float`), list[T] and tuple[T, ...] or tuple[T, U], a nested declared dataclass (a group),
-and Any (anything). A number's range is declared with Annotated: `Annotated[float, Range("(0, 1)")]`.
+a group that may be null (`Group | None`), a list of groups (`list[Group]`: each item is checked as the group,
+its keys named `key[i].x` in messages), and Any (anything). A number's range is declared with Annotated:
+`Annotated[float, Range("(0, 1)")]`.
 A dataclass with the class attribute `PASS_THROUGH = True` lets undeclared keys through unchecked.
 
 Plain Python: no torch, Hydra or OmegaConf, so the method package and the command line's first checks use it.
@@ -121,6 +123,8 @@ def _fit_base(v, base, rng):
     """(ok, normalised value, whether v is of this kind at all, what it must be)."""
     if base is Any:
         return True, v, True, ""
+    if is_group(base):   # checked key by key in _check_field; a plain value is never one
+        return False, v, isinstance(v, Mapping), "a group of settings"
     if base is type(None):
         return v is None, v, v is None, "null"
     if typing.get_origin(base) is Literal:
@@ -220,6 +224,21 @@ def is_group(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def group_in(tp):
+    """The declared group a field holds, alone or in `Group | None`; None for any other type."""
+    groups = [m for m in _members(tp) if is_group(m)]
+    return groups[0] if len(groups) == 1 else None
+
+
+def _group_items(tp):
+    """G for a field typed list[G] (or list[G] | None) with G a declared group, else None."""
+    for m in _members(tp):
+        args = typing.get_args(m)
+        if typing.get_origin(m) is list and len(args) == 1 and is_group(args[0]):
+            return args[0]
+    return None
+
+
 def by_name(tp) -> ByName | None:
     if typing.get_origin(tp) is Annotated:
         return next((m for m in typing.get_args(tp)[1:] if isinstance(m, ByName)), None)
@@ -251,17 +270,30 @@ def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip
 
 def _check_field(key: str, value, tp):
     named = by_name(tp)
-    if named is None and not is_group(tp):
+    group, items = (None, None) if named else (group_in(tp), _group_items(tp))
+    if named is None and group is None and items is None:
         return check_value(key, value, tp)
+    if value is None and type(None) in _members(tp):
+        return None
+    if items is not None:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of groups of settings, got {value!r}")
+        return [_check_group(f"{key}[{i}]", v, items) for i, v in enumerate(value)]
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key} is a group of settings ({key}.KEY=...), got {value!r}")
     if named is None:
-        return check(tp, value, key + ".")
+        return check(group, value, key + ".")
     name = value.get("name")
     if not isinstance(name, str) or name not in named.registry:
         raise ConfigError(f"{key}.name must be {_either(list(named.registry))}, got {name!r}")
     rest = {k: v for k, v in value.items() if k != "name"}
     return {"name": name, **check(named.registry[name], rest, key + ".", f"{key} {name}")}
+
+
+def _check_group(key: str, value, cls) -> dict:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} is a group of settings ({key}.KEY=...), got {value!r}")
+    return check(cls, value, key + ".")
 
 
 def default_at(cls, values: Mapping, key: str):

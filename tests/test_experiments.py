@@ -17,7 +17,21 @@ RECIPES = {
     "cifar100_vgg16_pretrained": ("cifar100", "vgg16_pretrained", True, "imagenet"),
     "cifar10_resnet20": ("cifar10", "resnet20", True, "dataset"),
     "cifar100_resnet18": ("cifar100", "resnet18", True, "dataset"),
+    # reference experiments (tests/test_reference_experiments.py checks their recipes and trains each one)
+    "lth_lenet300_mnist": ("mnist", "fc_lot", False, "dataset"),
+    "lth_conv2_cifar10": ("cifar10", "conv2", False, "dataset"),
+    "lth_conv4_cifar10": ("cifar10", "conv4", False, "dataset"),
+    "lth_conv6_cifar10": ("cifar10", "conv6", False, "dataset"),
+    "zhou_lenet300_mnist": ("mnist", "fc_lot", False, "dataset"),
+    "zhou_conv2_cifar10": ("cifar10", "conv2", False, "dataset"),
+    "zhou_conv4_cifar10": ("cifar10", "conv4", False, "dataset"),
+    "zhou_conv6_cifar10": ("cifar10", "conv6", False, "dataset"),
+    "lmc_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
+    "lmc_vgg16_cifar10": ("cifar10", "vgg16", True, "dataset"),
+    "renda_lrr_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
+    "oh_sign_transfer_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
 }
+REWIND = {"lmc_resnet20_cifar10": 2, "lmc_vgg16_cifar10": 3}   # late rewinding; every other experiment: theta0
 
 
 def config(*overrides: str):
@@ -35,7 +49,7 @@ def test_experiment_composes_with_its_recipe(name):
     dataset, model, augment, normalize = RECIPES[name]
     assert (cfg.dataset.name, cfg.model.name) == (dataset, model)
     assert cfg.dataset.augment is augment and cfg.dataset.normalize == normalize
-    assert cfg.prune.method == "magnitude" and cfg.rewind.epoch == 0
+    assert cfg.prune.method == "magnitude" and cfg.rewind.epoch == REWIND.get(name, 0)
 
 
 @pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar100_resnet18"])

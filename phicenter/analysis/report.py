@@ -1,5 +1,5 @@
 """The paper's tables and figures from multirun folders, with seeds, a validation-chosen ϕ and a paired test of
-"the best non-zero ϕ beats ϕ = 0".
+"the best non-zero ϕ beats ϕ = 0"; runs of a reference experiment beside its paper's figures (analysis.literature).
 
     python -m phicenter.report DIR [DIR...] [--out OUT] [--select val|test]
 
@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+from phicenter.analysis import literature
 from phicenter.analysis.figures import figures, slug
 from phicenter.analysis.runs import Run, group, label, load
 from phicenter.analysis.stats import mean_ci, paired, select  # noqa: F401 (mean_ci, paired: part of this API)
@@ -65,24 +66,30 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     t = tables(cs)
     out.mkdir(parents=True, exist_ok=True)
     made = figures(cs) if cs else []
-    for _, name, png in made:
+    lit = literature.compare(cs, runs)   # reference experiments beside their papers' figures
+    lit_figs = literature.figures(lit)
+    for _, name, png in made + lit_figs:
         write_file(out / name, png)
 
     not_used = [r for r in runs if r.problem is not None]
     files = {"runs.csv": run_rows(runs), "summary.csv": t["summary"], "best_vs_zero.csv": t["tests"],
              "not_used.csv": run_rows(not_used)}
     columns = {"runs.csv": RUN_COLUMNS, "not_used.csv": RUN_COLUMNS}
+    if lit:
+        files["literature.csv"], files["matching.csv"] = literature.rows_csv(lit), literature.matching_csv(lit)
     for ds, rows in t["paper"].items():
         files[slug("table", ds) + ".csv"] = rows
         columns[slug("table", ds) + ".csv"] = table_columns(rows)
     for name, rows in files.items():
         write_csv(out / name, rows, columns.get(name))
-    write_file(out / "report.md", markdown(dirs, by, cs, t, made, usable, not_used))
+    write_file(out / "report.md", markdown(dirs, by, cs, t, made, usable, not_used,
+                                           literature.markdown(lit, lit_figs, md_table)))
     return {"runs": len(runs), "used": len(usable), "not_used": len(not_used), "cells": len(cs),
-            "figures": len(made), "files": sorted(files) + ["report.md"] + [m[1] for m in made]}
+            "figures": len(made) + len(lit_figs), "literature": len(lit),
+            "files": sorted(files) + ["report.md"] + [m[1] for m in made + lit_figs]}
 
 
-def markdown(dirs, by, cells, t, made, usable, not_used) -> str:
+def markdown(dirs, by, cells, t, made, usable, not_used, literature_lines=()) -> str:
     how = ("ϕ chosen on **validation** accuracy (mean over seeds); the cell is the **test** accuracy at that ϕ."
            if by == "val" else
            "ϕ chosen on **test** accuracy — **the paper's way**: the same numbers pick ϕ and report it, so cells "
@@ -125,6 +132,7 @@ def markdown(dirs, by, cells, t, made, usable, not_used) -> str:
             lines += ["### Figures", ""] + [f"![{cap}]({f})\n" for cap, f in figs]
     if not cells:
         lines += ["No complete run was found.", ""]
+    lines += list(literature_lines)
     lines += ["## Runs not used", "",
               "Incomplete, failed, diverged, corrupt and duplicate runs; none of them is in any table above.", "",
               md_table([{"run": r["path"], "status": r["status"], "problem": r["problem"]}

@@ -183,13 +183,23 @@ def _peak(device_name: str, precision: str) -> float | None:
     return None
 
 
+def reference_experiments() -> set[str]:
+    """The experiments that reproduce another paper (a `reference` block): apart from the paper grid."""
+    from omegaconf import OmegaConf
+
+    return {p.stem for p in (CONF / "experiment").glob("*.yaml") if OmegaConf.load(p).get("reference") is not None}
+
+
 def bench_gpu(sizes, args, device) -> dict:
-    """Per experiment: images/s of phicenter epochs at the given precision, FLOPs/image, MFU, and the grid."""
+    """Per experiment: images/s of phicenter epochs at the given precision, FLOPs/image, MFU, and the grid (the
+    paper's experiments; with --reference also each reference experiment, estimated apart)."""
     from omegaconf import OmegaConf
 
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    rows, grid_h = {}, 0.0
-    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem != "quickstart")
+    rows, grid_h, ref_h = {}, 0.0, 0.0
+    refs = reference_experiments()
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
+                         if p.stem != "quickstart" and (getattr(args, "reference", False) or p.stem not in refs))
     for exp in experiments:
         if args.gpu_experiments and exp not in args.gpu_experiments:
             continue
@@ -208,14 +218,19 @@ def bench_gpu(sizes, args, device) -> dict:
         # Evaluation (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test.
         round_s = int(base.epochs) * (n_train + (val / 3)) / ips + (test / 3) / ips
         hours = runs * rounds * round_s / 3600
-        grid_h += hours
+        if exp in refs:
+            ref_h += hours
+        else:
+            grid_h += hours
         rows[exp] = {"model": case.cfg.model.name, "precision": args.precision, "images": case.n,
                      "batch_size": case.batch_size, "epoch_s": sec, "images_per_s": ips,
                      "train_flops_per_image": fpi, "tflops_per_s": ips * fpi / 1e12, "peak_tflops": peak,
                      "mfu": (ips * fpi / 1e12 / peak) if peak else None, "compile": args.compile,
                      "runs": runs, "rounds": rounds,
-                     "epochs_per_round": int(base.epochs), "grid_hours_est": hours}
-    return {"device_name": name, "rows": rows, "grid_hours_est": grid_h if rows else None}
+                     "epochs_per_round": int(base.epochs), "grid_hours_est": hours, "reference": exp in refs}
+    paper = [e for e in rows if e not in refs]
+    return {"device_name": name, "rows": rows, "grid_hours_est": grid_h if paper else None,
+            "reference_hours_est": ref_h if len(paper) < len(rows) else None}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,10 +277,14 @@ def table(res: dict) -> str:
     g = res.get("gpu")
     if g:
         for exp, r in g["rows"].items():
-            L.append(f"| (d) {exp} ({r['precision']}) | {r['images_per_s']:.0f} images/s | "
+            ref = f", reference: {r['grid_hours_est']:.2f} GPU-hours a seed" if r.get("reference") else ""
+            L.append(f"| (d) {exp} ({r['precision']}{ref}) | {r['images_per_s']:.0f} images/s | "
                      f"{r['tflops_per_s']:.1f} TFLOP/s of {_fmt(r['peak_tflops'], '.0f')} | MFU {_fmt(r['mfu'])} | "
                      f"{'≥ 0.30' if r['model'] == 'vgg16' else '—'} |")
         L.append(f"| (d) paper grid, estimated | {_fmt(g['grid_hours_est'], '.2f')} GPU-hours | | | ≤ 12 |")
+        if g.get("reference_hours_est") is not None:
+            L.append(f"| (d) reference experiments, estimated | {g['reference_hours_est']:.2f} GPU-hours (one seed "
+                     "each) | | | — |")
     else:
         L.append("| (d) MFU, paper grid in GPU-hours | — (no GPU) | | | |")
     return "\n".join(L)
@@ -336,6 +355,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpu-rows", action="store_true", help="run the per-experiment throughput rows off a GPU too")
     ap.add_argument("--gpu-experiments", nargs="*", help="only these experiments in the GPU rows")
     ap.add_argument("--compile", action="store_true", help="compile=true for the GPU rows")
+    ap.add_argument("--reference", action="store_true",
+                    help="the GPU rows also estimate each reference experiment (docs/reproductions.md), apart")
     ap.add_argument("--no-packed", dest="packed", action="store_false",
                     help="skip the packed-sweep row (K = 11 variants packed vs 11 sequential runs)")
     ap.add_argument("--packed-conv2", action="store_true",
@@ -383,6 +404,8 @@ def main(argv=None) -> dict:
         res["masked_step_ratio"] = res["masks"]["step"]["fc_lot"]["ratio"]
         res["masked_step_ratio_conv4"] = res["masks"]["step"]["conv4"]["ratio"]
         res["masked_round_ratio"] = res["masks"]["round"]["ratio"]
+    res["reference_gpu_hours_est"] = (res["gpu"].get("reference_hours_est") if res["gpu"] and device == "cuda"
+                                      else None)
     if args.packed:
         packed_rows(res, args, device)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 
 from phicenter.config.schema import Config
-from phicenter.spec import declared, is_group
+from phicenter.spec import declared, group_in
 
 # A group's name stands for every key in it.
 EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
@@ -23,6 +23,11 @@ EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pac
 # leave a round's bits alone; docs/method.md ("The round key") says why for each.
 IN_ROUND_KEY = ("threads", "compile", "optim.fused", "trainer.deterministic", "trainer.accelerator",
                 "trainer.devices", "eval_batch_size")
+
+# What a run records and never acts on: the published figures a reference experiment is compared with
+# (phicenter.analysis.literature). Treated as an execution setting everywhere: a relaunch may change it, and it
+# is in no round key, report label, TensorBoard hparam or job folder name.
+RECORD_ONLY_KEYS = ("reference",)
 
 # Execution settings job folder names keep: a packed job's folder holds its variants' folders, and a dry run
 # or an injected fault must not take the folder of the run it stands for.
@@ -43,7 +48,7 @@ HPARAMS_FIRST = (("strategy", "strategy.name"), ("phi", "phi"), ("seed", "seed")
 
 
 def is_execution_key(key: str) -> bool:
-    return any(key == s or key.startswith(s + ".") for s in EXECUTION_KEYS)
+    return any(key == s or key.startswith(s + ".") for s in EXECUTION_KEYS + RECORD_ONLY_KEYS)
 
 
 def shapes_training(key: str) -> bool:
@@ -54,14 +59,15 @@ def shapes_training(key: str) -> bool:
 def _leaves(key: str) -> list[str]:
     """A key, or for a declared group every key in it: checkpoint -> checkpoint.keep_all, ..."""
     fields = declared(Config)
-    if key in fields and is_group(fields[key][0]):
-        return [f"{key}.{k}" for k in declared(fields[key][0])]
+    group = group_in(fields[key][0]) if key in fields else None
+    if group is not None:
+        return [f"{key}.{k}" for k in declared(group)]
     return [key]
 
 
 def folder_name_excluded() -> list[str]:
     """The keys multirun job folder names leave out: conf/config.yaml's override_dirname.exclude_keys."""
-    keys = [k for k in EXECUTION_KEYS if k not in NAMED_IN_FOLDERS]
+    keys = [k for k in EXECUTION_KEYS + RECORD_ONLY_KEYS if k not in NAMED_IN_FOLDERS]
     return [leaf for k in keys for leaf in _leaves(k)] + list(UNNAMED_GROUPS)
 
 

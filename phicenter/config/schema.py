@@ -233,6 +233,43 @@ class RoundStore:
     dir: str = "outputs/round_store"   # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
 
 
+# ------------------------------------------------------------------ the published figures an experiment reproduces
+
+Percent = Annotated[float, Range("[0, 100]")]
+Remaining = Annotated[float, Range("(0, 100]")]
+
+
+@frozen
+class PublishedPoint:
+    remaining: Remaining               # weights remaining, % of the prunable weights
+    accuracy: Percent                  # the published test accuracy, %
+    spread: tuple[Percent, Percent] | None = None   # [low, high] around it, as the paper reports it
+    read_off_plot: bool = False        # read off a figure: the text, tables and released data give no number
+
+
+@frozen
+class PublishedCurve:
+    strategy: StrategyName             # the phicenter strategy whose runs this curve is compared with
+    label: str                         # the paper's name for it
+    match: list[str] = field(default_factory=list)   # further settings the runs must have: "rewind.epoch=2"
+    points: list[PublishedPoint] = field(default_factory=list)
+    matching_remaining: Remaining | None = None      # the paper: not below the dense accuracy down to this %
+    below_remaining: Remaining | None = None         # the paper: below the dense accuracy from this % on
+    note: str | None = None            # where the paper says so, in its words
+
+
+@frozen
+class Reference:
+    """What an experiment is compared with (phicenter.analysis.literature). It records, and never shapes
+    training: phicenter.config.keys.RECORD_ONLY_KEYS keeps it out of round keys, folder names and the
+    same-run check."""
+    source: str                        # the paper and where its figures are (section, figure, table, data)
+    metric: str                        # what the published accuracy measures
+    spread: str                        # what the published spread is (min and max of trials, a std, ...)
+    curves: list[PublishedCurve] = field(default_factory=list)
+    missing: str | None = None         # what could not be verified, so is left out
+
+
 @frozen
 class Config:
     """The top level of conf/config.yaml (with the groups the defaults list picks)."""
@@ -262,6 +299,7 @@ class Config:
     dataset: Annotated[dict, ByName(DATASET_OPTIONS)] = field(default_factory=dict)
     optim: Annotated[dict, ByName(OPTIMIZERS)] = field(default_factory=dict)
     schedule: Annotated[dict, ByName(SCHEDULES)] = field(default_factory=dict)
+    reference: Reference | None = None             # the published figures a reference experiment reproduces
     phi_sign: Literal["-", "+"] | None = None      # hparams_search=phi_optuna: phi drawn as a sign and |phi|
     phi_abs: Positive | None = None
 

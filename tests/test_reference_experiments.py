@@ -1,0 +1,151 @@
+"""The reference experiments (conf/experiment/, each with its paper's recipe and published figures): each one's
+recipe as its paper or public code gives it, its reference block well formed and out of every round key and
+folder name, and one tiny training of each on small data in its dataset's on-disk format."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from phicenter import config
+from tests.cli import ROOT
+from tests.test_data import fake_cifar10, fake_mnist
+
+# name: (strategies swept, epochs, batch, optimizer, lr, iterations, base, output_base, scope, init)
+RECIPES = {
+    "lth_lenet300_mnist": ("lth,random", 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv2_cifar10": ("lth,random", 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv4_cifar10": ("lth,random", 34, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv6_cifar10": ("lth,random", 40, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_lenet300_mnist": ("mask1,lth", 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_conv2_cifar10": ("mask1,lth", 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_conv4_cifar10": ("mask1,lth", 34, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_conv6_cifar10": ("mask1,lth", 40, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lmc_resnet20_cifar10": ("lth", 160, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
+    "lmc_vgg16_cifar10": ("lth", 160, 128, "sgd", 0.1, 20, 0.8, None, "global", "kaiming_normal"),
+    "renda_lrr_resnet20_cifar10": ("lrr", 182, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
+    "oh_sign_transfer_resnet20_cifar10": ("sign_transfer,lrr", 10, 128, "sgd", 0.1, 15, 0.8, None, "global",
+                                          "kaiming_normal"),
+}
+
+
+def composed(*overrides, hydra=False):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_every_experiment_with_a_reference_is_listed():
+    with_reference = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
+                      if composed(f"experiment={p.stem}").get("reference") is not None}
+    assert with_reference == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_and_reference(name):
+    swept, epochs, batch, opt, lr, iters, base, out_base, scope, init = RECIPES[name]
+    cfg = composed(f"experiment={name}", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert str(params.get("strategy", cfg.strategy.name)) == swept and cfg.strategy.name == swept.split(",")[0]
+    assert float(params.phi) == 0.0
+    assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr) == (epochs, batch, opt, lr)
+    assert (cfg.prune.iterations, cfg.prune.base, cfg.prune.output_base, cfg.prune.scope) == \
+        (iters, base, out_base, scope)
+    assert cfg.model.init == init and cfg.phi == 0.0
+    ref = config.check(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))["reference"]
+    assert ref["source"] and ref["metric"] and ref["spread"] and ref["curves"]
+    for curve in ref["curves"]:
+        assert curve["strategy"] in swept.split(",") or curve.get("match"), curve["label"]
+        for p in curve.get("points", []):
+            assert 0 < p["remaining"] <= 100 and 0 <= p["accuracy"] <= 100
+    if not any(c.get("points") for c in ref["curves"]):
+        assert ref.get("missing"), "an experiment without published points says what is missing"
+
+
+def test_sgd_recipes():
+    lmc = composed("experiment=lmc_resnet20_cifar10")
+    assert (lmc.optim.momentum, lmc.optim.weight_decay, list(lmc.schedule.at), lmc.rewind.epoch) == \
+        (0.9, 1e-4, [0.5, 0.75], 2)
+    renda = composed("experiment=renda_lrr_resnet20_cifar10")
+    assert (renda.optim.weight_decay, list(renda.schedule.at), renda.dataset.augment) == (2e-4, [0.5, 0.75], True)
+    oh = composed("experiment=oh_sign_transfer_resnet20_cifar10")
+    assert (oh.optim.weight_decay, oh.schedule.name) == (5e-4, "none")
+
+
+def test_zhou_experiments_are_frankle_and_carbins_recipe_with_other_strategies():
+    for arch in ("lenet300_mnist", "conv2_cifar10", "conv4_cifar10", "conv6_cifar10"):
+        lth = config.recorded_config(composed(f"experiment=lth_{arch}", "strategy=lth"))
+        zhou = config.recorded_config(composed(f"experiment=zhou_{arch}", "strategy=lth"))
+        assert lth.pop("reference")["source"] != zhou.pop("reference")["source"]
+        assert zhou == lth   # one training: the round store trains it once for both
+        assert composed(f"experiment=zhou_{arch}").reinit.magnitude == "init_std"
+
+
+def test_reference_is_in_no_round_key_folder_name_or_same_run_check():
+    from phicenter.engine.reuse import training_settings
+
+    cfg = composed("experiment=renda_lrr_resnet20_cifar10")
+    other = composed("experiment=renda_lrr_resnet20_cifar10", "reference.source=another paper")
+    assert training_settings(cfg) == training_settings(other)
+    assert not any(k.startswith("reference") for k in training_settings(cfg))
+    assert config.config_changes(config.recorded_config(cfg), config.recorded_config(other)) == []
+    assert "reference.source" in config.folder_name_excluded()
+    assert "reference" not in config.hparams(config.recorded_config(cfg))
+    assert not any(k.startswith("reference") for k in config.hparams(config.recorded_config(cfg)))
+
+
+def test_a_malformed_reference_is_refused_in_one_line():
+    bad = [("reference.curves.0.strategy=nope", "reference.curves[0].strategy must be mask0, mask1"),
+           ("reference.curves.0.matching_remaining=0", "reference.curves[0].matching_remaining must be in (0, 100]"),
+           ("+reference.curves.0.points=[{remaining:50,accuracy:101}]",
+            "reference.curves[0].points[0].accuracy must be in [0, 100], got 101"),
+           ("+reference.curves.0.bogus=1", "unknown key reference.curves[0].bogus: reference.curves[0] has no option")]
+    for override, message in bad:
+        cfg = composed("experiment=lth_lenet300_mnist", override)
+        with pytest.raises(config.ConfigError) as err:
+            config.check(cfg)
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+TINY = ["epochs=1", "batch_size=4", "eval_batch_size=4", "prune.iterations=1", "threads=1", "dataset.download=false",
+        "dataset.val_size=4"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_reference_experiment_trains_a_tiny_round(tmp_path, name):
+    """On a few images written in the dataset's own on-disk format (MNIST's idx files, CIFAR-10's pickled
+    batches), each experiment trains its dense round and one pruning round with its own recipe otherwise."""
+    from phicenter.engine.loop import run
+
+    if "mnist" in name:
+        fake_mnist(tmp_path / "data", n_train=16, n_test=6)
+    else:
+        fake_cifar10(tmp_path / "data", per_batch=4, n_test=6)
+    extra = ["rewind.epoch=1", "epochs=2"] if name.startswith("lmc_") else []
+    cfg = composed(f"experiment={name}", f"data_dir={tmp_path / 'data'}", *TINY, *extra)
+    res = run(cfg, tmp_path / "run")
+    assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0, 1]
+    assert res["config"]["reference"]["source"] == cfg.reference.source
+    assert res["rounds"][1]["sparsity"] > 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
+
+
+def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp_path):
+    """`python -m phicenter.bench --reference`: each reference experiment's GPU-hours (its sweep, one seed), out of
+    the paper grid's sum; without the flag they are not run at all (the GPU check stays as short as it was)."""
+    from argparse import Namespace
+
+    from phicenter.bench.__main__ import bench_gpu, reference_experiments
+
+    assert reference_experiments() == set(RECIPES)
+    args = dict(gpu_experiments=["mnist_fc_lot", "lth_lenet300_mnist"], data_dir=None, workdir=tmp_path,
+                precision="32-true", compile=False, peak_tflops=1.0)
+    sizes = {"gpu_images": 120, "repeats": 1}
+    res = bench_gpu(sizes, Namespace(reference=True, **args), "cpu")
+    row, paper = res["rows"]["lth_lenet300_mnist"], res["rows"]["mnist_fc_lot"]
+    assert row["reference"] and not paper["reference"]
+    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (2, 19, 55)   # lth and random, 18 levels
+    assert res["reference_hours_est"] == row["grid_hours_est"] and res["grid_hours_est"] == paper["grid_hours_est"]
+    res = bench_gpu(sizes, Namespace(reference=False, **args), "cpu")
+    assert set(res["rows"]) == {"mnist_fc_lot"} and res["reference_hours_est"] is None
