@@ -83,6 +83,7 @@ def test_effective_state_takes_the_fill_where_pruned():
     pruning.raw_weight(layer).data.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
     pruning.mask_of(layer).mask.copy_(torch.tensor([[True, False], [False, True]]))
     pruning.mask_of(layer).fill.copy_(torch.tensor([[0.0, 7.0], [0.0, 0.0]]))
+    pruning.reapply_masks(net)   # as after every training step
     state = barrier.effective_state(net.state_dict())
     assert set(state) == {"0.weight", "0.bias"}
     assert torch.equal(state["0.weight"], torch.tensor([[1.0, 7.0], [0.0, 4.0]]))

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from phicenter.engine.rundir import CKPT_DIR, RESULTS, checkpoint_path, read_json, write_json
+from phicenter.method import pruning
 
 PROG = "python -m phicenter.analysis.barrier"
-MASKED = ".parametrizations.weight."
 
 
 class BadInput(ValueError):
@@ -33,18 +33,11 @@ class BadInput(ValueError):
 # ---------------------------------------------------------------- the measurement, on plain modules
 
 def effective_state(state: dict) -> dict[str, torch.Tensor]:
-    """A phicenter net's state dict as the plain net's: each masked weight becomes where(mask, raw, fill) under
-    its plain name (`fc1.weight`); every other entry is kept."""
-    out = {}
-    for key, value in state.items():
-        if MASKED not in key:
-            out[key] = value
-            continue
-        prefix, _, part = key.partition(MASKED)
-        if part == "original":
-            mask, fill = state[f"{prefix}{MASKED}0.mask"], state[f"{prefix}{MASKED}0.fill"]
-            out[f"{prefix}.weight"] = torch.where(mask.bool(), value, fill.to(value.dtype))
-    return out
+    """A phicenter net's state dict as the plain net's: a masked weight already holds its effective value
+    (a pruned entry at its fill), so its mask and fill go; a state saved while masks were parametrizations is
+    read in today's names first (pruning.upgrade_state). Every other entry is kept."""
+    state = pruning.upgrade_state(state)
+    return {k: v for k, v in state.items() if not k.endswith((pruning.MASK, pruning.FILL))}
 
 
 def interpolate(a: dict, b: dict, alpha: float) -> dict[str, torch.Tensor]:
