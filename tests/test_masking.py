@@ -180,7 +180,8 @@ def test_masks_and_fills_survive_a_state_dict_round_trip():
 
 
 # -- the engine's training step ---------------------------------------------------------------------------
-ENGINE_OPTIMIZERS = {"adam_wd": {"name": "adam", "lr": 1e-2, "weight_decay": 0.1, "fused": True},
+ENGINE_OPTIMIZERS = {"adam": {"name": "adam", "lr": 1e-2, "fused": True},   # the re-application skipped
+                     "adam_wd": {"name": "adam", "lr": 1e-2, "weight_decay": 0.1, "fused": True},
                      "adamw": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.5, "fused": True},
                      "sgd_momentum_wd": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}}
 
@@ -202,7 +203,8 @@ def _pruned_fc_lot(strategy: str, seed: int):
 def test_training_step_holds_dead_weights(optim, k):
     """CohortModule.training_step (K = 1, and K = 2 on the stacked tensors): at every optimizer step the
     gradients of dead weights are zero, and after the fit every dead weight is exactly its fill (standard's
-    trained values, mask0's zeros) while the alive ones trained."""
+    trained values, mask0's zeros) while the alive ones trained; with Adam and no weight decay the fills are
+    not re-applied after each step (nothing moved them), under weight decay they are."""
     import pytorch_lightning as pl
 
     from phicenter import data
@@ -230,6 +232,7 @@ def test_training_step_holds_dead_weights(optim, k):
                          enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
                          callbacks=[Watch()])
     trainer.fit(module, train_dataloaders=module.train_batches)
+    assert module._reapply == (optim != "adam")
     module.scatter()
     steps = 2 * data.make_loaders(s, 20, seed=1)[0].n_batches()
     assert len(dead_grads) == 3 * steps and max(dead_grads) == 0.0    # 3 layers, every step of 2 epochs
@@ -242,3 +245,95 @@ def test_training_step_holds_dead_weights(optim, k):
             assert not torch.equal(layer.weight.detach()[keep], w[keep]), name
     if k == 1:   # standard's fills are its trained values, not zeros
         assert bool((before[0]["fc1"][2][~before[0]["fc1"][1]] != 0).all())
+
+
+# -- when the re-application can be skipped ---------------------------------------------------------------
+STILL = {   # each: no weight decay, so a step leaves a zero-gradient entry exactly as it is
+    "adam": lambda p: torch.optim.Adam(p, lr=0.05),
+    "adam_fused": lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
+    "adam_foreach_amsgrad": lambda p: torch.optim.Adam(p, lr=0.05, foreach=True, amsgrad=True),
+    "adam_maximize": lambda p: torch.optim.Adam(p, lr=0.05, maximize=True),
+    "adamw_no_decay": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.0, fused=True),
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd_momentum_fused": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "sgd_dampening": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.5),
+}
+MOVING = {   # weight decay, or an optimizer not known to leave such entries alone
+    "adam_l2": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=1e-3),
+    "adamw_default": lambda p: torch.optim.AdamW(p, lr=0.05),
+    "sgd_wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.01),
+}
+
+
+@pytest.mark.parametrize("opt_name", sorted(STILL))
+def test_still_optimizers_leave_dead_weights_exactly_where_they_are(opt_name):
+    """What lets the training step skip the re-application: with dead gradients zeroed before every step since
+    the optimizer was made, these steps leave every dead weight bit for bit as it was (standard's non-zero
+    fills, and -0.0), alive ones train."""
+    net, _ = pruned_model("standard")
+    with torch.no_grad():
+        net[0].weight[1, 0] = -0.0   # a dead entry at -0.0 (fill and weight)
+        pruning.mask_of(net[0]).fill[1, 0] = -0.0
+    opt = STILL[opt_name](net.parameters())
+    assert not pruning.step_can_move_dead(opt)
+    before = [net[k].weight.detach().clone() for k in (0, 2)]
+    for _ in range(6):
+        opt.zero_grad()
+        F.mse_loss(net(X), Y).backward()
+        pruning.zero_dead_grads(net)
+        opt.step()
+    for k, w, keep in ((0, before[0], KEEP1), (2, before[1], KEEP2)):
+        now = net[k].weight.detach()
+        assert torch.equal(now[~keep].view(torch.int32), w[~keep].view(torch.int32)), (opt_name, k)
+        assert not torch.equal(now[keep], w[keep])
+    assert torch.signbit(net[0].weight[1, 0])
+
+
+@pytest.mark.parametrize("opt_name", sorted(MOVING))
+def test_other_optimizers_need_the_reapplication(opt_name):
+    net, _ = pruned_model("standard")
+    opt = MOVING[opt_name](net.parameters())
+    assert pruning.step_can_move_dead(opt)
+    if opt_name != "rmsprop":    # weight decay moves a dead weight although its gradient is zero
+        drift = copy.deepcopy(net)
+        dopt = MOVING[opt_name](drift.parameters())
+        for _ in range(3):
+            dopt.zero_grad()
+            F.mse_loss(drift(X), Y).backward()
+            pruning.zero_dead_grads(drift)
+            dopt.step()
+        assert not torch.equal(drift[2].weight[~KEEP2], net[2].weight[~KEEP2])
+
+
+def test_mask_written_mid_fit_is_held_from_then_on():
+    """A mask written during a fit (here by a callback after the first epoch): the weights it kills had
+    gradients, so Adam's moments hold them; the training step notices the write and re-applies the fills after
+    every later step. The fit ends with every dead weight at its fill."""
+    import pytorch_lightning as pl
+
+    from phicenter import data
+    from phicenter.engine.module import CohortModule
+
+    net, _ = _pruned_fc_lot("mask0", seed=0)
+    module = CohortModule([net], {"name": "adam", "lr": 1e-2, "fused": True})
+    s = data.load("synthetic", ".", val_size=20, n_train=200, n_test=20, shape=(1, 8, 8))
+    module.train_batches = data.make_loaders(s, 20, seed=1, group=4)[0]
+    fc2 = pruning.mask_of(net.fc2)
+    killed = fc2.mask.clone()
+    killed[:10] = False
+    seen = []
+
+    class Prune(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(pl_module._reapply)
+            if trainer.current_epoch == 0:
+                fc2.mask.copy_(killed)
+
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
+                         callbacks=[Prune()])
+    trainer.fit(module, train_dataloaders=module.train_batches)
+    assert seen == [False, True, True]                  # Adam without decay: skipped until the write
+    assert bool((net.fc2.weight.detach()[~killed] == 0).all())

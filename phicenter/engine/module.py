@@ -208,10 +208,20 @@ class CohortModule(pl.LightningModule):
             target.compile()
 
     def on_fit_start(self):
-        """What the fit fixes for every step (the step's kind, its progress counter), and data-parallel
-        training (engine.distributed): gradients averaged here, each process on its shard of the data."""
+        """What the fit fixes for every step (the step's kind, its progress counter, whether its optimizer
+        steps can move a dead weight), and data-parallel training (engine.distributed): gradients averaged
+        here, each process on its shard of the data.
+
+        The masks: every dead weight is put at its fill now (masks and fills written since the last fit, by
+        the round boundary or anything else, are in force from the first forward pass). Each step then zeroes
+        the gradients of dead weights, and re-applies the fills after the optimizer step when that step can
+        move a dead weight (pruning.step_can_move_dead: weight decay, or an optimizer not known to leave
+        zero-gradient entries as they are); otherwise the optimizer, new with each fit, leaves them exactly
+        where they are and the re-application is skipped (it would cost a pass over every weight)."""
         self._direct_step = self._direct()
         self._step_progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        pruning.reapply_masks(self)
+        self._reapply = pruning.step_can_move_dead(self.trainer.optimizers[0])
         self.world = distributed.world_size(self.trainer)
         if self.world > 1:
             distributed.own_gradients(self.trainer)
@@ -261,11 +271,13 @@ class CohortModule(pl.LightningModule):
                 self.manual_backward(loss)
             if self.world > 1:
                 distributed.average_gradients(self.parameters(), self.world)
-            pruning.zero_dead_grads(self)   # the masks, held in place: no gradient, no update reaches a dead
-            if self.stack is not None:      # weight (K > 1: on the stacked tensors)
+            if pruning.zero_dead_grads(self):   # the masks, held in place (K > 1: on the stacked tensors)
+                self._reapply = True   # written mid-fit: the optimizer's state may hold now-dead gradients
+            if self.stack is not None:
                 self.stack.share_grads()
             (opt.optimizer if direct else opt).step()
-            pruning.reapply_masks(self)
+            if self._reapply:
+                pruning.reapply_masks(self)
             self._acc("train", logits, y, values)
             done += 1
             if hook is not None and done == hook[0]:

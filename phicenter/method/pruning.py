@@ -106,10 +106,11 @@ def _prune_units(pool: list[str], weights, masks, base: float, scope: str, new: 
 # -- the mask in force -------------------------------------------------------------------------------------
 # A prunable weight is a plain Parameter that holds its effective value: its dead entries are exactly its
 # fill (0, or standard's frozen trained value). Beside it, on the same module, two buffers: `<name>_mask`
-# (bool, True = alive) and `<name>_fill`. Training keeps the invariant with two in-place passes per optimizer
-# step, outside autograd: zero_dead_grads before the step (so neither the gradient nor momentum built from it
-# reaches a dead entry) and reapply_masks after it (so nothing else the optimizer does, weight decay
-# included, survives in a dead entry). The forward pass is the layer's own, with no mask in it.
+# (bool, True = alive) and `<name>_fill`. Training keeps the invariant in place, outside autograd:
+# zero_dead_grads before every optimizer step (neither the gradient nor momentum built from it reaches a dead
+# entry) and reapply_masks after it (nothing else the optimizer does, weight decay included, survives in a
+# dead entry), unless the step provably leaves dead entries where they are (step_can_move_dead). The forward
+# pass is the layer's own, with no mask in it.
 MASK, FILL = "_mask", "_fill"
 
 
@@ -257,9 +258,10 @@ def _masked(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return found[1]
 
 
-def _enforced(model: nn.Module):
-    """(weight, derived) of every masked parameter of `model` that has a dead entry."""
-    out = []
+def _enforced(model: nn.Module) -> tuple[list, bool]:
+    """(weight, derived) of every masked parameter of `model` that has a dead entry, and whether any mask or
+    fill was written (or moved) since the last pass over `model`."""
+    out, written = [], False
     for m, name in _masked(model):
         weight, mask, fill = m._parameters[name], m._buffers[name + MASK], m._buffers[name + FILL]
         cache = m.__dict__.setdefault("_phicenter_derived", {})
@@ -268,27 +270,47 @@ def _enforced(model: nn.Module):
         if d is None or not _same(d.stamp, stamp):
             with torch.no_grad():
                 d = cache[name] = _Derived(weight, mask, fill, stamp)
+            written = True
         if d.any_dead:
             out.append((weight, d))
-    return out
+    return out, written
 
 
 @torch.no_grad()
-def zero_dead_grads(model: nn.Module) -> None:
+def zero_dead_grads(model: nn.Module) -> bool:
     """Before an optimizer step: the gradient of every dead weight of `model` becomes exactly +0.0, in place
-    (what the gradient of where(mask, raw, fill) gave); alive entries are untouched."""
-    for weight, d in _enforced(model):
+    (what the gradient of where(mask, raw, fill) gave); alive entries are untouched. Returns whether a mask or
+    fill was written since the last pass (see step_can_move_dead)."""
+    masked, written = _enforced(model)
+    for weight, d in masked:
         if weight.grad is not None:
             weight.grad.view(d.keep.dtype).mul_(d.keep)
+    return written
 
 
 @torch.no_grad()
 def reapply_masks(model: nn.Module) -> None:
-    """After an optimizer step (and after a mask or fill was written): every dead weight of `model` back to
-    exactly its fill, in place; alive entries are untouched. The one way dead entries are held."""
-    for weight, d in _enforced(model):
+    """Every dead weight of `model` back to exactly its fill, in place; alive entries are untouched. After an
+    optimizer step that can move dead weights (step_can_move_dead), and after masks or fills were written."""
+    for weight, d in _enforced(model)[0]:
         bits = weight.detach().view(d.keep.dtype)
         if d.zero_fill:
             bits.mul_(d.keep)
         else:
             torch.addcmul(d.dead_fill, bits, d.keep, out=bits)
+
+
+# torch optimizers whose step leaves an entry exactly as it is while that entry's gradient has been +0.0 at
+# every step since the optimizer was made and no weight decay applies: its update is exactly 0 (Adam's and
+# AdamW's moments stay 0, so p - lr * 0 / (0 + eps); SGD's momentum buffer stays 0), whatever their options
+# (fused, foreach, amsgrad, maximize, nesterov, dampening). tests/test_masking.py checks each.
+STILL_WITHOUT_GRADIENT = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def step_can_move_dead(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a step of `optimizer` can move a dead weight although zero_dead_grads zeroed its gradient before
+    each of the optimizer's steps: yes under weight decay in any parameter group, and for any optimizer outside
+    STILL_WITHOUT_GRADIENT. When it cannot, reapply_masks after its steps would change nothing."""
+    if type(optimizer) not in STILL_WITHOUT_GRADIENT:
+        return True
+    return any(float(g.get("weight_decay") or 0.0) != 0.0 for g in optimizer.param_groups)
