@@ -218,8 +218,8 @@ def test_a_data_parallel_run_neither_reads_nor_publishes(tmp_path):
     """Its ranks must decide alike, so it never reads the store; its keys hold its number of processes, so what
     it published would be read by nothing."""
     cfg, splits, net = parts(f"round_store.dir={tmp_path / 'store'}")
-    member = SimpleNamespace(net=net, folder=SimpleNamespace(path=tmp_path / "run"), imp=None,
-                             variant=SimpleNamespace(cfg=cfg))
+    member = SimpleNamespace(net=net, folder=SimpleNamespace(path=tmp_path / "run", read=lambda: None), imp=None,
+                             variant=SimpleNamespace(cfg=cfg), record={})
     one, two = Reuse(cfg, splits, "cpu", world_size=1), Reuse(cfg, splits, "cpu", world_size=2)
     k2 = two.keys(cfg)(net, 1)
     outcome = Outcome(k2, [{"epoch": 0, "train_loss": 1.0}], (1.0, 0.5), None)

@@ -329,8 +329,8 @@ def test_the_papers_four_strategies_share_rewind_other():
     in_conf = {n: yaml.safe_load((conf / f"{n}.yaml").read_text())["rewind_other"] for n in STRATEGY_OPTIONS}
     assert declared == in_conf
     assert {declared[n] for n in ("mask0", "mask1", "gradual", "standard")} == {False}
-    assert (declared["lth"], declared["sign_transfer"], declared["random"], declared["lrr"]) == (
-        True, True, False, False)
+    assert (declared["lth"], declared["sign_rewind"], declared["sign_transfer"], declared["random"],
+            declared["lrr"]) == (True, True, False, False, False)
     assert all(build(n).rewind_other is False for n in ("mask0", "mask1", "gradual", "standard"))
 
 

@@ -240,6 +240,7 @@ def train_small_by_hand(net):
         net.bn.running_var.copy_(torch.tensor([1.0, 2.0, 3.0]))
         net.fc.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.4]))
         net.out.bias.copy_(torch.tensor([0.05, -0.05]))
+    pruning.reapply_masks(net)   # as after every optimizer step
 
 
 def removed_small(name: str):
@@ -260,6 +261,7 @@ def poke_removed(net):
         pruning.raw_weight(net.fc)[[0, 2]] = 3.0
         net.fc.bias[[0, 2]] = 3.0
         pruning.raw_weight(net.out)[:, [0, 2]] = 4.0
+    pruning.reapply_masks(net)   # as after every optimizer step
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
