@@ -123,9 +123,9 @@ def main(cfg: DictConfig) -> float:
     elif multirun:
         log.info("%s", job_line())
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
-    if cfg.get("threads") is None and cpus:  # jobs side by side share the cores their launcher gave them
-        import torch
-        torch.set_num_threads(int(cpus))
+    if cfg.get("threads") is None:  # jobs side by side share the cores their launcher gave them; otherwise one
+        import torch                # thread: more make a small net slower (docs/benchmarks.md, "Threads")
+        torch.set_num_threads(int(cpus) if cpus else 1)
     variants = None
     try:
         _stop_on_sigterm(SIGTERMException)

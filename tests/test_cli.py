@@ -28,6 +28,23 @@ def test_quickstart_default_runs_all_rounds(tmp_path):
     assert "round 10/10" in proc.stderr + proc.stdout
 
 
+def test_threads_unset_is_one_thread(tmp_path):
+    """`threads` unset and no launcher's cpus_per_task: one torch thread, not torch's default of every core (on
+    a small net more threads are slower: docs/benchmarks.md, "Threads"); `threads=N` is N."""
+    import subprocess
+    import sys
+
+    from tests.cli import ROOT, env
+
+    base = [sys.executable, "-m", "phicenter.train", "epochs=1", "prune.iterations=0", "round_store.enabled=false"]
+    free = {k: v for k, v in env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    for extra, want in (([], 1), (["threads=2"], 2)):
+        out = tmp_path / str(want)
+        subprocess.run([*base, *extra, f"hydra.run.dir={out}"], cwd=ROOT, env=free, check=True, capture_output=True,
+                       timeout=300)
+        assert results(out)["threads"] == want, extra
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_tensorboard_has_continuous_steps_and_hparams(tmp_path, k):
     """A run alone and a variant of a cohort write the same events."""

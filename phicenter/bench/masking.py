@@ -6,7 +6,8 @@ masks, and its epochs at 1 and 2 torch threads (`python -m phicenter.bench`, doc
       20 % of every layer dead, the mask passes at every step) and with no mask at all. Each side's time is
       the sum of its training-step calls (the Lightning call that carries the steps, its per-call overhead
       included), per optimizer step; the ratio is the median over repeats of each repeat's two back-to-back
-      epochs.
+      epochs. On a shared machine `floor_ratio` compares the sides' 10th-percentile per-call step times (the
+      calls least disturbed by other processes).
   masked round: a real two-round run (engine.loop.run, the round store off): round 1 (boundary, masked
       training, evaluation, checkpoint) against round 0 (the dense net; its masks, all alive, cost nothing),
       the same epochs.
@@ -25,7 +26,8 @@ from phicenter.bench.cases import Case, experiment_config, interleaved, med
 
 
 class _StepClock:
-    """Wall and CPU (this thread's) time inside the training-step calls of a fit."""
+    """Wall and CPU (this thread's) time inside the training-step calls of a fit, in all and per step of
+    each call."""
 
     def __init__(self):
         import pytorch_lightning as pl
@@ -33,6 +35,7 @@ class _StepClock:
         clock = self
         self.wall = self.cpu = 0.0
         self.steps = 0
+        self.per_call: list[float] = []   # wall seconds per optimizer step, one value per call
 
         class Cb(pl.Callback):
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -40,9 +43,11 @@ class _StepClock:
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
                 wall, cpu, step = clock._t
-                clock.wall += time.perf_counter() - wall
+                wall = time.perf_counter() - wall
+                clock.wall += wall
                 clock.cpu += time.thread_time() - cpu
                 clock.steps += trainer.global_step - step
+                clock.per_call.append(wall / max(1, trainer.global_step - step))
 
         self.callback = Cb()
 
@@ -76,6 +81,7 @@ class _Side:
         self.module.train_batches = self.batches
         self.epoch = 0
         self.cpu_ms: list[float] = []
+        self.call_ms: list[float] = []
 
     def step_ms(self) -> float:
         """Wall milliseconds per optimizer step of one epoch (CPU milliseconds into self.cpu_ms)."""
@@ -89,6 +95,7 @@ class _Side:
         trainer.fit(self.module, train_dataloaders=self.batches)
         self.epoch += 1
         self.cpu_ms.append(clock.cpu / clock.steps * 1e3)
+        self.call_ms += [t * 1e3 for t in clock.per_call]
         return clock.wall / clock.steps * 1e3
 
 
@@ -102,14 +109,27 @@ def masked_step(experiment: str, n_train: int, repeats: int, data_dir: str | Non
     if len(splits.y_train) > n_train:   # real data: the first n_train images of the train split
         splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
     sides = {"masked": _Side(cfg, splits, True), "dense": _Side(cfg, splits, False)}
-    wall = interleaved({k: s.step_ms for k, s in sides.items()}, repeats)
-    cpu = {k: s.cpu_ms[-repeats:] for k, s in sides.items()}
+    for s in sides.values():   # one untimed epoch each (lazy initialisation, first-call costs)
+        s.step_ms()
+        s.call_ms.clear()
+        s.cpu_ms.clear()
+    wall = interleaved({k: s.step_ms for k, s in sides.items()}, repeats, warmup=0)
+    cpu = {k: s.cpu_ms for k, s in sides.items()}
+    floor = {k: _quantile(s.call_ms, 0.1) for k, s in sides.items()}
     return {"experiment": experiment, "data": source, "images": len(splits.y_train), "strategy": strategy,
             "sparsity": sides["masked"].sparsity, "threads": torch.get_num_threads(),
             "masked_step_ms": med(wall["masked"]), "dense_step_ms": med(wall["dense"]),
             "ratio": med([a / b for a, b in zip(wall["masked"], wall["dense"])]),
             "cpu_ratio": med([a / b for a, b in zip(cpu["masked"], cpu["dense"])]),
+            "floor_ratio": floor["masked"] / floor["dense"], "calls": len(sides["masked"].call_ms),
             "masked_all_ms": wall["masked"], "dense_all_ms": wall["dense"]}
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of xs: on a shared machine, the low end of a side's per-call times is
+    its step with the least interference from other processes."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def masked_round(n_train: int, epochs: int, repeats: int, data_dir: str | None = None,

@@ -22,11 +22,15 @@ LAYER_TAGS = ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_in
 
 
 def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] | None = None) -> dict:
-    """results.json before its first round is trained (a resumed run keeps the rounds it has)."""
+    """results.json before its first round is trained (a resumed run keeps the rounds it has); `threads`: the
+    torch CPU threads of this launch (its timing fields depend on them)."""
     from phicenter.models import parameter_counts
 
+    import torch
+
     out = {"config": resolved, "rounds": rounds, "final": rounds[-1] if rounds else None, "status": "running",
-           "device": None, "precision": str(cfg.trainer.get("precision", "32-true")), "init": cfg.model.init,
+           "device": None, "threads": torch.get_num_threads(),
+           "precision": str(cfg.trainer.get("precision", "32-true")), "init": cfg.model.init,
            "model_parameters": parameter_counts(net),
            "data": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test),
                     "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}}
