@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -133,25 +134,33 @@ def _fill(f, data: bytes | Callable, path: Path) -> None:
         raise fault
 
 
+@contextmanager
+def _written(path: Path):
+    """Any OSError of the block, not already a WriteError, as WriteError(path): the file meant, not a temp."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(path, e) from e
+
+
 def _commit(path: Path, write: Callable[[str], None], keep: Path | None) -> None:
     """A temporary file beside `path`, filled by write(tmp), fsynced, given the file mode and renamed onto
     `path` (the file there first moved to `keep`, when given). WriteError(path) when any step fails."""
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, FILE_MODE)
-        if keep is not None and path.exists():
-            os.replace(path, keep)
-        os.replace(tmp, path)
-        tmp = None
-        _sync_folder(path.parent)
-    except WriteError:
-        raise
-    except OSError as e:
-        raise WriteError(path, e) from e
+        with _written(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            write(tmp)
+            os.chmod(tmp, FILE_MODE)
+            if keep is not None and path.exists():
+                os.replace(path, keep)
+            os.replace(tmp, path)
+            tmp = None
+            _sync_folder(path.parent)
     finally:
         if tmp is not None:
             try:
@@ -242,31 +251,25 @@ def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
         return False
     tmp = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        for name, data in files.items():
-            try:
-                with open(tmp / name, "wb") as f:
+        with _written(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+            for name, data in files.items():
+                with _written(target / name), open(tmp / name, "wb") as f:
                     _fill(f, data, target / name)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp / name, FILE_MODE)
-            except OSError as e:
-                raise WriteError(target / name, e) from e
-        os.chmod(tmp, DIR_MODE)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if target.is_dir():   # another process won the race: its folder stands
-                return False
-            raise
-        tmp = None
-        _sync_folder(target.parent)
-        return True
-    except WriteError:
-        raise
-    except OSError as e:
-        raise WriteError(target, e) from e
+                    os.chmod(tmp / name, FILE_MODE)
+            os.chmod(tmp, DIR_MODE)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if target.is_dir():   # another process won the race: its folder stands
+                    return False
+                raise
+            tmp = None
+            _sync_folder(target.parent)
+            return True
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
