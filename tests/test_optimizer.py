@@ -40,3 +40,36 @@ def test_fused_steps_aside_for_foreach_and_differentiable():
     for extra in ({"foreach": True}, {"differentiable": True}):
         opt, _ = make_optimizer(p, {"name": "adam", "lr": 1e-3, "fused": True, **extra}, None, 1)
         assert not opt.defaults["fused"]
+
+
+def test_device_probe_without_a_gpu_leaves_nvml_out_of_each_step(monkeypatch):
+    """Lightning's import asks for the NVML-based CUDA check; with no GPU, optimizer steps must not run it."""
+    import os
+
+    import pytorch_lightning  # noqa: F401  (sets PYTORCH_NVML_BASED_CUDA_CHECK=1)
+    from phicenter.engine import build
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    build.cheap_device_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+    if torch.cuda._is_compiled() and torch._C._cuda_getDeviceCount() == 0:  # a CUDA build on a GPU-less machine
+        calls = []
+        monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: calls.append(1) or -1)
+        net = torch.nn.Linear(4, 2)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(3):
+            net(torch.ones(1, 4)).sum().backward()
+            opt.step()
+        assert calls == []
+
+
+def test_device_probe_leaves_a_machine_with_a_gpu_alone(monkeypatch):
+    import os
+
+    from phicenter.engine import build
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    build.cheap_device_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"

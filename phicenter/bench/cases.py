@@ -101,6 +101,7 @@ class Case:
         from phicenter.engine import build, records
         from phicenter.engine.module import CohortModule
 
+        build.cheap_device_probe()   # both sides' optimizer steps alike, from the first call on
         self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
                                                                 compile)
         self.experiment, self.device = experiment, torch.device(device)
