@@ -36,12 +36,6 @@ def removed_units(net: nn.Module, masks: dict[str, torch.Tensor], wiring: units.
     wiring = units.Wiring(net) if wiring is None else wiring
     modules = dict(net.named_modules())
     dead = {n: ~masks[n].bool().flatten(1).any(1) for n in wiring.layers if n in masks}
-    for name, why in wiring.kept.items():
-        d = dead.get(name)
-        if d is not None and bool(d.any()) and "residual" in why:
-            raise CompactError(f"residual block {_block(name)} cannot be compacted: {int(d.sum())} of the "
-                               f"{d.numel()} units of {name} are pruned, but {why} (the shortcut carries those "
-                               "channels past it)")
     out = {}
     for name, removable in wiring.removable.items():
         if name not in dead:
@@ -56,6 +50,12 @@ def removed_units(net: nn.Module, masks: dict[str, torch.Tensor], wiring: units.
             raise CompactError(f"{_block(name)} cannot be compacted: every unit of {name} is removed, so nothing "
                                "flows through it")
         out[name] = gone
+    for name, why in wiring.kept.items():
+        d = dead.get(name)
+        if d is not None and bool(d.any()) and "residual" in why:
+            raise CompactError(f"residual block {_block(name)} cannot be compacted: {int(d.sum())} of the "
+                               f"{d.numel()} units of {name} are pruned, but {why} (the shortcut carries those "
+                               "channels past it)")
     return out
 
 
