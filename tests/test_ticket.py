@@ -156,6 +156,34 @@ def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
     assert ticket.read(tmp_path / "r0.safetensors").meta["sparsity"] == 0.0
 
 
+# ---------------------------------------------------------------- the file's tensors by hand
+
+def test_a_weights_tensors_by_hand():
+    """mask [[1, 1, 0], [1, 0, 1]] packs to 1 + 2 + 8 + 32 = 43; the survivors 0.5, -0.0, -2.0, 3.0 have sign
+    bits 0, 1, 1, 0: 2 + 4 = 6; their magnitudes 0.5, 0, 2, 3. A pruned weight at a non-zero fill (7.0) makes
+    `.fill`: the pruned entries' values in C order."""
+    import numpy as np
+
+    from phicenter.ticket import encoding
+
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    fill = torch.tensor([[0.0, 0.0, 7.0], [0.0, 0.0, 0.0]])
+    w = torch.tensor([[0.5, -0.0, 7.0], [-2.0, 0.0, 3.0]])
+    enc = encoding.encode_weight("fc", w, mask, fill)
+    assert enc["fc.weight.mask"].tolist() == [43] and enc["fc.weight.sign"].tolist() == [6]
+    assert enc["fc.weight.magnitude"].tolist() == [0.5, 0.0, 2.0, 3.0] and enc["fc.weight.fill"].tolist() == [7.0, 0.0]
+    assert np.unpackbits(enc["fc.weight.mask"].numpy(), bitorder="little")[:6].tolist() == [1, 1, 0, 1, 0, 1]
+    back, m, f = encoding.decode_weight("fc", enc, (2, 3), torch.float32)
+    assert torch.equal(back.view(torch.int32), w.view(torch.int32)) and torch.equal(m, mask) and torch.equal(f, fill)
+    assert torch.signbit(back[0, 1])                                   # -0.0 comes back as -0.0
+    assert "fc.weight.fill" not in encoding.encode_weight("fc", torch.where(mask, w, 0.0), mask, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="a pruned weight is not at its fill"):
+        encoding.encode_weight("fc", w, mask, torch.zeros(2, 3))
+    with pytest.raises(ticket.TicketError, match="do not hold the 6 bits"):
+        encoding.decode_weight("fc", dict(enc, **{"fc.weight.mask": torch.tensor([43, 0], dtype=torch.uint8)}),
+                               (2, 3), torch.float32)
+
+
 # ---------------------------------------------------------------- apply (the transfer)
 
 def hand_ticket(tmp_path: Path) -> ticket.Ticket:
@@ -411,3 +439,25 @@ def test_the_command_exits_2_and_ticket_imports_neither_lightning_nor_hydra(runs
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_bench_rows(monkeypatch):
+    """python -m phicenter.bench.tickets on 8x8 inputs, one call per timing: the schedule's unit counts, the files
+    in the order of their sizes, the compact network within float tolerance."""
+    from phicenter.bench import tickets as bench
+
+    monkeypatch.setattr(bench, "SHAPE", (3, 8, 8))
+    monkeypatch.setattr(bench, "REPEATS", {1: 1, 256: 1})
+    rows = bench.bench_model("resnet20", [1, 2], log=lambda _: None)
+    assert [r["round"] for r in rows] == [1, 2]
+    for r, row in zip((1, 2), rows):
+        for i, w in enumerate((16,) * 3 + (32,) * 3 + (64,) * 3):
+            assert row["units_kept"][f"blocks.{i}.conv1"] == widths(w, r)
+            assert row["units_kept"][f"blocks.{i}.conv2"] == w
+        b = row["bytes"]
+        assert b["onnx"] < b["compact"] < b["ticket"] < b["dense"] < b["checkpoint"]
+        assert row["compact_max_diff"] <= 1e-5 * max(1.0, row["largest_logit"])
+        assert row["sparsity"] == pytest.approx(1 - row["weights"] / row["dense_weights"])
+        assert set(row["latency_s"]) == {1, 256} and all(
+            set(v) == {"dense", "masked", "compact"} and min(v.values()) > 0 for v in row["latency_s"].values())
+    assert rows[1]["weights"] < rows[0]["weights"]

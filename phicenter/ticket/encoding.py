@@ -41,8 +41,8 @@ def unpack(packed: torch.Tensor, shape, what: str = "bits") -> torch.Tensor:
 
 
 def encode_weight(name: str, weight: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> dict:
-    """The file's tensors for one prunable weight: `<name>.weight.mask` (packed, 1 = alive), `.sign` (packed,
-    1 = a survivor whose sign bit is set: negative), `.magnitude` (|w| of the survivors, in C order) and,
+    """The file's tensors for one prunable weight: `<name>.weight.mask` (packed, 1 = alive), `.sign` (the
+    survivors' sign bits in C order, packed: 1 = negative), `.magnitude` (|w| of the survivors, in C order) and,
     only when some pruned entry is not +0.0, `.fill` (the pruned entries' values, in C order). ValueError when a
     pruned entry of the weight is not exactly its fill (the mask is not in force)."""
     w = weight.detach().to("cpu").contiguous()
@@ -52,8 +52,9 @@ def encode_weight(name: str, weight: torch.Tensor, mask: torch.Tensor, fill: tor
     dead_w, dead_f = w[~m], f[~m]
     if not torch.equal(dead_w.view(itype), dead_f.view(itype)):
         raise ValueError(f"{name}: a pruned weight is not at its fill (the mask is not in force)")
-    out = {f"{name}.weight.mask": pack(m), f"{name}.weight.sign": pack(torch.signbit(w) & m),
-           f"{name}.weight.magnitude": w[m].abs()}
+    alive = w[m]
+    out = {f"{name}.weight.mask": pack(m), f"{name}.weight.sign": pack(torch.signbit(alive)),
+           f"{name}.weight.magnitude": alive.abs()}
     if bool(dead_f.view(itype).ne(0).any()):
         out[f"{name}.weight.fill"] = dead_f.clone()
     return out
@@ -64,11 +65,11 @@ def decode_weight(name: str, tensors: dict, shape, dtype: torch.dtype) -> tuple[
     """(weight, mask, fill) of one prunable weight, bit for bit what encode_weight was given."""
     try:
         m = unpack(tensors[f"{name}.weight.mask"], shape, f"{name}.weight.mask")
-        s = unpack(tensors[f"{name}.weight.sign"], shape, f"{name}.weight.sign")
+        alive = int(m.sum())
+        negative = unpack(tensors[f"{name}.weight.sign"], (alive,), f"{name}.weight.sign")
         mag = tensors[f"{name}.weight.magnitude"]
     except KeyError as e:
         raise TicketError(f"no tensor {e.args[0]} in the ticket") from None
-    alive = int(m.sum())
     if mag.dim() != 1 or mag.numel() != alive or mag.dtype != dtype:
         raise TicketError(f"{name}.weight.magnitude: {mag.numel()} {mag.dtype} values for {alive} survivors "
                           f"of a {str(dtype).removeprefix('torch.')} weight")
@@ -79,7 +80,7 @@ def decode_weight(name: str, tensors: dict, shape, dtype: torch.dtype) -> tuple[
             raise TicketError(f"{name}.weight.fill: {stored.numel()} values for {m.numel() - alive} pruned weights")
         fill[~m] = stored.to(dtype)
     w = fill.clone()
-    w[m] = torch.where(s[m], -mag, mag)   # negation sets the sign bit alone: every value comes back exactly
+    w[m] = torch.where(negative, -mag, mag)   # negation sets the sign bit alone: every value comes back exactly
     return w, m, fill
 
 
