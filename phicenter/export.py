@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         src = locate(args.run, args.round)
         suffix = ".compact.safetensors" if args.compact else ".safetensors"
         out = args.out or src.run / "tickets" / f"round_{src.round:03d}{suffix}"
+        if args.onnx and Path(out).suffix == ".onnx":
+            raise BadInput(f"--out names the ticket file ({out}); the ONNX model goes beside it, with .onnx")
         files, notes = build_files(src, Path(out), args.compact, args.onnx, args.data_dir)
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink(missing_ok=True)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    e, cfg = src.entry, src.record["config"]
+    entry, cfg = src.entry, src.record["config"]
     ckpt = len(src.checkpoint_bytes)
     for path, data in files:
         print(f"{path}: {size(len(data))} ({len(data):,} bytes)")
@@ -333,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     first = len(files[0][1])
     print(f"round checkpoint {src.checkpoint}: {size(ckpt)} ({ckpt:,} bytes); the ticket is {ckpt / first:.1f} "
           f"times smaller")
-    print(f"{cfg['model']['name']}, round {src.round}: sparsity {100 * e['sparsity']:.2f} %, test accuracy "
-          f"{100 * e['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
+    print(f"{cfg['model']['name']}, round {src.round}: sparsity {100 * entry['sparsity']:.2f} %, test accuracy "
+          f"{100 * entry['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
           f"prune.method={(cfg.get('prune') or {}).get('method', 'magnitude')}")
     return 0
 

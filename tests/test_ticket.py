@@ -443,6 +443,20 @@ def test_bad_exports_are_refused_with_nothing_written(runs, tmp_path, capsys, mo
             "--onnx needs onnxruntime, which is not installed: pip install 'phicenter[onnx]'",
             runs["conv2-structured"][0])
     refused(capsys, [good, "--round", "x"], "argument --round: invalid int value: 'x'")
+    refused(capsys, [good, "--onnx", "--out", tmp_path / "t.onnx"], "--out names the ticket file")
+
+
+def test_a_file_that_is_not_a_ticket_is_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "text.safetensors").write_text("hello")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "pt"})
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "old.safetensors"),
+              metadata={"format": '"phicenter-ticket"', "version": "99"})
+    for name, message in (("nope", "no such file"), ("text", "not a safetensors file"),
+                          ("other", "its metadata is not phicenter's"), ("old", "ticket version 99")):
+        with pytest.raises(ticket.TicketError, match=message):
+            ticket.load(tmp_path / f"{name}.safetensors")
 
 
 def test_a_failed_write_leaves_nothing(runs, tmp_path, capsys):

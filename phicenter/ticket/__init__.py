@@ -25,6 +25,7 @@ from phicenter.ticket.encoding import (INIT_OPTIONS, TicketError, architecture, 
 
 FORMAT, VERSION = "phicenter-ticket", 1
 MASKED, COMPACT = "masked", "compact"   # every prunable weight with its mask | the compact network's weights
+REQUIRED = ("kind", "model", "input_shape", "num_classes", "model_options", "layers")   # what load needs
 
 
 @dataclass
@@ -205,6 +206,9 @@ def read(path: str | Path) -> Ticket:
         raise TicketError(f"{path}: not a phicenter ticket (format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
         raise TicketError(f"{path}: ticket version {meta.get('version')!r}; this phicenter reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing or meta["kind"] not in (MASKED, COMPACT):
+        raise TicketError(f"{path}: a damaged ticket (metadata without {', '.join(missing) or 'a known kind'})")
     return Ticket(meta, tensors)
 
 
