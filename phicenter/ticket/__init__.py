@@ -20,8 +20,8 @@ from torch import nn
 from phicenter.method import pruning
 from phicenter.method import transfer as _transfer
 from phicenter.ticket.compaction import CompactError, compact, removed_units  # noqa: F401 (the API)
-from phicenter.ticket.encoding import (INIT_OPTIONS, TicketError, architecture, decode_weight, encode_weight,
-                                       fit_shapes, pack, unpack)
+from phicenter.ticket.encoding import (INIT_OPTIONS, TicketError, architecture, decode_weight,  # noqa: F401
+                                       encode_weight, fit_shapes, pack, unpack)
 
 FORMAT, VERSION = "phicenter-ticket", 1
 MASKED, COMPACT = "masked", "compact"   # every prunable weight with its mask | the compact network's weights
