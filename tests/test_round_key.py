@@ -155,7 +155,9 @@ def test_a_changed_source_file_changes_the_key(tmp_path, monkeypatch):
         assert key() != base, name
     for name, edit in {"the progress bar": lambda r: _flip_first_byte(r / "engine" / "progress.py"),
                        "the report": lambda r: _flip_first_byte(r / "analysis" / "report.py"),
-                       "the bench": lambda r: _flip_first_byte(r / "bench" / "rounds.py")}.items():
+                       "the bench": lambda r: _flip_first_byte(r / "bench" / "rounds.py"),
+                       "the tickets": lambda r: _flip_first_byte(r / "ticket" / "encoding.py"),
+                       "the export": lambda r: _flip_first_byte(r / "export.py")}.items():
         monkeypatch.setattr(reuse, "CODE_ROOT", _copy(tmp_path, name, edit))
         assert key() == base, name
 

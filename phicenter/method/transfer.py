@@ -41,12 +41,17 @@ def signed_mask(layers: dict[str, nn.Module], phis: dict[str, float]) -> SignedM
 
 
 @torch.no_grad()
-def transfer(net: nn.Module, signed: SignedMask) -> nn.Module:
+def transfer(net: nn.Module, signed: SignedMask, constants: dict[str, float] | None = None) -> nn.Module:
     """Put `signed` on `net` (in place; returned): for every prunable layer, weight = where(mask, |w| * sign, 0)
     with w the net's own weight (its initialisation), the mask held from then on (fill 0), and
-    bias = |b| * bias sign. Nothing else of the net changes. ValueError when the signed mask does not cover
-    exactly the net's prunable layers, or a shape differs."""
+    bias = |b| * bias sign. With `constants` (c per layer), survivors become c * sign instead: the constant
+    magnitude of the phi-center strategies (phicenter.ticket.apply(..., magnitude="c")). Nothing else of the
+    net changes. ValueError when the signed mask does not cover exactly the net's prunable layers, or a shape
+    differs. sign_transfer's stage 2 (engine.transfer) and phicenter.ticket.apply both come here."""
     layers = pruning.attach_masks(net)
+    if constants is not None and set(constants) != set(layers):
+        raise ValueError(f"the constants cover layers {sorted(constants)}; the net's prunable layers are "
+                         f"{sorted(layers)}")
     if set(signed.masks) != set(layers) or set(signed.signs) != set(layers):
         raise ValueError(f"the signed mask covers layers {sorted(signed.masks)}; the net's prunable layers are "
                          f"{sorted(layers)}")
@@ -56,7 +61,10 @@ def transfer(net: nn.Module, signed: SignedMask) -> nn.Module:
         if mask.shape != raw.shape or sign.shape != raw.shape:
             raise ValueError(f"layer {name}: the signed mask has shape {tuple(mask.shape)}, the weight "
                              f"{tuple(raw.shape)}")
-        magnitude = layer.weight.detach().abs()        # the net's own (effective) weight: its initialisation
+        if constants is None:
+            magnitude = layer.weight.detach().abs()    # the net's own (effective) weight: its initialisation
+        else:
+            magnitude = torch.full_like(raw, float(constants[name]))
         mf = pruning.mask_of(layer)
         raw.copy_(torch.where(mask, magnitude * sign, torch.zeros_like(raw)))
         mf.mask.copy_(mask)

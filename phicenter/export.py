@@ -1,0 +1,345 @@
+"""`python -m phicenter.export RUN [--round N] [--out FILE] [--compact] [--onnx] [--data-dir DIR]`: a run's
+network at one round as a signed ticket, one safetensors file that plain torch reads back (phicenter.ticket).
+
+The network of round N is the one the round's test accuracy was measured on: round N's trained network, as
+its round checkpoint (`RUN/checkpoints/round_NNN.pt`) holds it. Default N: the last completed round. The
+ticket goes to RUN/tickets/round_NNN.safetensors unless --out says where. --compact (structured runs) writes
+the network without its removed units instead; --onnx also writes that network as ONNX (FILE with .onnx),
+checked in onnxruntime against torch. Bad input is one line and exit code 2, before anything is written;
+what is written, is written whole (phicenter.io). See docs/method.md, "A ticket".
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from phicenter.engine.cohort import PACK_SUMMARY
+from phicenter.engine.rundir import CKPT_DIR, RESULTS, THETA0, checkpoint_path
+from phicenter.io import WriteError, read_json, write_file
+
+PROG = "python -m phicenter.export"
+CHECK_IMAGES = 256        # test images the compact network and the ONNX model are checked on
+TOLERANCE = 1e-5          # the largest difference of a logit allowed in those checks, relative to the largest logit
+
+
+class BadInput(ValueError):
+    """One line that says what is wrong with the arguments."""
+
+
+@dataclass
+class Round:
+    """One completed round of a run: its folder, record, round entry and checkpoint."""
+    run: Path
+    round: int
+    record: dict
+    entry: dict
+    checkpoint: Path
+    state: dict
+    checkpoint_bytes: bytes
+
+
+def _rounds(record: dict) -> dict[int, dict]:
+    return {int(r["round"]): r for r in record.get("rounds") or [] if isinstance(r, dict) and "round" in r}
+
+
+def _runs_below(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and (p / RESULTS).is_file())
+
+
+def locate(arg: str, round_index: int | None) -> Round:
+    """The completed round `round_index` (None: the last one) of run folder `arg`, its checkpoint read and
+    checked against results.json. BadInput for anything else."""
+    path = Path(arg)
+    if not path.exists():
+        raise BadInput(f"{path}: no such folder")
+    if not path.is_dir():
+        raise BadInput(f"{path}: give a run folder (the one holding {RESULTS}), not a file")
+    if not (path / RESULTS).is_file():
+        runs = _runs_below(path)
+        if runs:
+            what = "a packed job (pack=true)" if (path / PACK_SUMMARY).is_file() else "a folder of runs"
+            more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
+            raise BadInput(f"{path}: {what}, not one run; export one of its runs: "
+                           f"{', '.join(str(path / r) for r in runs[:3])}{more}")
+        raise BadInput(f"{path}: not a phicenter run folder (no {RESULTS})")
+    record = read_json(path / RESULTS)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
+            or not isinstance(record.get("rounds"), list) or not isinstance(record.get("data"), dict):
+        raise BadInput(f"{path / RESULTS}: not a phicenter run's results (no config, rounds and data)")
+    rounds = _rounds(record)
+    if round_index is None:
+        if not rounds:
+            raise BadInput(f"{path}: no round is complete yet (status {record.get('status')})")
+        round_index = max(rounds)
+    if round_index not in rounds:
+        done = ("completed: " + (f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds)))) if rounds \
+            else "no round is complete yet"
+        raise BadInput(f"{path}: round {round_index} is not complete ({done}; status {record.get('status')})")
+    ckpt = checkpoint_path(path, round_index)
+    if not ckpt.is_file():
+        kept = sorted(p.stem.split("_")[1] for p in (path / CKPT_DIR).glob("round_[0-9][0-9][0-9].pt"))
+        raise BadInput(f"{path}: the checkpoint of round {round_index} was not kept (kept: "
+                       f"{', '.join(str(int(k)) for k in kept) or 'none'}; checkpoint.keep_all=true keeps every round)")
+    raw = ckpt.read_bytes()
+    state = _load_torch(raw, ckpt)
+    if not isinstance(state, dict) or state.get("round") != round_index or not isinstance(state.get("model"), dict) \
+            or not isinstance(state.get("rounds"), list):
+        raise BadInput(f"{ckpt}: corrupt, or not a round checkpoint of round {round_index}")
+    own = _rounds({"rounds": state["rounds"]}).get(round_index) or {}
+    entry = rounds[round_index]
+    if own.get("round_key") != entry.get("round_key") or own.get("test_acc") != entry.get("test_acc"):
+        raise BadInput(f"{ckpt}: its round {round_index} is not the round {RESULTS} records (the folder's run was "
+                       "started over?)")
+    return Round(path, round_index, record, entry, ckpt, state, raw)
+
+
+def _load_torch(data: bytes, path: Path):
+    import io
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadInput(f"{path}: corrupt, or not a phicenter checkpoint ({type(e).__name__})") from None
+
+
+# ---------------------------------------------------------------- what the ticket holds
+
+def network(src: Round):
+    """The round's network with its masks in force, as the run held it (on the CPU)."""
+    from phicenter.method import pruning
+    from phicenter.ticket import architecture
+
+    cfg, data = src.record["config"], src.record["data"]
+    net = architecture(cfg["model"]["name"], data["input_shape"], data["num_classes"], cfg["model"])
+    pruning.attach_masks(net)
+    try:
+        net.load_state_dict(pruning.upgrade_state(src.state["model"]), strict=True, assign=True)
+    except (RuntimeError, ValueError) as e:
+        raise BadInput(f"{src.checkpoint}: does not hold this run's {cfg['model']['name']} network "
+                       f"({str(e).splitlines()[-1].strip()})") from None
+    return net.eval()
+
+
+def constants_and_phis(src: Round, layers) -> tuple[dict, dict]:
+    """c and phi of each prunable layer, as the run computed them from theta0 (method.imp), checked against
+    what results.json recorded at the round boundaries."""
+    from phicenter.method.imp import layer_constant, layer_phi
+    from phicenter.method.pruning import upgrade_state
+
+    cfg, path = src.record["config"], src.run / THETA0
+    if not path.is_file():
+        raise BadInput(f"{src.run}: no {THETA0}, so c and phi of its layers are unknown")
+    theta0 = upgrade_state(_load_torch(path.read_bytes(), path))
+    consts, phis = {}, {}
+    for name in layers:
+        w = theta0.get(f"{name}.weight")
+        if not isinstance(w, torch.Tensor):
+            raise BadInput(f"{path}: no weight of layer {name}")
+        try:
+            consts[name] = layer_constant(w, cfg["reinit"]["magnitude"])
+            phis[name] = layer_phi(w, float(cfg["phi"]), cfg.get("phi_scale", "absolute"))
+        except ValueError as e:
+            raise BadInput(f"{path}: {e}") from None
+        for entry in src.record["rounds"]:
+            seen = (entry.get("layers") or {}).get(name) or {}
+            if ("c" in seen and seen["c"] != consts[name]) or ("phi" in seen and seen["phi"] != phis[name]):
+                raise BadInput(f"{path}: layer {name}'s c or phi is not the one {RESULTS} records")
+    return consts, phis
+
+
+def normalisation(cfg: dict, data_dir: str | None):
+    """The run's splits (read as the run read them, `data_dir` when the data moved) and what the ticket
+    records of its input: per-channel mean and std, applied to images scaled to [0, 1]."""
+    from omegaconf import OmegaConf
+
+    from phicenter import data
+    from phicenter.engine import build
+
+    conf = OmegaConf.create(cfg)
+    if data_dir is not None:
+        conf.data_dir = data_dir
+    try:
+        splits = build.load_data(conf)
+    except (data.DataError, OSError) as e:
+        raise BadInput(f"the ticket records the run's input normalisation, read from its data: {e} "
+                       "(--data-dir sets the data folder)") from None
+    return splits, {"scale": "x / 255", "mean": [float(v) for v in splits.mean],
+                    "std": [float(v) for v in splits.std]}
+
+
+def metadata(src: Round, phis: dict, normalize: dict) -> dict:
+    from phicenter.method.strategies import STRATEGIES, Strategy
+    from phicenter.ticket import INIT_OPTIONS
+
+    cfg, e = src.record["config"], src.entry
+    strategy = dict(cfg["strategy"])
+    cls = STRATEGIES.get(strategy.get("name"))
+    sets_c = cls is not None and cls.survivors is Strategy.survivors
+    return {
+        "model": cfg["model"]["name"], "input_shape": list(src.record["data"]["input_shape"]),
+        "num_classes": int(src.record["data"]["num_classes"]),
+        "model_options": {k: v for k, v in cfg["model"].items() if k not in INIT_OPTIONS},
+        "init": cfg["model"].get("init"), "normalize": normalize, "phi": cfg["phi"],
+        "phi_scale": cfg.get("phi_scale", "absolute"), "phis": phis, "strategy": strategy,
+        "survivors_become": "c * sign" if sets_c else "kept magnitudes", "prune": cfg["prune"],
+        "seed": cfg.get("seed"), "round": src.round, "round_key": e.get("round_key"),
+        "sparsity": e.get("sparsity"), "effective_sparsity": e.get("effective_sparsity"),
+        "val_acc": e.get("val_acc"), "test_acc": e.get("test_acc"),
+        "checkpoint": {"file": src.checkpoint.name, "bytes": len(src.checkpoint_bytes),
+                       "sha256": hashlib.sha256(src.checkpoint_bytes).hexdigest()},
+        "config": cfg,
+    }
+
+
+def limit(logits: torch.Tensor) -> float:
+    """The largest difference allowed from `logits`: TOLERANCE of the largest of them (at least TOLERANCE): float32
+    sums taken in another order differ in their last bits, in proportion to the values summed."""
+    return TOLERANCE * max(1.0, float(logits.abs().max()))
+
+
+def _test_images(splits) -> torch.Tensor:
+    from phicenter import data
+
+    b = data.Batches(splits.x_test[:CHECK_IMAGES], splits.y_test[:CHECK_IMAGES], splits.mean, splits.std,
+                     CHECK_IMAGES)
+    return next(iter(b))[0]
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(
+        a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)) for k in a)
+
+
+# ---------------------------------------------------------------- the command
+
+def build_files(src: Round, out: Path, compact: bool, onnx: bool, data_dir: str | None
+                ) -> tuple[list[tuple[Path, bytes]], list[str]]:
+    """Every file to write, made and checked in memory (the ticket, and the ONNX model), and what the checks
+    found."""
+    from safetensors.torch import load as load_tensors
+
+    from phicenter import ticket
+    from phicenter.method import pruning
+    from phicenter.ticket import compaction as compacting
+    from phicenter.ticket import onnxfile
+
+    cfg = src.record["config"]
+    if compact and (cfg.get("prune") or {}).get("method", "magnitude") != "structured":
+        raise BadInput("--compact needs a structured ticket (prune.method=structured); this run prunes single "
+                       "weights (magnitude): no unit is removed whole")
+    if onnx and onnxfile.missing():
+        raise BadInput(onnxfile.missing())
+    net = network(src)
+    layers = pruning.prunable_layers(net)
+    consts, phis = constants_and_phis(src, layers)
+    splits, normalize = normalisation(cfg, data_dir)
+    try:
+        t = ticket.encode(net, metadata(src, phis, normalize), consts)
+    except ValueError as e:
+        raise BadInput(f"{src.checkpoint}: {e}") from None
+    data = ticket.to_bytes(t)
+    plain = {k: v for k, v in net.state_dict().items() if not k.endswith((pruning.MASK, pruning.FILL))}
+    if not _equal_states(ticket.Ticket(t.meta, load_tensors(data)).state_dict(), plain):
+        raise RuntimeError("the ticket does not give back the checkpoint's network bit for bit")
+    notes, model = [], None
+    if compact:
+        try:
+            t = ticket.compacted(t)
+        except compacting.CompactError as e:
+            raise BadInput(str(e)) from None
+        data, model = ticket.to_bytes(t), t.network()
+        x = _test_images(splits)
+        with torch.no_grad():
+            want = net(x)
+            diff = float((model(x) - want).abs().max())
+        if not diff <= limit(want):
+            raise BadInput(f"the compact network's logits differ from the masked one's by {diff:.3g} (more than "
+                           f"{limit(want):.3g}, {TOLERANCE:g} of the largest logit)")
+        notes.append(f"compact: its logits are within {diff:.2g} of the masked network's on {len(x)} test images "
+                     f"(largest logit {float(want.abs().max()):.3g})")
+    files = [(out, data)]
+    if onnx:
+        model = model if model is not None else t.network()
+        x = _test_images(splits)
+        blob = onnxfile.export(model, x[:1])
+        with torch.no_grad():
+            want = model(x)
+        try:
+            diff = onnxfile.check(blob, model, x, limit(want))
+        except ticket.TicketError as e:
+            raise BadInput(str(e)) from None
+        files.append((out.with_suffix(".onnx"), blob))
+        notes.append(f"onnxruntime: the ONNX model's logits are within {diff:.2g} of torch's on {len(x)} test "
+                     f"images (largest logit {float(want.abs().max()):.3g})")
+    return files, notes
+
+
+def size(n: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, exit 2 (argparse's default adds the usage)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("run", metavar="RUN", help="a run folder (the one holding results.json)")
+    p.add_argument("--round", type=int, help="the round to export (default: the last completed one)")
+    p.add_argument("--out", type=Path, help="the ticket file (default: RUN/tickets/round_NNN.safetensors)")
+    p.add_argument("--compact", action="store_true",
+                   help="structured runs: the network without its removed units (smaller layers)")
+    p.add_argument("--onnx", action="store_true", help="also the ONNX model of the network (FILE with .onnx)")
+    p.add_argument("--data-dir", help="the data folder (default: the run's data_dir); the ticket records the "
+                                      "input normalisation from it")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        src = locate(args.run, args.round)
+        suffix = ".compact.safetensors" if args.compact else ".safetensors"
+        out = args.out or src.run / "tickets" / f"round_{src.round:03d}{suffix}"
+        if args.onnx and Path(out).suffix == ".onnx":
+            raise BadInput(f"--out names the ticket file ({out}); the ONNX model goes beside it, with .onnx")
+        files, notes = build_files(src, Path(out), args.compact, args.onnx, args.data_dir)
+    except BadInput as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    written = []
+    try:
+        for path, data in files:
+            write_file(path, data)
+            written.append(path)
+    except WriteError as e:
+        for path in written:   # all or nothing
+            path.unlink(missing_ok=True)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    entry, cfg = src.entry, src.record["config"]
+    ckpt = len(src.checkpoint_bytes)
+    for path, data in files:
+        print(f"{path}: {size(len(data))} ({len(data):,} bytes)")
+    for note in notes:
+        print(note)
+    first = len(files[0][1])
+    print(f"round checkpoint {src.checkpoint}: {size(ckpt)} ({ckpt:,} bytes); the ticket is {ckpt / first:.1f} "
+          f"times smaller")
+    print(f"{cfg['model']['name']}, round {src.round}: sparsity {100 * entry['sparsity']:.2f} %, test accuracy "
+          f"{100 * entry['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
+          f"prune.method={(cfg.get('prune') or {}).get('method', 'magnitude')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
