@@ -248,7 +248,8 @@ class CsvLogger:
 
 @frozen
 class MlflowLogger:
-    tracking_uri: str | None = None    # conf: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db
+    # a folder, sqlite:///FILE or http://HOST:PORT; conf: $MLFLOW_TRACKING_URI, else this; null: MLflow's default
+    tracking_uri: str | None = "sqlite:///outputs/mlflow.db"
     experiment: str = "phicenter"      # the MLflow experiment the runs go into
     run_name: str | None = None        # null: the run folder
 

@@ -22,7 +22,7 @@ from phicenter.loggers.tensorboard import TensorBoard
 from phicenter.loggers.wandb_run import WandB
 from phicenter.spec import ConfigError
 
-__all__ = ["IDS", "SINKS", "Sink", "check_installed", "open_sinks", "run_name", "selected"]
+__all__ = ["IDS", "SINKS", "Sink", "check_installed", "open_sinks", "readers", "run_name", "selected"]
 
 SINKS: dict[str, type[Sink]] = {"tensorboard": TensorBoard, "csv": Csv, "mlflow": MLflow, "wandb": WandB}
 
@@ -58,6 +58,11 @@ def run_name(folder: Path) -> str:
         return str(folder.relative_to(Path.cwd())) or "."
     except ValueError:
         return str(folder)
+
+
+def readers(folder: Path, shown: str, loggers: dict[str, dict]) -> list[str]:
+    """The commands that show a run's or a multirun's logged runs, one per logger that has one."""
+    return [line for name, options in loggers.items() for line in SINKS[name].readers(Path(folder), shown, options)]
 
 
 def open_sinks(folder: Path, loggers: dict[str, dict], params: dict) -> list[Sink]:

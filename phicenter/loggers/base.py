@@ -29,6 +29,11 @@ class Sink:
     def close(self, status: str) -> None:
         """`status`: the run's results.json status (complete, failed, diverged; running when it was stopped)."""
 
+    @classmethod
+    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+        """The commands that show the runs of a run or multirun folder (`shown`: as the user should type it)."""
+        return []
+
     # -------------------------------------------------------------- the run id kept in the run folder
 
     def stored_id(self, where: dict) -> str | None:

@@ -14,16 +14,11 @@ BATCH = {"metrics": 1000, "params": 100}   # MLflow's limits on one log_batch
 
 def tracking_uri(uri: str | None) -> str | None:
     """The store as MLflow is given it: a relative folder or sqlite file made absolute (so a relaunch from
-    elsewhere finds the same store), the sqlite file's folder made; None: MLflow's own choice."""
+    elsewhere finds the same store); None: MLflow's own choice."""
     if not uri:
         return None
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
-    if uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return uri
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).absolute()}"
     if "://" not in uri and not uri.startswith("file:"):
         return str(Path(uri).absolute())
     return uri
@@ -43,6 +38,8 @@ class MLflow(Sink):
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(self.options.get("tracking_uri"))
+        if uri and uri.startswith("sqlite:///"):   # sqlite makes the file, not its folder
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.options.get("experiment") or "phicenter"
         where = {"tracking_uri": self.client.tracking_uri, "experiment": experiment}
@@ -101,3 +98,10 @@ class MLflow(Sink):
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, STATUS.get(status, "KILLED"))
+
+    @classmethod
+    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+        uri = options.get("tracking_uri")
+        if uri and uri.startswith(("http://", "https://")):
+            return [f"open {uri} (MLflow experiment {options.get('experiment') or 'phicenter'})"]
+        return [f"mlflow ui --backend-store-uri {tracking_uri(uri)}" if uri else "mlflow ui"]

@@ -69,3 +69,7 @@ class TensorBoard(Sink):
 
     def close(self, status: str) -> None:
         self.events.close()
+
+    @classmethod
+    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+        return [f"tensorboard --logdir {shown}"]

@@ -3,9 +3,10 @@ hparams, given as it starts; its history the run's scalars, each row with its `s
 index, the x-axis of every scalar: a resumed run's rows may repeat a step W&B has, which its own step counter
 would refuse); its summary the final metrics. The run's id is made here and kept in the run folder, so a
 resumed run appends to the same W&B run (offline: each launch writes its own offline-run folder under that
-id; `wandb sync --append` them in order)."""
+id, and `wandb sync <run>/wandb/offline-run-*` uploads them, in order, as that one run)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from phicenter.loggers.base import Sink, env_or
@@ -41,6 +42,8 @@ class WandB(Sink):
                                     x_disable_stats=True, x_disable_meta=True))
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
+        if self.run.url:   # online (W&B itself is kept silent)
+            logging.getLogger("phicenter").info("W&B run %s: %s", name, self.run.url)
 
     def scalars(self, values: dict, step: int) -> None:
         row = {k: float(v) for k, v in values.items() if v is not None}
@@ -52,3 +55,9 @@ class WandB(Sink):
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "complete" else 1)
+
+    @classmethod
+    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+        """Offline runs: the one command that uploads them (each run's launches in order, as one run)."""
+        depths = sorted({len(p.relative_to(folder).parts) - 2 for p in Path(folder).rglob("wandb/offline-run-*")})
+        return [f"wandb sync {shown}/{'*/' * d}wandb/offline-run-*" for d in depths]
