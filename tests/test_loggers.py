@@ -352,3 +352,27 @@ def test_loggers_stay_out_of_round_keys_folder_names_hparams_and_the_same_run_ch
     assert now["logger"]["wandb"]["project"] == "p" and "logger" in before   # recorded in results.json
     assert config.hparams(now) == config.hparams(before)
     assert config.config_changes(before, now) == []   # a relaunch may change its loggers
+
+
+def test_jobs_that_start_together_share_a_new_sqlite_store(tmp_path):
+    """Four processes open the same new sqlite store at once (parallel jobs of a multirun): each gets its run."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    code = ("import sys; from pathlib import Path; from phicenter.loggers import open_sinks; "
+            f"(s,) = open_sinks(Path(sys.argv[1]), {{'mlflow': {{'tracking_uri': '{uri}'}}}}, {{'job': sys.argv[1]}}); "
+            "s.scalars({'round/val_acc': 0.5}, 3); s.close('complete')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"job{i}")], cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    client, runs = mlflow_runs(uri)
+    assert sorted(r.data.params["job"] for r in runs) == [str(tmp_path / f"job{i}") for i in range(4)]
+    assert all(r.info.status == "FINISHED" and r.data.metrics == {"round/val_acc": 0.5} for r in runs)
+
+
+def test_resume_false_starts_new_logger_runs(tmp_path):
+    """resume=false starts the folder over: the loggers' run ids go with its checkpoints."""
+    from phicenter.engine.rundir import RunFolder
+
+    (tmp_path / "loggers.json").write_text(json.dumps({"mlflow": {"id": "abc"}}))
+    RunFolder(tmp_path).start_over()
+    assert not (tmp_path / "loggers.json").exists()

@@ -4,6 +4,7 @@ run's hparams, logged as it starts; its metrics the run's scalars, at their step
 the run folder, so a resumed run appends to the same MLflow run."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from phicenter.loggers.base import Sink
@@ -24,6 +25,25 @@ def tracking_uri(uri: str | None) -> str | None:
     return uri
 
 
+@contextmanager
+def _one_at_a_time(uri: str | None):
+    """A sqlite store opened by one process at a time (`<file>.lock`, its folder made): jobs that start together
+    would otherwise each create its tables, and all but one fail. Other stores: no lock."""
+    if not (uri and uri.startswith("sqlite:///")):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -38,18 +58,17 @@ class MLflow(Sink):
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(self.options.get("tracking_uri"))
-        if uri and uri.startswith("sqlite:///"):   # sqlite makes the file, not its folder
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.options.get("experiment") or "phicenter"
-        where = {"tracking_uri": self.client.tracking_uri, "experiment": experiment}
-        run = self._stored_run(where)
-        if run is None:
-            run = self.client.create_run(self._experiment_id(experiment), run_name=self.options.get("run_name")
-                                         or name, tags={"phicenter.run_dir": str(self.folder.absolute())})
-            self.store_id(run.info.run_id, where)
-        else:
-            self.client.update_run(run.info.run_id, status="RUNNING")
+        with _one_at_a_time(uri):
+            self.client = MlflowClient(tracking_uri=uri)
+            experiment = self.options.get("experiment") or "phicenter"
+            where = {"tracking_uri": self.client.tracking_uri, "experiment": experiment}
+            run = self._stored_run(where)
+            if run is None:
+                run = self.client.create_run(self._experiment_id(experiment), run_name=self.options.get("run_name")
+                                             or name, tags={"phicenter.run_dir": str(self.folder.absolute())})
+                self.store_id(run.info.run_id, where)
+            else:
+                self.client.update_run(run.info.run_id, status="RUNNING")
         self.run_id = run.info.run_id
         have = run.data.params   # a resumed run: its params stand (MLflow never changes a param)
         new = [Param(k, str(v)) for k, v in params.items() if k not in have]
