@@ -1,11 +1,10 @@
-"""CSV: the run's scalars in `<run>/csv/scalars.csv`, one row per scalar (`step,tag,value,wall_time`: the
-columns of TensorBoard's own CSV export, with the tag), and its hparams in `<run>/csv/hparams.json`. Rows are
-appended whole, through phicenter.io; a resumed run appends to the same file."""
+"""CSV: the run's scalars in `<run>/csv/scalars.csv`, one row per scalar (`step,tag,value,wall_time`: every tag
+in one table, where TensorBoard's CSV export gives one per tag), and its hparams in `<run>/csv/hparams.json`.
+Rows are appended whole, through phicenter.io; a resumed run appends to the same file."""
 from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 
@@ -18,24 +17,13 @@ HPARAMS = "hparams.json"
 HEADER = ("step", "tag", "value", "wall_time")
 
 
-def _cut_to_last_line(path: Path) -> None:
-    """A file a killed process left ending inside a row: the part row cut off (rows are whole lines)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return
-    if data and not data.endswith(b"\n"):
-        os.truncate(path, data.rfind(b"\n") + 1)
-
-
 class Csv(Sink):
     key = "csv"
 
     def __init__(self, folder: Path, options: dict, name: str, params: dict):
         super().__init__(folder, options, name, params)
         path = self.folder / FOLDER / SCALARS
-        _cut_to_last_line(path)
-        self.file = AppendFile(path)
+        self.file = AppendFile(path, record_end=b"\n")   # rows are lines
         if path.stat().st_size == 0:
             self._write([HEADER])
 

@@ -42,7 +42,7 @@ class WandB(Sink):
                                     x_disable_stats=True, x_disable_meta=True))
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
-        if self.run.url:   # online (W&B itself is kept silent)
+        if not self.run.offline and not self.run.disabled and self.run.url:   # (W&B itself is kept silent)
             logging.getLogger("phicenter").info("W&B run %s: %s", name, self.run.url)
 
     def scalars(self, values: dict, step: int) -> None:
