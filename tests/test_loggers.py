@@ -240,6 +240,31 @@ def test_wandb_holds_one_run_with_the_same_scalars_and_config(resumed):
     assert f"wandb sync {resumed['dir']}/wandb/offline-run-*" in resumed["out"]
 
 
+def test_a_stopped_run_is_marked_so_and_its_relaunch_continues_it(offline, tmp_path):
+    """The sinks alone: a launch stopped (SIGTERM: closed with status running) leaves MLflow's run KILLED and
+    W&B's exit code 1; the next launch in the same folder takes the same runs up again."""
+    from phicenter.loggers import open_sinks
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    loggers = {"mlflow": {"tracking_uri": uri}, "wandb": {}}
+    statuses = []
+    for launch, (step, status) in enumerate([(0, "running"), (1, "complete")]):
+        sinks = open_sinks(tmp_path / "run", loggers, {"phi": 0.5, "strategy": "mask1"})
+        client, (run,) = mlflow_runs(uri)
+        statuses.append(run.info.status)
+        for sink in sinks:
+            sink.scalars({"round/val_acc": 0.25 * (launch + 1)}, step)
+            sink.close(status)
+        statuses.append(mlflow_runs(uri)[1][0].info.status)
+    assert statuses == ["RUNNING", "KILLED", "RUNNING", "FINISHED"]
+    assert mlflow_scalars(client, run) == {("round/val_acc", 0): 0.25, ("round/val_acc", 1): 0.5}
+    assert run.data.params == {"phi": "0.5", "strategy": "mask1"}
+    launches = wandb_offline(tmp_path / "run")
+    assert [x["exit_code"] for x in launches] == [1, 0]
+    assert {x["id"] for x in launches} == {ids(tmp_path / "run")["wandb"]["id"]}
+    assert wandb_scalars(launches) == {("round/val_acc", 0): 0.25, ("round/val_acc", 1): 0.5}
+
+
 # ---------------------------------------------------------------- a packed cohort: one run per variant
 
 def test_a_packed_cohort_gets_one_run_per_variant_in_each_logger(offline, tmp_path):
