@@ -155,7 +155,8 @@ def test_a_changed_source_file_changes_the_key(tmp_path, monkeypatch):
         assert key() != base, name
     for name, edit in {"the progress bar": lambda r: _flip_first_byte(r / "engine" / "progress.py"),
                        "the report": lambda r: _flip_first_byte(r / "analysis" / "report.py"),
-                       "the bench": lambda r: _flip_first_byte(r / "bench" / "rounds.py")}.items():
+                       "the bench": lambda r: _flip_first_byte(r / "bench" / "rounds.py"),
+                       "a logger": lambda r: _flip_first_byte(r / "loggers" / "mlflow_run.py")}.items():
         monkeypatch.setattr(reuse, "CODE_ROOT", _copy(tmp_path, name, edit))
         assert key() == base, name
 
@@ -174,7 +175,8 @@ def test_pure_execution_settings_leave_the_key():
     for o in ["data_dir=/elsewhere", "checkpoint.keep_all=true", "checkpoint.every_n_epochs=3",
               "trainer.enable_progress_bar=true", "trainer.enable_progress_bar=false", "round_store.dir=/x",
               "round_store.enabled=false", "resume=false", "pack_chunk=2", "+dataset.num_workers=2",
-              "fault.fail_round=3", "dry_run=phi", "threads=1"]:
+              "fault.fail_round=3", "dry_run=phi", "threads=1", "logger=[]", "logger=[csv,mlflow,wandb]",
+              "logger=wandb"]:
         assert key(o) == base, o
 
 
