@@ -2,7 +2,7 @@
 
 An execution setting changes how a run executes, not what it trains. So a relaunch may change it and still
 resume (phicenter.config.config_changes), the report never splits runs by it (phicenter.analysis.report),
-TensorBoard's hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
+the loggers' hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
 hydra.job.config.override_dirname.exclude_keys, pinned to `folder_name_excluded()` by tests/test_config.py).
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _scalar(v):
 
 
 def hparams(resolved: dict) -> dict[str, typing.Any]:
-    """A run's resolved config as TensorBoard hparams: strategy, phi, seed, model and dataset first, then every
+    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): strategy, phi, seed, model and dataset first, then every
     other setting that shapes training (dotted keys, in config order); execution settings left out; values
     plain scalars (null as "null", lists as text)."""
     flat = flatten(resolved)
