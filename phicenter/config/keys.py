@@ -91,9 +91,9 @@ def _scalar(v):
 
 
 def hparams(resolved: dict) -> dict[str, typing.Any]:
-    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): strategy, phi, seed, model and dataset first, then every
-    other setting that shapes training (dotted keys, in config order); execution settings left out; values
-    plain scalars (null as "null", lists as text)."""
+    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): strategy, phi,
+    seed, model and dataset first, then every other setting that shapes training (dotted keys, in config
+    order); execution settings left out; values plain scalars (null as "null", lists as text)."""
     flat = flatten(resolved)
     out = {label: _scalar(flat.pop(key)) for label, key in HPARAMS_FIRST if key in flat}
     out.update((k, _scalar(v)) for k, v in flat.items() if shapes_training(k))
