@@ -278,16 +278,25 @@ def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
 # ---------------------------------------------------------------- appended records
 
 class AppendFile:
-    """A file that grows by whole records (TensorBoard's events): each record is written at once, and one
-    that fails is cut off again, so the file always ends on a whole record."""
+    """A file that grows by whole records (TensorBoard's events, CSV rows): each record is written at once, and
+    one that fails is cut off again, so the file always ends on a whole record. `record_end`: the bytes every
+    record ends with (b"\n" for lines): a part record a killed process left at the end is cut off on opening."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, record_end: bytes | None = None):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            if record_end:
+                self._cut_part_record(record_end)
         except OSError as e:
             raise WriteError(self.path, e) from e
+
+    def _cut_part_record(self, end: bytes) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if data and not data.endswith(end):
+            os.ftruncate(self.fd, data.rfind(end) + len(end) if end in data else 0)
 
     def write(self, data: bytes) -> None:
         start = os.lseek(self.fd, 0, os.SEEK_END)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from phicenter.analysis.sweep import job_line, where_results
 from phicenter.engine import rundir as results
 from phicenter.io import WriteError, read_json
+from phicenter.loggers import selected
 from phicenter.config import ConfigError, check_launch, recorded_config
 
 log = logging.getLogger("phicenter")
@@ -160,7 +161,7 @@ def main(cfg: DictConfig) -> float:
             sys.exit(1)
         return float("nan")
     if not multirun and not cfg.get("dry_run") and results.is_writer():
-        for line in where_results(run_dir, "results"):
+        for line in where_results(run_dir, "results", selected(cfg)):
             log.info("%s", line)
     accs = [o["final"]["val_acc"] for o in outs.values() if o and o.get("final")
             and o["final"].get("val_acc") is not None]

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from phicenter import config
 from phicenter.config import ConfigError, schema
 from phicenter.method import options
-from phicenter.spec import PosInt, check_value, declared, default
+from phicenter.spec import PosInt, check_value, declared, default, group_in
 from tests.cli import ROOT
 
 CONF = ROOT / "conf"
@@ -103,6 +103,11 @@ BAD = [
     ("dataset=npz", "dataset.path has no value; set dataset.path=..."),
     ("dataset=synthetic dataset.shape=[1,0,8]", "dataset.shape must be a list of integers >= 1"),
     ("+dataset.download=false", "unknown key dataset.download: dataset digits has no option download"),
+    ("+logger.csv.dir=x", "unknown key logger.csv.dir: logger.csv has no option dir (its options: none)"),
+    ("logger=wandb logger.wandb.mode=sometimes", "logger.wandb.mode must be online, offline or disabled (or null)"),
+    ("logger=mlflow +logger.mlflow.uri=x", "unknown key logger.mlflow.uri: logger.mlflow has no option uri (its "
+                                           "options: tracking_uri, experiment, run_name)"),
+    ("logger=mlflow logger.mlflow.experiment=null", "logger.mlflow.experiment must be a string, got None"),
 ]
 
 
@@ -131,6 +136,8 @@ GOOD = [
     ("model=vgg16_pretrained", "model.batch_norm=true", "model.verify_weights=false", "model.weights_path=/w.pth"),
     ("dataset=cifar10", "dataset.augment=true", "dataset.pipeline=torchvision", "+dataset.num_workers=2"),
     ("dataset=npz", "dataset.path=/d.npz"), ("dataset=synthetic", "dataset.shape=[3,8,8]"),
+    ("logger=[tensorboard,csv,mlflow,wandb]", "logger.mlflow.tracking_uri=http://127.0.0.1:5000",
+     "logger.wandb.mode=offline", "logger.wandb.entity=me"), ("logger=[]",), ("logger=csv", "pack=true", "phi=[0,1]"),
 ]
 
 
@@ -182,8 +189,9 @@ def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
 
 
 def test_schema_imports_no_torch_hydra_or_omegaconf():
-    code = ("import sys; import phicenter.config, phicenter.method.options; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'omegaconf', 'hydra'})); "
+    code = ("import sys; import phicenter.config, phicenter.method.options, phicenter.loggers; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'omegaconf', 'hydra', 'mlflow', "
+            "'wandb', 'tensorboard'})); "
             "import phicenter.train; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["[]", "False"]   # and the command line imports torch after its checks
@@ -217,6 +225,21 @@ def env_default(value):
     if isinstance(value, str) and value.startswith("${oc.env:") and value.endswith("}") and "," in value:
         return value[:-1].split(",", 1)[1]
     return value
+
+
+def test_logger_files_hold_the_declared_defaults_one_logger_each():
+    """conf/logger/<name>.yaml: one key, its name, a logger of phicenter.loggers with its declared options."""
+    from phicenter import loggers
+
+    assert names("logger") == sorted(loggers.SINKS) == sorted(declared(schema.Loggers))
+    for name in names("logger"):
+        node = OmegaConf.to_container(OmegaConf.load(CONF / "logger" / f"{name}.yaml"))
+        assert list(node) == [name] and loggers.SINKS[name].key == name
+        cls = group_in(declared(schema.Loggers)[name][0])
+        assert set(node[name] or {}) == set(declared(cls)), name
+        for key, value in (node[name] or {}).items():
+            assert normalised(cls, key, env_default(value)) == default(declared(cls)[key][1]), f"{name}.{key}"
+    assert composed().logger == {"tensorboard": {}}   # the default: TensorBoard alone
 
 
 def test_config_yaml_holds_the_declared_defaults():

@@ -93,6 +93,18 @@ def test_an_append_that_fails_is_cut_back_to_the_last_whole_record(tmp_path):
     assert (tmp_path / "events").read_bytes() == b"first;third;"
 
 
+def test_lines_appended_after_a_killed_writer_start_on_a_new_line(tmp_path):
+    """A part row a killed process left (no newline yet) is cut off as the file is opened again."""
+    for before, kept in ((b"step,tag\n0,a\n1,b", b"step,tag\n0,a\n"), (b"step,t", b""), (b"0,a\n", b"0,a\n"),
+                         (b"", b"")):
+        path = tmp_path / "scalars.csv"
+        path.write_bytes(before)
+        f = io.AppendFile(path, record_end=b"\n")
+        f.write(b"2,c\n")
+        f.close()
+        assert path.read_bytes() == kept + b"2,c\n", before
+
+
 def test_newest_loadable_skips_what_does_not_load(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     a.write_text("not json")

@@ -157,7 +157,8 @@ def test_a_changed_source_file_changes_the_key(tmp_path, monkeypatch):
                        "the report": lambda r: _flip_first_byte(r / "analysis" / "report.py"),
                        "the bench": lambda r: _flip_first_byte(r / "bench" / "rounds.py"),
                        "the tickets": lambda r: _flip_first_byte(r / "ticket" / "encoding.py"),
-                       "the export": lambda r: _flip_first_byte(r / "export.py")}.items():
+                       "the export": lambda r: _flip_first_byte(r / "export.py"),
+                       "a logger": lambda r: _flip_first_byte(r / "loggers" / "mlflow_run.py")}.items():
         monkeypatch.setattr(reuse, "CODE_ROOT", _copy(tmp_path, name, edit))
         assert key() == base, name
 
@@ -176,7 +177,8 @@ def test_pure_execution_settings_leave_the_key():
     for o in ["data_dir=/elsewhere", "checkpoint.keep_all=true", "checkpoint.every_n_epochs=3",
               "trainer.enable_progress_bar=true", "trainer.enable_progress_bar=false", "round_store.dir=/x",
               "round_store.enabled=false", "resume=false", "pack_chunk=2", "+dataset.num_workers=2",
-              "fault.fail_round=3", "dry_run=phi", "threads=1"]:
+              "fault.fail_round=3", "dry_run=phi", "threads=1", "logger=[]", "logger=[csv,mlflow,wandb]",
+              "logger=wandb"]:
         assert key(o) == base, o
 
 

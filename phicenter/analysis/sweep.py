@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from phicenter.engine import rundir as results
 from phicenter.engine.roundstore import RoundStore, describe, store_dir
 from phicenter.io import read_json, write_json
+from phicenter.loggers import selected
 
 log = logging.getLogger("phicenter")
 
@@ -64,11 +65,14 @@ def job_line() -> str:
     return f"job {hc.job.num + 1}{f' of {total}' if total else ''}: {hc.job.override_dirname or '(no overrides)'}"
 
 
-def where_results(folder: str | Path, what: str) -> list[str]:
-    """Where a run's or a multirun's results are, and the two commands that read them."""
+def where_results(folder: str | Path, what: str, loggers: dict | None = None) -> list[str]:
+    """Where a run's or a multirun's results are, and the commands that read them: each logger's
+    (phicenter.loggers.selected; None: TensorBoard's), then the report."""
+    from phicenter.loggers import readers
+
     shown = os.path.relpath(folder) if Path(folder).resolve().is_relative_to(Path.cwd()) else str(folder)
-    return [f"{what} in {shown}; to read them:",
-            f"  tensorboard --logdir {shown}",
+    loggers = {"tensorboard": {}} if loggers is None else loggers
+    return [f"{what} in {shown}; to read them:", *(f"  {line}" for line in readers(folder, shown, loggers)),
             f"  python -m phicenter.report {shown}"]
 
 
@@ -113,5 +117,5 @@ class SweepSummary(Callback):
         for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):
             for job in summary.get(status, []):
                 log.warning("%s: %s%s", status, job["job"], f" -- {job['error']}" if job["error"] else "")
-        for line in where_results(sweep_dir, "results of the multirun"):
+        for line in where_results(sweep_dir, "results of the multirun", selected(config)):
             log.info("%s", line)

@@ -44,13 +44,17 @@ def validate(cfg) -> dict:
 
 
 def check_launch(cfg, previous: dict | None, run_dir) -> None:
-    """What the command line checks before torch is imported: every setting, and that run_dir, whose
-    results.json holds `previous`, has no run of another configuration (a packed job's variant folders are
-    checked as the job starts them)."""
+    """What the command line checks before torch is imported: every setting, that every logger picked is
+    installed, and that run_dir, whose results.json holds `previous`, has no run of another configuration (a
+    packed job's variant folders are checked as the job starts them)."""
+    from phicenter.loggers import check_installed, selected
+
     if cfg.get("pack"):
         check(cfg)
+        check_installed(selected(cfg))
         return
     v = validate(cfg)
+    check_installed(selected(cfg))
     if cfg.get("resume", True):
         check_same_run(previous, recorded_config(cfg, v["phi"]), run_dir)
 

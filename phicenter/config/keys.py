@@ -2,7 +2,7 @@
 
 An execution setting changes how a run executes, not what it trains. So a relaunch may change it and still
 resume (phicenter.config.config_changes), the report never splits runs by it (phicenter.analysis.report),
-TensorBoard's hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
+the loggers' hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
 hydra.job.config.override_dirname.exclude_keys, pinned to `folder_name_excluded()` by tests/test_config.py).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from phicenter.spec import declared, group_in
 EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
                   "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
                   "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
-                  "eval_batch_size", "optim.fused", "round_store")
+                  "eval_batch_size", "optim.fused", "round_store", "logger")
 
 # The execution settings that change a round's result to the bit: the round key holds each one's effective
 # value (engine.reuse.execution_in_key: the thread count torch uses, the number of processes, ...). The others
@@ -34,7 +34,7 @@ RECORD_ONLY_KEYS = ("reference",)
 NAMED_IN_FOLDERS = ("pack", "dry_run", "dry_run_grid", "fault")
 
 # Config groups chosen on the command line that are no setting of the run (folder names leave them out).
-UNNAMED_GROUPS = ("hparams_search",)
+UNNAMED_GROUPS = ("hparams_search", "logger")
 
 # The options a packed job spans its variants with; never part of a variant's own config.
 PACK_KEYS = ("pack", "pack_chunk")
@@ -56,19 +56,22 @@ def shapes_training(key: str) -> bool:
     return not is_execution_key(key) and key not in PHI_SEARCH_KEYS
 
 
-def _leaves(key: str) -> list[str]:
-    """A key, or for a declared group every key in it: checkpoint -> checkpoint.keep_all, ..."""
-    fields = declared(Config)
-    group = group_in(fields[key][0]) if key in fields else None
-    if group is not None:
-        return [f"{key}.{k}" for k in declared(group)]
+def _leaves(key: str, cls=Config) -> list[str]:
+    """A key, or for a declared group every key in it, through nested groups: checkpoint ->
+    checkpoint.keep_all, ...; logger -> logger.tensorboard, logger.mlflow.tracking_uri, ..."""
+    fields = declared(cls)
+    name = key.rpartition(".")[2]
+    group = group_in(fields[name][0]) if name in fields else None
+    if group is not None and declared(group):
+        return [leaf for k in declared(group) for leaf in _leaves(f"{key}.{k}", group)]
     return [key]
 
 
 def folder_name_excluded() -> list[str]:
     """The keys multirun job folder names leave out: conf/config.yaml's override_dirname.exclude_keys."""
     keys = [k for k in EXECUTION_KEYS + RECORD_ONLY_KEYS if k not in NAMED_IN_FOLDERS]
-    return [leaf for k in keys for leaf in _leaves(k)] + list(UNNAMED_GROUPS)
+    leaves = [leaf for k in keys for leaf in (_leaves(k) if "." not in k else [k])]
+    return leaves + [g for g in UNNAMED_GROUPS if g not in leaves]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -88,9 +91,9 @@ def _scalar(v):
 
 
 def hparams(resolved: dict) -> dict[str, typing.Any]:
-    """A run's resolved config as TensorBoard hparams: strategy, phi, seed, model and dataset first, then every
-    other setting that shapes training (dotted keys, in config order); execution settings left out; values
-    plain scalars (null as "null", lists as text)."""
+    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): strategy, phi,
+    seed, model and dataset first, then every other setting that shapes training (dotted keys, in config
+    order); execution settings left out; values plain scalars (null as "null", lists as text)."""
     flat = flatten(resolved)
     out = {label: _scalar(flat.pop(key)) for label, key in HPARAMS_FIRST if key in flat}
     out.update((k, _scalar(v)) for k, v in flat.items() if shapes_training(k))

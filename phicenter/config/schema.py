@@ -233,6 +233,49 @@ class RoundStore:
     dir: str = "outputs/round_store"   # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
 
 
+# ------------------------------------------------------------------ loggers (conf/logger/*.yaml, phicenter.loggers)
+
+
+@frozen
+class TensorBoardLogger:
+    """<run>/tb/ (no options)."""
+
+
+@frozen
+class CsvLogger:
+    """<run>/csv/scalars.csv and hparams.json (no options)."""
+
+
+@frozen
+class MlflowLogger:
+    # a folder, sqlite:///FILE or http://HOST:PORT; conf: $MLFLOW_TRACKING_URI, else this; null: MLflow's default
+    tracking_uri: str | None = "sqlite:///outputs/mlflow.db"
+    experiment: str = "phicenter"      # the MLflow experiment the runs go into
+    run_name: str | None = None        # null: the run folder
+
+
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+@frozen
+class WandbLogger:
+    project: str = "phicenter"
+    entity: str | None = None          # null: wandb's default (your user, or $WANDB_ENTITY)
+    group: str | None = None           # runs shown together (null: none)
+    mode: WandbMode | None = None      # null: $WANDB_MODE, else online
+
+
+@frozen
+class Loggers:
+    """The `logger` group: one key per logger picked (`logger=[tensorboard,csv]`), each with its options.
+    An execution setting (phicenter.config.keys.EXECUTION_KEYS): in no round key, job folder name or
+    TensorBoard hparam, and a relaunch may change it."""
+    tensorboard: TensorBoardLogger | None = None
+    csv: CsvLogger | None = None
+    mlflow: MlflowLogger | None = None
+    wandb: WandbLogger | None = None
+
+
 # ------------------------------------------------------------------ the published figures an experiment reproduces
 
 Percent = Annotated[float, Range("[0, 100]")]
@@ -299,6 +342,7 @@ class Config:
     dataset: Annotated[dict, ByName(DATASET_OPTIONS)] = field(default_factory=dict)
     optim: Annotated[dict, ByName(OPTIMIZERS)] = field(default_factory=dict)
     schedule: Annotated[dict, ByName(SCHEDULES)] = field(default_factory=dict)
+    logger: Loggers | None = None      # null (logger=[]): no logger but results.json
     reference: Reference | None = None             # the published figures a reference experiment reproduces
     phi_sign: Literal["-", "+"] | None = None      # hparams_search=phi_optuna: phi drawn as a sign and |phi|
     phi_abs: Positive | None = None

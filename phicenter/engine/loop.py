@@ -23,7 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from phicenter import data
-from phicenter.config import recorded_config
+from phicenter import loggers
+from phicenter.config import hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
@@ -169,7 +170,7 @@ def _record_failure(cohort: list[Member], e: Exception) -> None:
 def _close(cohort: list[Member]) -> None:
     for m in cohort:
         if m.recorder is not None:
-            m.recorder.close()
+            m.recorder.close(m.record.get("status", "running"))
             m.recorder = None
 
 
@@ -235,7 +236,8 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
     last_round = v["iterations"] if last_round is None else last_round
     loaders = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
     for m in members:
-        m.recorder = records.Recorder(m.folder.path, enabled=is_writer())
+        m.recorder = records.Recorder(m.folder.path, enabled=is_writer(), loggers=loggers.selected(cfg),
+                                      params=hparams(m.resolved))
     probe = build.make_trainer(cfg, [], epochs)   # the device, and whether this run is one process
     device = probe.strategy.root_device
     plan = rewinding.plan(cfg, v, splits, probe.world_size)

@@ -1,17 +1,12 @@
-"""What a run records: its results.json skeleton, one entry per round, and its TensorBoard events (epoch, round,
-per-layer and hparams), on one step axis across rounds: the global epoch index. The events are written here
-(TensorBoard's record format, through phicenter.io), not by a Lightning logger, so a write that fails is met
-where it happens."""
+"""What a run records: its results.json skeleton, one entry per round, and its scalars (epoch, round,
+per-layer) and hparams, on one step axis across rounds: the global epoch index, for each of the run's loggers
+(phicenter.loggers: TensorBoard by default)."""
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import time
 from pathlib import Path
 
 from phicenter.config import hparams
-from phicenter.io import AppendFile
 from phicenter.method.pruning import sparsity
 from phicenter.method.units import effective_sparsity
 
@@ -72,73 +67,47 @@ def round_entry(r: int, imp, diagnostics: dict | None, history: list[dict], test
     return entry
 
 
-class EventFile:
-    """One TensorBoard events file (`events.out.tfevents.<time>.<host>.<pid>.<n>`, one per launch), written
-    through phicenter.io: each event is appended whole at once, so a write that fails raises where it is made
-    and leaves the file ending on a whole record."""
-
-    _count = itertools.count()
-
-    def __init__(self, folder: Path):
-        import socket
-
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._count)}"
-        self.file = AppendFile(Path(folder) / name)
-        self.records = RecordWriter(self.file)
-        self._write(file_version="brain.Event:2")
-
-    def _write(self, step: int = 0, **fields) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-
-        self.records.write(Event(wall_time=time.time(), step=step, **fields).SerializeToString())
-
-    def scalars(self, values: dict, step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        self._write(step, summary=Summary(value=[Summary.Value(tag=k, simple_value=float(v))
-                                                 for k, v in values.items() if v is not None]))
-
-    def hparams(self, params: dict, metrics: dict) -> None:
-        """The hparams plugin's three summaries (experiment, session start and end), and the metrics."""
-        from torch.utils.tensorboard.summary import hparams
-
-        self.scalars(metrics, step=0)
-        for summary in hparams(params, metrics):
-            self._write(0, summary=summary)
-
-    def close(self) -> None:
-        self.file.close()
-
-
 class Recorder:
-    """One run's TensorBoard events (`tb/`); a no-op on every rank but the first of a data-parallel run."""
+    """One run's scalars and hparams, emitted once to every logger the run has (phicenter.loggers; by default
+    TensorBoard's `tb/`); a no-op on every rank but the first of a data-parallel run. `loggers`: {name:
+    options} (phicenter.loggers.selected; None: TensorBoard alone); `params`: the run's hparams, for the
+    loggers that show them while it trains."""
 
-    def __init__(self, run_dir, enabled: bool = True):
-        self.events = EventFile(Path(run_dir) / "tb") if enabled else None
+    def __init__(self, run_dir, enabled: bool = True, loggers: dict | None = None, params: dict | None = None):
+        from phicenter.loggers import open_sinks
+
+        loggers = {"tensorboard": {}} if loggers is None else loggers
+        self.sinks = open_sinks(Path(run_dir), loggers, params or {}) if enabled else []
+
+    def _emit(self, values: dict, step: int) -> None:
+        for sink in self.sinks:
+            sink.scalars(values, step)
 
     def epoch(self, row: dict, step: int, tag: str = "epoch") -> None:
-        if self.events is not None:
-            self.events.scalars({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
-                                | {f"{tag}/round": row["round"]}, step=step)
+        if self.sinks:
+            self._emit({f"{tag}/{k}": v for k, v in row.items() if k not in ("round", "epoch")}
+                       | {f"{tag}/round": row["round"]}, step=step)
 
     def round(self, entry: dict, step: int) -> None:
-        if self.events is None:
+        if not self.sinks:
             return
         per_layer = {f"layer/{n}/{k}": v for n, d in entry["layers"].items() for k, v in d.items()
                      if k in LAYER_TAGS and v is not None}
         moved = entry.get("transfer") or {}   # sign_transfer: the transferred network of this level
         transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
-        self.events.scalars({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
-                            | transfer, step=step)
+        self._emit({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
+                   | transfer, step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:
-        if self.events is not None:
-            self.events.hparams(hparams(resolved), {"final/val_acc": final["val_acc"],
-                                                    "final/test_acc": final["test_acc"]})
+        """At the end of a complete run: the final metrics (as scalars at step 0, and beside the hparams)."""
+        metrics = {"final/val_acc": final["val_acc"], "final/test_acc": final["test_acc"]}
+        params = hparams(resolved)
+        self._emit(metrics, step=0)
+        for sink in self.sinks:
+            sink.hparams(params, metrics)
 
-    def close(self) -> None:
-        if self.events is not None:
-            self.events.close()
-            self.events = None
+    def close(self, status: str = "running") -> None:
+        """`status`: how the run stands (results.json's status; running when it was stopped)."""
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close(status)

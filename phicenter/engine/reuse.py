@@ -37,11 +37,12 @@ SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "s
 # The training code is every module of the package but these, which only show or read what was trained:
 # the analysis (report, figures, statistics, the sweep summary, the dry run's counts), the bench (a caller of
 # the engine, never imported by it), the report's entry point, the progress bar and lines, the records
-# (results.json's round entries and TensorBoard events, made from a round once it is trained), and the tickets
-# (phicenter.ticket and phicenter.export: a trained round read out of its checkpoint).
+# (results.json's round entries and the scalars, made from a round once it is trained), the loggers that
+# receive those scalars, and the tickets (phicenter.ticket and phicenter.export: a trained round read out of its
+# checkpoint).
 CODE_ROOT = Path(__file__).resolve().parents[1]
-NOT_TRAINING_CODE = ("analysis/", "bench/", "report.py", "engine/progress.py", "engine/records.py", "export.py",
-                     "ticket/")
+NOT_TRAINING_CODE = ("analysis/", "bench/", "report.py", "engine/progress.py", "engine/records.py", "loggers/",
+                     "export.py", "ticket/")
 
 _fingerprints: dict[int, str] = {}
 _code_digests: dict[Path, str] = {}

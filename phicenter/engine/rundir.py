@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from phicenter.io import newest_loadable, read_json, save_torch, write_json
+from phicenter.loggers import IDS as LOGGER_IDS
 
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
@@ -104,10 +105,11 @@ class RunFolder:
             save_round(self.path, round_index, state, keep_all)
 
     def start_over(self) -> None:
-        """resume=false: no checkpoint of the run before may be resumed later."""
+        """resume=false: no checkpoint of the run before may be resumed later, nor its loggers' runs."""
         if is_writer():
             shutil.rmtree(self.path / CKPT_DIR, ignore_errors=True)
             (self.path / THETA_K).unlink(missing_ok=True)
+            (self.path / LOGGER_IDS).unlink(missing_ok=True)   # the loggers start a new run too
 
     def drop_epochs_before(self, start: int) -> None:
         """Epoch checkpoints of rounds that have since completed."""
