@@ -24,7 +24,7 @@ SKIP_DIRS = {"tb", "checkpoints", ".hydra"}
 # Strategy columns: the paper's four in its tables' order, then the other strategies; any other name after
 # them, alphabetically.
 PAPER_COLUMNS = ("gradual", "mask0", "mask1", "standard")
-STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth", "random")
+STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth", "random", "random_mask")
 
 
 def phi_record(entry: dict) -> dict:

@@ -183,6 +183,7 @@ class Prune:
     base: OpenUnit = 0.8               # each round keeps `base` of the surviving weights
     scope: Literal["layer", "global"] = "layer"
     output_base: Annotated[float, Range("(0, 1]")] | None = None   # 1: the output layer is never pruned
+    conv_base: Annotated[float, Range("(0, 1]")] | None = None     # convolutions' own base; null: base
     method: Literal["magnitude", "structured"] = "magnitude"
 
 
