@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from phicenter import data
 from phicenter.config import recorded_config
 from phicenter.engine import build, records, rewinding, transfer
-from phicenter.engine.instability import Instability
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
+from phicenter.engine.instability import Instability
 from phicenter.engine.module import CohortModule, Diverged
 from phicenter.engine.reuse import Reuse
 from phicenter.engine.rundir import CKPT_DIR, RESUME_HINT, RunFolder, full_trace, is_writer
