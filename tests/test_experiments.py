@@ -31,7 +31,7 @@ RECIPES = {
     "renda_lrr_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
     "oh_sign_transfer_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
 }
-REWIND = {"lmc_resnet20_cifar10": 2, "lmc_vgg16_cifar10": 3}   # late rewinding; every other experiment: theta0
+REWIND = {"lmc_resnet20_cifar10": 2000, "lmc_vgg16_cifar10": 1000}   # rewind.step; every other experiment: theta0
 
 
 def config(*overrides: str):
@@ -49,7 +49,7 @@ def test_experiment_composes_with_its_recipe(name):
     dataset, model, augment, normalize = RECIPES[name]
     assert (cfg.dataset.name, cfg.model.name) == (dataset, model)
     assert cfg.dataset.augment is augment and cfg.dataset.normalize == normalize
-    assert cfg.prune.method == "magnitude" and cfg.rewind.epoch == REWIND.get(name, 0)
+    assert cfg.prune.method == "magnitude" and (cfg.rewind.step, cfg.rewind.epoch) == (REWIND.get(name, 0), 0)
 
 
 @pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar100_resnet18"])

@@ -135,3 +135,16 @@ def test_match_items_are_key_equals_value():
         {"rewind.epoch": 2, "phi": 0, "strategy.pruned_fill": "zero"}
     with pytest.raises(ValueError, match="not key=value"):
         literature.parse_match(["rewind.epoch"])
+
+
+def test_a_sign_transfer_level_counts_its_transferred_networks_accuracy():
+    """sign_transfer's result at a level is the transferred network (as in the report's tables); round 0 has no
+    transfer and counts its own."""
+    from pathlib import Path
+
+    from phicenter.analysis.runs import Run
+
+    rounds = [{"round": 0, "sparsity": 0.0, "test_acc": 0.9, "transfer": None},
+              {"round": 1, "sparsity": 0.2, "test_acc": 0.8, "transfer": {"test_acc": 0.7}}]
+    table = literature.round_table([Run(Path("r"), "complete", rounds=rounds)])
+    assert [(r.round, r.remaining, r.mean) for r in table] == [(0, 100.0, 90.0), (1, 80.0, 70.0)]

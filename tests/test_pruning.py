@@ -195,6 +195,47 @@ def test_imp_global_scope_pools_hidden_layers_and_keeps_output_apart():
     assert pruning.mask_of(imp.layers["0"]).mask.flatten().tolist() == [False] * 18 + [True] * 82
 
 
+def conv_net():
+    """Conv2d(4, 5, (5, 1)): 100 weights; Linear(5, 20): 100; the output layer Linear(20, 1): 20."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(4, 5, (5, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(5, 20), nn.ReLU(),
+                         nn.Linear(20, 1))
+
+
+def test_conv_base_prunes_convolutions_at_their_own_rate():
+    """Frankle & Carbin's Conv-2/4 rates: convolutions 10 % a round, fc layers 20 %, the output layer its own.
+    conv (base 0.9): 100 -10-> 90 -9-> 81 -round(8.1)=8-> 73 -round(7.3)=7-> 66
+    fc   (base 0.8): 100 -20-> 80 -16-> 64 -round(12.8)=13-> 51 -round(10.2)=10-> 41
+    out  (base 0.5): 20 -10-> 10 -5-> 5 -round(2.5)=3-> 2 -1-> 1"""
+    imp = IMP(conv_net(), build("mask0"), IMPConfig(base=0.8, conv_base=0.9, output_base=0.5))
+    assert imp.bases() == {"0": 0.9, "3": 0.8, "5": 0.5}
+    for r, counts in enumerate([(90, 80, 10), (81, 64, 5), (73, 51, 2), (66, 41, 1)], 1):
+        for layer in imp.layers.values():
+            pruning.raw_weight(layer).data.fill_(0.5)
+        imp.advance(r)
+        assert tuple(alive_counts(imp)) == counts
+    # unset, a convolution takes base; the output layer keeps its own base whatever its kind
+    assert IMP(conv_net(), build("mask0"), IMPConfig(base=0.8)).bases() == {"0": 0.8, "3": 0.8, "5": 0.8}
+    conv_out = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Conv2d(2, 3, 1))
+    assert IMP(conv_out, build("mask0"), IMPConfig(base=0.8, conv_base=0.9)).bases() == {"0": 0.9, "2": 0.8}
+
+
+def test_conv_base_under_global_scope_is_a_pool_of_its_own():
+    """Global scope pools the tensors that share a base: at conv_base = base the conv and fc weights are one pool
+    of 200 (k = 40, here every conv weight is smaller: 40 conv weights go); at conv_base 0.9 each is its own
+    pool (conv loses 10, fc 20)."""
+    def advance(conv_base):
+        imp = IMP(conv_net(), build("mask0"), IMPConfig(base=0.8, conv_base=conv_base, output_base=1.0,
+                                                          scope="global"))
+        pruning.raw_weight(imp.layers["0"]).data.fill_(0.1)
+        pruning.raw_weight(imp.layers["3"]).data.fill_(0.2)
+        imp.advance(1)
+        return tuple(alive_counts(imp))
+
+    assert advance(0.8) == advance(None) == (60, 100, 20)
+    assert advance(0.9) == (90, 80, 20)
+
+
 def test_mask_fill_and_attach_masks_idempotent():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Conv1d(1, 1, 1))
     layers = pruning.attach_masks(net)

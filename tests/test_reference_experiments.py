@@ -14,21 +14,24 @@ from tests.cli import ROOT
 from tests.test_data import fake_cifar10, fake_mnist
 
 # name: (strategies swept, epochs, batch, optimizer, lr, iterations, base, output_base, scope, init)
+FC = "lth,random,random_mask"   # Frankle & Carbin: winning tickets against both baselines
 RECIPES = {
-    "lth_lenet300_mnist": ("lth,random", 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
-    "lth_conv2_cifar10": ("lth,random", 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
-    "lth_conv4_cifar10": ("lth,random", 34, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
-    "lth_conv6_cifar10": ("lth,random", 40, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_lenet300_mnist": (FC, 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv2_cifar10": (FC, 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv4_cifar10": (FC, 34, 60, "adam", 3e-4, 22, 0.8, 0.9, "layer", "glorot_normal"),
+    "lth_conv6_cifar10": (FC, 40, 60, "adam", 3e-4, 22, 0.8, 0.9, "layer", "glorot_normal"),
     "zhou_lenet300_mnist": ("mask1,lth", 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
     "zhou_conv2_cifar10": ("mask1,lth", 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
-    "zhou_conv4_cifar10": ("mask1,lth", 34, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
-    "zhou_conv6_cifar10": ("mask1,lth", 40, 60, "adam", 3e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_conv4_cifar10": ("mask1,lth", 34, 60, "adam", 3e-4, 22, 0.8, 0.9, "layer", "glorot_normal"),
+    "zhou_conv6_cifar10": ("mask1,lth", 40, 60, "adam", 3e-4, 22, 0.8, 0.9, "layer", "glorot_normal"),
     "lmc_resnet20_cifar10": ("lth", 160, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
-    "lmc_vgg16_cifar10": ("lth", 160, 128, "sgd", 0.1, 20, 0.8, None, "global", "kaiming_normal"),
+    "lmc_vgg16_cifar10": ("lth", 160, 128, "sgd", 0.1, 20, 0.8, 1.0, "global", "kaiming_normal"),
     "renda_lrr_resnet20_cifar10": ("lrr", 182, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
-    "oh_sign_transfer_resnet20_cifar10": ("sign_transfer,lrr", 10, 128, "sgd", 0.1, 15, 0.8, None, "global",
+    "oh_sign_transfer_resnet20_cifar10": ("sign_transfer", 10, 128, "sgd", 0.1, 15, 0.8, 1.0, "global",
                                           "kaiming_normal"),
 }
+# Frankle & Carbin's Figure 2: convolutions at 10 % a round (Conv-2/4) or 15 % (Conv-6), fc layers at 20 %
+CONV_BASE = {"conv2": 0.9, "conv4": 0.9, "conv6": 0.85}
 
 
 def composed(*overrides, hydra=False):
@@ -53,6 +56,8 @@ def test_recipe_and_reference(name):
     assert (cfg.prune.iterations, cfg.prune.base, cfg.prune.output_base, cfg.prune.scope) == \
         (iters, base, out_base, scope)
     assert cfg.model.init == init and cfg.phi == 0.0
+    arch = name.split("_")[1]
+    assert cfg.prune.conv_base == CONV_BASE.get(arch)
     ref = config.check(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))["reference"]
     assert ref["source"] and ref["metric"] and ref["spread"] and ref["curves"]
     for curve in ref["curves"]:
@@ -64,13 +69,19 @@ def test_recipe_and_reference(name):
 
 
 def test_sgd_recipes():
-    lmc = composed("experiment=lmc_resnet20_cifar10")
-    assert (lmc.optim.momentum, lmc.optim.weight_decay, list(lmc.schedule.at), lmc.rewind.epoch) == \
-        (0.9, 1e-4, [0.5, 0.75], 2)
+    for name, k in (("lmc_resnet20_cifar10", 2000), ("lmc_vgg16_cifar10", 1000)):
+        lmc = composed(f"experiment={name}", hydra=True)
+        assert (lmc.optim.momentum, lmc.optim.weight_decay, list(lmc.schedule.at)) == (0.9, 1e-4, [0.5, 0.75])
+        assert (lmc.rewind.step, lmc.rewind.epoch, str(lmc.hydra.sweeper.params["rewind.step"])) == (k, 0, f"0,{k}")
+        assert lmc.model.batchnorm_init == "uniform"   # open_lth's gamma ~ U(0, 1)
     renda = composed("experiment=renda_lrr_resnet20_cifar10")
     assert (renda.optim.weight_decay, list(renda.schedule.at), renda.dataset.augment) == (2e-4, [0.5, 0.75], True)
-    oh = composed("experiment=oh_sign_transfer_resnet20_cifar10")
-    assert (oh.optim.weight_decay, oh.schedule.name) == (5e-4, "none")
+    oh = composed("experiment=oh_sign_transfer_resnet20_cifar10", hydra=True)
+    assert (oh.optim.weight_decay, oh.schedule.name, oh.strategy.transfer_seed) == (5e-4, "none", None)
+    assert str(oh.hydra.sweeper.params["strategy.aws"]) == "true,false"
+    for aws in ("true", "false"):   # each job of the sweep is a valid config
+        job = composed("experiment=oh_sign_transfer_resnet20_cifar10", "strategy=sign_transfer", f"strategy.aws={aws}")
+        assert config.check(job)["strategy"]["aws"] is (aws == "true")
 
 
 def test_zhou_experiments_are_frankle_and_carbins_recipe_with_other_strategies():
@@ -122,7 +133,7 @@ def test_reference_experiment_trains_a_tiny_round(tmp_path, name):
         fake_mnist(tmp_path / "data", n_train=16, n_test=6)
     else:
         fake_cifar10(tmp_path / "data", per_batch=4, n_test=6)
-    extra = ["rewind.epoch=1", "epochs=2"] if name.startswith("lmc_") else []
+    extra = {"lmc": ["rewind.step=3", "epochs=2"], "oh": ["strategy.aws=true"]}.get(name.split("_")[0], [])
     cfg = composed(f"experiment={name}", f"data_dir={tmp_path / 'data'}", *TINY, *extra)
     res = run(cfg, tmp_path / "run")
     assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0, 1]
@@ -145,7 +156,7 @@ def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp
     res = bench_gpu(sizes, Namespace(reference=True, **args), "cpu")
     row, paper = res["rows"]["lth_lenet300_mnist"], res["rows"]["mnist_fc_lot"]
     assert row["reference"] and not paper["reference"]
-    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (2, 19, 55)   # lth and random, 18 levels
+    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (3, 19, 55)   # lth, random, random_mask
     assert res["reference_hours_est"] == row["grid_hours_est"] and res["grid_hours_est"] == paper["grid_hours_est"]
     res = bench_gpu(sizes, Namespace(reference=False, **args), "cpu")
     assert set(res["rows"]) == {"mnist_fc_lot"} and res["reference_hours_est"] is None

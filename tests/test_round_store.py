@@ -96,9 +96,27 @@ def test_key_follows_what_is_trained_and_nothing_else():
                  "checkpoint.every_n_epochs=2", "resume=false", "trainer.accelerator=cpu", "round_store.dir=/x",
                  "round_store.enabled=false", "pack_chunk=2",
                  # phi and the strategy act only through the state at the round's start
-                 "phi=0.5", "strategy=mask1", "prune.base=0.5", "reinit.magnitude=0.1", "phi_scale=layer_std"]
+                 "phi=0.5", "strategy=mask1", "prune.base=0.5", "reinit.magnitude=0.1", "phi_scale=layer_std",
+                 "strategy=random_mask", "prune.conv_base=0.9"]
     for o in execution:
         assert _key(o) == base, o
+
+
+def _boundary_key(*overrides: str) -> str:
+    """Round 1's key, after the round boundary (prune + reinit) of a net left at theta0."""
+    cfg = config("dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides)
+    splits = build.load_data(cfg)
+    net = build.build_model(cfg, splits)
+    build.build_imp(cfg, net, validate(cfg)).advance(1)
+    return RoundKeys(cfg, splits, "cpu")(net, 1)
+
+
+def test_the_mask_a_boundary_makes_is_in_the_key():
+    """prune.* and the strategy are out of the settings the key holds, and in it through the state the boundary
+    made: the convolutions' own rate, and a random mask against lth's magnitude mask, give other round-1 keys."""
+    assert _boundary_key("model=conv2", "prune.conv_base=0.9") != _boundary_key("model=conv2")
+    assert _boundary_key("model=conv2", "prune.conv_base=0.8") == _boundary_key("model=conv2")   # = prune.base
+    assert _boundary_key("strategy=random_mask") != _boundary_key("strategy=lth")
 
 
 # ---------------------------------------------------------------- store on vs off

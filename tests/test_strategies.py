@@ -236,6 +236,69 @@ def test_random_default_draw_is_seeded_by_seed_round_layer():
     assert not torch.equal(net2[0].weight, net[0].weight)
 
 
+def random_mask_keep(seed: int, r: int, layer: str, shape, k: int, alive=None) -> torch.Tensor:
+    """The mask random_mask leaves: the k alive entries with the lowest uniform draw of (seed, round, layer) go
+    (ties to the lower flat index)."""
+    u = torch.rand(shape, generator=seeding.generator(seed, "random_mask", "mask", r, layer)).flatten()
+    alive = torch.ones(u.numel(), dtype=torch.bool) if alive is None else alive.flatten()
+    order = sorted((float(x), i) for i, x in enumerate(u) if alive[i])
+    keep = alive.clone()
+    for _, i in order[:k]:
+        keep[i] = False
+    return keep.view(shape)
+
+
+def test_random_mask_draws_the_mask_and_rewinds_survivors_to_theta0():
+    """Round 1 (base 0.8, output_base 0.5): layer 0 loses round(1.2) = 1 of its 6 weights, layer 2 round(2.0) = 2
+    of 4, as magnitude pruning would, but which ones is the seeded draw's, not the trained magnitudes'; survivors
+    take their theta0 values, biases go back to theta0 (rewind_other, as lth)."""
+    net, imp, diag = one_round("random_mask", cfg=dict(CFG, seed=3))
+    keep1 = random_mask_keep(3, 1, "0", (2, 3), 1)
+    keep2 = random_mask_keep(3, 1, "2", (2, 2), 2)
+    assert torch.equal(pruning.mask_of(net[0]).mask, keep1) and torch.equal(pruning.mask_of(net[2]).mask, keep2)
+    assert torch.equal(net[0].weight, torch.where(keep1, W1_0, 0.0))
+    assert torch.equal(net[2].weight, torch.where(keep2, W2_0, 0.0))
+    assert torch.equal(net[0].bias, B1_0) and torch.equal(net[2].bias, B2_0)
+    assert diag["survivors"] == 5 + 2 and diag["flipped_vs_init"] == 0.0
+    # the trained values do not enter: other trained weights give the same mask; another seed another one
+    other = tiny()
+    imp2 = IMP(other, build("random_mask"), IMPConfig(**dict(CFG, seed=3)))
+    train_by_hand(other, w1=-T1 * 7, w2=T2 + 1)
+    imp2.advance(1)
+    assert torch.equal(pruning.mask_of(other[0]).mask, keep1)
+    masks = {s: pruning.mask_of(one_round("random_mask", cfg=dict(CFG, seed=s))[0][0]).mask for s in range(8)}
+    assert len({tuple(m.flatten().tolist()) for m in masks.values()}) > 1
+
+
+def test_random_mask_keeps_lths_per_layer_counts_with_nested_masks():
+    """Over 6 rounds of a 3-layer net: each layer's alive count is lth's (the count rule depends only on the alive
+    count and the base), each round's mask lies inside the previous one, and is the seeded draw among the alive."""
+    def make(name):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+        return net, IMP(net, build(name), IMPConfig(phi=0.0, base=0.8, output_base=0.9, seed=11))
+
+    (net_r, imp_r), (net_l, imp_l) = make("random_mask"), make("lth")
+    before = {n: torch.ones(l.weight.shape, dtype=torch.bool) for n, l in imp_r.layers.items()}
+    for r in range(1, 7):
+        for net in (net_r, net_l):   # "training": distinct magnitudes, so lth's mask is magnitude's
+            with torch.no_grad():
+                for i, layer in enumerate(pruning.prunable_layers(net).values()):
+                    layer.weight.copy_(torch.linspace(-1, 1, layer.weight.numel()).view_as(layer.weight) * (i + 1))
+            pruning.reapply_masks(net)
+        imp_r.advance(r)
+        imp_l.advance(r)
+        for n in imp_r.layers:
+            m_r, m_l = pruning.mask_of(imp_r.layers[n]).mask, pruning.mask_of(imp_l.layers[n]).mask
+            assert int(m_r.sum()) == int(m_l.sum())
+            assert bool((m_r <= before[n]).all())                       # nested
+            k = int(before[n].sum()) - int(m_r.sum())
+            assert torch.equal(m_r, random_mask_keep(11, r, n, m_r.shape, k, before[n]))
+            before[n] = m_r.clone()
+    assert any(not torch.equal(pruning.mask_of(imp_r.layers[n]).mask, pruning.mask_of(imp_l.layers[n]).mask)
+               for n in imp_r.layers)
+
+
 def test_phi_scale_layer_std():
     cfg = dict(CFG, phi=0.7, phi_scale="layer_std")
     net, imp, diag = one_round("mask1", cfg=cfg)
@@ -330,14 +393,14 @@ def test_the_papers_four_strategies_share_rewind_other():
     assert declared == in_conf
     assert {declared[n] for n in ("mask0", "mask1", "gradual", "standard")} == {False}
     assert (declared["lth"], declared["sign_rewind"], declared["sign_transfer"], declared["random"],
-            declared["lrr"]) == (True, True, False, False, False)
+            declared["lrr"], declared["random_mask"]) == (True, True, False, False, False, True)
     assert all(build(n).rewind_other is False for n in ("mask0", "mask1", "gradual", "standard"))
 
 
 @pytest.mark.parametrize("name, options, rewound", [
     ("lth", {}, True),
     ("mask0", {}, False), ("mask1", {}, False), ("gradual", {}, False), ("standard", {}, False),
-    ("random", {}, False),
+    ("random", {}, False), ("random_mask", {}, True),
     ("mask1", {"rewind_other": True}, True), ("mask0", {"rewind_other": True}, True),
 ])
 def test_non_prunable_parameters(name, options, rewound):

@@ -128,6 +128,20 @@ def linear_path(net: nn.Module, a: dict, b: dict, alphas, eval_batches, bn_batch
     return LinearPath([float(x) for x in alphas], errors, used)
 
 
+def batches(cfg, splits, split: str = "test", device="cpu"):
+    """(the batches the error is measured on, the training batches BatchNorm statistics are recomputed on) of a
+    run's config: the split in batches of max(batch_size, eval_batch_size); the training split in batches of
+    batch_size, in an order seeded by the run's seed, not augmented, normalised as in training."""
+    from phicenter import data
+
+    x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+    eval_bs = max(int(cfg.get("batch_size") or 60), int(cfg.get("eval_batch_size") or 1000))
+    eval_b = data.Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
+    train_b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, int(cfg.batch_size),
+                           shuffle=True, seed=int(cfg.get("seed") or 0)).to(device)
+    return eval_b, train_b
+
+
 # ---------------------------------------------------------------- phicenter runs and checkpoints
 
 @dataclass
@@ -227,13 +241,9 @@ def measure(a: Side, b: Side, n_alphas: int = 11, split: str = "test", bn_count:
     except data.DataError as e:
         raise BadInput(f"{e} (--data-dir sets the data folder)") from None
     net = build.build_model(cfg, splits).to(device)
-    x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
-    if len(y) == 0:
+    if len(getattr(splits, f"y_{split}")) == 0:
         raise BadInput(f"the run has no {split} split")
-    eval_bs = max(int(cfg.get("batch_size") or 60), int(cfg.get("eval_batch_size") or 1000))
-    eval_b = data.Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
-    train_b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, int(cfg.batch_size),
-                           shuffle=True, seed=int(cfg.get("seed") or 0)).to(device)
+    eval_b, train_b = batches(cfg, splits, split, device)
     state = lambda s: {k: v.to(device) for k, v in s.state.items()}   # noqa: E731
     path = linear_path(net, state(a), state(b), grid(n_alphas), eval_b, train_b, bn_count)
     return {"a": str(a.checkpoint), "b": str(b.checkpoint), "round_a": a.round, "round_b": b.round,

@@ -36,8 +36,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 RUN_COLUMNS = ["path", "status", "dataset", "architecture", "strategy", "phi", "seed", "val_acc", "test_acc",
-               "transfer_val_acc", "transfer_test_acc", "sparsity", "effective_sparsity", "inactive",
-               "rounds_trained", "rounds_reused", "problem"]
+               "transfer_val_acc", "transfer_test_acc", "sparsity", "effective_sparsity", "instability_barrier",
+               "inactive", "rounds_trained", "rounds_reused", "problem"]
 
 
 def run_rows(runs: list[Run]) -> list[dict]:
@@ -47,6 +47,7 @@ def run_rows(runs: list[Run]) -> list[dict]:
              "test_acc": pct(r.round_test, 4), "transfer_val_acc": _blank(pct(r.transfer_val, 4)),
              "transfer_test_acc": _blank(pct(r.transfer_test, 4)),
              "sparsity": pct(r.sparsity, 4), "effective_sparsity": pct(r.effective_sparsity, 4),
+             "instability_barrier": _blank(pct(r.barrier, 4)),
              "inactive": r.inactive, "rounds_trained": r.rounds_trained, "rounds_reused": r.rounds_reused,
              "problem": r.problem or ""} for r in runs]
 

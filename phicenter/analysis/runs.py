@@ -24,7 +24,7 @@ SKIP_DIRS = {"tb", "checkpoints", ".hydra"}
 # Strategy columns: the paper's four in its tables' order, then the other strategies; any other name after
 # them, alphabetically.
 PAPER_COLUMNS = ("gradual", "mask0", "mask1", "standard")
-STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth", "random")
+STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth", "random", "random_mask")
 
 
 def phi_record(entry: dict) -> dict:
@@ -60,6 +60,7 @@ class Run:
     transfer_test: float = math.nan
     sparsity: float = math.nan          # final round: share of prunable weights pruned
     effective_sparsity: float = math.nan  # final round: share that can no longer change the output
+    barrier: float = math.nan           # instability.enabled: the final round's test error barrier to its copy
     inactive: bool = False              # phi != 0 and phi re-signed no survivor in any round
     rounds_trained: int = 0             # rounds this run trained itself
     rounds_reused: int = 0              # rounds it took from the round store or a cohort twin (`reused_from`)
@@ -111,6 +112,8 @@ def read_run(path: Path) -> Run:
         run.test = run.round_test = float(final["test_acc"])
         run.val = run.round_val = num(final.get("val_acc"))
         run.sparsity, run.effective_sparsity = num(final.get("sparsity")), num(final.get("effective_sparsity"))
+        if isinstance(final.get("instability"), dict):
+            run.barrier = num(final["instability"].get("barrier"))
         moved = final.get("transfer")
         if isinstance(moved, dict):   # sign_transfer: the method's result is the transferred network
             run.val = run.transfer_val = num(moved.get("val_acc"))

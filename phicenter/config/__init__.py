@@ -40,7 +40,8 @@ def validate(cfg) -> dict:
     prune = c.get("prune", {})
     return {"phi": c.get("phi", 0.0), "seed": c.get("seed", 0), "epochs": c.get("epochs", 10),
             "batch_size": c.get("batch_size", 60), "iterations": prune.get("iterations", 10),
-            "base": prune.get("base", 0.8), "output_base": prune.get("output_base")}
+            "base": prune.get("base", 0.8), "output_base": prune.get("output_base"),
+            "conv_base": prune.get("conv_base")}
 
 
 def check_launch(cfg, previous: dict | None, run_dir) -> None:

@@ -16,7 +16,11 @@ from phicenter.spec import declared, group_in
 EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
                   "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
                   "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
-                  "eval_batch_size", "optim.fused", "round_store", "logger")
+                  "eval_batch_size", "optim.fused", "round_store", "logger",
+                  "instability")
+
+# (`instability` trains a copy of each round beside the run and measures it; the run's own rounds, results and
+# keys stay those of the run without it: a relaunch may switch it, and the report never splits runs by it.)
 
 # The execution settings that change a round's result to the bit: the round key holds each one's effective
 # value (engine.reuse.execution_in_key: the thread count torch uses, the number of processes, ...). The others

@@ -183,6 +183,7 @@ class Prune:
     base: OpenUnit = 0.8               # each round keeps `base` of the surviving weights
     scope: Literal["layer", "global"] = "layer"
     output_base: Annotated[float, Range("(0, 1]")] | None = None   # 1: the output layer is never pruned
+    conv_base: Annotated[float, Range("(0, 1]")] | None = None     # convolutions' own base; null: base
     method: Literal["magnitude", "structured"] = "magnitude"
 
 
@@ -276,6 +277,16 @@ class Loggers:
     wandb: WandbLogger | None = None
 
 
+@frozen
+class Instability:
+    """Frankle et al. (2020)'s instability of each round: a copy trained from the round's starting state with
+    another data order, and the error barrier between the two (docs/method.md, "Instability analysis")."""
+    enabled: bool = False
+    data_seed: NonNegInt | None = None  # the copy's data order (and its fit's RNG); null: seed + 1
+    points: Annotated[int, Range(">= 2")] = 11   # alphas over [0, 1], both ends included
+    from_round: NonNegInt = 0          # the first round measured
+
+
 # ------------------------------------------------------------------ the published figures an experiment reproduces
 
 Percent = Annotated[float, Range("[0, 100]")]
@@ -332,6 +343,7 @@ class Config:
     dry_run_grid: DryRunGrid = field(default_factory=DryRunGrid)
     fault: Fault = field(default_factory=Fault)
     round_store: RoundStore = field(default_factory=RoundStore)
+    instability: Instability = field(default_factory=Instability)
     prune: Prune = field(default_factory=Prune)
     rewind: Rewind = field(default_factory=Rewind)
     reinit: Reinit = field(default_factory=Reinit)

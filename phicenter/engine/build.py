@@ -43,7 +43,7 @@ def build_imp(cfg: DictConfig, net, v: dict) -> IMP:
     """The method state of one run; a setting the method refuses (a constant of 0, say) is a ConfigError."""
     mag = cfg.reinit.magnitude
     imp_cfg = IMPConfig(phi=v["phi"], phi_scale=cfg.phi_scale, base=v["base"], output_base=v["output_base"],
-                        scope=cfg.prune.scope, method=cfg.prune.get("method", "magnitude"),
+                        conv_base=v["conv_base"], scope=cfg.prune.scope, method=cfg.prune.get("method", "magnitude"),
                         magnitude=mag if isinstance(mag, str) else float(mag), seed=v["seed"])
 
     def fresh(name, like, g):

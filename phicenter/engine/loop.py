@@ -28,6 +28,7 @@ from phicenter.config import hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
+from phicenter.engine.instability import Instability
 from phicenter.engine.module import CohortModule, Diverged
 from phicenter.engine.reuse import Reuse
 from phicenter.engine.rundir import CKPT_DIR, RESUME_HINT, RunFolder, full_trace, is_writer
@@ -242,6 +243,7 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
     device = probe.strategy.root_device
     plan = rewinding.plan(cfg, v, splits, probe.world_size)
     reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
+    copies = Instability(cfg, v, splits, loaders, plan, device, impl, reuse, job_dir, epochs_dir)
     module = None
     for r in range(start, last_round + 1):
         alive = [m for m in members if m.alive]
@@ -253,15 +255,19 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         cb = PruneReinit([m.imp for m in alive], r)
         cb.apply()
         trained, sources = reuse.plan(alive, r)
+        starts = copies.starts(alive, r)   # (instability: what each copy starts from, before the round trains)
         if trained:
             module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device, plan)
         outcomes = reuse.take(alive, sources, trained, module, r, epochs)
         reuse.publish(alive, outcomes, r)
         moved = transfer.stage_two(alive, outcomes, r, splits, loaders, job_dir, impl, device, epochs_dir)
-        _finish_round(alive, outcomes, cb, r, time.perf_counter() - t0, str(device),
-                      module.impl if trained else None, moved)
+        seconds = time.perf_counter() - t0
+        measured = copies.measure(alive, outcomes, starts, r)
+        _finish_round(alive, outcomes, cb, r, seconds, str(device), module.impl if trained else None, moved,
+                      measured)
         if is_writer():   # (with nothing trained: what an earlier launch left of this round)
             _clear_epochs(epochs_dir(job_dir, trained or alive, r))
+        copies.clear(alive, r)
     for m in members:
         if m.alive and m.record.get("final") is not None and last_round == v["iterations"]:
             m.record["status"] = "complete"
@@ -309,10 +315,11 @@ def _clear_epochs(folder: Path) -> None:
 
 
 def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, seconds: float, device: str,
-                  impl: str | None, moved: dict | None = None) -> None:
+                  impl: str | None, moved: dict | None = None, measured: dict | None = None) -> None:
     """Each variant's round record, TensorBoard events and round checkpoint. `impl`: the module that trained
     this round (None: every variant took its round from the store); `moved`: the transfer records of the
-    variants that transfer (engine.transfer.stage_two), by index."""
+    variants that transfer (engine.transfer.stage_two), by index; `measured`: the instability records
+    (engine.instability), by index."""
     cfg, epochs = alive[0].variant.cfg, alive[0].v["epochs"]
     packed = len(alive) > 1 or "packed" in alive[0].record
     for i, (m, out) in enumerate(zip(alive, outcomes)):
@@ -324,6 +331,8 @@ def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, 
                                     reused_from=out.reused_from)
         if moved is not None and i in moved:
             entry["transfer"] = moved[i]
+        if measured and i in measured:
+            entry["instability"] = measured[i]
         m.rounds.append(entry)
         m.recorder.round(entry, step=(r + 1) * epochs - 1)
         m.record.update(final=entry, device=device)

@@ -14,6 +14,7 @@ ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "effective_sparsity", "flipped_
               "dead_zone")
 TRANSFER_TAGS = ("val_acc", "test_acc", "flipped_by_phi", "flipped_vs_init", "dead_zone")   # sign_transfer
 LAYER_TAGS = ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
+INSTABILITY_TAGS = ("barrier", "val_acc", "test_acc")   # instability.enabled: the round's copy and the barrier
 
 
 def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] | None = None) -> dict:
@@ -95,8 +96,10 @@ class Recorder:
                      if k in LAYER_TAGS and v is not None}
         moved = entry.get("transfer") or {}   # sign_transfer: the transferred network of this level
         transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
+        copy = entry.get("instability") or {}   # instability.enabled: the round's copy and the barrier
+        stability = {f"instability/{k}": copy[k] for k in INSTABILITY_TAGS if copy.get(k) is not None}
         self._emit({f"round/{k}": entry[k] for k in ROUND_TAGS if entry.get(k) is not None} | per_layer
-                   | transfer, step=step)
+                   | transfer | stability, step=step)
 
     def hparams(self, resolved: dict, final: dict) -> None:
         """At the end of a complete run: the final metrics (as scalars at step 0, and beside the hparams)."""

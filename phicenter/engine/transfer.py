@@ -51,14 +51,14 @@ class AWSTraining:
         self.alphas, self.on, self.names = aws.Alphas(seed), torch.tensor(on, dtype=torch.bool), names
 
     @classmethod
-    def of(cls, members: list, nets: list[nn.Module]) -> "AWSTraining | None":
-        """For the members a module trains; None when none of them uses AWS or the net has no normalisation
-        layer with affine parameters (then AWS changes nothing)."""
+    def of(cls, members: list, nets: list[nn.Module], seed: int | None = None) -> "AWSTraining | None":
+        """For the members a module trains, alpha drawn from `seed` (default: the run's); None when none of them
+        uses AWS or the net has no normalisation layer with affine parameters (then AWS changes nothing)."""
         on = [bool(m.variant.cfg.strategy.get("aws", False)) for m in members]
         names = aws.affine_names(nets[0])
         if not any(on) or not names:
             return None
-        return cls(int(members[0].variant.cfg.seed), on, names)
+        return cls(int(members[0].variant.cfg.seed if seed is None else seed), on, names)
 
     def start(self, round_index: int, epoch: int) -> None:
         self.alphas.start(round_index, epoch)

@@ -23,6 +23,7 @@ class IMPConfig:
     phi_scale: str = "absolute"       # "absolute" | "layer_std"
     base: float = 0.8
     output_base: float | None = None  # None: same as base
+    conv_base: float | None = None    # the convolutions' base; None: same as base
     scope: str = "layer"              # "layer" | "global"
     method: str = "magnitude"         # "magnitude" | "structured" (whole output units)
     magnitude: str | float = "init_std"  # "init_std" | "init_abs_mean" | a positive number
@@ -113,8 +114,12 @@ class IMP:
         return self.rewind[_weight_key(name)]
 
     def bases(self) -> dict[str, float]:
+        """Each prunable layer's base: the output layer's (output_base), a convolution's (conv_base), else base;
+        an unset one is base. The output layer's own base comes first, whatever its kind."""
         out_base = self.cfg.base if self.cfg.output_base is None else self.cfg.output_base
-        return {n: (out_base if n == self.output_layer else self.cfg.base) for n in self.layers}
+        conv_base = self.cfg.base if self.cfg.conv_base is None else self.cfg.conv_base
+        return {n: out_base if n == self.output_layer else conv_base if isinstance(layer, nn.modules.conv._ConvNd)
+                else self.cfg.base for n, layer in self.layers.items()}
 
     def probe(self, strategy: Strategy, phi: float) -> "IMP":
         """This IMP for another strategy and phi, on a copy of the model in its current state: theta0, the rewind
@@ -132,7 +137,9 @@ class IMP:
         """Prune the trained weights, then reinitialise per the strategy. Returns the round's diagnostics."""
         trained = {n: l.weight.detach().clone() for n, l in self.layers.items()}
         old = {n: pruning.mask_of(l).mask.float() for n, l in self.layers.items()}
-        new = self.wiring.prune_masks(trained, old, self.bases(), self.cfg.scope, self.cfg.method,
+        scores = self.strategy.prune_scores(
+            trained, lambda n: seeding.generator(self.cfg.seed, self.strategy.name, "mask", round_index, n))
+        new = self.wiring.prune_masks(scores, old, self.bases(), self.cfg.scope, self.cfg.method,
                                       output=self.output_layer)
         per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0,
                                  "flipped_vs_init_count": 0, "dead_zone_count": 0}

@@ -31,7 +31,7 @@ class StrategyOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class RewindOtherOptions(StrategyOptions):
-    """Baselines whose references rewind the whole network (lth, sign_rewind)."""
+    """Baselines whose references rewind the whole network (lth, random_mask, sign_rewind)."""
     rewind_other: bool = True
 
 
@@ -58,6 +58,7 @@ STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
     "standard": StandardOptions,
     "lth": RewindOtherOptions,
     "random": StrategyOptions,
+    "random_mask": RewindOtherOptions,
     "lrr": StrategyOptions,
     "sign_transfer": SignTransferOptions,
     "sign_rewind": RewindOtherOptions,

@@ -81,6 +81,12 @@ class Strategy:
         """The sign each survivor was given (for the diagnostics): that of its new value, tie -> +1."""
         return signs(survivors, 0.0)
 
+    def prune_scores(self, trained: dict[str, torch.Tensor],
+                     generator: Callable[[str], torch.Generator]) -> dict[str, torch.Tensor]:
+        """What pruning ranks, per prunable layer (the smallest |score| go first): the trained weights, i.e.
+        magnitude pruning. `generator(layer)`: a CPU generator seeded by (seed, strategy, "mask", round, layer)."""
+        return trained
+
 
 @register("mask1")
 class Mask1(Strategy):
@@ -129,6 +135,17 @@ class RandomReinit(TakeReference):
 
     def reference(self, v):
         return v.fresh_init(v.generator).to(v.trained.device, v.trained.dtype)
+
+
+@register("random_mask")
+class RandomMask(LotteryTicket):
+    """Baseline: Frankle & Carbin's randomly sampled sparse networks. Each round removes as many alive weights of
+    each pool as magnitude pruning would (so, under layer scope, the same per-layer sparsity as lth's), chosen
+    uniformly at random: one uniform draw per weight over the whole tensor, seeded by (seed, round, layer), the
+    lowest alive ones go. The masks are nested; survivors are rewound to theta0 (theta_k), as lth's."""
+
+    def prune_scores(self, trained, generator):
+        return {n: torch.rand(w.shape, generator=generator(n)).to(w.device) for n, w in trained.items()}
 
 
 @register("lrr")
