@@ -152,18 +152,24 @@ def test_transfer_refuses_another_architecture():
         transfer.transfer(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 3)), signed)
 
 
-def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
-    """engine.transfer.transferred_net: |theta of the transfer seed| with signs(trained, phi) on the mask."""
+def sign_transfer_level_one():
+    """A sign_transfer run at its first level (transfer seed 7, phi 0.1), its "trained" weights moved by hand so
+    that signs changed and some survivors lie in (0, phi): (cfg, splits, net, imp, member)."""
     cfg = config("dataset=synthetic", "dataset.n_train=60", "dataset.n_test=20", "dataset.val_size=20",
                  "strategy=sign_transfer", "strategy.transfer_seed=7", "phi=0.1")
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
     imp = build.build_imp(cfg, net, validate(cfg))
-    with torch.no_grad():   # "trained": signs moved, some survivors in (0, phi)
+    with torch.no_grad():
         for layer in imp.layers.values():
             pruning.raw_weight(layer).mul_(-3.0).add_(0.005)
     imp.advance(1)
-    member = SimpleNamespace(variant=SimpleNamespace(cfg=cfg), imp=imp)
+    return cfg, splits, net, imp, SimpleNamespace(variant=SimpleNamespace(cfg=cfg), imp=imp)
+
+
+def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
+    """engine.transfer.transferred_net: |theta of the transfer seed| with signs(trained, phi) on the mask."""
+    cfg, splits, net, imp, member = sign_transfer_level_one()
     assert engine_transfer.transfer_seed(cfg) == 7
     moved, diag = engine_transfer.transferred_net(member, 7, splits)
     fresh = build.build_model(cfg, splits, seed=7)

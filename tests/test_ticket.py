@@ -246,27 +246,14 @@ def test_apply_is_sign_transfers_transfer(tmp_path):
 def test_a_sign_transfer_ticket_applied_is_stage_twos_transferred_net(tmp_path):
     """The ticket of a sign_transfer level, applied to the transfer seed's initialisation, is bit for bit the
     network the engine's stage 2 trains (engine.transfer.transferred_net), survivors in the dead zone included."""
-    from types import SimpleNamespace
-
-    from phicenter.config import validate
     from phicenter.engine import transfer as engine_transfer
+    from tests.test_sign_transfer import sign_transfer_level_one
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=synthetic", "dataset.n_train=60", "dataset.n_test=20",
-                                           "dataset.val_size=20", "strategy=sign_transfer",
-                                           "strategy.transfer_seed=7", "phi=0.1"])
-    splits = build.load_data(cfg)
-    net = build.build_model(cfg, splits)
-    imp = build.build_imp(cfg, net, validate(cfg))
-    with torch.no_grad():   # "trained": signs moved, some survivors in (0, phi)
-        for layer in imp.layers.values():
-            pruning.raw_weight(layer).mul_(-3.0).add_(0.005)
-    imp.advance(1)
+    cfg, splits, net, imp, member = sign_transfer_level_one()
     meta = {"model": "fc_lot", "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
             "model_options": {}, "phis": dict(imp.phis), "config": OmegaConf.to_container(cfg, resolve=True)}
     ticket.save(tmp_path / "level1.safetensors", ticket.encode(net, meta, imp.constants))
     t = ticket.read(tmp_path / "level1.safetensors")
-    member = SimpleNamespace(variant=SimpleNamespace(cfg=cfg), imp=imp)
     stage_two, diag = engine_transfer.transferred_net(member, 7, splits)
     applied = ticket.apply(t, t.initialisation(seed=7))
     assert diag["dead_zone_count"] > 0
