@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test test-slow clean
+.PHONY: setup run test test-slow lint format clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ bench: setup  # make bench [ARGS='--quick --data-dir ../shared/data']; writes ou
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+lint: setup  # ruff's checks and its formatting, as pyproject.toml configures them; changes nothing
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup  # what `make lint` asks for, done: safe fixes, then the formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 .PHONY: gpu-check
 gpu-check: setup  # on one GPU: the CUDA-only checks and a short bench (< 8 min); writes outputs/gpu-check.json

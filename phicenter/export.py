@@ -8,6 +8,7 @@ the network without its removed units instead; --onnx also writes that network a
 checked in onnxruntime against torch. Bad input is one line and exit code 2, before anything is written;
 what is written, is written whole (phicenter.io). See docs/method.md, "A ticket".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ from phicenter.engine.rundir import CKPT_DIR, RESULTS, THETA0, checkpoint_path
 from phicenter.io import WriteError, read_json, write_file
 
 PROG = "python -m phicenter.export"
-CHECK_IMAGES = 256        # test images the compact network and the ONNX model are checked on
-TOLERANCE = 1e-5          # the largest difference of a logit allowed in those checks, relative to the largest logit
+CHECK_IMAGES = 256  # test images the compact network and the ONNX model are checked on
+TOLERANCE = 1e-5  # the largest difference of a logit allowed in those checks, relative to the largest logit
 
 
 class BadInput(ValueError):
@@ -34,6 +35,7 @@ class BadInput(ValueError):
 @dataclass
 class Round:
     """One completed round of a run: its folder, record, round entry and checkpoint."""
+
     run: Path
     round: int
     record: dict
@@ -64,12 +66,18 @@ def locate(arg: str, round_index: int | None) -> Round:
         if runs:
             what = "a packed job (pack=true)" if (path / PACK_SUMMARY).is_file() else "a folder of runs"
             more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
-            raise BadInput(f"{path}: {what}, not one run; export one of its runs: "
-                           f"{', '.join(str(path / r) for r in runs[:3])}{more}")
+            raise BadInput(
+                f"{path}: {what}, not one run; export one of its runs: "
+                f"{', '.join(str(path / r) for r in runs[:3])}{more}"
+            )
         raise BadInput(f"{path}: not a phicenter run folder (no {RESULTS})")
     record = read_json(path / RESULTS)
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
-            or not isinstance(record.get("rounds"), list) or not isinstance(record.get("data"), dict):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("config"), dict)
+        or not isinstance(record.get("rounds"), list)
+        or not isinstance(record.get("data"), dict)
+    ):
         raise BadInput(f"{path / RESULTS}: not a phicenter run's results (no config, rounds and data)")
     rounds = _rounds(record)
     if round_index is None:
@@ -77,24 +85,34 @@ def locate(arg: str, round_index: int | None) -> Round:
             raise BadInput(f"{path}: no round is complete yet (status {record.get('status')})")
         round_index = max(rounds)
     if round_index not in rounds:
-        done = ("completed: " + (f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds)))) if rounds \
+        done = (
+            ("completed: " + (f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds))))
+            if rounds
             else "no round is complete yet"
+        )
         raise BadInput(f"{path}: round {round_index} is not complete ({done}; status {record.get('status')})")
     ckpt = checkpoint_path(path, round_index)
     if not ckpt.is_file():
         kept = sorted(p.stem.split("_")[1] for p in (path / CKPT_DIR).glob("round_[0-9][0-9][0-9].pt"))
-        raise BadInput(f"{path}: the checkpoint of round {round_index} was not kept (kept: "
-                       f"{', '.join(str(int(k)) for k in kept) or 'none'}; checkpoint.keep_all=true keeps every round)")
+        raise BadInput(
+            f"{path}: the checkpoint of round {round_index} was not kept (kept: "
+            f"{', '.join(str(int(k)) for k in kept) or 'none'}; checkpoint.keep_all=true keeps every round)"
+        )
     raw = ckpt.read_bytes()
     state = _load_torch(raw, ckpt)
-    if not isinstance(state, dict) or state.get("round") != round_index or not isinstance(state.get("model"), dict) \
-            or not isinstance(state.get("rounds"), list):
+    if (
+        not isinstance(state, dict)
+        or state.get("round") != round_index
+        or not isinstance(state.get("model"), dict)
+        or not isinstance(state.get("rounds"), list)
+    ):
         raise BadInput(f"{ckpt}: corrupt, or not a round checkpoint of round {round_index}")
     own = _rounds({"rounds": state["rounds"]}).get(round_index) or {}
     entry = rounds[round_index]
     if own.get("round_key") != entry.get("round_key") or own.get("test_acc") != entry.get("test_acc"):
-        raise BadInput(f"{ckpt}: its round {round_index} is not the round {RESULTS} records (the folder's run was "
-                       "started over?)")
+        raise BadInput(
+            f"{ckpt}: its round {round_index} is not the round {RESULTS} records (the folder's run was started over?)"
+        )
     return Round(path, round_index, record, entry, ckpt, state, raw)
 
 
@@ -109,6 +127,7 @@ def _load_torch(data: bytes, path: Path):
 
 # ---------------------------------------------------------------- what the ticket holds
 
+
 def network(src: Round):
     """The round's network with its masks in force, as the run held it (on the CPU)."""
     from phicenter.method import pruning
@@ -120,8 +139,10 @@ def network(src: Round):
     try:
         net.load_state_dict(pruning.upgrade_state(src.state["model"]), strict=True, assign=True)
     except (RuntimeError, ValueError) as e:
-        raise BadInput(f"{src.checkpoint}: does not hold this run's {cfg['model']['name']} network "
-                       f"({str(e).splitlines()[-1].strip()})") from None
+        raise BadInput(
+            f"{src.checkpoint}: does not hold this run's {cfg['model']['name']} network "
+            f"({str(e).splitlines()[-1].strip()})"
+        ) from None
     return net.eval()
 
 
@@ -166,10 +187,11 @@ def normalisation(cfg: dict, data_dir: str | None):
     try:
         splits = build.load_data(conf)
     except (data.DataError, OSError) as e:
-        raise BadInput(f"the ticket records the run's input normalisation, read from its data: {e} "
-                       "(--data-dir sets the data folder)") from None
-    return splits, {"scale": "x / 255", "mean": [float(v) for v in splits.mean],
-                    "std": [float(v) for v in splits.std]}
+        raise BadInput(
+            f"the ticket records the run's input normalisation, read from its data: {e} "
+            "(--data-dir sets the data folder)"
+        ) from None
+    return splits, {"scale": "x / 255", "mean": [float(v) for v in splits.mean], "std": [float(v) for v in splits.std]}
 
 
 def metadata(src: Round, phis: dict, normalize: dict) -> dict:
@@ -181,17 +203,30 @@ def metadata(src: Round, phis: dict, normalize: dict) -> dict:
     cls = STRATEGIES.get(strategy.get("name"))
     sets_c = cls is not None and cls.survivors is Strategy.survivors
     return {
-        "model": cfg["model"]["name"], "input_shape": list(src.record["data"]["input_shape"]),
+        "model": cfg["model"]["name"],
+        "input_shape": list(src.record["data"]["input_shape"]),
         "num_classes": int(src.record["data"]["num_classes"]),
         "model_options": {k: v for k, v in cfg["model"].items() if k not in INIT_OPTIONS},
-        "init": cfg["model"].get("init"), "normalize": normalize, "phi": cfg["phi"],
-        "phi_scale": cfg.get("phi_scale", "absolute"), "phis": phis, "strategy": strategy,
-        "survivors_become": "c * sign" if sets_c else "kept magnitudes", "prune": cfg["prune"],
-        "seed": cfg.get("seed"), "round": src.round, "round_key": e.get("round_key"),
-        "sparsity": e.get("sparsity"), "effective_sparsity": e.get("effective_sparsity"),
-        "val_acc": e.get("val_acc"), "test_acc": e.get("test_acc"),
-        "checkpoint": {"file": src.checkpoint.name, "bytes": len(src.checkpoint_bytes),
-                       "sha256": hashlib.sha256(src.checkpoint_bytes).hexdigest()},
+        "init": cfg["model"].get("init"),
+        "normalize": normalize,
+        "phi": cfg["phi"],
+        "phi_scale": cfg.get("phi_scale", "absolute"),
+        "phis": phis,
+        "strategy": strategy,
+        "survivors_become": "c * sign" if sets_c else "kept magnitudes",
+        "prune": cfg["prune"],
+        "seed": cfg.get("seed"),
+        "round": src.round,
+        "round_key": e.get("round_key"),
+        "sparsity": e.get("sparsity"),
+        "effective_sparsity": e.get("effective_sparsity"),
+        "val_acc": e.get("val_acc"),
+        "test_acc": e.get("test_acc"),
+        "checkpoint": {
+            "file": src.checkpoint.name,
+            "bytes": len(src.checkpoint_bytes),
+            "sha256": hashlib.sha256(src.checkpoint_bytes).hexdigest(),
+        },
         "config": cfg,
     }
 
@@ -205,20 +240,25 @@ def limit(logits: torch.Tensor) -> float:
 def _test_images(splits) -> torch.Tensor:
     from phicenter import data
 
-    b = data.Batches(splits.x_test[:CHECK_IMAGES], splits.y_test[:CHECK_IMAGES], splits.mean, splits.std,
-                     CHECK_IMAGES)
+    b = data.Batches(splits.x_test[:CHECK_IMAGES], splits.y_test[:CHECK_IMAGES], splits.mean, splits.std, CHECK_IMAGES)
     return next(iter(b))[0]
 
 
 def _equal_states(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(
-        a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)) for k in a)
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8))
+        for k in a
+    )
 
 
 # ---------------------------------------------------------------- the command
 
-def build_files(src: Round, out: Path, compact: bool, onnx: bool, data_dir: str | None
-                ) -> tuple[list[tuple[Path, bytes]], list[str]]:
+
+def build_files(
+    src: Round, out: Path, compact: bool, onnx: bool, data_dir: str | None
+) -> tuple[list[tuple[Path, bytes]], list[str]]:
     """Every file to write, made and checked in memory (the ticket, and the ONNX model), and what the checks
     found."""
     from safetensors.torch import load as load_tensors
@@ -230,8 +270,10 @@ def build_files(src: Round, out: Path, compact: bool, onnx: bool, data_dir: str 
 
     cfg = src.record["config"]
     if compact and (cfg.get("prune") or {}).get("method", "magnitude") != "structured":
-        raise BadInput("--compact needs a structured ticket (prune.method=structured); this run prunes single "
-                       "weights (magnitude): no unit is removed whole")
+        raise BadInput(
+            "--compact needs a structured ticket (prune.method=structured); this run prunes single "
+            "weights (magnitude): no unit is removed whole"
+        )
     if onnx and onnxfile.missing():
         raise BadInput(onnxfile.missing())
     net = network(src)
@@ -258,10 +300,14 @@ def build_files(src: Round, out: Path, compact: bool, onnx: bool, data_dir: str 
             want = net(x)
             diff = float((model(x) - want).abs().max())
         if not diff <= limit(want):
-            raise BadInput(f"the compact network's logits differ from the masked one's by {diff:.3g} (more than "
-                           f"{limit(want):.3g}, {TOLERANCE:g} of the largest logit)")
-        notes.append(f"compact: its logits are within {diff:.2g} of the masked network's on {len(x)} test images "
-                     f"(largest logit {float(want.abs().max()):.3g})")
+            raise BadInput(
+                f"the compact network's logits differ from the masked one's by {diff:.3g} (more than "
+                f"{limit(want):.3g}, {TOLERANCE:g} of the largest logit)"
+            )
+        notes.append(
+            f"compact: its logits are within {diff:.2g} of the masked network's on {len(x)} test images "
+            f"(largest logit {float(want.abs().max()):.3g})"
+        )
     files = [(out, data)]
     if onnx:
         model = model if model is not None else t.network()
@@ -274,8 +320,10 @@ def build_files(src: Round, out: Path, compact: bool, onnx: bool, data_dir: str 
         except ticket.TicketError as e:
             raise BadInput(str(e)) from None
         files.append((out.with_suffix(".onnx"), blob))
-        notes.append(f"onnxruntime: the ONNX model's logits are within {diff:.2g} of torch's on {len(x)} test "
-                     f"images (largest logit {float(want.abs().max()):.3g})")
+        notes.append(
+            f"onnxruntime: the ONNX model's logits are within {diff:.2g} of torch's on {len(x)} test "
+            f"images (largest logit {float(want.abs().max()):.3g})"
+        )
     return files, notes
 
 
@@ -287,7 +335,7 @@ def size(n: int) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, exit 2 (argparse's default adds the usage)
+    def error(self, message):  # one line, exit 2 (argparse's default adds the usage)
         print(f"{PROG}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -297,11 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", metavar="RUN", help="a run folder (the one holding results.json)")
     p.add_argument("--round", type=int, help="the round to export (default: the last completed one)")
     p.add_argument("--out", type=Path, help="the ticket file (default: RUN/tickets/round_NNN.safetensors)")
-    p.add_argument("--compact", action="store_true",
-                   help="structured runs: the network without its removed units (smaller layers)")
+    p.add_argument(
+        "--compact", action="store_true", help="structured runs: the network without its removed units (smaller layers)"
+    )
     p.add_argument("--onnx", action="store_true", help="also the ONNX model of the network (FILE with .onnx)")
-    p.add_argument("--data-dir", help="the data folder (default: the run's data_dir); the ticket records the "
-                                      "input normalisation from it")
+    p.add_argument(
+        "--data-dir",
+        help="the data folder (default: the run's data_dir); the ticket records the input normalisation from it",
+    )
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
@@ -322,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             write_file(path, data)
             written.append(path)
     except WriteError as e:
-        for path in written:   # all or nothing
+        for path in written:  # all or nothing
             path.unlink(missing_ok=True)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
@@ -333,11 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
     first = len(files[0][1])
-    print(f"round checkpoint {src.checkpoint}: {size(ckpt)} ({ckpt:,} bytes); the ticket is {ckpt / first:.1f} "
-          f"times smaller")
-    print(f"{cfg['model']['name']}, round {src.round}: sparsity {100 * entry['sparsity']:.2f} %, test accuracy "
-          f"{100 * entry['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
-          f"prune.method={(cfg.get('prune') or {}).get('method', 'magnitude')}")
+    print(
+        f"round checkpoint {src.checkpoint}: {size(ckpt)} ({ckpt:,} bytes); the ticket is {ckpt / first:.1f} "
+        f"times smaller"
+    )
+    print(
+        f"{cfg['model']['name']}, round {src.round}: sparsity {100 * entry['sparsity']:.2f} %, test accuracy "
+        f"{100 * entry['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
+        f"prune.method={(cfg.get('prune') or {}).get('method', 'magnitude')}"
+    )
     return 0
 
 

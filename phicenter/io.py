@@ -6,6 +6,7 @@ A write that fails raises WriteError, an OSError naming the file meant (never it
 the temporary is removed and the file it was to replace is left as it was. Plain Python: torch is imported
 only where a tensor file is saved, and neither Lightning nor Hydra ever.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,11 +17,13 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 # ---------------------------------------------------------------- permissions
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -50,6 +53,7 @@ def writable(folder: str | Path) -> bool:
 
 # ---------------------------------------------------------------- errors and injected faults
 
+
 class WriteError(OSError):
     """A file or folder could not be written: `path` is the one meant, the cause its errno and message."""
 
@@ -62,9 +66,14 @@ class WriteError(OSError):
         return f"cannot write {self.path}: {self.strerror}{f' ({code})' if code else ''}"
 
 
-FAULT_ERRNOS = {"ENOSPC": errno.ENOSPC, "EACCES": errno.EACCES, "EIO": errno.EIO, "EDQUOT": errno.EDQUOT,
-                "EROFS": errno.EROFS}
-_fault: dict | None = None   # the armed fault: {"n", "on", "errno", "match", "seen"}
+FAULT_ERRNOS = {
+    "ENOSPC": errno.ENOSPC,
+    "EACCES": errno.EACCES,
+    "EIO": errno.EIO,
+    "EDQUOT": errno.EDQUOT,
+    "EROFS": errno.EROFS,
+}
+_fault: dict | None = None  # the armed fault: {"n", "on", "errno", "match", "seen"}
 
 
 def parse_fault(spec: str) -> tuple[int, bool, int, str]:
@@ -74,8 +83,10 @@ def parse_fault(spec: str) -> tuple[int, bool, int, str]:
     parts = str(spec).split(":", 2)
     n = parts[0].strip().removesuffix("+")
     if not (len(parts) >= 2 and n.isdigit() and int(n) >= 1 and parts[1] in FAULT_ERRNOS):
-        raise ValueError(f"must be N:ERRNO, N+:ERRNO or either with :MATCH (N >= 1, ERRNO one of "
-                         f"{', '.join(FAULT_ERRNOS)}, MATCH a part of the path), got {spec!r}")
+        raise ValueError(
+            f"must be N:ERRNO, N+:ERRNO or either with :MATCH (N >= 1, ERRNO one of "
+            f"{', '.join(FAULT_ERRNOS)}, MATCH a part of the path), got {spec!r}"
+        )
     return int(n), parts[0].strip().endswith("+"), FAULT_ERRNOS[parts[1]], parts[2] if len(parts) > 2 else ""
 
 
@@ -105,6 +116,7 @@ def _injected(path: Path) -> OSError | None:
 
 # ---------------------------------------------------------------- atomic files
 
+
 def _sync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (best effort: not every filesystem lets a folder be fsynced)."""
     try:
@@ -126,7 +138,7 @@ def _fill(f, data: bytes | Callable, path: Path) -> None:
     if callable(data):
         data(f)
     elif fault is not None:
-        f.write(data[:len(data) // 2])
+        f.write(data[: len(data) // 2])
     else:
         f.write(data)
     if fault is not None:
@@ -231,7 +243,7 @@ def read_json(path: str | Path) -> Any | None:
 
 
 def save_torch(path: str | Path, obj, keep: str | Path | None = None) -> None:
-    import torch   # here, so reading results (the command line's first checks, the report) needs no torch
+    import torch  # here, so reading results (the command line's first checks, the report) needs no torch
 
     write_file(path, lambda f: torch.save(obj, f), keep)
 
@@ -241,6 +253,7 @@ def sha256(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------- folders
+
 
 def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
     """Publish a folder of files at once: they are written into a temporary folder beside `target`, which is
@@ -264,7 +277,7 @@ def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
             try:
                 os.rename(tmp, target)
             except OSError:
-                if target.is_dir():   # another process won the race: its folder stands
+                if target.is_dir():  # another process won the race: its folder stands
                     return False
                 raise
             tmp = None
@@ -276,6 +289,7 @@ def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
 
 
 # ---------------------------------------------------------------- appended records
+
 
 class AppendFile:
     """A file that grows by whole records (TensorBoard's events, CSV rows): each record is written at once, and
@@ -302,9 +316,9 @@ class AppendFile:
         start = os.lseek(self.fd, 0, os.SEEK_END)
         try:
             fault = _injected(self.path)
-            view = memoryview(data)[:len(data) // 2] if fault is not None else memoryview(data)
+            view = memoryview(data)[: len(data) // 2] if fault is not None else memoryview(data)
             while len(view):
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
             if fault is not None:
                 raise fault
         except OSError as e:
@@ -321,6 +335,7 @@ class AppendFile:
 
 
 # ---------------------------------------------------------------- reading back
+
 
 def newest_loadable(paths: Iterable[str | Path], load: Callable[[Path], Any], log=print) -> tuple[Path, Any] | None:
     """(path, load(path)) of the first of `paths` (newest first) that exists and loads; a corrupt or truncated

@@ -1,19 +1,20 @@
 """Architectures, one constructor each: f(input_shape, num_classes, **options) -> nn.Module."""
+
 from __future__ import annotations
 
 import hashlib
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 INITS = ("torch_default", "kaiming_normal", "glorot_normal")
-BATCHNORM_INITS = ("ones", "uniform")   # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0 in both
+BATCHNORM_INITS = ("ones", "uniform")  # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0 in both
 
 
 def register_model(fn):
@@ -79,16 +80,25 @@ def vgg16(input_shape, num_classes):
             layers.append((f"pool{p}", nn.MaxPool2d(2)))
         else:
             i += 1
-            layers += [(f"conv{i}", nn.Conv2d(c, v, 3, padding=1)), (f"bn{i}", nn.BatchNorm2d(v)),
-                       (f"relu{i}", nn.ReLU())]
+            layers += [
+                (f"conv{i}", nn.Conv2d(c, v, 3, padding=1)),
+                (f"bn{i}", nn.BatchNorm2d(v)),
+                (f"relu{i}", nn.ReLU()),
+            ]
             c = v
     layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("out", nn.Linear(c, num_classes))]
     return nn.Sequential(OrderedDict(layers))
 
 
 @register_model
-def vgg16_pretrained(input_shape, num_classes, weights_path: str | None = None, pretrained: bool = True,
-                     batch_norm: bool = False, verify_weights: bool = True):
+def vgg16_pretrained(
+    input_shape,
+    num_classes,
+    weights_path: str | None = None,
+    pretrained: bool = True,
+    batch_norm: bool = False,
+    verify_weights: bool = True,
+):
     """torchvision's VGG16 (batch_norm: VGG16-BN) convolutional layers with ImageNet weights (or a local weights
     file), then a CIFAR-sized head: global average pooling and one linear layer to the classes."""
     from torchvision.models import vgg
@@ -101,15 +111,24 @@ def vgg16_pretrained(input_shape, num_classes, weights_path: str | None = None, 
     else:  # skip a random init that the weights would overwrite
         with torch.device("meta"):
             features = vgg.make_layers(vgg.cfgs["D"], batch_norm=bool(batch_norm))
-        feats = {k[len("features."):]: v.contiguous() for k, v in state.items() if k.startswith("features.")}
+        feats = {k[len("features.") :]: v.contiguous() for k, v in state.items() if k.startswith("features.")}
         try:
             features.load_state_dict(feats, assign=True)
         except RuntimeError:
             arch = "vgg16_bn" if batch_norm else "vgg16"
-            raise ValueError(f"model.weights_path: not a torchvision {arch} state dict "
-                             f"(model.batch_norm={bool(batch_norm)})") from None
-    net = nn.Sequential(OrderedDict([("features", features), ("gap", nn.AdaptiveAvgPool2d(1)),
-                                     ("flatten", nn.Flatten()), ("out", nn.Linear(512, num_classes))]))
+            raise ValueError(
+                f"model.weights_path: not a torchvision {arch} state dict (model.batch_norm={bool(batch_norm)})"
+            ) from None
+    net = nn.Sequential(
+        OrderedDict(
+            [
+                ("features", features),
+                ("gap", nn.AdaptiveAvgPool2d(1)),
+                ("flatten", nn.Flatten()),
+                ("out", nn.Linear(512, num_classes)),
+            ]
+        )
+    )
     net.fresh_modules = [net.out]  # model.init applies to the new head only
     return net
 
@@ -133,8 +152,10 @@ def _vgg16_state(batch_norm: bool, weights_path, pretrained: bool, verify: bool)
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # no network: say what to do instead
         name = Path(weights.url).name
-        raise RuntimeError(f"could not download the ImageNet weights {name} ({type(e).__name__}); "
-                           f"set model.weights_path to a local copy of {weights.url}") from None
+        raise RuntimeError(
+            f"could not download the ImageNet weights {name} ({type(e).__name__}); "
+            f"set model.weights_path to a local copy of {weights.url}"
+        ) from None
 
 
 def verify_weights_file(path: Path, url: str) -> None:
@@ -150,8 +171,10 @@ def verify_weights_file(path: Path, url: str) -> None:
             digest.update(chunk)
     got = digest.hexdigest()
     if not got.startswith(expected):
-        raise ValueError(f"model.weights_path {path}: sha256 {got[:len(expected)]}... is not that of {Path(url).name} "
-                         f"({expected}...); use that file, or model.verify_weights=false for weights of your own")
+        raise ValueError(
+            f"model.weights_path {path}: sha256 {got[: len(expected)]}... is not that of {Path(url).name} "
+            f"({expected}...); use that file, or model.verify_weights=false for weights of your own"
+        )
 
 
 class BasicBlock(nn.Module):
@@ -228,8 +251,15 @@ def init_weight_(weight: torch.Tensor, scheme: str, generator: torch.Generator |
     raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {scheme!r}")
 
 
-def build(name: str, input_shape, num_classes: int, init: str = "torch_default", seed: int = 0,
-          batchnorm_init: str = "ones", **options) -> nn.Module:
+def build(
+    name: str,
+    input_shape,
+    num_classes: int,
+    init: str = "torch_default",
+    seed: int = 0,
+    batchnorm_init: str = "ones",
+    **options,
+) -> nn.Module:
     """theta0 depends only on (name, shapes, init, batchnorm_init, seed): paired runs share it exactly. The
     draws, all from the global RNG seeded with `seed` (restored afterwards): the constructor's (PyTorch's
     default init); then, unless init is torch_default, each Conv/Linear weight from `init` in module order

@@ -1,4 +1,5 @@
 """`python -m phicenter.report DIR [DIR...]`: the paper's tables from a grid (phicenter.analysis.report)."""
+
 from phicenter.analysis.report import main
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ A dataclass with the class attribute `PASS_THROUGH = True` lets undeclared keys 
 
 Plain Python: no torch, Hydra or OmegaConf, so the method package and the command line's first checks use it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,12 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
-MISSING_VALUE = "???"   # OmegaConf's mark of a mandatory value nobody set
+MISSING_VALUE = "???"  # OmegaConf's mark of a mandatory value nobody set
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Range:
     """The allowed values of a number, written as in maths: "(0, 1)", "[0, 1)", ">= 1", "> 0", "<= 5"."""
+
     text: str
 
     def __post_init__(self):
@@ -56,20 +59,20 @@ PosInt = Annotated[int, Range(">= 1")]
 NonNegInt = Annotated[int, Range(">= 0")]
 Positive = Annotated[float, Range("> 0")]
 NonNegative = Annotated[float, Range(">= 0")]
-Unit = Annotated[float, Range("[0, 1]")]            # a probability or a fraction of the epochs
-OpenUnit = Annotated[float, Range("(0, 1)")]        # a pruning base: keeps some, prunes some
+Unit = Annotated[float, Range("[0, 1]")]  # a probability or a fraction of the epochs
+OpenUnit = Annotated[float, Range("(0, 1)")]  # a pruning base: keeps some, prunes some
 
 
 @dataclass(frozen=True, eq=False)
 class ByName:
     """Marks a group whose `name` picks the declaration of its other keys: `Annotated[dict, ByName(REGISTRY)]`
     with REGISTRY = {name: dataclass}."""
+
     registry: Mapping[str, type]
 
 
 def _show(v) -> str:
-    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) \
-        else str(v)
+    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
 
 
 def _either(words: list[str]) -> str:
@@ -112,10 +115,14 @@ def describe(tp) -> str:
 
 
 def _plural(phrase: str) -> str:
-    for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings"),
-                      ("true or false", "true or false")):
+    for one, many in (
+        ("an integer", "integers"),
+        ("a number", "numbers"),
+        ("a string", "strings"),
+        ("true or false", "true or false"),
+    ):
         if phrase.startswith(one):
-            return many + phrase[len(one):]
+            return many + phrase[len(one) :]
     return f"items each {phrase}"
 
 
@@ -123,7 +130,7 @@ def _fit_base(v, base, rng):
     """(ok, normalised value, whether v is of this kind at all, what it must be)."""
     if base is Any:
         return True, v, True, ""
-    if is_group(base):   # checked key by key in _check_field; a plain value is never one
+    if is_group(base):  # checked key by key in _check_field; a plain value is never one
         return False, v, isinstance(v, Mapping), "a group of settings"
     if base is type(None):
         return v is None, v, v is None, "null"
@@ -190,7 +197,7 @@ def fit(v, tp):
         if kind and claimed is None:
             claimed = why
     others = [b for b, _ in members if b is not type(None)]
-    if claimed is not None and len(others) == 1:   # right kind, wrong value: say what is wrong with it
+    if claimed is not None and len(others) == 1:  # right kind, wrong value: say what is wrong with it
         nullable = len(members) > len(others)
         return False, v, True, claimed + (" (or null)" if nullable else "")
     return False, v, claimed is not None, describe(tp)
@@ -260,8 +267,9 @@ def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip
         elif getattr(cls, "PASS_THROUGH", False):
             out[key] = value
         else:
-            raise ConfigError(f"unknown key {prefix}{key}: {where} has no option {key} "
-                              f"(its options: {', '.join(fields) or 'none'})")
+            raise ConfigError(
+                f"unknown key {prefix}{key}: {where} has no option {key} (its options: {', '.join(fields) or 'none'})"
+            )
     for name, (_, f) in fields.items():
         if name not in values and name not in skip and default(f) is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name} has no value; set {prefix}{name}=...")

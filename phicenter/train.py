@@ -1,4 +1,5 @@
 """Entry point: `python -m phicenter.train [overrides]`, or `-m` for a multirun grid."""
+
 from __future__ import annotations
 
 import logging
@@ -15,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from phicenter.analysis.sweep import job_line, where_results
+from phicenter.config import ConfigError, check_launch, recorded_config
 from phicenter.engine import rundir as results
 from phicenter.io import WriteError, read_json
 from phicenter.loggers import selected
-from phicenter.config import ConfigError, check_launch, recorded_config
 
 log = logging.getLogger("phicenter")
 
@@ -66,11 +67,18 @@ def _check_data_parallel(cfg: DictConfig, multirun: bool) -> None:
     """Lightning's DDP starts its worker processes by running this command line again; in a multirun that
     would be the whole multirun, in each worker. Under SLURM, SLURM starts them (one task per device)."""
     strategy = str(cfg.trainer.get("strategy") or "")
-    if (multirun and strategy.startswith("ddp") and "spawn" not in strategy and cfg.trainer.get("devices") != 1
-            and os.environ.get("SUBMITIT_EXECUTOR") != "slurm"):
-        raise ConfigError(f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices')} cannot "
-                          "run inside a multirun here (its workers would relaunch the whole multirun); run each "
-                          "job on its own (no -m), or under hydra/launcher=slurm")
+    if (
+        multirun
+        and strategy.startswith("ddp")
+        and "spawn" not in strategy
+        and cfg.trainer.get("devices") != 1
+        and os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
+    ):
+        raise ConfigError(
+            f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices')} cannot "
+            "run inside a multirun here (its workers would relaunch the whole multirun); run each "
+            "job on its own (no -m), or under hydra/launcher=slurm"
+        )
 
 
 def _stop_on_sigterm(exc: type[BaseException]) -> None:
@@ -80,7 +88,7 @@ def _stop_on_sigterm(exc: type[BaseException]) -> None:
     fired = []
 
     def handler(signum, frame):
-        if not fired:   # once: a second SIGTERM must not cut short the record of the first
+        if not fired:  # once: a second SIGTERM must not cut short the record of the first
             fired.append(signum)
             raise exc()
 
@@ -95,13 +103,13 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
     for name in names:
         prev = read_json(run_dir / name / results.RESULTS)
         if (prev is None and name) or (prev is not None and prev.get("status") != "running"):
-            continue   # a packed variant not begun, or a run that completed, failed or diverged
+            continue  # a packed variant not begun, or a run that completed, failed or diverged
         _mark(run_dir / name, cfg, "interrupted", why)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    logging.raiseExceptions = False   # train.log on a full disk loses the line (the console has it), with no trace
+    logging.raiseExceptions = False  # train.log on a full disk loses the line (the console has it), with no trace
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
@@ -109,7 +117,7 @@ def main(cfg: DictConfig) -> float:
         _check_data_parallel(cfg, hc.mode.name == "MULTIRUN")
     except ConfigError as e:
         _refuse(e, run_dir)
-    except Exception:   # anything else (an interpolation, say) is met again below, and recorded there
+    except Exception:  # anything else (an interpolation, say) is met again below, and recorded there
         pass
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -119,13 +127,14 @@ def main(cfg: DictConfig) -> float:
     from phicenter.engine.loop import CohortFailed, train
 
     multirun = hc.mode.name == "MULTIRUN"
-    if not results.is_writer():   # a data-parallel worker: the first process reports for all of them
+    if not results.is_writer():  # a data-parallel worker: the first process reports for all of them
         logging.getLogger("phicenter").setLevel(logging.WARNING)
     elif multirun:
         log.info("%s", job_line())
     cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
     if cfg.get("threads") is None:  # jobs side by side share the cores their launcher gave them; otherwise one
-        import torch                # thread: more make a small net slower (docs/benchmarks.md, "Threads")
+        import torch  # thread: more make a small net slower (docs/benchmarks.md, "Threads")
+
         torch.set_num_threads(int(cpus) if cpus else 1)
     variants = None
     try:
@@ -134,8 +143,8 @@ def main(cfg: DictConfig) -> float:
         variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
         outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"))
     except SystemExit as e:  # SIGTERM, or submitit's exit once it requeued a job near its time limit
-        if threading.current_thread() is threading.main_thread():   # the SIGTERM that follows a requeue
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)           # must not cut this record short
+        if threading.current_thread() is threading.main_thread():  # the SIGTERM that follows a requeue
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # must not cut this record short
         why = "SIGTERM" if isinstance(e, SIGTERMException) else f"exit {e.code}"
         _mark_interrupted(run_dir, cfg, [v.name for v in variants] if variants else [""], why)
         log.warning("run interrupted (%s); relaunch the same command to resume (%s)", why, run_dir)
@@ -144,8 +153,8 @@ def main(cfg: DictConfig) -> float:
         raise
     except (ConfigError, DataError) as e:
         _refuse(e, run_dir)
-    except CohortFailed as e:   # each failed run said how, in its line and its results.json
-        if len(e.statuses) > 1:   # a packed job: which of its runs did not complete
+    except CohortFailed as e:  # each failed run said how, in its line and its results.json
+        if len(e.statuses) > 1:  # a packed job: which of its runs did not complete
             log.error("%s", e)
         if HydraConfig.get().mode.name != "MULTIRUN":
             sys.exit(1)
@@ -163,9 +172,10 @@ def main(cfg: DictConfig) -> float:
     if not multirun and not cfg.get("dry_run") and results.is_writer():
         for line in where_results(run_dir, "results", selected(cfg)):
             log.info("%s", line)
-    accs = [o["final"]["val_acc"] for o in outs.values() if o and o.get("final")
-            and o["final"].get("val_acc") is not None]
-    return max(accs) if accs else float("nan")   # the sweeper's objective: the best variant's
+    accs = [
+        o["final"]["val_acc"] for o in outs.values() if o and o.get("final") and o["final"].get("val_acc") is not None
+    ]
+    return max(accs) if accs else float("nan")  # the sweeper's objective: the best variant's
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Run the real CLI in a subprocess, one CPU thread each, outputs under a temporary folder."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def env() -> dict:
     return e
 
 
-def train(*args: str, multirun: bool = False, timeout: float = 300, check: bool = True, cwd=None,
-          **popen) -> subprocess.CompletedProcess:
+def train(
+    *args: str, multirun: bool = False, timeout: float = 300, check: bool = True, cwd=None, **popen
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "phicenter.train", *(["-m"] if multirun else []), *args]
     proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -32,8 +34,9 @@ def train(*args: str, multirun: bool = False, timeout: float = 300, check: bool 
 
 def start(*args: str, cwd=None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "phicenter.train", *args]
-    return subprocess.Popen(cmd, cwd=cwd or ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd or ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def results(run_dir: Path) -> dict:

@@ -1,6 +1,7 @@
 """Shared test setup: one CPU thread, so timings are stable on a small shared machine; the round store in a
 temporary folder of the session (the default one lies under outputs/), carried to the command-line
 subprocesses by the environment (tests/cli.py)."""
+
 import os
 
 import pytest

@@ -1,5 +1,6 @@
 """Faults on purpose: kill a cohort mid-round from inside (the n-th validation of a process raises, as a crash
 there would), and make a write fail through phicenter.io (the in-process form of `fault.write=...`)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """The error barrier on the linear path between two networks (phicenter.analysis.barrier): values worked out by
 hand on a tiny ReLU net and a BatchNorm layer, a net with itself, the ends against the runs' own records, and bad
 input refused in one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,10 +10,10 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tests.cli import ROOT, env
 from torch import nn
 
 from phicenter.analysis import barrier
-from tests.cli import ROOT, env
 
 
 def tiny_relu_net():
@@ -23,8 +24,12 @@ def hand_states():
     """Two nets computing the same function with their hidden units swapped. Along the path the hidden weights
     are s = 1 - 2 alpha times A's, the output mixes the units, and the output bias favours class 1 by 0.5, so a
     positive x is classified 0 iff s^2 x > 0.5."""
-    a = {"0.weight": torch.tensor([[1.0], [-1.0]]), "0.bias": torch.zeros(2),
-         "2.weight": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "2.bias": torch.tensor([0.0, 0.5])}
+    a = {
+        "0.weight": torch.tensor([[1.0], [-1.0]]),
+        "0.bias": torch.zeros(2),
+        "2.weight": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        "2.bias": torch.tensor([0.0, 0.5]),
+    }
     b = dict(a, **{"0.weight": torch.tensor([[-1.0], [1.0]]), "2.weight": torch.tensor([[0.0, 1.0], [1.0, 0.0]])})
     return a, b
 
@@ -67,7 +72,7 @@ def test_batchnorm_statistics_are_recomputed_exactly_at_each_alpha():
     path = barrier.linear_path(net, a, b, [0.5], [train[0]], train)
     bn = net[1]
     assert path.bn_batches == 2 and bn.running_mean.item() == 3.0 and bn.running_var.item() == 2.0
-    assert bn.momentum == 0.1 and not bn.training   # restored, and measured in eval mode
+    assert bn.momentum == 0.1 and not bn.training  # restored, and measured in eval mode
     path = barrier.linear_path(net, a, b, [0.5], [train[0]], train, bn_count=1)
     assert path.bn_batches == 1 and bn.running_mean.item() == 1.0 and bn.running_var.item() == 2.0
     with pytest.raises(ValueError, match="BatchNorm"):
@@ -83,7 +88,7 @@ def test_effective_state_takes_the_fill_where_pruned():
     pruning.raw_weight(layer).data.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
     pruning.mask_of(layer).mask.copy_(torch.tensor([[True, False], [False, True]]))
     pruning.mask_of(layer).fill.copy_(torch.tensor([[0.0, 7.0], [0.0, 0.0]]))
-    pruning.reapply_masks(net)   # as after every training step
+    pruning.reapply_masks(net)  # as after every training step
     state = barrier.effective_state(net.state_dict())
     assert set(state) == {"0.weight", "0.bias"}
     assert torch.equal(state["0.weight"], torch.tensor([[1.0, 7.0], [0.0, 4.0]]))
@@ -91,14 +96,27 @@ def test_effective_state_takes_the_fill_where_pruned():
 
 # ---------------------------------------------------------------- on phicenter runs
 
+
 def train_tiny(folder, *overrides):
     from phicenter.engine.loop import run
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=synthetic", "dataset.n_train=60", "dataset.val_size=10",
-                                           "dataset.n_test=20", "dataset.num_classes=4", "batch_size=10",
-                                           "epochs=1", "prune.iterations=1", "threads=1",
-                                           "checkpoint.keep_all=true", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "dataset=synthetic",
+                "dataset.n_train=60",
+                "dataset.val_size=10",
+                "dataset.n_test=20",
+                "dataset.num_classes=4",
+                "batch_size=10",
+                "epochs=1",
+                "prune.iterations=1",
+                "threads=1",
+                "checkpoint.keep_all=true",
+                *overrides,
+            ],
+        )
     return run(cfg, folder)
 
 
@@ -106,10 +124,12 @@ def train_tiny(folder, *overrides):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("barrier_runs")
     out = {}
-    for name, extra in {"fc": ["dataset.shape=[1,4,4]", "+model.hidden=[8]"],
-                        "fc_seed1": ["dataset.shape=[1,4,4]", "+model.hidden=[8]", "seed=1"],
-                        "fc_wide": ["dataset.shape=[1,4,4]", "+model.hidden=[12]"],
-                        "resnet": ["dataset.shape=[3,8,8]", "model=resnet20"]}.items():
+    for name, extra in {
+        "fc": ["dataset.shape=[1,4,4]", "+model.hidden=[8]"],
+        "fc_seed1": ["dataset.shape=[1,4,4]", "+model.hidden=[8]", "seed=1"],
+        "fc_wide": ["dataset.shape=[1,4,4]", "+model.hidden=[12]"],
+        "resnet": ["dataset.shape=[3,8,8]", "model=resnet20"],
+    }.items():
         out[name] = (root / name, train_tiny(root / name, *extra))
     return out
 
@@ -130,12 +150,30 @@ def test_ends_are_the_runs_own_test_errors(runs):
 @pytest.mark.parametrize("name", ["fc", "resnet"])
 def test_command_line_barrier_of_a_run_with_itself_is_zero(runs, tmp_path, name):
     folder, _ = runs[name]
-    proc = subprocess.run([sys.executable, "-m", "phicenter.analysis.barrier", str(folder), str(folder),
-                           "--round", "1", "--alphas", "4", "--out", str(tmp_path / "b.json")],
-                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phicenter.analysis.barrier",
+            str(folder),
+            str(folder),
+            "--round",
+            "1",
+            "--alphas",
+            "4",
+            "--out",
+            str(tmp_path / "b.json"),
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "barrier: 0.00 percentage points" in proc.stdout
     import json
+
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["barrier"] == 0 and len(set(res["errors"])) == 1 and res["round_a"] == res["round_b"] == 1
     # resnet20 has BatchNorm: 50 training examples in batches of 10, recomputed at every alpha

@@ -1,5 +1,6 @@
 """The lean loop and its benchmark: grouped manual steps train exactly like a plain loop, torch.compile
 survives re-masking, and `python -m phicenter.bench` writes its JSON. Nothing here asserts a wall time."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from phicenter import data, models
+from phicenter.engine.module import CohortModule
 from phicenter.method import pruning, strategies
 from phicenter.method.imp import IMP, IMPConfig
-from phicenter.engine.module import CohortModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +40,17 @@ def _setup(seed=0, dead=0.0):
 def _fit(net, batches, epochs=2, precision="32-true"):
     module = CohortModule([net], {"name": "adam", "lr": 1e-3})
     module.train_batches = batches
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                         accelerator="cpu", precision=precision)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        accelerator="cpu",
+        precision=precision,
+    )
     trainer.fit(module, train_dataloaders=batches)
     return module, trainer
 
@@ -54,8 +63,8 @@ def test_grouped_manual_steps_are_exactly_the_plain_loop():
     _, net_c = _setup(dead=0.3)
     batches = data.make_loaders(s, 32, seed=4, group=3)[0]
     module, trainer = _fit(net_a, batches)
-    assert trainer.global_step == 2 * batches.n_batches()          # one global step per optimizer step
-    _fit(net_b, data.make_loaders(s, 32, seed=4, group=1)[0])      # ungrouped: the same
+    assert trainer.global_step == 2 * batches.n_batches()  # one global step per optimizer step
+    _fit(net_b, data.make_loaders(s, 32, seed=4, group=1)[0])  # ungrouped: the same
     opt = torch.optim.Adam(net_c.parameters(), 1e-3)
     plain = data.make_loaders(s, 32, seed=4)[0]
     losses = []
@@ -73,7 +82,7 @@ def test_grouped_manual_steps_are_exactly_the_plain_loop():
         losses.append(total / n)
     for a, b, c in zip(net_a.state_dict().values(), net_b.state_dict().values(), net_c.state_dict().values()):
         assert torch.equal(a, b) and torch.equal(a, c)
-    assert [h["train_loss"] for h in module.history[0]] == losses     # on-device metrics, the same numbers
+    assert [h["train_loss"] for h in module.history[0]] == losses  # on-device metrics, the same numbers
 
 
 def test_schedule_steps_once_per_epoch_in_manual_optimisation():
@@ -87,8 +96,15 @@ def test_schedule_steps_once_per_epoch_in_manual_optimisation():
         def on_train_epoch_start(self, trainer, pl_module):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", callbacks=[Record()])
+    trainer = pl.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[Record()],
+    )
     trainer.fit(module, train_dataloaders=batches)
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
 
@@ -136,8 +152,8 @@ def test_compile_survives_remasking_without_recompiling():
         reference.load_state_dict(net.state_dict())
         with torch.no_grad():
             reference.eval()
-            torch.testing.assert_close(out, reference(x))           # the new masks are in force
-    assert counters["stats"]["unique_graphs"] == graphs             # ... with the graphs of round 0
+            torch.testing.assert_close(out, reference(x))  # the new masks are in force
+    assert counters["stats"]["unique_graphs"] == graphs  # ... with the graphs of round 0
     fc1 = pruning.mask_of(net.fc1).mask
     assert 0 < float(fc1.float().mean()) < 1
     torch._dynamo.reset()
@@ -153,17 +169,37 @@ def test_prepare_compiles_once():
     compiled = net._compiled_call_impl
     assert compiled is not None
     module.prepare("cpu", compile=True)
-    assert net._compiled_call_impl is compiled                       # not wrapped again next round
-    assert list(net.state_dict()) == keys                           # checkpoints and IMP see the same names
+    assert net._compiled_call_impl is compiled  # not wrapped again next round
+    assert list(net.state_dict()) == keys  # checkpoints and IMP see the same names
 
 
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "phicenter.bench", "--quick", "--out", str(out), "--images", "120", "60", "256",
-           "--repeats", "1", "--gpu-rows", "--gpu-experiments", "mnist_fc_lot", "--precision", "32-true",
-           "--peak-tflops", "1", "--no-packed"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "phicenter.bench",
+        "--quick",
+        "--out",
+        str(out),
+        "--images",
+        "120",
+        "60",
+        "256",
+        "--repeats",
+        "1",
+        "--gpu-rows",
+        "--gpu-experiments",
+        "mnist_fc_lot",
+        "--precision",
+        "32-true",
+        "--peak-tflops",
+        "1",
+        "--no-packed",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     for key in ("loop_overhead_ratio", "data_speedup", "prune_share"):
@@ -173,17 +209,17 @@ def test_bench_quick_writes_json(tmp_path):
     assert set(res["loop"]) == {"fc_lot", "conv4"}
     assert res["loop"]["conv4"]["data"] == "synthetic [3, 32, 32]"
     assert res["loop"]["fc_lot"]["train_flops_per_image"] > 0
-    row = res["gpu"]["rows"]["mnist_fc_lot"]          # the GPU rows' code path, exercised on the CPU
+    row = res["gpu"]["rows"]["mnist_fc_lot"]  # the GPU rows' code path, exercised on the CPU
     assert row["mfu"] > 0 and row["runs"] == 44 and row["rounds"] == 11 and row["grid_hours_est"] > 0
-    assert res["grid_gpu_hours_est"] is None           # never an estimate from a CPU
-    assert "packed_speedup" not in res                 # --no-packed (packed_speedup itself: tests/test_packed.py)
+    assert res["grid_gpu_hours_est"] is None  # never an estimate from a CPU
+    assert "packed_speedup" not in res  # --no-packed (packed_speedup itself: tests/test_packed.py)
     assert "loop_overhead_ratio" in proc.stdout and "| (a) fc_lot" in proc.stdout
-    for key in ("masked_step_ratio", "masked_step_ratio_conv4", "masked_round_ratio"):   # (e): masks
+    for key in ("masked_step_ratio", "masked_step_ratio_conv4", "masked_round_ratio"):  # (e): masks
         assert isinstance(res[key], float) and math.isfinite(res[key]) and res[key] > 0, key
     step = res["masks"]["step"]["fc_lot"]
     assert step["sparsity"] == pytest.approx(0.2) and step["threads"] == 1 and step["masked_step_ms"] > 0
-    assert len(res["masks"]["round"]["rounds_s"][0]) == 2           # round 0 (dense), round 1 (masked)
-    rows = res["threads_rows"]["rows"]                                # (f): 1 vs 2 threads
+    assert len(res["masks"]["round"]["rounds_s"][0]) == 2  # round 0 (dense), round 1 (masked)
+    rows = res["threads_rows"]["rows"]  # (f): 1 vs 2 threads
     assert set(rows) == {"mnist_fc_lot", "cifar10_conv2"}
     assert all(set(r["epoch_s"]) == {"1", "2"} for r in rows.values())
     assert "| (e) fc_lot training step" in proc.stdout and "| (f) conv2 epoch" in proc.stdout

@@ -1,8 +1,8 @@
 """The real command line: quickstart, multiruns, MNIST from disk, bad input."""
+
 from __future__ import annotations
 
 import pytest
-
 from tests.cli import FAST, SHARED_DATA, results, train
 
 
@@ -13,14 +13,23 @@ def test_quickstart_default_runs_all_rounds(tmp_path):
     assert [r["round"] for r in res["rounds"]] == list(range(11))
     assert res["final"] == res["rounds"][-1]
     assert res["config"]["dataset"]["name"] == "digits" and res["config"]["model"]["name"] == "fc_lot"
-    assert res["init"] == "glorot_normal" and res["device"] == "cpu"   # the quickstart takes fc_lot's reference init
+    assert res["init"] == "glorot_normal" and res["device"] == "cpu"  # the quickstart takes fc_lot's reference init
     # 10 rounds at base 0.8, per layer round() of the counts: 1 - 0.8^10 = 0.8926 overall
-    assert res["final"]["sparsity"] == pytest.approx(1 - 0.8 ** 10, abs=2e-3)
+    assert res["final"]["sparsity"] == pytest.approx(1 - 0.8**10, abs=2e-3)
     for r in res["rounds"]:
         assert 0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
-        assert set(r) >= {"round", "sparsity", "effective_sparsity", "train_loss", "val_acc", "test_acc",
-                          "flipped_by_phi", "flipped_vs_init", "seconds"}
-        assert r["effective_sparsity"] >= r["sparsity"] - 1e-12   # mask0: nothing pruned acts any more
+        assert set(r) >= {
+            "round",
+            "sparsity",
+            "effective_sparsity",
+            "train_loss",
+            "val_acc",
+            "test_acc",
+            "flipped_by_phi",
+            "flipped_vs_init",
+            "seconds",
+        }
+        assert r["effective_sparsity"] >= r["sparsity"] - 1e-12  # mask0: nothing pruned acts any more
     assert res["rounds"][0]["flipped_by_phi"] is None and res["rounds"][1]["flipped_vs_init"] > 0
     assert res["final"]["test_acc"] > 0.5  # digits is learnable even at 89 % sparsity
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
@@ -40,8 +49,9 @@ def test_threads_unset_is_one_thread(tmp_path):
     free = {k: v for k, v in env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     for extra, want in (([], 1), (["threads=2"], 2)):
         out = tmp_path / str(want)
-        subprocess.run([*base, *extra, f"hydra.run.dir={out}"], cwd=ROOT, env=free, check=True, capture_output=True,
-                       timeout=300)
+        subprocess.run(
+            [*base, *extra, f"hydra.run.dir={out}"], cwd=ROOT, env=free, check=True, capture_output=True, timeout=300
+        )
         assert results(out)["threads"] == want, extra
 
 
@@ -58,8 +68,13 @@ def test_tensorboard_has_continuous_steps_and_hparams(tmp_path, k):
     assert steps == list(range(6))  # 3 rounds x 2 epochs on one axis
     assert [e.step for e in acc.Scalars("round/test_acc")] == [1, 3, 5]
     assert "round/flipped_by_phi" in acc.Tags()["scalars"]
-    assert {"layer/fc1/dead_zone", "layer/out/flipped_vs_init", "layer/fc2/sparsity", "round/effective_sparsity",
-            "layer/fc1/effective_sparsity"} <= set(acc.Tags()["scalars"])
+    assert {
+        "layer/fc1/dead_zone",
+        "layer/out/flipped_vs_init",
+        "layer/fc2/sparsity",
+        "round/effective_sparsity",
+        "layer/fc1/effective_sparsity",
+    } <= set(acc.Tags()["scalars"])
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"] or acc.summary_metadata
 
 
@@ -67,8 +82,11 @@ def test_signature_multirun_writes_six_results(tmp_path):
     train("strategy=mask0,mask1", "phi=-1e-3,0,5e-5", *FAST, f"hydra.sweep.dir={tmp_path}", multirun=True)
     found = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
     # job folders are named from their overrides (all of them, sorted), e.g. epochs=2,phi=0,...,strategy=mask0
-    assert found == sorted(f"epochs=2,phi={p},prune.iterations=2,strategy={s}"
-                           for s in ("mask0", "mask1") for p in ("-0.001", "0", "5e-05"))
+    assert found == sorted(
+        f"epochs=2,phi={p},prune.iterations=2,strategy={s}"
+        for s in ("mask0", "mask1")
+        for p in ("-0.001", "0", "5e-05")
+    )
     for name in found:
         res = results(tmp_path / name)
         assert res["status"] == "complete" and len(res["rounds"]) == 3
@@ -77,11 +95,18 @@ def test_signature_multirun_writes_six_results(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no MNIST in ../shared/data")
 def test_mnist_through_torchvision(tmp_path):
-    train("dataset=mnist", "dataset.download=false", f"data_dir={SHARED_DATA}", "threads=2", "epochs=1",
-          "prune.iterations=1", "batch_size=600", f"hydra.run.dir={tmp_path}")
+    train(
+        "dataset=mnist",
+        "dataset.download=false",
+        f"data_dir={SHARED_DATA}",
+        "threads=2",
+        "epochs=1",
+        "prune.iterations=1",
+        "batch_size=600",
+        f"hydra.run.dir={tmp_path}",
+    )
     res = results(tmp_path)
-    assert res["data"] == {"train": 55000, "val": 5000, "test": 10000, "input_shape": [1, 28, 28],
-                           "num_classes": 10}
+    assert res["data"] == {"train": 55000, "val": 5000, "test": 10000, "input_shape": [1, 28, 28], "num_classes": 10}
     assert res["final"]["test_acc"] > 0.9
 
 
@@ -109,8 +134,12 @@ BAD = [
 
 
 # the rest, and every other key, are checked in-process by tests/test_config.py
-CLI_BAD = {"optim.name=lbfgs", "prune.base=1.5", "dataset=npz dataset.path=/nonexistent/data.npz",
-           "dataset=mnist dataset.download=false data_dir=/nonexistent"}
+CLI_BAD = {
+    "optim.name=lbfgs",
+    "prune.base=1.5",
+    "dataset=npz dataset.path=/nonexistent/data.npz",
+    "dataset=mnist dataset.download=false data_dir=/nonexistent",
+}
 
 
 @pytest.mark.parametrize("args,message", [b for b in BAD if b[0] in CLI_BAD])
@@ -127,9 +156,9 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
 def test_bad_input_rejected_before_any_work(tmp_path, args, message):
     """The check the CLI runs first, before importing torch (phicenter.config.check_launch), in-process."""
     from hydra import compose, initialize_config_dir
+    from tests.cli import ROOT
 
     from phicenter.config import ConfigError, check_launch
-    from tests.cli import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.split())
@@ -142,16 +171,22 @@ def test_bad_input_rejected_before_any_work(tmp_path, args, message):
 def _npz(path, **arrays):
     import numpy as np
 
-    base = {"x_train": np.zeros((10, 4, 4), np.uint8), "y_train": np.zeros(10, np.int64),
-            "x_test": np.zeros((5, 4, 4), np.uint8), "y_test": np.zeros(5, np.int64)}
+    base = {
+        "x_train": np.zeros((10, 4, 4), np.uint8),
+        "y_train": np.zeros(10, np.int64),
+        "x_test": np.zeros((5, 4, 4), np.uint8),
+        "y_test": np.zeros(5, np.int64),
+    }
     np.savez(path, **{k: v for k, v in {**base, **arrays}.items() if v is not None})
 
 
 BAD_NPZ = {
     "not an npz": (lambda f: f.write_text("x_train,y_train\n1,2\n"), "is not an .npz file (the zip of arrays"),
     "no y_test": (lambda f: _npz(f, y_test=None), "missing key(s) y_test (expected x_train, y_train, x_test"),
-    "lengths": (lambda f: _npz(f, y_train=__import__("numpy").zeros(9, "int64")),
-                "x_train has 10 images but y_train has 9 labels"),
+    "lengths": (
+        lambda f: _npz(f, y_train=__import__("numpy").zeros(9, "int64")),
+        "x_train has 10 images but y_train has 9 labels",
+    ),
 }
 
 
@@ -161,8 +196,7 @@ def test_bad_npz_one_line_exit_2_no_folder(tmp_path, case):
     make, message = BAD_NPZ[case]
     f, run_dir = tmp_path / "data.npz", tmp_path / "run"
     make(f)
-    proc = train("dataset=npz", f"dataset.path={f}", "threads=1", f"hydra.run.dir={run_dir}", check=False,
-                 timeout=120)
+    proc = train("dataset=npz", f"dataset.path={f}", "threads=1", f"hydra.run.dir={run_dir}", check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"phicenter: error: dataset.path: {f}"), proc.stderr
@@ -176,8 +210,9 @@ def test_npz_missing_key(tmp_path):
     from phicenter import data
 
     f = tmp_path / "d.npz"
-    np.savez(f, x_train=np.zeros((10, 4, 4), np.uint8), y_train=np.zeros(10, np.int64),
-             x_test=np.zeros((5, 4, 4), np.uint8))
+    np.savez(
+        f, x_train=np.zeros((10, 4, 4), np.uint8), y_train=np.zeros(10, np.int64), x_test=np.zeros((5, 4, 4), np.uint8)
+    )
     with pytest.raises(data.DataError, match="missing key.s. y_test"):
         data.load("npz", tmp_path, path=str(f), val_size=2)
 
@@ -192,8 +227,15 @@ def test_npz_dataset_trains(tmp_path):
     np.savez(f, x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
     # 150 training images are 3 steps an epoch: 5 epochs a round, so that the final accuracy says the data was read
     # right rather than how lucky 6 steps were (2 epochs ended at 74 % or 99 % depending on the init)
-    train("dataset=npz", f"dataset.path={f}", "dataset.val_size=50", "threads=1", "epochs=5", "prune.iterations=2",
-          f"hydra.run.dir={tmp_path / 'run'}")
+    train(
+        "dataset=npz",
+        f"dataset.path={f}",
+        "dataset.val_size=50",
+        "threads=1",
+        "epochs=5",
+        "prune.iterations=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     res = results(tmp_path / "run")
     assert res["data"]["num_classes"] == 3 and res["final"]["test_acc"] > 0.9
 
@@ -202,7 +244,6 @@ def test_unknown_strategy_lists_choices():
     """Hydra's own error, listing the choices (what the CLI prints)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
-
     from tests.cli import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -213,8 +254,18 @@ def test_unknown_strategy_lists_choices():
 
 
 def test_conv_model_through_cli(tmp_path):
-    train("model=conv2", "dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.n_train=120",
-          "dataset.n_test=40", "dataset.val_size=20", "threads=1", "epochs=1", "prune.iterations=1",
-          "batch_size=32", f"hydra.run.dir={tmp_path}")
+    train(
+        "model=conv2",
+        "dataset=synthetic",
+        "dataset.shape=[3,8,8]",
+        "dataset.n_train=120",
+        "dataset.n_test=40",
+        "dataset.val_size=20",
+        "threads=1",
+        "epochs=1",
+        "prune.iterations=1",
+        "batch_size=32",
+        f"hydra.run.dir={tmp_path}",
+    )
     res = results(tmp_path)
     assert res["status"] == "complete" and res["final"]["sparsity"] == pytest.approx(0.2, abs=1e-3)

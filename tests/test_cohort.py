@@ -8,6 +8,7 @@ kernels on the unpacked shapes, so the test asserts what that gives: equal bit f
 Every config here has the round store off (`round_store.enabled=false`): each side trains every round of
 every variant itself, so what is compared is training (tests/test_round_store.py tests the reuse).
 """
+
 import json
 import math
 import os
@@ -19,19 +20,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from tests.faults import counted, die_at_validation
 from torch import nn
 
 from phicenter import models
 from phicenter.bench import packed as harness
 from phicenter.config import ConfigError
-from phicenter.engine import loop, module as cohort_module
+from phicenter.engine import loop
+from phicenter.engine import module as cohort_module
 from phicenter.engine import rundir as results
 from phicenter.engine.batched import batched_plan
 from phicenter.engine.cohort import Variant, check_variants, make_variants, variant_name
 from phicenter.engine.module import make_optimizer
 from phicenter.engine.stacked import StackedNet, stacked_losses, stacked_step
 from phicenter.method import pruning
-from tests.faults import counted, die_at_validation
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -43,10 +45,23 @@ SHAPES = {"fc_lot": ("[1,8,8]", 600), "conv2": ("[3,8,8]", 340)}
 def config(model: str, strategy: str = "mask0", phi: float = 0.0, *extra: str):
     shape, n_train = SHAPES[model]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[
-            f"model={model}", "dataset=synthetic", f"dataset.shape={shape}", f"dataset.n_train={n_train}",
-            "dataset.n_test=150", "epochs=2", "prune.iterations=2", f"strategy={strategy}", f"phi={phi}",
-            "checkpoint.keep_all=true", "round_store.enabled=false", *extra])
+        return compose(
+            "config",
+            overrides=[
+                f"model={model}",
+                "dataset=synthetic",
+                f"dataset.shape={shape}",
+                f"dataset.n_train={n_train}",
+                "dataset.n_test=150",
+                "epochs=2",
+                "prune.iterations=2",
+                f"strategy={strategy}",
+                f"phi={phi}",
+                "checkpoint.keep_all=true",
+                "round_store.enabled=false",
+                *extra,
+            ],
+        )
 
 
 def variants(model: str, combos=COMBOS, *extra: str):
@@ -103,17 +118,21 @@ def test_packed_equals_alone(pair):
         assert len(a["rounds"]) == n_rounds
         assert_same_rounds(a, b, v.name)
         # final weights, masks, fills and biases
-        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt",
-                        weights_only=False)["model"]
-        wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt",
-                        weights_only=False)["model"]
+        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=False)[
+            "model"
+        ]
+        wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=False)[
+            "model"
+        ]
         assert wa.keys() == wb.keys()
         for key in wb:
             x, y = wa[key].double(), wb[key].double()
             rel = float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) if y.numel() else 0.0
-            assert rel <= 1e-5, (v.name, key, rel)                 # the spec's bound
-            assert torch.equal(wa[key], wb[key]), (v.name, key)    # what the loop implementation gives
-        assert [r[k] for r in a["rounds"] for k in ROUND_KEYS_ACC] == [r[k] for r in b["rounds"] for k in ROUND_KEYS_ACC]
+            assert rel <= 1e-5, (v.name, key, rel)  # the spec's bound
+            assert torch.equal(wa[key], wb[key]), (v.name, key)  # what the loop implementation gives
+        assert [r[k] for r in a["rounds"] for k in ROUND_KEYS_ACC] == [
+            r[k] for r in b["rounds"] for k in ROUND_KEYS_ACC
+        ]
         # the variants really differ from each other (phi and the strategy did something)
     finals = {v.name: res_packed[v.name]["final"]["test_acc"] for v in vs}
     flips = [res_packed[v.name]["rounds"][1]["flipped_by_phi"] for v in vs]
@@ -163,7 +182,7 @@ def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch):
         starts.append(start)
         return real_cohort(members, start, *a, **kw)
 
-    def optimizer(*a, **kw):   # called at the start of every round: fail at round 1 of the first cohort
+    def optimizer(*a, **kw):  # called at the start of every round: fail at round 1 of the first cohort
         calls.append(1)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -201,18 +220,18 @@ def test_killed_mid_round_resumes_from_the_last_epoch(tmp_path, monkeypatch, opt
     """A cohort that dies mid-round resumes from its last epoch checkpoint (weights, masks, optimizer and
     schedule state, epoch history) to results identical to an uninterrupted one; no epoch is redone."""
     extra = ["prune.iterations=1", "epochs=4", f"optim.name={optim}"]
-    if optim == "sgd":   # the LR drops after epoch 2, i.e. after the resume point
+    if optim == "sgd":  # the LR drops after epoch 2, i.e. after the resume point
         extra += ["optim.lr=0.05", "+optim.momentum=0.9", "schedule.name=multistep", "+schedule.at=[0.75]"]
-    vs = variants("fc_lot", COMBOS[1:1 + k], *extra)
+    vs = variants("fc_lot", COMBOS[1 : 1 + k], *extra)
     reference = loop.train(vs, tmp_path / "reference")
-    calls = die_at_validation(monkeypatch, 7)   # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
+    calls = die_at_validation(monkeypatch, 7)  # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
     with pytest.raises(loop.CohortFailed):
         loop.train(vs, tmp_path / "run")
     epochs_dir = next((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs"))
     assert sorted(p.name for p in epochs_dir.iterdir()) == ["last.ckpt", "prev.ckpt"]
     counted(monkeypatch, calls)
     again = loop.train(vs, tmp_path / "run")
-    assert calls["n"] == 2   # validation after epochs 2 and 3: 0 and 1 were not trained again
+    assert calls["n"] == 2  # validation after epochs 2 and 3: 0 and 1 were not trained again
     for v in vs:
         assert again[v.name]["status"] == "complete"
         assert_same_rounds(again[v.name], reference[v.name], v.name)
@@ -258,8 +277,14 @@ def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
         assert_same_rounds(got[vs[i].name], ref[vs[i].name], vs[i].name)
 
 
-@pytest.mark.parametrize("name,kw", [("adam", dict(lr=1.2e-3)), ("adamw", dict(lr=1e-3, weight_decay=0.01)),
-                                     ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-4))])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("adam", {"lr": 1.2e-3}),
+        ("adamw", {"lr": 1e-3, "weight_decay": 0.01}),
+        ("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}),
+    ],
+)
 def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
     """The packed optimizer (per-variant views of the stacked tensors) updates each variant exactly as its
     own optimizer would, momentum and weight decay included."""
@@ -269,15 +294,15 @@ def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
         n.load_state_dict(nets[0].state_dict())
     for n in nets:
         pruning.attach_masks(n)
-    for i, n in enumerate(nets):   # different masks and fills per variant
+    for i, n in enumerate(nets):  # different masks and fills per variant
         pruning.mask_of(n[0]).mask.copy_(torch.rand(7, 5) > 0.3 * i)
         pruning.mask_of(n[0]).fill.copy_(torch.randn(7, 5) * i)
         pruning.reapply_masks(n)
-    alone = [[p for p in n.parameters()] for n in nets]
+    alone = [list(n.parameters()) for n in nets]
     pk = StackedNet([_clone(n) for n in nets])
     opt, _ = make_optimizer(pk.optimizer_parameters(), {"name": name, **kw}, {"name": "none"}, 1)
     own = [make_optimizer(ps, {"name": name, **kw}, {"name": "none"}, 1)[0] for ps in alone]
-    for step in range(4):
+    for _step in range(4):
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
         stacked_step(pk, opt, x, y)
         for n, o in zip(nets, own):
@@ -293,13 +318,23 @@ def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
 
 def _clone(net):
     import copy
+
     return copy.deepcopy(net)
 
 
 def _bn_net():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5, momentum=None), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.BatchNorm2d(5, momentum=None),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
 
 
 class _Wrapped(nn.Module):
@@ -340,8 +375,10 @@ def test_forward_backward_and_batchnorm_per_variant(arch, impl):
     if impl == "loop":
         check = torch.equal
     else:
+
         def check(a, b):
             return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
     for training, batch in ((True, 7), (True, 5), (False, 9)):
         x, y = torch.randn(batch, *shape), torch.randint(0, 3, (batch,))
         logits = pk(x, training=training)
@@ -383,7 +420,7 @@ def test_bad_packs_fail_in_one_line():
     half = config("fc_lot", "mask0", 0.0, "trainer.precision=16-mixed")
     with pytest.raises(ConfigError, match="one loss scale"):
         check_variants([Variant("a", half), Variant("b", config("fc_lot", "mask1", 0.0, "trainer.precision=16-mixed"))])
-    check_variants([Variant("", half)])   # alone, a run may scale its loss
+    check_variants([Variant("", half)])  # alone, a run may scale its loss
     with pytest.raises(ConfigError, match="phi must be a number"):
         make_variants(a, ["x"])
 
@@ -392,9 +429,22 @@ def test_cli_pack_in_a_multirun(tmp_path):
     """The real CLI: `-m seed=0,1 pack=true 'phi=[...]' 'strategy=[...]'` packs each seed's 2x2 grid in one
     job; strategy.trained_fraction applies to the gradual variants only."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "phicenter.train", "-m", "seed=0,1", "pack=true", "phi=[0,0.02]",
-           "strategy=[mask0,gradual]", "strategy.trained_fraction=0.5", "dataset=synthetic", "epochs=1",
-           "prune.iterations=1", f"hydra.sweep.dir={tmp_path}", "hydra/job_logging=disabled"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phicenter.train",
+        "-m",
+        "seed=0,1",
+        "pack=true",
+        "phi=[0,0.02]",
+        "strategy=[mask0,gradual]",
+        "strategy.trained_fraction=0.5",
+        "dataset=synthetic",
+        "epochs=1",
+        "prune.iterations=1",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra/job_logging=disabled",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(results.RESULTS))
@@ -413,11 +463,11 @@ def test_cli_pack_in_a_multirun(tmp_path):
             assert "trained_fraction" not in cfg["strategy"]
         assert list((path.parent / "tb").glob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
-    assert len(summary["complete"]) == 8 and set(summary) == {"complete"}   # one entry per variant
+    assert len(summary["complete"]) == 8 and set(summary) == {"complete"}  # one entry per variant
     from phicenter.analysis import report
 
     made = report.report([tmp_path], tmp_path / "report")
-    assert made["used"] == 8                                                # the report reads every variant
+    assert made["used"] == 8  # the report reads every variant
 
 
 def test_packed_speedup_bench_reports(tmp_path):
@@ -432,9 +482,15 @@ def test_packed_speedup_bench_reports(tmp_path):
 
 def test_packed_speedup_conv2_row(tmp_path):
     """The bench's conv2 row (run on a GPU, or with --packed-conv2), on small CIFAR-shaped synthetic data."""
-    out = harness.packed_speedup(k=2, model="conv2", dataset="synthetic", epochs=1, workdir=tmp_path, isolate=False,
-                                overrides=["dataset.shape=[3,8,8]", "dataset.n_train=240", "dataset.n_test=60",
-                                           "dataset.val_size=60"])
+    out = harness.packed_speedup(
+        k=2,
+        model="conv2",
+        dataset="synthetic",
+        epochs=1,
+        workdir=tmp_path,
+        isolate=False,
+        overrides=["dataset.shape=[3,8,8]", "dataset.n_train=240", "dataset.n_test=60", "dataset.val_size=60"],
+    )
     assert out["model"] == "conv2" and out["dataset"] == "synthetic" and out["packed_speedup"] > 0
     res = json.loads((tmp_path / "packed" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).read_text())
     assert res["status"] == "complete" and res["data"]["input_shape"] == [3, 8, 8]
@@ -456,8 +512,10 @@ def test_batched_path_trains_like_alone(pair):
     the same results up to float rounding (it is not bit-identical by construction; see PackedNet)."""
     model, vs, res_packed, res_alone, out = pair
     if model != "fc_lot":
-        pytest.skip("conv2's batched layers are checked per step in test_forward_backward_...; whole rounds "
-                    "on CPU grouped convolutions cost time for no further coverage")
+        pytest.skip(
+            "conv2's batched layers are checked per step in test_forward_backward_...; whole rounds "
+            "on CPU grouped convolutions cost time for no further coverage"
+        )
     got = loop.train(vs, out / "batched", impl="batched")
     for v in vs:
         a, b = got[v.name], res_alone[v.name]
@@ -502,9 +560,9 @@ def test_compiled_stack_survives_remasking_without_recompiling():
         pk.gather(nets)
         out = step()
         for k, n in enumerate(nets):
-            with torch.no_grad():   # a copy: the template's own train/eval flag is part of the graphs' guards
-                torch.testing.assert_close(out[k], _clone(n).eval()(x))    # each variant's new masks are in force
-    assert counters["stats"]["unique_graphs"] == graphs     # ... with the graphs of round 0
+            with torch.no_grad():  # a copy: the template's own train/eval flag is part of the graphs' guards
+                torch.testing.assert_close(out[k], _clone(n).eval()(x))  # each variant's new masks are in force
+    assert counters["stats"]["unique_graphs"] == graphs  # ... with the graphs of round 0
     torch._dynamo.reset()
 
 
@@ -519,11 +577,11 @@ def test_late_rewinding_point_is_the_state_after_epoch_k(tmp_path, k):
     theta_k = torch.load(d / results.THETA_K, weights_only=True)
     theta0 = torch.load(d / results.THETA0, weights_only=True)
     key = "fc1.weight"
-    assert not torch.equal(theta_k[key], theta0[key])              # one epoch of training moved it
+    assert not torch.equal(theta_k[key], theta0[key])  # one epoch of training moved it
     # the same cohort killed after round 0 and relaunched
     again_dir = tmp_path / "again"
     loop.train(variants("fc_lot", combos, "prune.iterations=0", "epochs=2", "rewind.epoch=1"), again_dir)
-    for v in vs:   # the finished round-0-only runs are "complete": continue them as the longer config
+    for v in vs:  # the finished round-0-only runs are "complete": continue them as the longer config
         res = results.read_json(again_dir / v.name / results.RESULTS)
         res["status"], res["config"]["prune"]["iterations"] = "running", 1
         results.write_json(again_dir / v.name / results.RESULTS, res)

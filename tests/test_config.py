@@ -1,6 +1,7 @@
 """The config schema and the one list of execution settings: each bad key or value is refused in one line by
 the same check the command line runs first (phicenter.config.check_launch), every shipped config passes it,
 and the conf/ files, the code's defaults and the derived key lists agree with the declarations."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,12 @@ import typing
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tests.cli import ROOT
 
 from phicenter import config
 from phicenter.config import ConfigError, schema
 from phicenter.method import options
 from phicenter.spec import PosInt, check_value, declared, default, group_in
-from tests.cli import ROOT
 
 CONF = ROOT / "conf"
 
@@ -59,8 +60,10 @@ BAD = [
     ("+prune.foo=1", "unknown key prune.foo: prune has no option foo (its options: iterations, base, scope"),
     ("rewind.epoch=-1", "rewind.epoch must be >= 0, got -1"),
     ("rewind.step=1.5", "rewind.step must be an integer, got 1.5"),
-    ("rewind.epoch=1 rewind.step=5", "rewind.epoch=1 and rewind.step=5: the rewind point is one of them; set the "
-                                     "other to 0"),
+    (
+        "rewind.epoch=1 rewind.step=5",
+        "rewind.epoch=1 and rewind.step=5: the rewind point is one of them; set the other to 0",
+    ),
     ("epochs=3 rewind.epoch=3", "rewind.epoch=3 is not inside round 0 (epochs=3): rounds >= 1 train epochs k+1..3"),
     ("reinit.magnitude=-1", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got -1"),
     ("reinit.magnitude=foo", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got 'foo'"),
@@ -74,8 +77,10 @@ BAD = [
     ("schedule.name=multistep +schedule.at=[0.5,2]", "schedule.at must be a list of numbers in [0, 1]"),
     ("schedule.name=multistep +schedule.gamma=0", "schedule.gamma must be > 0"),
     ("+schedule.gamma=0.1", "unknown key schedule.gamma: schedule none has no option gamma (its options: none)"),
-    ("trainer.precision=bogus", "trainer.precision must be 64, 32, 16, 64-true, 32-true, 16-true, 16-mixed, "
-                                "bf16-true, bf16-mixed"),
+    (
+        "trainer.precision=bogus",
+        "trainer.precision must be 64, 32, 16, 64-true, 32-true, 16-true, 16-mixed, bf16-true, bf16-mixed",
+    ),
     ("trainer.accelerator=abacus", "trainer.accelerator must be auto, cpu, gpu, cuda, mps or tpu"),
     ("trainer.devices=0", "trainer.devices must be an integer >= 1, auto or a list of integers >= 0, got 0"),
     ("trainer.deterministic=sometimes", "trainer.deterministic must be true, false or null"),
@@ -84,9 +89,11 @@ BAD = [
     ("strategy=gradual strategy.trained_fraction=1.5", "strategy.trained_fraction must be in [0, 1], got 1.5"),
     ("strategy.pruned_fill=random", "strategy.pruned_fill must be zero or trained, got 'random'"),
     ("strategy.rewind_other=2", "strategy.rewind_other must be true or false"),
-    ("+strategy.trained_fraction=0.5",
-     "unknown key strategy.trained_fraction: strategy mask0 has no option trained_fraction "
-     "(its options: pruned_fill, rewind_other)"),
+    (
+        "+strategy.trained_fraction=0.5",
+        "unknown key strategy.trained_fraction: strategy mask0 has no option trained_fraction "
+        "(its options: pruned_fill, rewind_other)",
+    ),
     ("strategy.name=nope", "strategy.name must be mask0, mask1, gradual, standard, lth, random"),
     ("model.init=zeros", "model.init must be torch_default, kaiming_normal or glorot_normal"),
     ("+model.width=3", "unknown key model.width: model fc_lot has no option width (its options: init, hidden)"),
@@ -106,8 +113,11 @@ BAD = [
     ("+dataset.download=false", "unknown key dataset.download: dataset digits has no option download"),
     ("+logger.csv.dir=x", "unknown key logger.csv.dir: logger.csv has no option dir (its options: none)"),
     ("logger=wandb logger.wandb.mode=sometimes", "logger.wandb.mode must be online, offline or disabled (or null)"),
-    ("logger=mlflow +logger.mlflow.uri=x", "unknown key logger.mlflow.uri: logger.mlflow has no option uri (its "
-                                           "options: tracking_uri, experiment, run_name)"),
+    (
+        "logger=mlflow +logger.mlflow.uri=x",
+        "unknown key logger.mlflow.uri: logger.mlflow has no option uri (its "
+        "options: tracking_uri, experiment, run_name)",
+    ),
     ("logger=mlflow logger.mlflow.experiment=null", "logger.mlflow.experiment must be a string, got None"),
 ]
 
@@ -124,22 +134,39 @@ def test_bad_key_or_value_refused_in_one_line(tmp_path, args, message):
 
 
 GOOD = [
-    (), ("hparams_search=phi_optuna",), ("+trainer.strategy=ddp", "+trainer.num_nodes=2"),
+    (),
+    ("hparams_search=phi_optuna",),
+    ("+trainer.strategy=ddp", "+trainer.num_nodes=2"),
     ("optim.name=sgd", "+optim.momentum=0.9", "+optim.nesterov=true", "+optim.weight_decay=5e-4"),
     ("optim.name=adamw", "+optim.betas=[0.8,0.9]", "+optim.amsgrad=true"),
-    ("schedule.name=multistep", "+schedule.at=[0.75]"), ("schedule.name=cosine",),
-    ("trainer.precision=bf16-mixed",), ("trainer.precision=32",), ("trainer.devices=auto",),
-    ("trainer.devices=[0,1]",), ("trainer.accelerator=gpu",), ("epochs=2.0",), ("phi=-5e-5",), ("phi='1e-3'",),
+    ("schedule.name=multistep", "+schedule.at=[0.75]"),
+    ("schedule.name=cosine",),
+    ("trainer.precision=bf16-mixed",),
+    ("trainer.precision=32",),
+    ("trainer.devices=auto",),
+    ("trainer.devices=[0,1]",),
+    ("trainer.accelerator=gpu",),
+    ("epochs=2.0",),
+    ("phi=-5e-5",),
+    ("phi='1e-3'",),
     ("pack=true", "phi=[0,1e-3]", "strategy=[mask0,gradual]", "strategy.trained_fraction=0.5"),
     ("prune.method=structured", "rewind.epoch=2", "prune.output_base=0.5", "reinit.magnitude=0.01"),
     ("model=conv2", "prune.conv_base=0.9", "prune.output_base=0.9"),
-    ("rewind.step=500",), ("epochs=3", "rewind.epoch=2"),
+    ("rewind.step=500",),
+    ("epochs=3", "rewind.epoch=2"),
     ("dry_run=phi", "dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,lrr]", "fault.fail_round=2"),
     ("model=vgg16_pretrained", "model.batch_norm=true", "model.verify_weights=false", "model.weights_path=/w.pth"),
     ("dataset=cifar10", "dataset.augment=true", "dataset.pipeline=torchvision", "+dataset.num_workers=2"),
-    ("dataset=npz", "dataset.path=/d.npz"), ("dataset=synthetic", "dataset.shape=[3,8,8]"),
-    ("logger=[tensorboard,csv,mlflow,wandb]", "logger.mlflow.tracking_uri=http://127.0.0.1:5000",
-     "logger.wandb.mode=offline", "logger.wandb.entity=me"), ("logger=[]",), ("logger=csv", "pack=true", "phi=[0,1]"),
+    ("dataset=npz", "dataset.path=/d.npz"),
+    ("dataset=synthetic", "dataset.shape=[3,8,8]"),
+    (
+        "logger=[tensorboard,csv,mlflow,wandb]",
+        "logger.mlflow.tracking_uri=http://127.0.0.1:5000",
+        "logger.wandb.mode=offline",
+        "logger.wandb.entity=me",
+    ),
+    ("logger=[]",),
+    ("logger=csv", "pack=true", "phi=[0,1]"),
 ]
 
 
@@ -148,8 +175,9 @@ def test_good_settings_pass(tmp_path, args):
     config.check_launch(composed(*args), None, tmp_path)
 
 
-@pytest.mark.parametrize("group,name", [(g, n) for g in ("strategy", "model", "dataset", "experiment")
-                                        for n in names(g)])
+@pytest.mark.parametrize(
+    "group,name", [(g, n) for g in ("strategy", "model", "dataset", "experiment") for n in names(g)]
+)
 def test_every_shipped_config_passes(group, name):
     extra = ["dataset.path=/d.npz"] if name == "npz" else []
     config.check(composed(f"{group}={name}", *extra))
@@ -182,8 +210,11 @@ def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
     assert schema.check(dict(tree, strategy={"name": "wide", "width": 4}))["strategy"]["width"] == 4
     with pytest.raises(ConfigError, match=r"^strategy.width must be >= 1, got 0$"):
         schema.check(dict(tree, strategy={"name": "wide", "width": 0}))
-    with pytest.raises(ConfigError, match=r"strategy wide has no option depth \(its options: pruned_fill, "
-                                          r"rewind_other, width\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"strategy wide has no option depth \(its options: pruned_fill, "
+        r"rewind_other, width\)",
+    ):
         schema.check(dict(tree, strategy={"name": "wide", "depth": 1}))
     assert strategies.build("wide", width=5).options.width == 5 and strategies.build("wide").options.width == 3
     with pytest.raises(ValueError, match="strategy.width must be >= 1"):
@@ -191,15 +222,18 @@ def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
 
 
 def test_schema_imports_no_torch_hydra_or_omegaconf():
-    code = ("import sys; import phicenter.config, phicenter.method.options, phicenter.loggers; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'omegaconf', 'hydra', 'mlflow', "
-            "'wandb', 'tensorboard'})); "
-            "import phicenter.train; print('torch' in sys.modules)")
+    code = (
+        "import sys; import phicenter.config, phicenter.method.options, phicenter.loggers; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'omegaconf', 'hydra', 'mlflow', "
+        "'wandb', 'tensorboard'})); "
+        "import phicenter.train; print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert proc.stdout.split() == ["[]", "False"]   # and the command line imports torch after its checks
+    assert proc.stdout.split() == ["[]", "False"]  # and the command line imports torch after its checks
 
 
 # ---------------------------------------------------------------- declarations agree with conf/ and the code
+
 
 def normalised(cls, key: str, value):
     tp, _ = declared(cls)[key]
@@ -241,7 +275,7 @@ def test_logger_files_hold_the_declared_defaults_one_logger_each():
         assert set(node[name] or {}) == set(declared(cls)), name
         for key, value in (node[name] or {}).items():
             assert normalised(cls, key, env_default(value)) == default(declared(cls)[key][1]), f"{name}.{key}"
-    assert composed().logger == {"tensorboard": {}}   # the default: TensorBoard alone
+    assert composed().logger == {"tensorboard": {}}  # the default: TensorBoard alone
 
 
 def test_config_yaml_holds_the_declared_defaults():
@@ -249,7 +283,7 @@ def test_config_yaml_holds_the_declared_defaults():
     top = declared(schema.Config)
     for key, value in raw.items():
         if key in ("defaults", "hydra", "data_dir", "optim", "schedule", "trainer"):
-            continue   # optim, schedule, trainer: their declared defaults are torch's and Lightning's
+            continue  # optim, schedule, trainer: their declared defaults are torch's and Lightning's
         tp, f = top[key]
         if isinstance(value, dict):
             for sub, v in value.items():
@@ -272,8 +306,11 @@ def test_registries_match_the_code():
 
 
 def keyword_defaults(fn, skip=()) -> dict:
-    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty and n not in skip}
+    return {
+        n: p.default
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty and n not in skip
+    }
 
 
 def test_model_and_dataset_code_takes_what_is_declared():
@@ -287,7 +324,7 @@ def test_model_and_dataset_code_takes_what_is_declared():
         fields = declared(cls)
         for key, value in keyword_defaults(fn, ("split_seed",) if fn is not data.load else ()).items():
             assert key in fields, f"{name}: {key} is not declared"
-            if default(fields[key][1]) is not dataclasses.MISSING:   # npz's path: required in a config
+            if default(fields[key][1]) is not dataclasses.MISSING:  # npz's path: required in a config
                 assert normalised(cls, key, value) == default(fields[key][1]), f"{name}.{key}"
 
 
@@ -299,11 +336,12 @@ def test_optimizer_options_are_torchs_keywords():
         torch_defaults = keyword_defaults(module.OPTIMIZERS[name])
         for key, (_, f) in declared(cls).items():
             assert key in torch_defaults, f"{name}: torch takes no {key}"
-            if key != "fused":   # phicenter's fused: true picks torch's fused implementation where there is one
+            if key != "fused":  # phicenter's fused: true picks torch's fused implementation where there is one
                 assert default(f) == torch_defaults[key], f"{name}.{key}"
 
 
 # ---------------------------------------------------------------- the one list of execution settings
+
 
 def test_folder_name_exclusions_are_derived_from_execution_keys():
     exclude = OmegaConf.load(CONF / "config.yaml").hydra.job.config.override_dirname.exclude_keys
@@ -334,14 +372,21 @@ def test_report_rows_ignore_execution_settings(tmp_path):
 
     base = config.recorded_config(composed("epochs=2", "prune.iterations=1"))
     runs = []
-    for seed, extra in enumerate(({}, {"compile": True, "eval_batch_size": 500},
-                                  {"optim": dict(base["optim"], fused=False),
-                                   "trainer": dict(base["trainer"], accelerator="gpu", devices=2)})):
+    for seed, extra in enumerate(
+        (
+            {},
+            {"compile": True, "eval_batch_size": 500},
+            {"optim": dict(base["optim"], fused=False), "trainer": dict(base["trainer"], accelerator="gpu", devices=2)},
+        )
+    ):
         rounds = [{"round": r, "val_acc": 0.9, "test_acc": 0.9, "flipped_by_phi": None} for r in range(2)]
         path = tmp_path / str(seed) / "results.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({"config": dict(base, seed=seed, **extra), "rounds": rounds,
-                                    "final": rounds[-1], "status": "complete"}))
+        path.write_text(
+            json.dumps(
+                {"config": dict(base, seed=seed, **extra), "rounds": rounds, "final": rounds[-1], "status": "complete"}
+            )
+        )
         runs.append(report.read_run(path))
     other = dict(base, optim=dict(base["optim"], lr=0.5))
     path = tmp_path / "lr" / "results.json"
@@ -354,16 +399,28 @@ def test_report_rows_ignore_execution_settings(tmp_path):
 
 
 def test_hparams_lead_with_the_grid_axes_and_drop_execution_settings():
-    resolved = config.recorded_config(composed("strategy=gradual", "phi=5e-5", "seed=3", "threads=2",
-                                               "schedule.name=multistep", "+schedule.at=[0.5]"))
+    resolved = config.recorded_config(
+        composed("strategy=gradual", "phi=5e-5", "seed=3", "threads=2", "schedule.name=multistep", "+schedule.at=[0.5]")
+    )
     hp = config.hparams(resolved)
     assert list(hp)[:5] == ["strategy", "phi", "seed", "model", "dataset"]
     assert [hp[k] for k in list(hp)[:5]] == ["gradual", 5e-5, 3, "fc_lot", "digits"]
     assert hp["optim.lr"] == 1.2e-3 and hp["strategy.trained_fraction"] == 0.7 and hp["prune.method"] == "magnitude"
     assert hp["prune.output_base"] == "null" and hp["schedule.at"] == "[0.5]"
     assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
-    for gone in ("threads", "compile", "data_dir", "eval_batch_size", "optim.fused", "trainer.accelerator",
-                 "trainer.devices", "checkpoint.keep_all", "pack", "fault.fail_round", "strategy.name"):
+    for gone in (
+        "threads",
+        "compile",
+        "data_dir",
+        "eval_batch_size",
+        "optim.fused",
+        "trainer.accelerator",
+        "trainer.devices",
+        "checkpoint.keep_all",
+        "pack",
+        "fault.fail_round",
+        "strategy.name",
+    ):
         assert gone not in hp, gone
     assert "trainer.precision" in hp and "optim.name" in hp
 

@@ -1,5 +1,6 @@
 """Data: the two pipelines agree, augmentation is seeded and real, the decode cache is reused and rebuilt,
 and the on-disk formats of MNIST / CIFAR-10 / CIFAR-100 are read as torchvision reads them."""
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,7 @@ def _flat(batches):
 
 # --- the two pipelines ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", [(1, 6, 6), (3, 8, 8)], ids=["gray", "rgb"])
 def test_fast_and_torchvision_pipelines_give_the_same_batches(shape):
     s = _splits(shape)
@@ -45,7 +47,7 @@ def test_fast_and_torchvision_pipelines_give_the_same_batches(shape):
             assert len(fb) == len(tb) == len(f) == len(t)
             for (xf, yf), (xt, yt) in zip(fb, tb):
                 assert xf.dtype == xt.dtype == torch.float32 and xf.shape == xt.shape
-                assert torch.equal(yf, yt)                      # same samples, same order
+                assert torch.equal(yf, yt)  # same samples, same order
                 torch.testing.assert_close(xf, xt, rtol=1e-6, atol=1e-6)  # same values
 
 
@@ -59,7 +61,7 @@ def test_shuffled_order_depends_on_seed_round_and_epoch_only():
 
     base = labels(0, 1, 2)
     assert torch.equal(base, labels(0, 1, 2))
-    assert sorted(base.tolist()) == sorted(s.y_train.tolist())   # a permutation: every sample once
+    assert sorted(base.tolist()) == sorted(s.y_train.tolist())  # a permutation: every sample once
     for other in (labels(1, 1, 2), labels(0, 2, 2), labels(0, 1, 3)):
         assert not torch.equal(base, other)
 
@@ -78,9 +80,9 @@ def test_grouped_batches_are_the_same_batches_in_lists():
 def test_groups_are_made_lazily_and_in_order():
     s = _splits()
     b = data.make_loaders(s, 16, seed=3, group=4)[0]
-    first, second, *_ = iter(b)                        # the loop may fetch one group ahead ...
+    first, second, *_ = iter(b)  # the loop may fetch one group ahead ...
     with pytest.raises(RuntimeError, match="out of order"):
-        list(second)                                   # ... but consumes them in order
+        list(second)  # ... but consumes them in order
     b2 = data.make_loaders(s, 16, seed=3, group=4)[0]
     groups = iter(b2)
     g1, g2 = next(groups), next(groups)
@@ -94,13 +96,14 @@ def test_unknown_pipeline_is_one_clear_error():
 
 # --- augmentation -----------------------------------------------------------------------------------------
 
+
 def _crops_and_flips(img: torch.Tensor, pad: int = 4):
     """Every image RandomCrop(padding=pad) + RandomHorizontalFlip can make from img (C×H×W, uint8)."""
     c, h, w = img.shape
     p = torch.nn.functional.pad(img, (pad, pad, pad, pad))
     for dy in range(2 * pad + 1):
         for dx in range(2 * pad + 1):
-            crop = p[:, dy:dy + h, dx:dx + w]
+            crop = p[:, dy : dy + h, dx : dx + w]
             yield crop
             yield crop.flip(-1)
 
@@ -124,15 +127,16 @@ def test_augmentation_is_seeded_and_changes_images(pipeline):
         return [(x.clone(), y.clone()) for x, y in b]
 
     a1, a2, plain = epoch(5, True), epoch(5, True), epoch(5, False)
-    for (x1, y1), (x2, y2), (x0, y0) in zip(a1, a2, plain, strict=True):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)   # same seed: the same images
-        assert torch.equal(y1, y0)                           # augmentation never changes the order
+    for (x1, y1), (x2, y2), (_, y0) in zip(a1, a2, plain, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)  # same seed: the same images
+        assert torch.equal(y1, y0)  # augmentation never changes the order
     xa, x0 = torch.cat([x for x, _ in a1]), torch.cat([x for x, _ in plain])
     changed = (xa - x0).abs().flatten(1).amax(1) > 1e-6
-    assert changed.float().mean() > 0.5                      # it does change (most) images
+    assert changed.float().mean() > 0.5  # it does change (most) images
     other_epoch = torch.cat([x for x, _ in epoch(5, True, e=1)])
-    assert not torch.allclose(torch.cat([x for x, _ in epoch(5, True, e=0)]).sort(0).values,
-                              other_epoch.sort(0).values)     # a new epoch draws new crops
+    assert not torch.allclose(
+        torch.cat([x for x, _ in epoch(5, True, e=0)]).sort(0).values, other_epoch.sort(0).values
+    )  # a new epoch draws new crops
     # eval loaders are never augmented
     val = data.make_loaders(s, 40, seed=5, augment=True, pipeline=pipeline, eval_batch_size=40)[1]
     val_plain = data.make_loaders(s, 40, seed=5, augment=False, pipeline=pipeline, eval_batch_size=40)[1]
@@ -149,6 +153,7 @@ def test_channel_stats_are_exact():
 
 
 # --- on-disk formats --------------------------------------------------------------------------------------
+
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,17 +188,37 @@ def fake_cifar10(root: Path, per_batch=4, n_test=6, seed=0) -> dict:
     for i in range(1, 6):
         x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         y = rng.integers(0, 10, per_batch).tolist()
-        _pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": y, "data": x,
-                                             "filenames": [f"img{i}_{j}.png" for j in range(per_batch)]})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": y,
+                "data": x,
+                "filenames": [f"img{i}_{j}.png" for j in range(per_batch)],
+            },
+        )
         xs.append(x), ys.extend(y)
     xt = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
     yt = rng.integers(0, 10, n_test).tolist()
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": yt, "data": xt,
-                                    "filenames": [f"t{j}.png" for j in range(n_test)]})
-    _pickle(folder / "batches.meta", {"label_names": [f"c{k}" for k in range(10)], "num_cases_per_batch": per_batch,
-                                      "num_vis": 3072})
-    return {"x_train": np.concatenate(xs).reshape(-1, 3, 32, 32), "y_train": np.array(ys),
-            "x_test": xt.reshape(-1, 3, 32, 32), "y_test": np.array(yt)}
+    _pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": yt,
+            "data": xt,
+            "filenames": [f"t{j}.png" for j in range(n_test)],
+        },
+    )
+    _pickle(
+        folder / "batches.meta",
+        {"label_names": [f"c{k}" for k in range(10)], "num_cases_per_batch": per_batch, "num_vis": 3072},
+    )
+    return {
+        "x_train": np.concatenate(xs).reshape(-1, 3, 32, 32),
+        "y_train": np.array(ys),
+        "x_test": xt.reshape(-1, 3, 32, 32),
+        "y_test": np.array(yt),
+    }
 
 
 def fake_cifar100(root: Path, n_train=24, n_test=8, seed=0) -> dict:
@@ -203,11 +228,21 @@ def fake_cifar100(root: Path, n_train=24, n_test=8, seed=0) -> dict:
     for split, n in (("train", n_train), ("test", n_test)):
         x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        _pickle(folder / split, {"filenames": [f"{split}{j}.png" for j in range(n)], "batch_label": split,
-                                 "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": x})
+        _pickle(
+            folder / split,
+            {
+                "filenames": [f"{split}{j}.png" for j in range(n)],
+                "batch_label": split,
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": x,
+            },
+        )
         out[f"x_{split}"], out[f"y_{split}"] = x.reshape(-1, 3, 32, 32), np.array(fine)
-    _pickle(folder / "meta", {"fine_label_names": [f"f{k}" for k in range(100)],
-                              "coarse_label_names": [f"c{k}" for k in range(20)]})
+    _pickle(
+        folder / "meta",
+        {"fine_label_names": [f"f{k}" for k in range(100)], "coarse_label_names": [f"c{k}" for k in range(20)]},
+    )
     return out
 
 
@@ -267,16 +302,25 @@ def test_corrupt_cifar_batch_is_one_clear_error(tmp_path):
 
 
 def _npz(path: Path, **arrays) -> Path:
-    base = {"x_train": np.zeros((10, 4, 4), np.uint8), "y_train": np.arange(10) % 3,
-            "x_test": np.zeros((5, 4, 4), np.uint8), "y_test": np.arange(5) % 3}
+    base = {
+        "x_train": np.zeros((10, 4, 4), np.uint8),
+        "y_train": np.arange(10) % 3,
+        "x_test": np.zeros((5, 4, 4), np.uint8),
+        "y_test": np.arange(5) % 3,
+    }
     np.savez(path, **{k: v for k, v in {**base, **arrays}.items() if v is not None})
     return path
 
 
 def test_npz_reads_every_split(tmp_path):
     x_val = np.full((4, 2, 4, 4), 7, np.uint8)
-    f = _npz(tmp_path / "d.npz", x_train=np.zeros((10, 4, 4, 3), np.uint8), x_test=np.zeros((5, 4, 4, 3), np.uint8),
-             x_val=np.full((4, 4, 4, 3), 7, np.uint8), y_val=np.array([[0], [1], [2], [1]]))
+    f = _npz(
+        tmp_path / "d.npz",
+        x_train=np.zeros((10, 4, 4, 3), np.uint8),
+        x_test=np.zeros((5, 4, 4, 3), np.uint8),
+        x_val=np.full((4, 4, 4, 3), 7, np.uint8),
+        y_val=np.array([[0], [1], [2], [1]]),
+    )
     s = data.load("npz", tmp_path, path=str(f))
     assert s.input_shape == (3, 4, 4) and len(s.y_train) == 10 and s.y_val.tolist() == [0, 1, 2, 1]
     assert s.num_classes == 3 and torch.equal(s.x_val[:, :2], torch.from_numpy(x_val))
@@ -284,22 +328,36 @@ def test_npz_reads_every_split(tmp_path):
 
 NPZ_BAD = {
     "a .npy, not an .npz": (lambda f: np.save(f, np.zeros(3)), "is not an .npz file"),
-    "a pickled object array": (lambda f: _npz(f, x_train=np.array([object()] * 10)),
-                               "array x_train cannot be read (ValueError: Object arrays cannot be loaded"),
-    "x_val without y_val": (lambda f: _npz(f, x_val=np.zeros((2, 4, 4), np.uint8)),
-                            "x_val and y_val must be given together"),
+    "a pickled object array": (
+        lambda f: _npz(f, x_train=np.array([object()] * 10)),
+        "array x_train cannot be read (ValueError: Object arrays cannot be loaded",
+    ),
+    "x_val without y_val": (
+        lambda f: _npz(f, x_val=np.zeros((2, 4, 4), np.uint8)),
+        "x_val and y_val must be given together",
+    ),
     "test lengths": (lambda f: _npz(f, y_test=np.zeros(6, np.int64)), "x_test has 5 images but y_test has 6 labels"),
-    "val lengths": (lambda f: _npz(f, x_val=np.zeros((3, 4, 4), np.uint8), y_val=np.zeros(2, np.int64)),
-                    "x_val has 3 images but y_val has 2 labels"),
-    "float images": (lambda f: _npz(f, x_train=np.zeros((10, 4, 4), np.float32)),
-                     "x_train must be uint8 images, got float32"),
-    "flat images": (lambda f: _npz(f, x_test=np.zeros((5, 16), np.uint8)),
-                    "x_test must be N×H×W, N×C×H×W or N×H×W×C, got shape (5, 16)"),
-    "float labels": (lambda f: _npz(f, y_train=np.zeros(10, np.float64)),
-                     "y_train must be one integer label per image, got float64 of shape (10,)"),
+    "val lengths": (
+        lambda f: _npz(f, x_val=np.zeros((3, 4, 4), np.uint8), y_val=np.zeros(2, np.int64)),
+        "x_val has 3 images but y_val has 2 labels",
+    ),
+    "float images": (
+        lambda f: _npz(f, x_train=np.zeros((10, 4, 4), np.float32)),
+        "x_train must be uint8 images, got float32",
+    ),
+    "flat images": (
+        lambda f: _npz(f, x_test=np.zeros((5, 16), np.uint8)),
+        "x_test must be N×H×W, N×C×H×W or N×H×W×C, got shape (5, 16)",
+    ),
+    "float labels": (
+        lambda f: _npz(f, y_train=np.zeros(10, np.float64)),
+        "y_train must be one integer label per image, got float64 of shape (10,)",
+    ),
     "negative labels": (lambda f: _npz(f, y_test=np.array([0, 1, -1, 2, 0])), "y_test has a negative label (-1)"),
-    "no test images": (lambda f: _npz(f, x_test=np.zeros((0, 4, 4), np.uint8), y_test=np.zeros(0, np.int64)),
-                       "x_test has no images"),
+    "no test images": (
+        lambda f: _npz(f, x_test=np.zeros((0, 4, 4), np.uint8), y_test=np.zeros(0, np.int64)),
+        "x_test has no images",
+    ),
     "a truncated archive": (lambda f: (_npz(f), f.write_bytes(f.read_bytes()[:-30])), "is not an .npz file"),
 }
 
@@ -311,7 +369,7 @@ def test_bad_npz_is_one_clear_error_naming_the_file(tmp_path, case):
     make, message = NPZ_BAD[case]
     f = tmp_path / "d.npz"
     make(f)
-    f = f if f.exists() else tmp_path / "d.npz.npy"   # np.save appends .npy
+    f = f if f.exists() else tmp_path / "d.npz.npy"  # np.save appends .npy
     with pytest.raises(data.DataError) as err:
         data.load("npz", tmp_path, path=str(f), val_size=2)
     assert str(err.value).startswith(f"dataset.path: {f}") and message in str(err.value), str(err.value)
@@ -319,6 +377,7 @@ def test_bad_npz_is_one_clear_error_naming_the_file(tmp_path, case):
 
 
 # --- the decode cache -------------------------------------------------------------------------------------
+
 
 def _count_decodes(monkeypatch, name: str) -> list:
     calls = []
@@ -336,14 +395,15 @@ def _fail(*a, **k):
     raise AssertionError("decoded although the cache is valid")
 
 
-@pytest.mark.parametrize("name,make,decoder", [("cifar10", fake_cifar10, "_decode_cifar"),
-                                               ("mnist", fake_mnist, "_decode_mnist")])
+@pytest.mark.parametrize(
+    "name,make,decoder", [("cifar10", fake_cifar10, "_decode_cifar"), ("mnist", fake_mnist, "_decode_mnist")]
+)
 def test_cache_is_reused(tmp_path, monkeypatch, name, make, decoder):
     make(tmp_path)
     first = data.load(name, tmp_path, download=False, val_size=5)
     cache = data.cache_path(tmp_path, name)
     assert cache.is_file()
-    assert not list(cache.parent.glob("*.tmp"))          # the temporary file was renamed, not left behind
+    assert not list(cache.parent.glob("*.tmp"))  # the temporary file was renamed, not left behind
     monkeypatch.setattr(data, decoder, _fail)
     second = data.load(name, tmp_path, download=False, val_size=5)
     for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std"):
@@ -353,14 +413,14 @@ def test_cache_is_reused(tmp_path, monkeypatch, name, make, decoder):
 def test_stale_cache_is_rebuilt(tmp_path, monkeypatch):
     fake_cifar10(tmp_path, seed=0)
     data.load("cifar10", tmp_path, download=False, val_size=5)
-    newer = fake_cifar10(tmp_path, seed=1, n_test=9)                    # the source files changed
+    newer = fake_cifar10(tmp_path, seed=1, n_test=9)  # the source files changed
     st = (tmp_path / "cifar-10-batches-py" / "test_batch").stat()
     os.utime(tmp_path / "cifar-10-batches-py" / "test_batch", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     calls = _count_decodes(monkeypatch, "_decode_cifar")
     s = data.load("cifar10", tmp_path, download=False, val_size=5)
     assert calls == [1]
     assert torch.equal(s.x_test, torch.from_numpy(newer["x_test"]))
-    data.load("cifar10", tmp_path, download=False, val_size=5)          # and the new cache is used
+    data.load("cifar10", tmp_path, download=False, val_size=5)  # and the new cache is used
     assert calls == [1]
 
 
@@ -371,8 +431,8 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     cache = data.cache_path(tmp_path, "cifar10")
     blob = bytearray(cache.read_bytes())
     if damage == "truncate":
-        blob = blob[:len(blob) // 2]
-    elif damage == "flip":      # one byte inside the image data (the bulk of the file): only a checksum sees it
+        blob = blob[: len(blob) // 2]
+    elif damage == "flip":  # one byte inside the image data (the bulk of the file): only a checksum sees it
         raw = np.concatenate([written["x_train"].reshape(-1)[:64]])
         at = bytes(blob).find(raw.tobytes())
         assert at > 0
@@ -385,7 +445,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     calls = _count_decodes(monkeypatch, "_decode_cifar")
     s = data.load("cifar10", tmp_path, download=False, val_size=5)
     assert calls == [1]
-    raw = data.DATASETS["cifar10"](tmp_path, download=False)              # rebuilt cache: valid again
+    raw = data.DATASETS["cifar10"](tmp_path, download=False)  # rebuilt cache: valid again
     assert calls == [1]
     _same_as_written(raw, written)
     assert len(s.y_train) == 15
@@ -394,7 +454,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
 def test_read_only_data_dir_gets_no_cache_and_no_error(tmp_path):
     fake_cifar10(tmp_path)
     mode = tmp_path.stat().st_mode
-    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)   # read-only, even for root
+    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)  # read-only, even for root
     try:
         s = data.load("cifar10", tmp_path, download=False, val_size=5)
         assert len(s.y_train) == 15
@@ -407,7 +467,7 @@ def test_read_only_data_dir_gets_no_cache_and_no_error(tmp_path):
 def test_real_mnist_from_the_read_only_shared_folder():
     before = sorted(p.name for p in SHARED_DATA.iterdir())
     s = data.load("mnist", SHARED_DATA, download=False)
-    assert sorted(p.name for p in SHARED_DATA.iterdir()) == before       # nothing written there
+    assert sorted(p.name for p in SHARED_DATA.iterdir()) == before  # nothing written there
     assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (55000, 5000, 10000)
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10
     assert abs(float(s.mean) - 0.1307) < 2e-3 and abs(float(s.std) - 0.3081) < 2e-3
@@ -424,8 +484,9 @@ def test_normalize_imagenet_uses_torchvisions_statistics():
 
     s = load(shape=(3, 8, 8), normalize="imagenet")
     assert s.mean.tolist() == pytest.approx([0.485, 0.456, 0.406]) and s.std.tolist() == pytest.approx(
-        [0.229, 0.224, 0.225])
-    own = load(shape=(3, 8, 8))                                    # default: the train split's own statistics
+        [0.229, 0.224, 0.225]
+    )
+    own = load(shape=(3, 8, 8))  # default: the train split's own statistics
     assert torch.equal(own.mean, data.channel_stats(own.x_train)[0])
     with pytest.raises(data.DataError, match="normalize=imagenet needs 3-channel images"):
         load(shape=(1, 8, 8), normalize="imagenet")

@@ -1,4 +1,5 @@
 """Data-parallel training of one run on CPU (gloo): two processes, killed and resumed, against one process."""
+
 from __future__ import annotations
 
 import json
@@ -11,20 +12,32 @@ import time
 
 import torch
 from hydra import compose, initialize_config_dir
-
 from tests.cli import ROOT, env, results, train
 
-RUN = ["threads=1", "dataset=synthetic", "dataset.n_train=2400", "batch_size=10", "+model.hidden=[32]",
-       "epochs=3", "prune.iterations=2", "round_store.enabled=false"]
+RUN = [
+    "threads=1",
+    "dataset=synthetic",
+    "dataset.n_train=2400",
+    "batch_size=10",
+    "+model.hidden=[32]",
+    "epochs=3",
+    "prune.iterations=2",
+    "round_store.enabled=false",
+]
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp"]
-TRAIN = 2400 - 100   # the synthetic dataset's train split (val_size 100)
+TRAIN = 2400 - 100  # the synthetic dataset's train split (val_size 100)
 
 
 def _kill_in_round_1(run_dir) -> None:
     """Both processes (the command and the worker Lightning starts) killed after round 1's first epoch."""
-    proc = subprocess.Popen([sys.executable, "-m", "phicenter.train", *RUN, *DDP, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phicenter.train", *RUN, *DDP, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last, deadline = run_dir / "checkpoints" / "round_001_epochs" / "last.ckpt", time.time() + 240
     try:
         while not last.exists():

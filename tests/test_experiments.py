@@ -1,16 +1,16 @@
 """Every experiment composes with the settings of its recipe, and the new ones train a round at tiny size."""
+
 from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_dir
-
 from tests.cli import ROOT
 
 # experiment: (dataset, model, augment, normalize)
 RECIPES = {
     "mnist_fc_lot": ("mnist", "fc_lot", False, "dataset"),
     "quickstart": ("digits", "fc_lot", False, "dataset"),
-    "cifar10_conv2": ("cifar10", "conv2", False, "dataset"),      # Frankle & Carbin: no augmentation
+    "cifar10_conv2": ("cifar10", "conv2", False, "dataset"),  # Frankle & Carbin: no augmentation
     "cifar10_conv4": ("cifar10", "conv4", False, "dataset"),
     "cifar10_conv6": ("cifar10", "conv6", False, "dataset"),
     "cifar10_vgg16": ("cifar10", "vgg16", True, "dataset"),
@@ -31,7 +31,7 @@ RECIPES = {
     "renda_lrr_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
     "oh_sign_transfer_resnet20_cifar10": ("cifar10", "resnet20", True, "dataset"),
 }
-REWIND = {"lmc_resnet20_cifar10": 2000, "lmc_vgg16_cifar10": 1000}   # rewind.step; every other experiment: theta0
+REWIND = {"lmc_resnet20_cifar10": 2000, "lmc_vgg16_cifar10": 1000}  # rewind.step; every other experiment: theta0
 
 
 def config(*overrides: str):
@@ -55,8 +55,14 @@ def test_experiment_composes_with_its_recipe(name):
 @pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar100_resnet18"])
 def test_resnet_recipes(name):
     cfg = config(f"experiment={name}")
-    assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) \
-        == (160, 128, "sgd", 0.1, 0.9, 1e-4)
+    assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        160,
+        128,
+        "sgd",
+        0.1,
+        0.9,
+        1e-4,
+    )
     assert cfg.schedule.name == "multistep" and list(cfg.schedule.at) == [0.5, 0.75]
     assert (cfg.prune.iterations, cfg.prune.base) == (10, 0.8) and cfg.model.init == "kaiming_normal"
 
@@ -66,17 +72,31 @@ def test_vgg16_pretrained_defaults():
     assert cfg.model.batch_norm is False and cfg.model.verify_weights is True and cfg.model.weights_path is None
 
 
-@pytest.mark.parametrize("name, shape, extra", [
-    ("cifar10_resnet20", "[3,8,8]", ["strategy=sign_transfer", "prune.method=structured"]),
-    ("cifar100_resnet18", "[3,8,8]", ["strategy=lrr"]),
-    ("cifar100_vgg16_pretrained", "[3,32,32]", ["model.pretrained=false"]),
-])
+@pytest.mark.parametrize(
+    "name, shape, extra",
+    [
+        ("cifar10_resnet20", "[3,8,8]", ["strategy=sign_transfer", "prune.method=structured"]),
+        ("cifar100_resnet18", "[3,8,8]", ["strategy=lrr"]),
+        ("cifar100_vgg16_pretrained", "[3,32,32]", ["model.pretrained=false"]),
+    ],
+)
 def test_new_experiment_trains_one_round(tmp_path, name, shape, extra):
     from phicenter.engine.loop import run
 
-    cfg = config(f"experiment={name}", "dataset=synthetic", f"dataset.shape={shape}", "dataset.n_train=40",
-                 "dataset.val_size=10", "dataset.n_test=10", "dataset.num_classes=5", "batch_size=10",
-                 "epochs=1", "prune.iterations=0", "threads=1", *extra)
+    cfg = config(
+        f"experiment={name}",
+        "dataset=synthetic",
+        f"dataset.shape={shape}",
+        "dataset.n_train=40",
+        "dataset.val_size=10",
+        "dataset.n_test=10",
+        "dataset.num_classes=5",
+        "batch_size=10",
+        "epochs=1",
+        "prune.iterations=0",
+        "threads=1",
+        *extra,
+    )
     res = run(cfg, tmp_path)
     assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0]
     assert res["config"]["dataset"]["augment"] is True

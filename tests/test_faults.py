@@ -3,6 +3,7 @@
 give one clear line, exit code 1 and results.json `failed` (or, when results.json cannot be written either,
 the last good one, said so), never a half-written file, and the same command again ends as an uninterrupted
 run; the round store and the data cache never fail a run. Last, the store under load: eight jobs at once."""
+
 from __future__ import annotations
 
 import logging
@@ -13,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.cli import ROOT, env, train
+from tests.faults import failing_writes
+from tests.test_data import fake_mnist
+from tests.test_round_store import comparable, config
 
 from phicenter.engine import loop
 from phicenter.engine import rundir as results
 from phicenter.engine.roundstore import ENTRY, STATE, RoundStore
 from phicenter.io import read_json, sha256
-from tests.cli import ROOT, env, train
-from tests.faults import failing_writes
-from tests.test_data import fake_mnist
-from tests.test_round_store import comparable, config
 
 RUN = ["threads=1", "epochs=2", "prune.iterations=1", "round_store.enabled=false"]
 
@@ -39,7 +40,7 @@ def whole_records(path: Path) -> int:
     """The records of a TensorBoard events file, checking that it ends on a whole one."""
     data, pos, n = path.read_bytes(), 0, 0
     while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
         pos += 12 + length + 4
         n += 1
     assert pos == len(data), f"{path} ends inside a record"
@@ -64,8 +65,7 @@ def check_failed(run_dir: Path, line: str, named: str, recorded: bool) -> None:
         assert res["status"] == "failed" and res["error"] in line and res["traceback"]
     else:
         assert "results.json could not be written either" in line
-        assert res is None or (res["status"] == "running"
-                               and f"(status running, {len(res['rounds'])} rounds)" in line)
+        assert res is None or (res["status"] == "running" and f"(status running, {len(res['rounds'])} rounds)" in line)
     assert not temporaries(run_dir)
     for events in (run_dir / "tb").glob("events.out.tfevents.*"):
         whole_records(events)
@@ -73,10 +73,10 @@ def check_failed(run_dir: Path, line: str, named: str, recorded: bool) -> None:
 
 # what fails -> (the write that fails, the file named, whether results.json can still record the failure)
 CASES = {
-    "results": ("2:ENOSPC:results.json", "results.json", True),   # the record after round 0
+    "results": ("2:ENOSPC:results.json", "results.json", True),  # the record after round 0
     "round checkpoint": ("1:EDQUOT:round_001.pt", "round_001.pt", True),
-    "epoch checkpoint": ("4:EIO:last.ckpt", "last.ckpt", True),     # round 1's second epoch
-    "tensorboard": ("5:ENOSPC:tfevents", "tfevents", True),         # round 0's record
+    "epoch checkpoint": ("4:EIO:last.ckpt", "last.ckpt", True),  # round 1's second epoch
+    "tensorboard": ("5:ENOSPC:tfevents", "tfevents", True),  # round 0's record
     "results, for good": ("2+:ENOSPC:results.json", "results.json", False),
 }
 
@@ -92,15 +92,18 @@ def test_a_run_file_that_cannot_be_written_fails_in_one_line_and_resumes(tmp_pat
     check_failed(tmp_path, lines[0], named, recorded)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="phicenter"):
-        loop.run(config(*RUN), tmp_path)                  # the same again, the fault gone
-    if case == "epoch checkpoint":   # round 1's first epoch stood
+        loop.run(config(*RUN), tmp_path)  # the same again, the fault gone
+    if case == "epoch checkpoint":  # round 1's first epoch stood
         assert "resuming round 1 from" in caplog.text
     assert comparable(tmp_path / results.RESULTS) == comparable(reference / results.RESULTS)
     assert not temporaries(tmp_path)
 
 
-@pytest.mark.parametrize("spec,named,recorded", [("1:EACCES:theta0.pt", "theta0.pt", True),
-                                                 ("12+:ENOSPC", "", False)], ids=["theta0", "a disk that fills up"])
+@pytest.mark.parametrize(
+    "spec,named,recorded",
+    [("1:EACCES:theta0.pt", "theta0.pt", True), ("12+:ENOSPC", "", False)],
+    ids=["theta0", "a disk that fills up"],
+)
 def test_the_command_line_says_it_in_one_line_exits_1_and_resumes(tmp_path, reference, spec, named, recorded):
     """From the command line (`fault.write`): θ0, written before the run's first record, and a disk that fills
     up (every write from the 12th on fails); then the same command again."""
@@ -139,8 +142,7 @@ def store_off(tmp_path_factory) -> Path:
 
 
 def store_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "round store" in
-            r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "round store" in r.getMessage()]
 
 
 @pytest.mark.parametrize("spec", ["1:ENOSPC:state.pt", "2:EDQUOT:entry.json", "1+:EIO:/store/"])
@@ -156,7 +158,7 @@ def test_a_store_that_cannot_be_written_becomes_read_only(tmp_path, store_off, c
     assert published == {"1:ENOSPC:state.pt": 0, "2:EDQUOT:entry.json": 1, "1+:EIO:/store/": 0}[spec]
     assert RoundStore(store).usage()["entries"] == published and not temporaries(store)
     assert comparable(tmp_path / "run" / results.RESULTS) == comparable(store_off / results.RESULTS)
-    again = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "again")   # now it can be written
+    again = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "again")  # now it can be written
     assert again["round_store"]["errors"] == [] and again["round_store"]["published"] == 3 - published
     assert comparable(tmp_path / "again" / results.RESULTS) == comparable(store_off / results.RESULTS)
 
@@ -168,7 +170,7 @@ def test_a_read_only_store_is_reused(tmp_path, store_off, caplog):
     before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
     folders = [store, *[p for p in store.rglob("*") if p.is_dir()]]
     for p in folders:
-        p.chmod(0o555)   # no write bit, which even root respects here (phicenter.io.writable)
+        p.chmod(0o555)  # no write bit, which even root respects here (phicenter.io.writable)
     try:
         with caplog.at_level(logging.WARNING, logger="phicenter"):
             res = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "second")
@@ -196,21 +198,29 @@ def test_a_store_that_cannot_be_read_is_skipped(tmp_path, store_off, caplog):
 
 def test_a_data_cache_that_cannot_be_written_costs_one_warning(tmp_path, caplog):
     fake_mnist(tmp_path / "data", n_train=60, n_test=20)
-    args = ["dataset=mnist", f"data_dir={tmp_path / 'data'}", "dataset.val_size=20", "epochs=1",
-            "prune.iterations=1", "threads=1", "round_store.enabled=false"]
+    args = [
+        "dataset=mnist",
+        f"data_dir={tmp_path / 'data'}",
+        "dataset.val_size=20",
+        "epochs=1",
+        "prune.iterations=1",
+        "threads=1",
+        "round_store.enabled=false",
+    ]
     cache = tmp_path / "data" / "phicenter-cache"
     with caplog.at_level(logging.WARNING, logger="phicenter"), failing_writes("1:ENOSPC:phicenter-cache"):
         first = loop.run(config(*args), tmp_path / "first")
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and f"cannot write {cache / 'mnist.pt'}" in warned[0], warned
-    assert first["status"] == "complete" and not list(cache.iterdir())   # no cache, no half of one
-    second = loop.run(config(*args), tmp_path / "second")                # the cache is written this time
+    assert first["status"] == "complete" and not list(cache.iterdir())  # no cache, no half of one
+    second = loop.run(config(*args), tmp_path / "second")  # the cache is written this time
     assert (cache / "mnist.pt").is_file() and not temporaries(cache)
     assert comparable(tmp_path / "second" / results.RESULTS) == comparable(tmp_path / "first" / results.RESULTS)
     assert second["data"] == first["data"]
 
 
 # ---------------------------------------------------------------- the report
+
 
 def test_a_report_file_that_cannot_be_written_is_one_line_and_the_rest_stands(tmp_path, reference, capsys):
     from phicenter.analysis import report
@@ -223,14 +233,16 @@ def test_a_report_file_that_cannot_be_written_is_one_line_and_the_rest_stands(tm
     with failing_writes("1:ENOSPC:summary.csv"):
         assert report.main([str(reference), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"phicenter.report: error: cannot write {out / 'summary.csv'}: No space left on device "
-                   "(injected) (ENOSPC)"]
+    assert err == [
+        f"phicenter.report: error: cannot write {out / 'summary.csv'}: No space left on device (injected) (ENOSPC)"
+    ]
     assert (out / "summary.csv").read_text() == "the last good one" and not temporaries(out)
     assert report.main([str(reference), "--out", str(out)]) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == good
 
 
 # ---------------------------------------------------------------- the store under load
+
 
 def _entries_pass_their_checksums(store: Path) -> int:
     n = 0
@@ -247,9 +259,21 @@ def _grid_at_once(tmp_path: Path, strategies: list[str], phis: list[str]) -> Non
     """The grid as jobs at once (hydra/launcher=local, one thread each) on one fresh store, each result the
     same as the same run with the store off, every entry of the store whole and checksummed."""
     store, sweep = tmp_path / "store", tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "phicenter.train", "-m", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
-           f"strategy={','.join(strategies)}", f"phi={','.join(phis)}", "epochs=1", "prune.iterations=1",
-           "threads=1", f"round_store.dir={store}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phicenter.train",
+        "-m",
+        "hydra/launcher=local",
+        "hydra.launcher.cpus_per_task=1",
+        f"strategy={','.join(strategies)}",
+        f"phi={','.join(phis)}",
+        "epochs=1",
+        "prune.iterations=1",
+        "threads=1",
+        f"round_store.dir={store}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(sweep.glob("*/results.json"))
@@ -261,8 +285,17 @@ def _grid_at_once(tmp_path: Path, strategies: list[str], phis: list[str]) -> Non
         assert res["status"] == "complete" and res["round_store"]["errors"] == [], path
         cfg = res["config"]
         off = tmp_path / "off" / path.parent.name
-        loop.run(config(f"strategy={cfg['strategy']['name']}", f"phi={cfg['phi']}", "epochs=1",
-                        "prune.iterations=1", "threads=1", "round_store.enabled=false"), off)
+        loop.run(
+            config(
+                f"strategy={cfg['strategy']['name']}",
+                f"phi={cfg['phi']}",
+                "epochs=1",
+                "prune.iterations=1",
+                "threads=1",
+                "round_store.enabled=false",
+            ),
+            off,
+        )
         assert comparable(path) == comparable(off / results.RESULTS), path.parent.name
         keys |= {r["round_key"] for r in res["rounds"]}
     assert _entries_pass_their_checksums(store) == len(keys)

@@ -3,6 +3,7 @@
 
 What a CPU run cannot show: cuDNN/cuBLAS kernels, inductor's GPU code, real fp16 loss scaling on a GPU, the
 CUDA caching allocator. Tolerances are stated where they are checked."""
+
 from __future__ import annotations
 
 import copy
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from tests.cli import ROOT
 from torch import nn
 
 from phicenter import data, models
@@ -24,11 +26,12 @@ from phicenter.engine.module import CohortModule
 from phicenter.engine.stacked import StackedNet, stacked_losses
 from phicenter.method import pruning, strategies
 from phicenter.method.imp import IMP, IMPConfig
-from tests.cli import ROOT
 
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
-                                              pytest.mark.skipif(not HAS_CUDA, reason="no GPU (CUDA) present")])]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU (CUDA) present")]),
+]
 # float32 with TF32 off: a packed result may differ from the variant alone by this much, relative to the
 # largest magnitude of the tensor compared (other kernels, other summation orders; same maths)
 PACKED_RTOL = 1e-4
@@ -53,16 +56,25 @@ def close(a: torch.Tensor, b: torch.Tensor, what: str) -> float:
 def bn_net(shape, classes):
     """A Sequential conv net with BatchNorm, the layers the batched forward supports."""
     c = shape[0]
-    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(16, classes))
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, classes),
+    )
 
 
 NETS = {  # name: (builder, input shape)
     "fc_lot": (lambda s, k: models.build("fc_lot", s, k, seed=0), (1, 8, 8)),
     "conv2": (lambda s, k: models.build("conv2", s, k, seed=0), (3, 8, 8)),
     "bn_conv": (bn_net, (3, 8, 8)),
-    "resnet20": (lambda s, k: models.build("resnet20", s, k, seed=0), (3, 8, 8)),   # no plan: vmap
+    "resnet20": (lambda s, k: models.build("resnet20", s, k, seed=0), (3, 8, 8)),  # no plan: vmap
 }
 
 
@@ -81,7 +93,7 @@ def _variants(name: str, k: int, device) -> list[nn.Module]:
                 mf.mask.copy_(torch.rand(raw.shape, generator=g) > 0.3)
                 mf.fill.copy_(torch.randn(raw.shape, generator=g) * 0.01 * (i % 2))
                 raw.mul_(torch.where(torch.rand(raw.shape, generator=g) < 0.2, -1.0, 1.0))
-        pruning.reapply_masks(net)   # dead entries at their fills, as the training step leaves them
+        pruning.reapply_masks(net)  # dead entries at their fills, as the training step leaves them
         nets.append(net.to(device).train())
     return nets
 
@@ -114,10 +126,22 @@ def test_packed_forward_matches_each_variant_alone(device, name, exact_fp32):
 
 def _config(device: str, *extra: str, iterations: int = 1):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[
-            "model=conv2", "dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.n_train=340", "dataset.n_test=100",
-            "epochs=2", f"prune.iterations={iterations}", "round_store.enabled=false", "threads=1",
-            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *extra])
+        return compose(
+            "config",
+            overrides=[
+                "model=conv2",
+                "dataset=synthetic",
+                "dataset.shape=[3,8,8]",
+                "dataset.n_train=340",
+                "dataset.n_test=100",
+                "epochs=2",
+                f"prune.iterations={iterations}",
+                "round_store.enabled=false",
+                "threads=1",
+                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                *extra,
+            ],
+        )
 
 
 def _cpu_fp16_trainer(*args, precision=None, accelerator=None, **kw):
@@ -127,8 +151,9 @@ def _cpu_fp16_trainer(*args, precision=None, accelerator=None, **kw):
     from pytorch_lightning.plugins.precision import MixedPrecision
 
     assert precision == "16-mixed" and accelerator == "cpu"
-    return pl.Trainer(*args, accelerator="cpu", plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))],
-                      **kw)
+    return pl.Trainer(
+        *args, accelerator="cpu", plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))], **kw
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -144,7 +169,7 @@ def test_mixed_precision_rounds(device, precision, k, tmp_path, monkeypatch):
     cfg = _config(device, f"trainer.precision={precision}")
     variants = single(cfg) if k == 1 else make_variants(cfg, [0.0, 0.02])
     out = loop.train(variants, tmp_path)
-    assert bool(scaled) == (precision == "16-mixed")   # the loss-scaled step (GradScaler), else plain torch
+    assert bool(scaled) == (precision == "16-mixed")  # the loss-scaled step (GradScaler), else plain torch
     for res in out.values():
         assert res["status"] == "complete" and res["precision"] == precision
         assert res["device"].startswith(device)
@@ -167,7 +192,7 @@ def test_channels_last_round_boundary(device, exact_fp32):
     assert conv.is_contiguous(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     for r in (1, 2):
-        with torch.no_grad():   # the same stand-in for a round of training on both
+        with torch.no_grad():  # the same stand-in for a round of training on both
             for a, b in zip(plain.parameters(), other.parameters()):
                 step = (torch.randn(a.shape, generator=g) * 0.05).to(device)
                 a.add_(step)
@@ -218,10 +243,15 @@ def test_device_resident_data_and_augmentation(device):
     splits = data.load("synthetic", ".", val_size=10, n_train=131, n_test=10, shape=(3, 8, 8))
 
     def epoch(dev, rank=0, world=1):
-        b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, 16, shuffle=True, augment=True,
-                         seed=3).to(dev).shard(rank, world)
+        b = (
+            data.Batches(
+                splits.x_train, splits.y_train, splits.mean, splits.std, 16, shuffle=True, augment=True, seed=3
+            )
+            .to(dev)
+            .shard(rank, world)
+        )
         b.set_epoch(2, 1)
-        assert b.x.device.type == torch.device(dev).type and b.x.dtype == torch.uint8   # resident, raw
+        assert b.x.device.type == torch.device(dev).type and b.x.dtype == torch.uint8  # resident, raw
         return list(b)
 
     for world in (1, 2):
@@ -233,7 +263,7 @@ def test_device_resident_data_and_augmentation(device):
                 torch.testing.assert_close(xg.cpu(), xr, rtol=0, atol=1e-6)
     plain = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, 16, shuffle=True, seed=3)
     plain.set_epoch(2, 1)
-    assert not torch.equal(next(iter(plain))[0], epoch("cpu")[0][0])   # augmentation is on
+    assert not torch.equal(next(iter(plain))[0], epoch("cpu")[0][0])  # augmentation is on
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -243,9 +273,14 @@ def test_bench_gpu_rows(device, tmp_path):
     from phicenter.bench.__main__ import bench_gpu
     from phicenter.bench.packed import packed_speedup
 
-    args = types.SimpleNamespace(data_dir=None, gpu_experiments=["mnist_fc_lot", "cifar10_conv2"],
-                                 precision="bf16-mixed", workdir=tmp_path, compile=False,
-                                 peak_tflops=None if device == "cuda" else 1.0)
+    args = types.SimpleNamespace(
+        data_dir=None,
+        gpu_experiments=["mnist_fc_lot", "cifar10_conv2"],
+        precision="bf16-mixed",
+        workdir=tmp_path,
+        compile=False,
+        peak_tflops=None if device == "cuda" else 1.0,
+    )
     out = bench_gpu({"gpu_images": 120, "repeats": 1}, args, device)
     assert set(out["rows"]) == {"mnist_fc_lot", "cifar10_conv2"}
     for exp, r in out["rows"].items():
@@ -256,9 +291,16 @@ def test_bench_gpu_rows(device, tmp_path):
     assert out["grid_hours_est"] == pytest.approx(sum(r["grid_hours_est"] for r in out["rows"].values()))
     accelerator = f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"
     for model, shape in (("fc_lot", "[1,8,8]"), ("conv2", "[3,8,8]")):
-        res = packed_speedup(k=2, model=model, dataset="synthetic", epochs=1, sequential=1, isolate=False,
-                             workdir=tmp_path / model, overrides=[accelerator, f"dataset.shape={shape}",
-                                                                  "dataset.n_train=220", "threads=1"])
+        res = packed_speedup(
+            k=2,
+            model=model,
+            dataset="synthetic",
+            epochs=1,
+            sequential=1,
+            isolate=False,
+            workdir=tmp_path / model,
+            overrides=[accelerator, f"dataset.shape={shape}", "dataset.n_train=220", "threads=1"],
+        )
         assert res["packed_speedup"] > 0 and res["device"].startswith(device), model
         assert res["impl"] == ("batched" if device == "cuda" else "loop"), model
 
@@ -279,9 +321,12 @@ def test_gpu_check_reads_each_outcome(tmp_path):
         '<testsuites><testsuite><testcase classname="tests.test_gpu" name="a[cuda]" time="1.5"/>'
         '<testcase classname="tests.test_gpu" name="b[cuda]" time="2"><failure message="boom">trace</failure>'
         '</testcase><testcase classname="tests.test_gpu" name="c[cuda]" time="0"><skipped message="no GPU"/>'
-        '</testcase></testsuite></testsuites>')
+        "</testcase></testsuite></testsuites>"
+    )
     cases = junit_cases(tmp_path / "t.xml")
-    assert {k: v["outcome"] for k, v in cases.items()} == {"tests.test_gpu::a[cuda]": "passed",
-                                                            "tests.test_gpu::b[cuda]": "failed",
-                                                            "tests.test_gpu::c[cuda]": "skipped"}
+    assert {k: v["outcome"] for k, v in cases.items()} == {
+        "tests.test_gpu::a[cuda]": "passed",
+        "tests.test_gpu::b[cuda]": "failed",
+        "tests.test_gpu::c[cuda]": "skipped",
+    }
     assert cases["tests.test_gpu::b[cuda]"]["message"] == "boom" and cases["tests.test_gpu::a[cuda]"]["seconds"] == 1.5

@@ -1,5 +1,6 @@
 """phicenter.io, the one place files are written: whole files or none, folders published at once, appended
 records cut back on failure, one permission policy, the newest checkpoint that loads, injected faults."""
+
 from __future__ import annotations
 
 import errno
@@ -7,9 +8,9 @@ import json
 import stat
 
 import pytest
+from tests.faults import failing_writes
 
 from phicenter import io
-from tests.faults import failing_writes
 
 
 def leftovers(folder) -> list[str]:
@@ -40,11 +41,11 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, data):
 
 def test_the_fault_counts_matching_writes_and_fires_once_or_from_then_on(tmp_path):
     with failing_writes("2:EIO:b.txt"):
-        io.write_file(tmp_path / "a.txt", "1")       # not counted: no match
-        io.write_file(tmp_path / "b.txt", "1")       # the first b.txt
+        io.write_file(tmp_path / "a.txt", "1")  # not counted: no match
+        io.write_file(tmp_path / "b.txt", "1")  # the first b.txt
         with pytest.raises(io.WriteError, match="Input/output error"):
             io.write_file(tmp_path / "b.txt", "2")
-        io.write_file(tmp_path / "b.txt", "3")       # fired once: disarmed
+        io.write_file(tmp_path / "b.txt", "3")  # fired once: disarmed
     assert (tmp_path / "b.txt").read_text() == "3"
     with failing_writes("2+:EACCES"):
         io.write_file(tmp_path / "a.txt", "2")
@@ -79,7 +80,7 @@ def test_a_folder_is_published_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["a.bin", "b.bin"]
     assert stat.S_IMODE(target.stat().st_mode) == io.DIR_MODE
     assert stat.S_IMODE((target / "a.bin").stat().st_mode) == io.FILE_MODE
-    assert not io.publish_folder(target, {"a.bin": b"other"})     # one stands: it is kept
+    assert not io.publish_folder(target, {"a.bin": b"other"})  # one stands: it is kept
     assert (target / "a.bin").read_bytes() == b"a"
 
 
@@ -95,8 +96,12 @@ def test_an_append_that_fails_is_cut_back_to_the_last_whole_record(tmp_path):
 
 def test_lines_appended_after_a_killed_writer_start_on_a_new_line(tmp_path):
     """A part row a killed process left (no newline yet) is cut off as the file is opened again."""
-    for before, kept in ((b"step,tag\n0,a\n1,b", b"step,tag\n0,a\n"), (b"step,t", b""), (b"0,a\n", b"0,a\n"),
-                         (b"", b"")):
+    for before, kept in (
+        (b"step,tag\n0,a\n1,b", b"step,tag\n0,a\n"),
+        (b"step,t", b""),
+        (b"0,a\n", b"0,a\n"),
+        (b"", b""),
+    ):
         path = tmp_path / "scalars.csv"
         path.write_bytes(before)
         f = io.AppendFile(path, record_end=b"\n")
@@ -119,7 +124,7 @@ def test_newest_loadable_skips_what_does_not_load(tmp_path):
 def test_a_folder_without_write_bits_is_not_writable_even_for_root(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    assert io.writable(ro) and io.writable(ro / "not" / "yet")     # made when first written
+    assert io.writable(ro) and io.writable(ro / "not" / "yet")  # made when first written
     ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
         assert not io.writable(ro) and not io.writable(ro / "not" / "yet")

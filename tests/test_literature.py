@@ -1,6 +1,7 @@
 """The report beside the literature (phicenter.analysis.literature): a seeded, hand-made grid whose matching
 sparsity is known by construction, the published points and their spread in the table and the figure, and the
 paper's matching sparsity as stated or derived from its points."""
+
 from __future__ import annotations
 
 import csv
@@ -10,30 +11,37 @@ import math
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from tests.cli import ROOT
 
 from phicenter import config
 from phicenter.analysis import literature, report
-from tests.cli import ROOT
 
 REMAINING = [100.0, 80.0, 64.0, 51.2, 40.96, 32.77]
 # Mean test accuracy of each round over three seeds; each seed is the mean - 0.1, + 0, + 0.1 points (the dense
 # round: - 0.2, 0, + 0.2), which seed gets which drawn by a seeded permutation: means and spreads are exact.
 MEANS = [98.0, 98.1, 97.9, 97.6, 97.5, 95.0]
-T975_2 = 4.302652729911275          # scipy.stats.t.ppf(0.975, 2)
-DENSE_CI = T975_2 * 0.2 / math.sqrt(3)          # 0.4968... points
-THRESHOLD = 98.0 - DENSE_CI                     # 97.5032...: round 4 (97.5) is below it, round 3 (97.6) is not
-ROUND3_CI = T975_2 * 0.1 / math.sqrt(3)         # 0.2484...
+T975_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
+DENSE_CI = T975_2 * 0.2 / math.sqrt(3)  # 0.4968... points
+THRESHOLD = 98.0 - DENSE_CI  # 97.5032...: round 4 (97.5) is below it, round 3 (97.6) is not
+ROUND3_CI = T975_2 * 0.1 / math.sqrt(3)  # 0.2484...
 
 REFERENCE = {
     "source": "Hand & Made (2026), a test paper, Figure 1",
     "metric": "test accuracy at the end of training",
     "spread": "min and max of three trials",
     "curves": [
-        {"strategy": "lth", "label": "winning ticket", "matching_remaining": 3.6, "below_remaining": 2.9,
-         "note": "its text says so",
-         "points": [{"remaining": 100.0, "accuracy": 98.2, "spread": [98.0, 98.4]},
-                    {"remaining": 51.2, "accuracy": 98.5},
-                    {"remaining": 20.97, "accuracy": 97.0, "read_off_plot": True}]},
+        {
+            "strategy": "lth",
+            "label": "winning ticket",
+            "matching_remaining": 3.6,
+            "below_remaining": 2.9,
+            "note": "its text says so",
+            "points": [
+                {"remaining": 100.0, "accuracy": 98.2, "spread": [98.0, 98.4]},
+                {"remaining": 51.2, "accuracy": 98.5},
+                {"remaining": 20.97, "accuracy": 97.0, "read_off_plot": True},
+            ],
+        },
         {"strategy": "random", "label": "random reinitialisation", "below_remaining": 21.1},
         {"strategy": "lth", "label": "late rewinding", "match": ["rewind.epoch=5"]},
     ],
@@ -47,13 +55,28 @@ def write_grid(root, reference=REFERENCE, seeds=(0, 1, 2)):
     rng = np.random.default_rng(20)
     offsets = {r: rng.permutation([-0.2, 0.0, 0.2] if r == 0 else [-0.1, 0.0, 0.1]) for r in range(len(MEANS))}
     for s in seeds:
-        rounds = [{"round": r, "sparsity": 1 - REMAINING[r] / 100, "val_acc": 0.9,
-                   "test_acc": (MEANS[r] + offsets[r][s]) / 100, "flipped_by_phi": 0.0} for r in range(len(MEANS))]
+        rounds = [
+            {
+                "round": r,
+                "sparsity": 1 - REMAINING[r] / 100,
+                "val_acc": 0.9,
+                "test_acc": (MEANS[r] + offsets[r][s]) / 100,
+                "flipped_by_phi": 0.0,
+            }
+            for r in range(len(MEANS))
+        ]
         folder = root / f"seed={s},strategy=lth"
         folder.mkdir(parents=True)
-        (folder / "results.json").write_text(json.dumps({
-            "config": dict(base, seed=s, reference=reference), "rounds": rounds, "final": rounds[-1],
-            "status": "complete"}))
+        (folder / "results.json").write_text(
+            json.dumps(
+                {
+                    "config": dict(base, seed=s, reference=reference),
+                    "rounds": rounds,
+                    "final": rounds[-1],
+                    "status": "complete",
+                }
+            )
+        )
 
 
 def test_matching_sparsity_of_a_hand_made_grid(tmp_path):
@@ -73,12 +96,14 @@ def test_matching_sparsity_of_a_hand_made_grid(tmp_path):
 
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Compared with the literature" in md and "### Hand & Made (2026), a test paper, Figure 1" in md
-    assert ("ours: round 3, 51.20 % of the weights remaining, test accuracy 97.60 ± 0.25 % (3 seeds; dense "
-            "98.00 ± 0.50 %, threshold 97.50 %); the paper's: 3.6 % remaining, as its text states it; it falls "
-            "below the dense accuracy from 2.9 % remaining") in md
-    assert "| 51.20 | 3 | 97.60 ± 0.25 | 3 | 98.50 |" in md          # the published point beside round 3
+    assert (
+        "ours: round 3, 51.20 % of the weights remaining, test accuracy 97.60 ± 0.25 % (3 seeds; dense "
+        "98.00 ± 0.50 %, threshold 97.50 %); the paper's: 3.6 % remaining, as its text states it; it falls "
+        "below the dense accuracy from 2.9 % remaining"
+    ) in md
+    assert "| 51.20 | 3 | 97.60 ± 0.25 | 3 | 98.50 |" in md  # the published point beside round 3
     assert "| 100.00 | 0 | 98.00 ± 0.50 | 3 | 98.20 [98.00, 98.40] |" in md
-    assert "| 20.97 | — | — |  | 97.00 (read off a plot) |" in md     # a point near no round: a row of its own
+    assert "| 20.97 | — | — |  | 97.00 (read off a plot) |" in md  # a point near no round: a row of its own
     figs = list((tmp_path / "out").glob("literature__*.png"))
     assert len(figs) == 1 and figs[0].name in md
 
@@ -117,22 +142,33 @@ def test_a_published_matching_sparsity_is_derived_from_the_points_when_the_text_
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         ref = config.resolved(compose("config", overrides=["experiment=renda_lrr_resnet20_cifar10"]).reference)
     lrr = next(c for c in ref["curves"] if c["strategy"] == "lrr")
-    assert literature.published_matching(lrr) == {"remaining": 16.78, "accuracy": 91.787, "dense": 91.713,
-                                                  "how": "derived"}
+    assert literature.published_matching(lrr) == {
+        "remaining": 16.78,
+        "accuracy": 91.787,
+        "dense": 91.713,
+        "how": "derived",
+    }
     assert literature.published_matching({"points": [{"remaining": 50.0, "accuracy": 90.0}]}) is None
     assert literature.published_matching({"matching_remaining": 3.6})["how"] == "stated"
 
 
 def test_matching_takes_the_sparsest_round_even_after_a_dip():
-    rounds = [literature.Round(0, 100.0, 90.0, 0.5, 3), literature.Round(1, 80.0, 89.0, 0.1, 3),
-              literature.Round(2, 64.0, 89.6, 0.1, 3), literature.Round(3, 51.2, 80.0, 0.1, 3)]
+    rounds = [
+        literature.Round(0, 100.0, 90.0, 0.5, 3),
+        literature.Round(1, 80.0, 89.0, 0.1, 3),
+        literature.Round(2, 64.0, 89.6, 0.1, 3),
+        literature.Round(3, 51.2, 80.0, 0.1, 3),
+    ]
     m = literature.matching(rounds)
     assert (m["round"], m["remaining"], m["threshold"]) == (2, 64.0, 89.5)
 
 
 def test_match_items_are_key_equals_value():
-    assert literature.parse_match(["rewind.epoch=2", "phi=0", "strategy.pruned_fill=zero"]) == \
-        {"rewind.epoch": 2, "phi": 0, "strategy.pruned_fill": "zero"}
+    assert literature.parse_match(["rewind.epoch=2", "phi=0", "strategy.pruned_fill=zero"]) == {
+        "rewind.epoch": 2,
+        "phi": 0,
+        "strategy.pruned_fill": "zero",
+    }
     with pytest.raises(ValueError, match="not key=value"):
         literature.parse_match(["rewind.epoch"])
 
@@ -144,7 +180,9 @@ def test_a_sign_transfer_level_counts_its_transferred_networks_accuracy():
 
     from phicenter.analysis.runs import Run
 
-    rounds = [{"round": 0, "sparsity": 0.0, "test_acc": 0.9, "transfer": None},
-              {"round": 1, "sparsity": 0.2, "test_acc": 0.8, "transfer": {"test_acc": 0.7}}]
+    rounds = [
+        {"round": 0, "sparsity": 0.0, "test_acc": 0.9, "transfer": None},
+        {"round": 1, "sparsity": 0.2, "test_acc": 0.8, "transfer": {"test_acc": 0.7}},
+    ]
     table = literature.round_table([Run(Path("r"), "complete", rounds=rounds)])
     assert [(r.round, r.remaining, r.mean) for r in table] == [(0, 100.0, 90.0), (1, 80.0, 70.0)]

@@ -2,6 +2,7 @@
 from what each wrote (TensorBoard's events, the CSV file, MLflow through its client, W&B's offline run
 files); a failed run relaunched appends to the same run in each; a packed cohort gets one run per variant; a
 missing extra is refused in one line; and the loggers stay out of round keys, folder names and hparams."""
+
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.cli import ROOT, env, results, train
 
 from phicenter import config
-from tests.cli import ROOT, env, results, train
 
 RUN = ["threads=1", "epochs=1", "prune.iterations=2", "round_store.enabled=false"]
 ALL = "logger=[tensorboard,csv,mlflow,wandb]"
@@ -40,6 +41,7 @@ def offline(tmp_path_factory):
 
 # ---------------------------------------------------------------- what each logger should hold
 
+
 def expected(res: dict) -> dict[tuple[str, int], float]:
     """{(tag, step): value} from results.json, by hand: epoch rows at round * epochs + epoch, the round's
     metrics and per-layer values at its last epoch, the final metrics at step 0."""
@@ -51,13 +53,25 @@ def expected(res: dict) -> dict[tuple[str, int], float]:
             out.update({(f"epoch/{k}", step): v for k, v in row.items() if k not in ("round", "epoch")})
             out[("epoch/round", step)] = r["round"]
         last = (r["round"] + 1) * epochs - 1
-        for k in ("val_acc", "test_acc", "sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init",
-                  "dead_zone"):
+        for k in (
+            "val_acc",
+            "test_acc",
+            "sparsity",
+            "effective_sparsity",
+            "flipped_by_phi",
+            "flipped_vs_init",
+            "dead_zone",
+        ):
             if r[k] is not None:
                 out[(f"round/{k}", last)] = r[k]
         for name, layer in r["layers"].items():
-            out.update({(f"layer/{name}/{k}", last): v for k, v in layer.items()
-                        if k in ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")})
+            out.update(
+                {
+                    (f"layer/{name}/{k}", last): v
+                    for k, v in layer.items()
+                    if k in ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
+                }
+            )
     out[("final/val_acc", 0)] = res["final"]["val_acc"]
     out[("final/test_acc", 0)] = res["final"]["test_acc"]
     return out
@@ -72,6 +86,7 @@ def once(pairs: list[tuple[tuple[str, int], float]]) -> dict:
 
 # ---------------------------------------------------------------- reading each logger back
 
+
 def tensorboard(folder: Path) -> tuple[dict, dict, int]:
     """({(tag, step): value}, hparams, events files) of a run's tb/ folder, from the records themselves."""
     from tensorboard.compat.proto.event_pb2 import Event
@@ -81,8 +96,8 @@ def tensorboard(folder: Path) -> tuple[dict, dict, int]:
     for path in files:
         data, pos = path.read_bytes(), 0
         while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = Event.FromString(data[pos + 12:pos + 12 + n])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
             for v in event.summary.value:
                 if v.metadata.plugin_data.plugin_name == "hparams":
@@ -104,11 +119,11 @@ def wandb_records(path: Path):
     pos, parts = 7, []
     while pos + 7 <= len(data):
         left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
-        if kind == 0:   # a block's padding
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # a block's padding
             pos += left
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         assert len(chunk) == length, f"{path} ends inside a record"
         pos += 7 + length
         parts = [chunk] if kind in (1, 2) else parts + [chunk]
@@ -132,11 +147,13 @@ def wandb_offline(folder: Path) -> list[dict]:
             elif kind == "config":
                 out["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
             elif kind == "history":
-                out["rows"].append({("/".join(i.nested_key) or i.key): json.loads(i.value_json)
-                                    for i in rec.history.item})
+                out["rows"].append(
+                    {("/".join(i.nested_key) or i.key): json.loads(i.value_json) for i in rec.history.item}
+                )
             elif kind == "summary":
-                out["summary"].update({("/".join(u.nested_key) or u.key): json.loads(u.value_json)
-                                       for u in rec.summary.update})
+                out["summary"].update(
+                    {("/".join(u.nested_key) or u.key): json.loads(u.value_json) for u in rec.summary.update}
+                )
             elif kind == "exit":
                 out["exit_code"] = rec.exit.exit_code
         launches.append(out)
@@ -144,8 +161,15 @@ def wandb_offline(folder: Path) -> list[dict]:
 
 
 def wandb_scalars(launches: list[dict]) -> dict:
-    return once([((k, row["step"]), v) for launch in launches for row in launch["rows"] for k, v in row.items()
-                 if k != "step" and not k.startswith("_")])
+    return once(
+        [
+            ((k, row["step"]), v)
+            for launch in launches
+            for row in launch["rows"]
+            for k, v in row.items()
+            if k != "step" and not k.startswith("_")
+        ]
+    )
 
 
 def csv_scalars(folder: Path) -> dict:
@@ -164,8 +188,9 @@ def mlflow_runs(uri: str, experiment: str = "phicenter") -> list:
 
 
 def mlflow_scalars(client, run) -> dict:
-    return once([((key, m.step), m.value) for key in run.data.metrics
-                 for m in client.get_metric_history(run.info.run_id, key)])
+    return once(
+        [((key, m.step), m.value) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+    )
 
 
 def same_as_float32(got: dict, want: dict) -> bool:
@@ -178,6 +203,7 @@ def ids(folder: Path) -> dict:
 
 
 # ---------------------------------------------------------------- one run, failed and resumed, every logger
+
 
 @pytest.fixture(scope="module")
 def resumed(offline, tmp_path_factory):
@@ -192,35 +218,47 @@ def resumed(offline, tmp_path_factory):
     second = train(*args)
     res = results(run_dir)
     assert res["status"] == "complete" and "resuming" in second.stdout + second.stderr
-    return {"dir": run_dir, "uri": uri, "res": res, "want": expected(res), "out": second.stdout + second.stderr,
-            "hparams": config.hparams(res["config"])}
+    return {
+        "dir": run_dir,
+        "uri": uri,
+        "res": res,
+        "want": expected(res),
+        "out": second.stdout + second.stderr,
+        "hparams": config.hparams(res["config"]),
+    }
 
 
 def test_tensorboard_holds_every_scalar_once_and_the_hparams(resumed):
     scalars, hp, files = tensorboard(resumed["dir"])
-    assert files == 2   # one events file per launch, in one run folder: one run in TensorBoard
+    assert files == 2  # one events file per launch, in one run folder: one run in TensorBoard
     assert same_as_float32(scalars, resumed["want"])
     assert {("round/flipped_by_phi", 1), ("layer/fc1/dead_zone", 2), ("epoch/val_acc", 0)} <= scalars.keys()
-    assert ("round/flipped_by_phi", 0) not in scalars   # round 0 re-signs nothing: no value, not a zero
-    want = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for k, v in resumed["hparams"].items()}
+    assert ("round/flipped_by_phi", 0) not in scalars  # round 0 re-signs nothing: no value, not a zero
+    want = {
+        k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in resumed["hparams"].items()
+    }
     assert hp == want and hp["strategy"] == "mask0" and hp["epochs"] == 1.0
 
 
 def test_csv_holds_the_same_scalars_and_hparams(resumed):
-    assert csv_scalars(resumed["dir"]) == resumed["want"]   # exact: written as Python floats
+    assert csv_scalars(resumed["dir"]) == resumed["want"]  # exact: written as Python floats
     saved = json.loads((resumed["dir"] / "csv" / "hparams.json").read_text())
-    assert saved == {"hparams": resumed["hparams"],
-                     "metrics": {"final/val_acc": resumed["res"]["final"]["val_acc"],
-                                 "final/test_acc": resumed["res"]["final"]["test_acc"]}}
+    assert saved == {
+        "hparams": resumed["hparams"],
+        "metrics": {
+            "final/val_acc": resumed["res"]["final"]["val_acc"],
+            "final/test_acc": resumed["res"]["final"]["test_acc"],
+        },
+    }
 
 
 def test_mlflow_holds_one_run_with_the_same_scalars_and_params(resumed):
     client, runs = mlflow_runs(resumed["uri"])
-    assert len(runs) == 1   # the relaunch appended to the run of the first launch
+    assert len(runs) == 1  # the relaunch appended to the run of the first launch
     run = runs[0]
     assert run.info.run_id == ids(resumed["dir"])["mlflow"]["id"] and run.info.status == "FINISHED"
-    assert run.info.run_name == str(resumed["dir"])   # the run folder (outside the working folder: absolute)
+    assert run.info.run_name == str(resumed["dir"])  # the run folder (outside the working folder: absolute)
     assert run.data.tags["phicenter.run_dir"] == str(resumed["dir"])
     assert run.data.params == {k: str(v) for k, v in resumed["hparams"].items()}
     assert mlflow_scalars(client, run) == resumed["want"]
@@ -230,7 +268,7 @@ def test_mlflow_holds_one_run_with_the_same_scalars_and_params(resumed):
 def test_wandb_holds_one_run_with_the_same_scalars_and_config(resumed):
     launches = wandb_offline(resumed["dir"])
     run_id = ids(resumed["dir"])["wandb"]["id"]
-    assert len(launches) == 2 and {x["id"] for x in launches} == {run_id}   # two launches, one run
+    assert len(launches) == 2 and {x["id"] for x in launches} == {run_id}  # two launches, one run
     assert [x["exit_code"] for x in launches] == [1, 0]
     assert all(x["name"] == str(resumed["dir"]) for x in launches)
     assert wandb_scalars(launches) == resumed["want"]
@@ -267,18 +305,25 @@ def test_a_stopped_run_is_marked_so_and_its_relaunch_continues_it(offline, tmp_p
 
 # ---------------------------------------------------------------- a packed cohort: one run per variant
 
+
 def test_a_packed_cohort_gets_one_run_per_variant_in_each_logger(offline, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = tmp_path / "job"
-    train(*RUN, "pack=true", "phi=[0,0.02]", "logger=[csv,mlflow,wandb]", f"logger.mlflow.tracking_uri={uri}",
-          f"hydra.run.dir={job}")
+    train(
+        *RUN,
+        "pack=true",
+        "phi=[0,0.02]",
+        "logger=[csv,mlflow,wandb]",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"hydra.run.dir={job}",
+    )
     variants = ["phi=0.0,strategy=mask0", "phi=0.02,strategy=mask0"]
     client, runs = mlflow_runs(uri)
     assert sorted(r.info.run_name for r in runs) == [str(job / v) for v in variants]
     for v in variants:
         folder, res = job / v, results(job / v)
         want = expected(res)
-        assert not (folder / "tb").exists()   # not picked
+        assert not (folder / "tb").exists()  # not picked
         (run,) = [r for r in runs if r.info.run_name == str(folder)]
         assert run.info.run_id == ids(folder)["mlflow"]["id"] and run.data.params["phi"] == str(res["config"]["phi"])
         assert mlflow_scalars(client, run) == want
@@ -292,6 +337,7 @@ def test_a_packed_cohort_gets_one_run_per_variant_in_each_logger(offline, tmp_pa
 
 # ---------------------------------------------------------------- MLflow against a tracking server
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -303,10 +349,28 @@ def mlflow_server(tmp_path):
     """`mlflow server` on a free localhost port, its store and artifacts under tmp_path; stopped at the end."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "artifacts")],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -318,13 +382,12 @@ def mlflow_server(tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                pytest.skip(f"mlflow server did not start on {url}: "
-                            f"{(tmp_path / 'server.log').read_text()[-500:]}")
+                pytest.skip(f"mlflow server did not start on {url}: {(tmp_path / 'server.log').read_text()[-500:]}")
             time.sleep(0.5)
         yield url
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 15)   # the server and the workers it started, in the session it leads
+            os.killpg(proc.pid, 15)  # the server and the workers it started, in the session it leads
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -335,8 +398,13 @@ def mlflow_server(tmp_path):
 
 def test_mlflow_against_a_tracking_server(offline, tmp_path, mlflow_server):
     run_dir = tmp_path / "run"
-    proc = train(*RUN, "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}",
-                 "logger.mlflow.experiment=served", f"hydra.run.dir={run_dir}")
+    proc = train(
+        *RUN,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        "logger.mlflow.experiment=served",
+        f"hydra.run.dir={run_dir}",
+    )
     res = results(run_dir)
     client, runs = mlflow_runs(mlflow_server, "served")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -347,17 +415,22 @@ def test_mlflow_against_a_tracking_server(offline, tmp_path, mlflow_server):
 
 # ---------------------------------------------------------------- refused before any work
 
+
 def test_a_missing_extra_is_refused_in_one_line(tmp_path):
     """mlflow hidden from the command line: one line naming the install command, exit 2, no run folder."""
-    code = ("import sys, runpy; sys.modules['mlflow'] = None; "
-            f"sys.argv = ['train', 'logger=[tensorboard,mlflow]', 'hydra.run.dir={tmp_path / 'run'}']; "
-            "runpy.run_module('phicenter.train', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, runpy; sys.modules['mlflow'] = None; "
+        f"sys.argv = ['train', 'logger=[tensorboard,mlflow]', 'hydra.run.dir={tmp_path / 'run'}']; "
+        "runpy.run_module('phicenter.train', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "phicenter: error: logger=mlflow needs the mlflow package, which is not installed; install it with: "
-        "pip install 'phicenter[mlflow]'"]
+        "pip install 'phicenter[mlflow]'"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -368,25 +441,38 @@ def test_loggers_stay_out_of_round_keys_folder_names_hparams_and_the_same_run_ch
 
     extra = [ALL, "logger.mlflow.tracking_uri=sqlite:///x.db", "logger.wandb.project=p", "logger.wandb.mode=offline"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        folders = [compose("config", overrides=["phi=0.02", *e], return_hydra_config=True).hydra.job.override_dirname
-                   for e in ([], extra)]
+        folders = [
+            compose("config", overrides=["phi=0.02", *e], return_hydra_config=True).hydra.job.override_dirname
+            for e in ([], extra)
+        ]
         plain, logged = (compose("config", overrides=["phi=0.02", *e]) for e in ([], extra))
     assert folders == ["phi=0.02", "phi=0.02"]
     assert training_settings(logged) == training_settings(plain)
     before, now = config.recorded_config(plain), config.recorded_config(logged)
-    assert now["logger"]["wandb"]["project"] == "p" and "logger" in before   # recorded in results.json
+    assert now["logger"]["wandb"]["project"] == "p" and "logger" in before  # recorded in results.json
     assert config.hparams(now) == config.hparams(before)
-    assert config.config_changes(before, now) == []   # a relaunch may change its loggers
+    assert config.config_changes(before, now) == []  # a relaunch may change its loggers
 
 
 def test_jobs_that_start_together_share_a_new_sqlite_store(tmp_path):
     """Four processes open the same new sqlite store at once (parallel jobs of a multirun): each gets its run."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    code = ("import sys; from pathlib import Path; from phicenter.loggers import open_sinks; "
-            f"(s,) = open_sinks(Path(sys.argv[1]), {{'mlflow': {{'tracking_uri': '{uri}'}}}}, {{'job': sys.argv[1]}}); "
-            "s.scalars({'round/val_acc': 0.5}, 3); s.close('complete')")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"job{i}")], cwd=ROOT, env=env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    code = (
+        "import sys; from pathlib import Path; from phicenter.loggers import open_sinks; "
+        f"(s,) = open_sinks(Path(sys.argv[1]), {{'mlflow': {{'tracking_uri': '{uri}'}}}}, {{'job': sys.argv[1]}}); "
+        "s.scalars({'round/val_acc': 0.5}, 3); s.close('complete')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / f"job{i}")],
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     client, runs = mlflow_runs(uri)

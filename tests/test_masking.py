@@ -8,6 +8,7 @@ after one round with phi = 0.15, base 0.8, output_base 0.5,
     keep1 = [[1, 1, 1], [0, 1, 1]]   (pruned: trained 0.02)
     keep2 = [[1, 0], [1, 0]]         (pruned: trained 0.05 and -0.01 -- the whole second column)
 """
+
 import copy
 import math
 
@@ -121,9 +122,9 @@ def test_gradient_of_pruned_entries_is_zero():
     net, _ = pruned_model("standard")
     F.mse_loss(net(X), Y).backward()
     g1, g2 = pruning.raw_weight(net[0]).grad, pruning.raw_weight(net[2]).grad
-    assert bool((g1[~KEEP1] != 0).any()) or bool((g2[~KEEP2] != 0).any())   # backward gives them one...
+    assert bool((g1[~KEEP1] != 0).any()) or bool((g2[~KEEP2] != 0).any())  # backward gives them one...
     alive = g1[KEEP1].clone(), g2[KEEP2].clone()
-    pruning.zero_dead_grads(net)                                               # ... the step takes it away
+    pruning.zero_dead_grads(net)  # ... the step takes it away
     assert bool((g1[~KEEP1] == 0).all()) and bool((g2[~KEEP2] == 0).all())
     assert torch.equal(g1[KEEP1], alive[0]) and torch.equal(g2[KEEP2], alive[1])
     assert bool((g1[KEEP1] != 0).any()) and bool((g2[KEEP2] != 0).any())
@@ -180,10 +181,12 @@ def test_masks_and_fills_survive_a_state_dict_round_trip():
 
 
 # -- the engine's training step ---------------------------------------------------------------------------
-ENGINE_OPTIMIZERS = {"adam": {"name": "adam", "lr": 1e-2, "fused": True},   # the re-application skipped
-                     "adam_wd": {"name": "adam", "lr": 1e-2, "weight_decay": 0.1, "fused": True},
-                     "adamw": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.5, "fused": True},
-                     "sgd_momentum_wd": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}}
+ENGINE_OPTIMIZERS = {
+    "adam": {"name": "adam", "lr": 1e-2, "fused": True},  # the re-application skipped
+    "adam_wd": {"name": "adam", "lr": 1e-2, "weight_decay": 0.1, "fused": True},
+    "adamw": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.5, "fused": True},
+    "sgd_momentum_wd": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1},
+}
 
 
 def _pruned_fc_lot(strategy: str, seed: int):
@@ -191,7 +194,7 @@ def _pruned_fc_lot(strategy: str, seed: int):
 
     net = models.build("fc_lot", (1, 8, 8), 10, seed=0)
     imp = IMP(net, build(strategy), IMPConfig(phi=0.0, base=0.5, seed=seed))
-    with torch.no_grad():   # stand-in for a trained round 0: every weight moved a little
+    with torch.no_grad():  # stand-in for a trained round 0: every weight moved a little
         for p in net.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
     imp.advance(1)
@@ -211,8 +214,13 @@ def test_training_step_holds_dead_weights(optim, k):
     from phicenter.engine.module import CohortModule
 
     nets = [_pruned_fc_lot(s, seed=i)[0] for i, s in enumerate(["standard", "mask0"][:k])]
-    before = [{n: (l.weight.detach().clone(), pruning.mask_of(l).mask.clone(), pruning.mask_of(l).fill.clone())
-               for n, l in pruning.prunable_layers(net).items()} for net in nets]
+    before = [
+        {
+            n: (l.weight.detach().clone(), pruning.mask_of(l).mask.clone(), pruning.mask_of(l).fill.clone())
+            for n, l in pruning.prunable_layers(net).items()
+        }
+        for net in nets
+    ]
     module = CohortModule([copy.deepcopy(n) for n in nets] if k > 1 else nets, ENGINE_OPTIMIZERS[optim])
     s = data.load("synthetic", ".", val_size=20, n_train=200, n_test=20, shape=(1, 8, 8))
     module.train_batches = data.make_loaders(s, 20, seed=1, group=4)[0]
@@ -226,16 +234,24 @@ def test_training_step_holds_dead_weights(optim, k):
                     mask = bufs.get(name + "_mask")
                     if mask is not None and p.grad is not None:
                         dead_grads.append(float(p.grad[~mask].abs().max()) if bool((~mask).any()) else 0.0)
+
             trainer.optimizers[0].register_step_pre_hook(check)
 
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
-                         callbacks=[Watch()])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        callbacks=[Watch()],
+    )
     trainer.fit(module, train_dataloaders=module.train_batches)
     assert module._reapply == (optim != "adam")
     module.scatter()
     steps = 2 * data.make_loaders(s, 20, seed=1)[0].n_batches()
-    assert len(dead_grads) == 3 * steps and max(dead_grads) == 0.0    # 3 layers, every step of 2 epochs
+    assert len(dead_grads) == 3 * steps and max(dead_grads) == 0.0  # 3 layers, every step of 2 epochs
     for net, was in zip(module.nets, before):
         for name, layer in pruning.prunable_layers(net).items():
             w, keep, fill = was[name]
@@ -243,12 +259,12 @@ def test_training_step_holds_dead_weights(optim, k):
             assert 0 < int((~keep).sum()) < keep.numel()
             assert torch.equal(layer.weight.detach()[~keep], fill[~keep]), name
             assert not torch.equal(layer.weight.detach()[keep], w[keep]), name
-    if k == 1:   # standard's fills are its trained values, not zeros
+    if k == 1:  # standard's fills are its trained values, not zeros
         assert bool((before[0]["fc1"][2][~before[0]["fc1"][1]] != 0).all())
 
 
 # -- when the re-application can be skipped ---------------------------------------------------------------
-STILL = {   # each: no weight decay, so a step leaves a zero-gradient entry exactly as it is
+STILL = {  # each: no weight decay, so a step leaves a zero-gradient entry exactly as it is
     "adam": lambda p: torch.optim.Adam(p, lr=0.05),
     "adam_fused": lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
     "adam_foreach_amsgrad": lambda p: torch.optim.Adam(p, lr=0.05, foreach=True, amsgrad=True),
@@ -259,7 +275,7 @@ STILL = {   # each: no weight decay, so a step leaves a zero-gradient entry exac
     "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
     "sgd_dampening": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.5),
 }
-MOVING = {   # weight decay, or an optimizer not known to leave such entries alone
+MOVING = {  # weight decay, or an optimizer not known to leave such entries alone
     "adam_l2": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=1e-3),
     "adamw_default": lambda p: torch.optim.AdamW(p, lr=0.05),
     "sgd_wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -274,7 +290,7 @@ def test_still_optimizers_leave_dead_weights_exactly_where_they_are(opt_name):
     fills, and -0.0), alive ones train."""
     net, _ = pruned_model("standard")
     with torch.no_grad():
-        net[0].weight[1, 0] = -0.0   # a dead entry at -0.0 (fill and weight)
+        net[0].weight[1, 0] = -0.0  # a dead entry at -0.0 (fill and weight)
         pruning.mask_of(net[0]).fill[1, 0] = -0.0
     opt = STILL[opt_name](net.parameters())
     assert not pruning.step_can_move_dead(opt)
@@ -296,7 +312,7 @@ def test_other_optimizers_need_the_reapplication(opt_name):
     net, _ = pruned_model("standard")
     opt = MOVING[opt_name](net.parameters())
     assert pruning.step_can_move_dead(opt)
-    if opt_name != "rmsprop":    # weight decay moves a dead weight although its gradient is zero
+    if opt_name != "rmsprop":  # weight decay moves a dead weight although its gradient is zero
         drift = copy.deepcopy(net)
         dopt = MOVING[opt_name](drift.parameters())
         for _ in range(3):
@@ -331,9 +347,16 @@ def test_mask_written_mid_fit_is_held_from_then_on():
             if trainer.current_epoch == 0:
                 fc2.mask.copy_(killed)
 
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
-                         callbacks=[Prune()])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        callbacks=[Prune()],
+    )
     trainer.fit(module, train_dataloaders=module.train_batches)
-    assert seen == [False, True, True]                  # Adam without decay: skipped until the write
+    assert seen == [False, True, True]  # Adam without decay: skipped until the write
     assert bool((net.fc2.weight.detach()[~killed] == 0).all())

@@ -1,4 +1,5 @@
 """Every registered architecture builds, runs and exposes the prunable layers the method expects."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,11 @@ def test_architectures_match_the_papers():
     assert [tuple(l.weight.shape) for l in pruning.prunable_layers(fc).values()] == [(300, 784), (100, 300), (10, 100)]
     c6 = pruning.prunable_layers(models.build("conv6", (3, 32, 32), 10))
     assert [l.out_channels for n, l in c6.items() if n.startswith("conv")] == [64, 64, 128, 128, 256, 256]
-    assert [tuple(l.weight.shape) for n, l in c6.items() if not n.startswith("conv")] == \
-        [(256, 256 * 4 * 4), (256, 256), (10, 256)]
+    assert [tuple(l.weight.shape) for n, l in c6.items() if not n.startswith("conv")] == [
+        (256, 256 * 4 * 4),
+        (256, 256),
+        (10, 256),
+    ]
     vgg = pruning.prunable_layers(models.build("vgg16", (3, 32, 32), 10))
     assert len(vgg) == 14 and vgg["out"].in_features == 512
 
@@ -48,7 +52,7 @@ def test_batchnorm_gamma_uniform_is_drawn_after_the_weights():
     other = models.build("resnet20", (3, 32, 32), 10, init="kaiming_normal", batchnorm_init="uniform", seed=6)
     a, b = ones.state_dict(), uni.state_dict()
     bn = {n for n, m in uni.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    assert len(bn) == 21                 # stem + 9 blocks x 2 + 2 projection shortcuts
+    assert len(bn) == 21  # stem + 9 blocks x 2 + 2 projection shortcuts
     gammas = torch.cat([b[f"{n}.weight"] for n in bn])
     assert gammas.numel() == 16 * 7 + 32 * 7 + 64 * 7 and float(gammas.min()) >= 0 and float(gammas.max()) < 1
     # U(0, 1): mean 1/2, variance 1/12; 784 draws give a standard error of 0.0103 on the mean
@@ -57,9 +61,9 @@ def test_batchnorm_gamma_uniform_is_drawn_after_the_weights():
     for key in a:
         same = torch.equal(a[key], b[key])
         if key.endswith(".weight") and key.rsplit(".", 1)[0] in bn:
-            assert not same and torch.all(a[key] == 1), key              # gamma: 1 against U(0, 1)
+            assert not same and torch.all(a[key] == 1), key  # gamma: 1 against U(0, 1)
         else:
-            assert same, key                 # weights, beta = 0, running statistics: identical
+            assert same, key  # weights, beta = 0, running statistics: identical
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in b.items())
     assert not torch.equal(b["bn.weight"], other.state_dict()["bn.weight"])
     # the weights' init itself is open_lth's: Kaiming normal, std sqrt(2 / fan_in); the last three 3x3 convs
@@ -103,7 +107,7 @@ def test_parameter_counts_and_cpu_forward(name):
     net = models.build(name, shape, 10, seed=0, **NO_DOWNLOAD.get(name, {}))
     total, prunable = PARAMETERS[name]
     assert models.parameter_counts(net) == {"total": total, "prunable": prunable}
-    pruning.attach_masks(net)                       # the same counts once the masks are in place
+    pruning.attach_masks(net)  # the same counts once the masks are in place
     assert models.parameter_counts(net) == {"total": total, "prunable": prunable}
     net.eval()
     with torch.no_grad():
@@ -115,7 +119,7 @@ def test_resnets_match_the_papers():
     convs = [l for n, l in r20.items() if isinstance(l, nn.Conv2d) and l.kernel_size == (3, 3)]
     assert len(convs) == 19 and [c.out_channels for c in convs] == [16] * 7 + [32] * 6 + [64] * 6
     shortcuts = [n for n, l in r20.items() if isinstance(l, nn.Conv2d) and l.kernel_size == (1, 1)]
-    assert shortcuts == ["blocks.3.shortcut.0", "blocks.6.shortcut.0"]      # where the shape changes
+    assert shortcuts == ["blocks.3.shortcut.0", "blocks.6.shortcut.0"]  # where the shape changes
     assert list(r20)[-1] == "out" and r20["out"].in_features == 64
     r18 = models.build("resnet18", (3, 32, 32), 100)
     assert models.parameter_counts(r18)["total"] == 11_220_132
@@ -136,23 +140,22 @@ def test_vgg16_pretrained_from_local_weights(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(_vgg16_state(False), path)
     assert path.stat().st_size < 1_000_000
-    net = models.build("vgg16_pretrained", (3, 32, 32), 100, init="kaiming_normal", weights_path=str(path),
-                       verify_weights=False)
+    net = models.build(
+        "vgg16_pretrained", (3, 32, 32), 100, init="kaiming_normal", weights_path=str(path), verify_weights=False
+    )
     assert float(net.features[0].weight.min()) == float(net.features[0].weight.max()) == 0.125  # kept
     assert net.features[0].weight.is_contiguous()
-    assert net.out.out_features == 100 and float(net.out.bias.abs().max()) == 0.0               # the fresh head
+    assert net.out.out_features == 100 and float(net.out.bias.abs().max()) == 0.0  # the fresh head
     assert models.parameter_counts(net)["total"] == 14_765_988
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
     with pytest.raises(FileNotFoundError, match="no file at"):
         models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(tmp_path / "missing.pth"))
     # batch_norm=true wants vgg16_bn's weights: the plain vgg16 file is refused in one line
     with pytest.raises(ValueError, match="not a torchvision vgg16_bn state dict"):
-        models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(path), batch_norm=True,
-                     verify_weights=False)
+        models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(path), batch_norm=True, verify_weights=False)
     bn = tmp_path / "vgg16_bn.pth"
     torch.save(_vgg16_state(True), bn)
-    net = models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(bn), batch_norm=True,
-                       verify_weights=False)
+    net = models.build("vgg16_pretrained", (3, 32, 32), 10, weights_path=str(bn), batch_norm=True, verify_weights=False)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 13
 
 
@@ -171,6 +174,6 @@ def test_verify_weights_file_accepts_the_published_prefix(tmp_path):
     path = tmp_path / "w.pth"
     path.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
-    models.verify_weights_file(path, f"https://example.org/w-{digest[:8]}.pth")       # no error
+    models.verify_weights_file(path, f"https://example.org/w-{digest[:8]}.pth")  # no error
     with pytest.raises(ValueError, match="sha256"):
         models.verify_weights_file(path, f"https://example.org/w-{'0' * 8}.pth")

@@ -1,13 +1,15 @@
 """make_optimizer: the fused implementation is the same update; only float rounding (a fused multiply-add) may
 move a few elements by an ulp or so."""
+
 import pytest
 import torch
 
 from phicenter.engine.module import make_optimizer
 
 
-@pytest.mark.parametrize("optim", [{"name": "adam", "lr": 1e-2},
-                                   {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}])
+@pytest.mark.parametrize(
+    "optim", [{"name": "adam", "lr": 1e-2}, {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}]
+)
 def test_fused_matches_for_loop(optim):
     g = torch.Generator().manual_seed(0)
     start = [torch.randn(50, 30, generator=g), torch.randn(30, generator=g)]
@@ -25,7 +27,7 @@ def test_fused_matches_for_loop(optim):
     for a, b in zip(out[False], out[True]):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     differ = sum(int((a != b).sum()) for a, b in zip(out[False], out[True]))
-    assert differ < 0.05 * sum(a.numel() for a in out[False])   # rounding on a few elements
+    assert differ < 0.05 * sum(a.numel() for a in out[False])  # rounding on a few elements
 
 
 def test_fused_only_where_the_device_has_it():
@@ -47,6 +49,7 @@ def test_device_probe_without_a_gpu_leaves_nvml_out_of_each_step(monkeypatch):
     import os
 
     import pytorch_lightning  # noqa: F401  (sets PYTORCH_NVML_BASED_CUDA_CHECK=1)
+
     from phicenter.engine import build
 
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")

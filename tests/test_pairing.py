@@ -1,4 +1,5 @@
 """Pairing: runs with the same seed share theta0 and the data order exactly, whatever the strategy and phi."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,8 +55,12 @@ def test_theta0_identical_through_the_hydra_config():
     splits = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
     thetas = []
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        for overrides in (["strategy=mask0", "phi=0"], ["strategy=mask1", "phi=-1e-3"],
-                          ["strategy=gradual", "phi=5e-5"], ["strategy=standard", "phi=0.1"]):
+        for overrides in (
+            ["strategy=mask0", "phi=0"],
+            ["strategy=mask1", "phi=-1e-3"],
+            ["strategy=gradual", "phi=5e-5"],
+            ["strategy=standard", "phi=0.1"],
+        ):
             cfg = compose("config", overrides=overrides + ["seed=2"])
             net = build.build_model(cfg, splits)
             imp = build.build_imp(cfg, net, config.validate(cfg))
@@ -69,8 +74,9 @@ def make_batches(seed=7, shuffle=True, augment=False):
     # 50 samples; label = sample index, so the labels of a batch say which samples it holds
     x = torch.arange(50 * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8).view(50, 3, 4, 4)
     y = torch.arange(50)
-    return data.Batches(x, y, torch.full((3,), 0.5), torch.full((3,), 0.25), batch_size=8,
-                        shuffle=shuffle, augment=augment, seed=seed)
+    return data.Batches(
+        x, y, torch.full((3,), 0.5), torch.full((3,), 0.25), batch_size=8, shuffle=shuffle, augment=augment, seed=seed
+    )
 
 
 def epoch(b, round_index, ep):
@@ -92,8 +98,11 @@ def test_batches_paired_by_seed_round_epoch(augment):
     assert same(epoch(make_batches(augment=augment), 1, 2), ref)
     # another epoch, round or seed: another order
     order = torch.cat([yb for _, yb in ref])
-    for b, r, e in ((make_batches(augment=augment), 1, 3), (make_batches(augment=augment), 2, 2),
-                    (make_batches(seed=8, augment=augment), 1, 2)):
+    for b, r, e in (
+        (make_batches(augment=augment), 1, 3),
+        (make_batches(augment=augment), 2, 2),
+        (make_batches(seed=8, augment=augment), 1, 2),
+    ):
         assert not torch.equal(torch.cat([yb for _, yb in epoch(b, r, e)]), order)
 
 

@@ -1,10 +1,10 @@
 """When phi can and cannot matter: dead-zone occupancy, inactive phi, and the dry run."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from tests.cli import FAST, accuracies, results, train
 
 
@@ -12,8 +12,10 @@ from tests.cli import FAST, accuracies, results, train
 def grid(tmp_path_factory):
     d = tmp_path_factory.mktemp("grid")
     train("strategy=mask0,standard,mask1", "phi=0,5e-4", *FAST, f"hydra.sweep.dir={d}", multirun=True)
-    return {(r["config"]["strategy"]["name"], r["config"]["phi"]): r
-            for r in (results(p.parent) for p in d.glob("*/results.json"))}
+    return {
+        (r["config"]["strategy"]["name"], r["config"]["phi"]): r
+        for r in (results(p.parent) for p in d.glob("*/results.json"))
+    }
 
 
 def test_paired_runs_share_round0(grid):
@@ -45,8 +47,11 @@ def test_init_reference_is_moved_by_phi_above_its_critical_value(grid):
 @pytest.mark.parametrize("k", [1, 4])
 def test_dry_run_counts_match_full_run_round_one(grid, tmp_path, k):
     """K = 1: the grid is dry_run_grid; K = 4 (pack=true): the cohort's own phi x strategy grid."""
-    grid_args = (["dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,mask1]"] if k == 1
-                 else ["pack=true", "phi=[0,5e-4]", "strategy=[mask0,mask1]"])
+    grid_args = (
+        ["dry_run_grid.phis=[0,5e-4]", "dry_run_grid.strategies=[mask0,mask1]"]
+        if k == 1
+        else ["pack=true", "phi=[0,5e-4]", "strategy=[mask0,mask1]"]
+    )
     proc = train("dry_run=phi", *grid_args, *FAST, f"hydra.run.dir={tmp_path}")
     assert "re-signed by phi" in proc.stdout
     dry = json.loads((tmp_path / "dry_run.json").read_text())

@@ -6,6 +6,7 @@ the masks are computed that moves any loss, accuracy, sparsity or flip count by 
 Not compared: timing fields and the round key with its reuse record (`round_key` names the state's tensors,
 so it moves with their names). The numbers are those of torch's CPU kernels of the recorded version; under
 another torch version they may differ in the last bits, so the test is skipped there."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.cli import ROOT, results, train
 
 PINNED = json.loads((ROOT / "tests" / "data" / "pinned_results.json").read_text())
 
-pytestmark = pytest.mark.skipif(torch.__version__ != PINNED["torch"],
-                                reason=f"numbers pinned under torch {PINNED['torch']}")
+pytestmark = pytest.mark.skipif(
+    torch.__version__ != PINNED["torch"], reason=f"numbers pinned under torch {PINNED['torch']}"
+)
 
 
 def rounds(run_dir: Path) -> list[dict]:
@@ -61,8 +62,8 @@ def test_packed_cohort_matches_pinned(tmp_path):
     run = _pinned("packed")
     train(*run["args"], *PINNED["common"], f"hydra.run.dir={tmp_path}")
     for variant, want in run["variants"].items():
-        if variant.endswith("standard"):   # mask1's pinned numbers are those of rewind_other=true, no longer its
-            _compare(rounds(tmp_path / variant), want, variant)   # default: pinned in a pack below
+        if variant.endswith("standard"):  # mask1's pinned numbers are those of rewind_other=true, no longer its
+            _compare(rounds(tmp_path / variant), want, variant)  # default: pinned in a pack below
 
 
 def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
@@ -82,13 +83,14 @@ def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
     common = [a for a in PINNED["common"] if not a.startswith("threads")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false"])
-        standard = compose("config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false",
-                                                "strategy=standard"])
+        standard = compose(
+            "config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false", "strategy=standard"]
+        )
     loop.train(single(standard), tmp_path / "alone")
     _compare(rounds(tmp_path / "alone"), _pinned("standard")["rounds"], "standard, compiled")
     pack = make_variants(cfg, strategies=[{"name": "mask1", "rewind_other": True}, {"name": "standard"}])
     loop.train(pack, tmp_path / "packed")
     for v in pack:
         _compare(rounds(tmp_path / "packed" / v.name), _pinned(v.name.split("=")[-1])["rounds"], f"{v.name}, compiled")
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2      # the net, and the stack, compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the net, and the stack, compiled
     torch._dynamo.reset()

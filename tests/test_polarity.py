@@ -2,6 +2,7 @@
 
 Values are dyadic (exact in float32) unless a test is about rounding, so every tie below is a real tie.
 """
+
 import math
 
 import pytest
@@ -12,20 +13,23 @@ from phicenter.method.polarity import critical_phi, dead_zone, flip_fractions, s
 REF = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
 
 
-@pytest.mark.parametrize("phi, expected", [
-    # phi = 0: negatives -1, zero is a tie (+1), positives +1
-    (0.0, [-1, -1, 1, 1, 1]),
-    # phi = 0.5: 0.0 < 0.5 -> -1; 0.5 == phi is a tie -> +1
-    (0.5, [-1, -1, -1, 1, 1]),
-    # negative phi = -0.5: -2 < -0.5 -> -1; -0.5 is a tie -> +1; the rest are above
-    (-0.5, [-1, 1, 1, 1, 1]),
-    # phi beyond every entry: all below / all above
-    (3.0, [-1, -1, -1, -1, -1]),
-    (-3.0, [1, 1, 1, 1, 1]),
-    # phi strictly between entries: 0.25 -> 0.0 below, 0.5 above
-    (0.25, [-1, -1, -1, 1, 1]),
-    (-1.0, [-1, 1, 1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "phi, expected",
+    [
+        # phi = 0: negatives -1, zero is a tie (+1), positives +1
+        (0.0, [-1, -1, 1, 1, 1]),
+        # phi = 0.5: 0.0 < 0.5 -> -1; 0.5 == phi is a tie -> +1
+        (0.5, [-1, -1, -1, 1, 1]),
+        # negative phi = -0.5: -2 < -0.5 -> -1; -0.5 is a tie -> +1; the rest are above
+        (-0.5, [-1, 1, 1, 1, 1]),
+        # phi beyond every entry: all below / all above
+        (3.0, [-1, -1, -1, -1, -1]),
+        (-3.0, [1, 1, 1, 1, 1]),
+        # phi strictly between entries: 0.25 -> 0.0 below, 0.5 above
+        (0.25, [-1, -1, -1, 1, 1]),
+        (-1.0, [-1, 1, 1, 1, 1]),
+    ],
+)
 def test_signs_hand_values(phi, expected):
     assert torch.equal(signs(REF, phi), torch.tensor(expected, dtype=torch.float32))
 
@@ -54,7 +58,7 @@ def test_signs_integer_input_gives_float32_and_scalar_shape():
     ints = torch.tensor([-3, 0, 2])
     out = signs(ints, 0.5)
     assert out.dtype == torch.float32 and out.tolist() == [-1.0, -1.0, 1.0]
-    scalar = signs(torch.tensor(0.75), 0.75)          # 0-dim, tie
+    scalar = signs(torch.tensor(0.75), 0.75)  # 0-dim, tie
     assert scalar.shape == () and scalar.item() == 1.0
 
 
@@ -139,7 +143,7 @@ def test_critical_phi_with_exact_zero_and_one_sided_layers():
 def test_flip_fractions_hand_counts():
     ref = torch.tensor([0.1, -0.05, 0.3, 0.0, -0.2])
     phi = 0.15
-    new_sign = signs(ref, phi)                    # [-1, -1, +1, -1, -1]
+    new_sign = signs(ref, phi)  # [-1, -1, +1, -1, -1]
     assert new_sign.tolist() == [-1, -1, 1, -1, -1]
     theta0 = torch.tensor([-0.5, -0.5, 0.5, 0.5, 0.5])
     survivors = torch.tensor([True, True, True, True, False])

@@ -1,5 +1,6 @@
 """Progress a person can follow: a live bar on a terminal, one log line per epoch elsewhere, "job i of N" in a
 multirun, and where the results are at the end."""
+
 from __future__ import annotations
 
 import fcntl
@@ -13,7 +14,6 @@ import termios
 
 import pytest
 from omegaconf import OmegaConf, open_dict
-
 from tests.cli import FAST, ROOT, env, train
 
 EPOCH_LINE = re.compile(r"round (\d+)/2  epoch (\d+)/2  (.*)\(\S+ elapsed, run ETA \S+\)")
@@ -30,27 +30,36 @@ def test_summary_and_duration():
     assert duration(3725.4) == "1:02:05" and duration(None) == "?"
 
 
-@pytest.mark.parametrize("setting, terminal, bar", [(None, True, True), (None, False, False), (True, False, True),
-                                                    (False, True, False)])
+@pytest.mark.parametrize(
+    "setting, terminal, bar", [(None, True, True), (None, False, False), (True, False, True), (False, True, False)]
+)
 def test_the_setting_forces_either_way(monkeypatch, setting, terminal, bar):
     """trainer.enable_progress_bar: null picks by the terminal; true and false force the bar or the lines."""
     from phicenter.engine import build
     from phicenter.engine.progress import EpochLines, ProgressBar
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
-    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": setting},
-                            "prune": {"iterations": 3}})
+    cfg = OmegaConf.create(
+        {"trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": setting}, "prune": {"iterations": 3}}
+    )
     trainer = build.make_trainer(cfg, [], 2, progress=True)
     kinds = {type(c) for c in trainer.callbacks}
     assert (ProgressBar in kinds, EpochLines in kinds, trainer.progress_bar_callback is not None) == (bar, not bar, bar)
-    assert build.make_trainer(cfg, [], 2).progress_bar_callback is None   # the bench's and the probe's trainers
+    assert build.make_trainer(cfg, [], 2).progress_bar_callback is None  # the bench's and the probe's trainers
 
 
 def test_one_line_per_epoch_without_a_terminal_and_the_multirun_around_it(tmp_path):
     """Not a terminal (a log file, SLURM, CI): one line per epoch, all K variants of a cohort in it; a multirun
     says which job of how many runs, and ends on the sweep summary's counts and the commands that read it."""
-    proc = train(*FAST, "round_store.enabled=false", "pack=true", "phi=[0,0.02]", "seed=0,1",
-                 f"hydra.sweep.dir={tmp_path}", multirun=True)
+    proc = train(
+        *FAST,
+        "round_store.enabled=false",
+        "pack=true",
+        "phi=[0,0.02]",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+        multirun=True,
+    )
     out = proc.stdout
     lines = [m.groups() for m in EPOCH_LINE.finditer(out)]
     assert [(r, e) for r, e, _ in lines] == [(str(r), str(e)) for _ in range(2) for r in range(3) for e in (1, 2)]
@@ -60,21 +69,28 @@ def test_one_line_per_epoch_without_a_terminal_and_the_multirun_around_it(tmp_pa
     assert "job 1 of 2: " in out and "job 2 of 2: " in out and "job 3" not in out
     assert "multirun finished: 4 complete" in out
     assert f"tensorboard --logdir {tmp_path}" in out and f"python -m phicenter.report {tmp_path}" in out
-    assert "it/s" not in out and "\r" not in out   # no bar
+    assert "it/s" not in out and "\r" not in out  # no bar
 
 
 def run_in_terminal(*args: str, columns: int = 160) -> str:
     """The CLI with stdout and stderr on a pseudo-terminal of `columns` columns; what it showed there."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "phicenter.train", *args], cwd=ROOT, env=env(),
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phicenter.train", *args],
+        cwd=ROOT,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     chunks = []
     while True:
         try:
             data = os.read(master, 65536)
-        except OSError:   # the other side closed: the command (and any child) is done
+        except OSError:  # the other side closed: the command (and any child) is done
             break
         if not data:
             break
@@ -87,13 +103,20 @@ def run_in_terminal(*args: str, columns: int = 160) -> str:
 def test_live_bar_on_a_terminal(tmp_path):
     """On a terminal: a live bar per round (round, epoch, steps, the previous epoch's loss and val accuracy,
     the run's ETA) instead of the lines; at the end, where the results are and how to read them."""
-    shown = run_in_terminal(*FAST, "round_store.enabled=false", "dataset=synthetic", "dataset.n_train=900",
-                            "batch_size=20", f"hydra.run.dir={tmp_path}")
+    shown = run_in_terminal(
+        *FAST,
+        "round_store.enabled=false",
+        "dataset=synthetic",
+        "dataset.n_train=900",
+        "batch_size=20",
+        f"hydra.run.dir={tmp_path}",
+    )
     states = shown.replace("\r\n", "\n").replace("\r", "\n").splitlines()
     bars = [s for s in states if re.match(r"round \d/2  epoch \d/2: ", s)]
     assert {s[:20] for s in bars} == {f"round {r}/2  epoch {e}/2" for r in range(3) for e in (1, 2)}
-    assert any(re.search(r" 40/40 \[.*step/s, run ETA=\d+:\d\d:\d\d, last epoch=loss [\d.]+  val [\d.]+\]", s)
-               for s in bars), bars[-3:]
+    assert any(
+        re.search(r" 40/40 \[.*step/s, run ETA=\d+:\d\d:\d\d, last epoch=loss [\d.]+  val [\d.]+\]", s) for s in bars
+    ), bars[-3:]
     assert not EPOCH_LINE.search(shown)
     assert "round 2/2  sparsity" in shown and f"tensorboard --logdir {tmp_path}" in shown
     assert f"python -m phicenter.report {tmp_path}" in shown

@@ -1,4 +1,5 @@
 """Exact-count magnitude pruning: counts, ties, dead weights, layer vs global scope, output_base, k rounds."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,21 +10,26 @@ from phicenter.method.pruning import n_to_prune, prune_masks
 from phicenter.method.strategies import build
 
 
-@pytest.mark.parametrize("n, base, k", [
-    (100, 0.8, 20), (80, 0.8, 16),
-    (64, 0.8, 13),    # 12.8 -> 13
-    (51, 0.8, 10),    # 10.2 -> 10
-    (3, 0.8, 1),      # 0.6 -> 1
-    (2, 0.8, 0),      # 0.4 -> 0
-    (0, 0.8, 0),
-    # exact halves round up, whatever the float form of 1 - base:
-    (5, 0.9, 1),      # 0.5 (in floats (1-0.9)*5 = 0.4999999999999999)
-    (15, 0.9, 2),     # 1.5
-    (2, 0.75, 1),     # 0.5
-    (3, 0.5, 2),      # 1.5
-    (5, 0.7, 2),      # 1.5
-    (1000, 0.9, 100), (729, 0.9, 73),   # 72.9 -> 73
-])
+@pytest.mark.parametrize(
+    "n, base, k",
+    [
+        (100, 0.8, 20),
+        (80, 0.8, 16),
+        (64, 0.8, 13),  # 12.8 -> 13
+        (51, 0.8, 10),  # 10.2 -> 10
+        (3, 0.8, 1),  # 0.6 -> 1
+        (2, 0.8, 0),  # 0.4 -> 0
+        (0, 0.8, 0),
+        # exact halves round up, whatever the float form of 1 - base:
+        (5, 0.9, 1),  # 0.5 (in floats (1-0.9)*5 = 0.4999999999999999)
+        (15, 0.9, 2),  # 1.5
+        (2, 0.75, 1),  # 0.5
+        (3, 0.5, 2),  # 1.5
+        (5, 0.7, 2),  # 1.5
+        (1000, 0.9, 100),
+        (729, 0.9, 73),  # 72.9 -> 73
+    ],
+)
 def test_n_to_prune_hand_table(n, base, k):
     assert n_to_prune(n, base) == k
 
@@ -63,7 +69,7 @@ def test_dead_weights_stay_dead_and_do_not_count():
     # 6 alive, base 0.5 -> k = 3 of the ALIVE: 0.1 (idx 4), 0.2 (idx 2), 0.3 (idx 1)
     new = prune_masks({"a": w}, {"a": m}, {"a": 0.5})["a"]
     assert new.tolist() == [0, 0, 0, 1, 0, 0, 1, 1]
-    assert int(m.sum()) == 6                       # input mask not modified
+    assert int(m.sum()) == 6  # input mask not modified
     # base close to 1 -> k = round(0.06) = 0 -> unchanged, dead stay dead
     assert prune_masks({"a": w}, {"a": m}, {"a": 0.99})["a"].tolist() == m.tolist()
 
@@ -76,7 +82,7 @@ def test_bool_masks_keep_their_dtype():
 
 A = torch.tensor([0.1, -0.2, 0.3, -0.4])
 B = torch.tensor([0.5, -0.6, 0.7, -0.8, 0.9, -1.0])
-C = torch.tensor([0.01, -0.02, 0.03, -0.04])     # the "output layer": tiny weights, its own base
+C = torch.tensor([0.01, -0.02, 0.03, -0.04])  # the "output layer": tiny weights, its own base
 
 
 def test_layer_vs_global_scope():
@@ -137,7 +143,7 @@ def test_layer_scope_k_rounds_100_weights():
         assert int(m["a"].sum()) == n
         # with the weights held fixed, the survivors are exactly the n largest magnitudes
         assert torch.equal(m["a"].bool(), mags > (100 - n) / 100)
-        assert abs((1 - n / 100) - (1 - 0.8 ** k)) < 0.011     # 1 - base^k, up to rounding
+        assert abs((1 - n / 100) - (1 - 0.8**k)) < 0.011  # 1 - base^k, up to rounding
     assert 1 - 11 / 100 == pytest.approx(0.89)
 
 
@@ -154,12 +160,12 @@ def test_imp_layer_scope_sparsity_after_k_rounds_with_output_base_and_ties():
     net = tiny_net()
     imp = IMP(net, build("mask0"), IMPConfig(base=0.8, output_base=0.9, scope="layer"))
     assert list(imp.layers) == ["0", "2", "4"] and imp.output_layer == "4"
-    hidden = [80, 64, 51, 41, 33, 26, 21, 17, 14, 11]       # see test_layer_scope_k_rounds_100_weights
+    hidden = [80, 64, 51, 41, 33, 26, 21, 17, 14, 11]  # see test_layer_scope_k_rounds_100_weights
     # output (10 weights, base 0.9): 10 -1-> 9 -round(.9)-> 8 -round(.8)-> 7 -> 6 -> 5 -round(.5)=1-> 4,
     # then round(0.4) = 0 for ever
     out = [9, 8, 7, 6, 5, 4, 4, 4, 4, 4]
     for r in range(1, 11):
-        for layer in imp.layers.values():           # "train": every |w| equal -> all ties
+        for layer in imp.layers.values():  # "train": every |w| equal -> all ties
             pruning.raw_weight(layer).data.fill_(0.5)
         imp.advance(r)
         assert alive_counts(imp) == [hidden[r - 1], hidden[r - 1], out[r - 1]]
@@ -186,9 +192,9 @@ def test_imp_global_scope_pools_hidden_layers_and_keeps_output_apart():
         (82, 0, 6),
     ]
     for r, counts in enumerate(expected, 1):
-        pruning.raw_weight(imp.layers["0"]).data.copy_(1 + idx / 1000)       # 1.000 .. 1.099
-        pruning.raw_weight(imp.layers["2"]).data.copy_(-(idx + 1) / 1000)    # -0.001 .. -0.100
-        pruning.raw_weight(imp.layers["4"]).data.fill_(1e-6)                 # tiny, but its own pool
+        pruning.raw_weight(imp.layers["0"]).data.copy_(1 + idx / 1000)  # 1.000 .. 1.099
+        pruning.raw_weight(imp.layers["2"]).data.copy_(-(idx + 1) / 1000)  # -0.001 .. -0.100
+        pruning.raw_weight(imp.layers["4"]).data.fill_(1e-6)  # tiny, but its own pool
         imp.advance(r)
         assert tuple(alive_counts(imp)) == counts
     # layer 0 lost its 18 smallest = flat indices 0..17
@@ -198,8 +204,9 @@ def test_imp_global_scope_pools_hidden_layers_and_keeps_output_apart():
 def conv_net():
     """Conv2d(4, 5, (5, 1)): 100 weights; Linear(5, 20): 100; the output layer Linear(20, 1): 20."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(4, 5, (5, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(5, 20), nn.ReLU(),
-                         nn.Linear(20, 1))
+    return nn.Sequential(
+        nn.Conv2d(4, 5, (5, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(5, 20), nn.ReLU(), nn.Linear(20, 1)
+    )
 
 
 def test_conv_base_prunes_convolutions_at_their_own_rate():
@@ -224,9 +231,9 @@ def test_conv_base_under_global_scope_is_a_pool_of_its_own():
     """Global scope pools the tensors that share a base: at conv_base = base the conv and fc weights are one pool
     of 200 (k = 40, here every conv weight is smaller: 40 conv weights go); at conv_base 0.9 each is its own
     pool (conv loses 10, fc 20)."""
+
     def advance(conv_base):
-        imp = IMP(conv_net(), build("mask0"), IMPConfig(base=0.8, conv_base=conv_base, output_base=1.0,
-                                                          scope="global"))
+        imp = IMP(conv_net(), build("mask0"), IMPConfig(base=0.8, conv_base=conv_base, output_base=1.0, scope="global"))
         pruning.raw_weight(imp.layers["0"]).data.fill_(0.1)
         pruning.raw_weight(imp.layers["3"]).data.fill_(0.2)
         imp.advance(1)
@@ -239,16 +246,15 @@ def test_conv_base_under_global_scope_is_a_pool_of_its_own():
 def test_mask_fill_and_attach_masks_idempotent():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Conv1d(1, 1, 1))
     layers = pruning.attach_masks(net)
-    assert list(layers) == ["0", "2"]                 # BatchNorm is never prunable
+    assert list(layers) == ["0", "2"]  # BatchNorm is never prunable
     mf = pruning.mask_of(net[0])
     mf.mask[0, 0] = False
     assert pruning.attach_masks(net).keys() == layers.keys()
-    assert not bool(pruning.mask_of(net[0]).mask[0, 0])   # not registered twice (nor reset)
+    assert not bool(pruning.mask_of(net[0]).mask[0, 0])  # not registered twice (nor reset)
     # the weight stays the layer's own Parameter; mask and fill are buffers beside it
     assert pruning.raw_weight(net[0]) is net[0].weight and isinstance(net[0].weight, nn.Parameter)
     assert list(net[0].state_dict()) == ["weight", "bias", "weight_mask", "weight_fill"]
-    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight",
-                                                      "2.bias"]
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
     with torch.no_grad():
         pruning.raw_weight(net[0]).copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         mf.mask.copy_(torch.tensor([[True, False], [False, True]]))
@@ -276,8 +282,9 @@ def test_passes_are_exact_on_every_value(dtype):
     pruning.attach_masks(layer)
     mf = pruning.mask_of(layer)
     keep = torch.tensor([[True, False] * 4, [False, True] * 4])
-    fill = torch.tensor([[0.25, -0.0, 0.0, 7.0, -1.5, 3.0, 0.0, 1e-3],
-                         [-0.0, 4.0, 5.0, 0.0, 0.0, -2.0, 0.125, 0.0]], dtype=dtype)
+    fill = torch.tensor(
+        [[0.25, -0.0, 0.0, 7.0, -1.5, 3.0, 0.0, 1e-3], [-0.0, 4.0, 5.0, 0.0, 0.0, -2.0, 0.125, 0.0]], dtype=dtype
+    )
     with torch.no_grad():
         mf.mask.copy_(keep)
         mf.fill.copy_(fill)
@@ -294,7 +301,7 @@ def test_passes_are_exact_on_every_value(dtype):
     assert torch.equal(bits(layer.weight.detach())[keep], bits(before)[keep])
     assert torch.equal(bits(layer.weight.detach())[~keep], bits(fill)[~keep])
     assert torch.equal(bits(layer.weight.grad)[keep], bits(grad_before)[keep])
-    assert bool((bits(layer.weight.grad)[~keep] == 0).all())          # +0.0, not -0.0 and not NaN
+    assert bool((bits(layer.weight.grad)[~keep] == 0).all())  # +0.0, not -0.0 and not NaN
 
 
 def test_masks_written_in_place_are_seen_by_the_next_pass():
@@ -311,7 +318,7 @@ def test_masks_written_in_place_are_seen_by_the_next_pass():
     mf = pruning.mask_of(net[0])
     reset()
     pruning.reapply_masks(net)
-    assert torch.equal(net[0].weight.detach(), w)                      # all alive: nothing changes
+    assert torch.equal(net[0].weight.detach(), w)  # all alive: nothing changes
     mf.mask[0, 1] = False
     pruning.reapply_masks(net)
     assert net[0].weight.tolist() == [[1.0, 0.0, 3.0], [4.0, 5.0, 6.0]]
@@ -326,7 +333,7 @@ def test_masks_written_in_place_are_seen_by_the_next_pass():
     net.load_state_dict(state)
     pruning.reapply_masks(net)
     assert net[0].weight.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, -1.0]]
-    net.double()                                                       # new tensors: derived again
+    net.double()  # new tensors: derived again
     with torch.no_grad():
         net[0].weight.fill_(2.0)
     pruning.reapply_masks(net)
@@ -336,10 +343,12 @@ def test_masks_written_in_place_are_seen_by_the_next_pass():
 def test_legacy_state_dicts_read_in_todays_names():
     """A state dict saved while masks were parametrizations (`<layer>.parametrizations.weight.original`,
     `.0.mask`, `.0.fill`) reads as today's, its weight the effective where(mask, original, fill)."""
-    legacy = {"0.bias": torch.tensor([0.5, -0.5]),
-              "0.parametrizations.weight.original": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
-              "0.parametrizations.weight.0.mask": torch.tensor([[True, False], [True, True]]),
-              "0.parametrizations.weight.0.fill": torch.tensor([[0.0, 0.25], [0.0, 0.0]])}
+    legacy = {
+        "0.bias": torch.tensor([0.5, -0.5]),
+        "0.parametrizations.weight.original": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        "0.parametrizations.weight.0.mask": torch.tensor([[True, False], [True, True]]),
+        "0.parametrizations.weight.0.fill": torch.tensor([[0.0, 0.25], [0.0, 0.0]]),
+    }
     assert pruning.is_legacy(legacy)
     state = pruning.upgrade_state(legacy)
     assert not pruning.is_legacy(state)
@@ -348,4 +357,4 @@ def test_legacy_state_dicts_read_in_todays_names():
     net.load_state_dict(state)
     assert net[0].weight.tolist() == [[1.0, 0.25], [3.0, 4.0]]
     assert pruning.mask_of(net[0]).mask.tolist() == [[True, False], [True, True]]
-    assert pruning.upgrade_state(state) is state                       # today's: as it is
+    assert pruning.upgrade_state(state) is state  # today's: as it is

@@ -1,6 +1,7 @@
 """The reference experiments (conf/experiment/, each with its paper's recipe and published figures): each one's
 recipe as its paper or public code gives it, its reference block well formed and out of every round key and
 folder name, and one tiny training of each on small data in its dataset's on-disk format."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,13 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-from phicenter import config
 from tests.cli import ROOT
 from tests.test_data import fake_cifar10, fake_mnist
 
+from phicenter import config
+
 # name: (strategies swept, epochs, batch, optimizer, lr, iterations, base, output_base, scope, init)
-FC = "lth,random,random_mask"   # Frankle & Carbin: winning tickets against both baselines
+FC = "lth,random,random_mask"  # Frankle & Carbin: winning tickets against both baselines
 RECIPES = {
     "lth_lenet300_mnist": (FC, 55, 60, "adam", 1.2e-3, 18, 0.8, 0.9, "layer", "glorot_normal"),
     "lth_conv2_cifar10": (FC, 27, 60, "adam", 2e-4, 18, 0.8, 0.9, "layer", "glorot_normal"),
@@ -27,8 +28,18 @@ RECIPES = {
     "lmc_resnet20_cifar10": ("lth", 160, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
     "lmc_vgg16_cifar10": ("lth", 160, 128, "sgd", 0.1, 20, 0.8, 1.0, "global", "kaiming_normal"),
     "renda_lrr_resnet20_cifar10": ("lrr", 182, 128, "sgd", 0.1, 10, 0.8, None, "global", "kaiming_normal"),
-    "oh_sign_transfer_resnet20_cifar10": ("sign_transfer", 10, 128, "sgd", 0.1, 15, 0.8, 1.0, "global",
-                                          "kaiming_normal"),
+    "oh_sign_transfer_resnet20_cifar10": (
+        "sign_transfer",
+        10,
+        128,
+        "sgd",
+        0.1,
+        15,
+        0.8,
+        1.0,
+        "global",
+        "kaiming_normal",
+    ),
 }
 # Frankle & Carbin's Figure 2: convolutions at 10 % a round (Conv-2/4) or 15 % (Conv-6), fc layers at 20 %
 CONV_BASE = {"conv2": 0.9, "conv4": 0.9, "conv6": 0.85}
@@ -40,8 +51,11 @@ def composed(*overrides, hydra=False):
 
 
 def test_every_experiment_with_a_reference_is_listed():
-    with_reference = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                      if composed(f"experiment={p.stem}").get("reference") is not None}
+    with_reference = {
+        p.stem
+        for p in (ROOT / "conf" / "experiment").glob("*.yaml")
+        if composed(f"experiment={p.stem}").get("reference") is not None
+    }
     assert with_reference == set(RECIPES)
 
 
@@ -53,8 +67,12 @@ def test_recipe_and_reference(name):
     assert str(params.get("strategy", cfg.strategy.name)) == swept and cfg.strategy.name == swept.split(",")[0]
     assert float(params.phi) == 0.0
     assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr) == (epochs, batch, opt, lr)
-    assert (cfg.prune.iterations, cfg.prune.base, cfg.prune.output_base, cfg.prune.scope) == \
-        (iters, base, out_base, scope)
+    assert (cfg.prune.iterations, cfg.prune.base, cfg.prune.output_base, cfg.prune.scope) == (
+        iters,
+        base,
+        out_base,
+        scope,
+    )
     assert cfg.model.init == init and cfg.phi == 0.0
     arch = name.split("_")[1]
     assert cfg.prune.conv_base == CONV_BASE.get(arch)
@@ -73,13 +91,13 @@ def test_sgd_recipes():
         lmc = composed(f"experiment={name}", hydra=True)
         assert (lmc.optim.momentum, lmc.optim.weight_decay, list(lmc.schedule.at)) == (0.9, 1e-4, [0.5, 0.75])
         assert (lmc.rewind.step, lmc.rewind.epoch, str(lmc.hydra.sweeper.params["rewind.step"])) == (k, 0, f"0,{k}")
-        assert lmc.model.batchnorm_init == "uniform"   # open_lth's gamma ~ U(0, 1)
+        assert lmc.model.batchnorm_init == "uniform"  # open_lth's gamma ~ U(0, 1)
     renda = composed("experiment=renda_lrr_resnet20_cifar10")
     assert (renda.optim.weight_decay, list(renda.schedule.at), renda.dataset.augment) == (2e-4, [0.5, 0.75], True)
     oh = composed("experiment=oh_sign_transfer_resnet20_cifar10", hydra=True)
     assert (oh.optim.weight_decay, oh.schedule.name, oh.strategy.transfer_seed) == (5e-4, "none", None)
     assert str(oh.hydra.sweeper.params["strategy.aws"]) == "true,false"
-    for aws in ("true", "false"):   # each job of the sweep is a valid config
+    for aws in ("true", "false"):  # each job of the sweep is a valid config
         job = composed("experiment=oh_sign_transfer_resnet20_cifar10", "strategy=sign_transfer", f"strategy.aws={aws}")
         assert config.check(job)["strategy"]["aws"] is (aws == "true")
 
@@ -89,7 +107,7 @@ def test_zhou_experiments_are_frankle_and_carbins_recipe_with_other_strategies()
         lth = config.recorded_config(composed(f"experiment=lth_{arch}", "strategy=lth"))
         zhou = config.recorded_config(composed(f"experiment=zhou_{arch}", "strategy=lth"))
         assert lth.pop("reference")["source"] != zhou.pop("reference")["source"]
-        assert zhou == lth   # one training: the round store trains it once for both
+        assert zhou == lth  # one training: the round store trains it once for both
         assert composed(f"experiment=zhou_{arch}").reinit.magnitude == "init_std"
 
 
@@ -107,11 +125,15 @@ def test_reference_is_in_no_round_key_folder_name_or_same_run_check():
 
 
 def test_a_malformed_reference_is_refused_in_one_line():
-    bad = [("reference.curves.0.strategy=nope", "reference.curves[0].strategy must be mask0, mask1"),
-           ("reference.curves.0.matching_remaining=0", "reference.curves[0].matching_remaining must be in (0, 100]"),
-           ("+reference.curves.0.points=[{remaining:50,accuracy:101}]",
-            "reference.curves[0].points[0].accuracy must be in [0, 100], got 101"),
-           ("+reference.curves.0.bogus=1", "unknown key reference.curves[0].bogus: reference.curves[0] has no option")]
+    bad = [
+        ("reference.curves.0.strategy=nope", "reference.curves[0].strategy must be mask0, mask1"),
+        ("reference.curves.0.matching_remaining=0", "reference.curves[0].matching_remaining must be in (0, 100]"),
+        (
+            "+reference.curves.0.points=[{remaining:50,accuracy:101}]",
+            "reference.curves[0].points[0].accuracy must be in [0, 100], got 101",
+        ),
+        ("+reference.curves.0.bogus=1", "unknown key reference.curves[0].bogus: reference.curves[0] has no option"),
+    ]
     for override, message in bad:
         cfg = composed("experiment=lth_lenet300_mnist", override)
         with pytest.raises(config.ConfigError) as err:
@@ -119,8 +141,15 @@ def test_a_malformed_reference_is_refused_in_one_line():
         assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
-TINY = ["epochs=1", "batch_size=4", "eval_batch_size=4", "prune.iterations=1", "threads=1", "dataset.download=false",
-        "dataset.val_size=4"]
+TINY = [
+    "epochs=1",
+    "batch_size=4",
+    "eval_batch_size=4",
+    "prune.iterations=1",
+    "threads=1",
+    "dataset.download=false",
+    "dataset.val_size=4",
+]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -150,13 +179,19 @@ def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp
     from phicenter.bench.__main__ import bench_gpu, reference_experiments
 
     assert reference_experiments() == set(RECIPES)
-    args = dict(gpu_experiments=["mnist_fc_lot", "lth_lenet300_mnist"], data_dir=None, workdir=tmp_path,
-                precision="32-true", compile=False, peak_tflops=1.0)
+    args = {
+        "gpu_experiments": ["mnist_fc_lot", "lth_lenet300_mnist"],
+        "data_dir": None,
+        "workdir": tmp_path,
+        "precision": "32-true",
+        "compile": False,
+        "peak_tflops": 1.0,
+    }
     sizes = {"gpu_images": 120, "repeats": 1}
     res = bench_gpu(sizes, Namespace(reference=True, **args), "cpu")
     row, paper = res["rows"]["lth_lenet300_mnist"], res["rows"]["mnist_fc_lot"]
     assert row["reference"] and not paper["reference"]
-    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (3, 19, 55)   # lth, random, random_mask
+    assert (row["runs"], row["rounds"], row["epochs_per_round"]) == (3, 19, 55)  # lth, random, random_mask
     assert res["reference_hours_est"] == row["grid_hours_est"] and res["grid_hours_est"] == paper["grid_hours_est"]
     res = bench_gpu(sizes, Namespace(reference=False, **args), "cpu")
     assert set(res["rows"]) == {"mnist_fc_lot"} and res["reference_hours_est"] is None

@@ -1,4 +1,5 @@
-"""phicenter.analysis.report: known numbers in -> known cells, CIs and p-values out; bad runs listed; a real tiny grid."""
+"""phicenter.analysis.report: known numbers in -> known cells, CIs and p-values out; bad runs listed; a tiny grid."""
+
 from __future__ import annotations
 
 import csv
@@ -16,33 +17,78 @@ import pytest
 from phicenter.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
-T975_DF2 = 4.302652729911275   # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+T975_DF2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
 
 
 # ---------------------------------------------------------------- a fabricated results tree
 
+
 def layer(flips: int) -> dict:
-    return {"sparsity": 0.2, "c": 0.05, "phi": 0.0, "survivors": 800, "flipped_by_phi_count": flips,
-            "flipped_vs_init_count": flips, "dead_zone_count": flips, "flipped_by_phi": flips / 800,
-            "flipped_vs_init": flips / 800, "dead_zone": flips / 800,
-            "critical_phi_pos": 2e-4, "critical_phi_neg": -3e-4}
+    return {
+        "sparsity": 0.2,
+        "c": 0.05,
+        "phi": 0.0,
+        "survivors": 800,
+        "flipped_by_phi_count": flips,
+        "flipped_vs_init_count": flips,
+        "dead_zone_count": flips,
+        "flipped_by_phi": flips / 800,
+        "flipped_vs_init": flips / 800,
+        "dead_zone": flips / 800,
+        "critical_phi_pos": 2e-4,
+        "critical_phi_neg": -3e-4,
+    }
 
 
 def round_entry(r: int, val: float, test: float, flips: int) -> dict:
     diag = None if r == 0 else flips / 1600
-    return {"round": r, "sparsity": 1 - 0.8 ** r, "effective_sparsity": 1 - 0.8 ** r + 0.01 * r, "train_loss": 0.1, "train_acc": 0.99, "val_acc": val,
-            "test_acc": test, "test_loss": 0.3, "flipped_by_phi": diag, "flipped_vs_init": diag,
-            "dead_zone": diag, "dead_zone_count": None if r == 0 else flips, "seconds": 1.0,
-            "layers": {"fc1": {"sparsity": 0.0}, "out": {"sparsity": 0.0}} if r == 0 else
-            {"fc1": layer(flips), "out": layer(0)}, "epochs": []}
+    return {
+        "round": r,
+        "sparsity": 1 - 0.8**r,
+        "effective_sparsity": 1 - 0.8**r + 0.01 * r,
+        "train_loss": 0.1,
+        "train_acc": 0.99,
+        "val_acc": val,
+        "test_acc": test,
+        "test_loss": 0.3,
+        "flipped_by_phi": diag,
+        "flipped_vs_init": diag,
+        "dead_zone": diag,
+        "dead_zone_count": None if r == 0 else flips,
+        "seconds": 1.0,
+        "layers": {"fc1": {"sparsity": 0.0}, "out": {"sparsity": 0.0}}
+        if r == 0
+        else {"fc1": layer(flips), "out": layer(0)},
+        "epochs": [],
+    }
 
 
-def write_run(root: Path, strategy: str, phi: float, seed: int, val: float, test: float, flips: int = 5,
-              status: str = "complete", rounds: int = 2, **extra) -> Path:
-    cfg = {"dataset": {"name": "digits", "val_size": 180}, "model": {"name": "fc_lot", "init": "torch_default"},
-           "strategy": {"name": strategy, "pruned_fill": "zero"}, "phi": phi, "phi_scale": "absolute",
-           "seed": seed, "epochs": 2, "batch_size": 60, "threads": 1, "data_dir": "./data",
-           "prune": {"iterations": rounds, "base": 0.8, "scope": "layer", "output_base": None}, **extra}
+def write_run(
+    root: Path,
+    strategy: str,
+    phi: float,
+    seed: int,
+    val: float,
+    test: float,
+    flips: int = 5,
+    status: str = "complete",
+    rounds: int = 2,
+    **extra,
+) -> Path:
+    cfg = {
+        "dataset": {"name": "digits", "val_size": 180},
+        "model": {"name": "fc_lot", "init": "torch_default"},
+        "strategy": {"name": strategy, "pruned_fill": "zero"},
+        "phi": phi,
+        "phi_scale": "absolute",
+        "seed": seed,
+        "epochs": 2,
+        "batch_size": 60,
+        "threads": 1,
+        "data_dir": "./data",
+        "prune": {"iterations": rounds, "base": 0.8, "scope": "layer", "output_base": None},
+        **extra,
+    }
     # earlier rounds a little worse; the last round carries the given accuracies
     rs = [round_entry(r, val - 0.01 * (rounds - r), test - 0.01 * (rounds - r), flips) for r in range(rounds + 1)]
     data = {"config": cfg, "rounds": rs, "final": rs[-1], "status": status, "device": "cpu"}
@@ -93,6 +139,7 @@ def no_nan(out: Path) -> None:
 
 # ---------------------------------------------------------------- statistics on known numbers
 
+
 def test_mean_ci_and_paired_t_by_hand():
     m, half, n = report.mean_ci([0.920, 0.935, 0.930])
     sd = math.sqrt(((0.920 - m) ** 2 + (0.935 - m) ** 2 + (0.930 - m) ** 2) / 2)
@@ -110,7 +157,7 @@ def test_mean_ci_and_paired_t_by_hand():
     assert res["p_t"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
     assert res["p_t"] == pytest.approx(0.0533, abs=1e-4)
     assert res["verdict"] == "not distinguishable from ϕ = 0"
-    assert res["p_wilcoxon"] == pytest.approx(0.25)      # exact: 2 of the 2^3 sign patterns are as extreme
+    assert res["p_wilcoxon"] == pytest.approx(0.25)  # exact: 2 of the 2^3 sign patterns are as extreme
     assert res["p_sign"] == pytest.approx(0.25)
     assert (res["better"], res["worse"], res["tied"]) == (3, 0, 0)
 
@@ -124,13 +171,14 @@ def test_paired_edge_cases_never_nan():
     assert clear["verdict"] == "better than ϕ = 0" and clear["p_t"] < 1e-5
     worse = report.paired([-0.010, -0.011, -0.012, -0.010, -0.011, -0.012])
     assert worse["verdict"] == "worse than ϕ = 0"
-    constant = report.paired([0.01, 0.01])      # sd = 0: t undefined, sign test decides
+    constant = report.paired([0.01, 0.01])  # sd = 0: t undefined, sign test decides
     assert constant["p_t"] is None and constant["p_sign"] == pytest.approx(0.5)
     assert constant["verdict"] == "not distinguishable from ϕ = 0"
     assert report.paired([])["verdict"] == "no seed was run at both ϕ values"
 
 
 # ---------------------------------------------------------------- the fabricated tree end to end
+
 
 def test_fabricated_tree_known_cells(tree, tmp_path):
     out = tmp_path / "rep"
@@ -142,8 +190,9 @@ def test_fabricated_tree_known_cells(tree, tmp_path):
     expected = f"{100 * m:.2f} ± {100 * half:.2f} (0.001) n=3"
     assert expected == "92.83 ± 1.90 (0.001) n=3"
     table = read_csv(out / "table__digits.csv")
-    assert table == [{"architecture": "fc_lot", "gradual": "92.00 (0.0001) n=1",
-                      "mask0": "90.00 ± 0.00 (0) n=3", "mask1": expected}]
+    assert table == [
+        {"architecture": "fc_lot", "gradual": "92.00 (0.0001) n=1", "mask0": "90.00 ± 0.00 (0) n=3", "mask1": expected}
+    ]
     assert f"| fc_lot | 92.00 (0.0001) n=1 | 90.00 ± 0.00 (0) n=3 | {expected} |" in md
 
     tests = read_csv(out / "best_vs_zero.csv")
@@ -276,6 +325,7 @@ def test_no_validation_split_falls_back_to_test_and_says_so(tmp_path):
 
 # ---------------------------------------------------------------- a real tiny multirun
 
+
 def is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -283,8 +333,19 @@ def is_png(path: Path) -> bool:
 def test_real_quickstart_grid(tmp_path):
     grid = tmp_path / "grid"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PHICENTER_DATA_DIR": str(tmp_path / "data")}
-    cmd = [sys.executable, "-m", "phicenter.train", "-m", "strategy=mask0,mask1", "phi=-1e-3,0,5e-5",
-           "seed=0,1", "epochs=1", "prune.iterations=2", "threads=1", f"hydra.sweep.dir={grid}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phicenter.train",
+        "-m",
+        "strategy=mask0,mask1",
+        "phi=-1e-3,0,5e-5",
+        "seed=0,1",
+        "epochs=1",
+        "prune.iterations=2",
+        "threads=1",
+        f"hydra.sweep.dir={grid}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(grid.glob("*/results.json"))) == 12
@@ -292,12 +353,23 @@ def test_real_quickstart_grid(tmp_path):
     out = tmp_path / "rep"
     assert report.main([str(grid), "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    expected = {"report.md", "runs.csv", "summary.csv", "best_vs_zero.csv", "not_used.csv", "table__digits.csv",
-                "acc_vs_phi__digits__fc_lot.png", "flips_vs_phi__digits__fc_lot.png",
-                "acc_vs_sparsity__digits__fc_lot__mask0.png", "acc_vs_sparsity__digits__fc_lot__mask1.png",
-                "critical_phi__digits__fc_lot__mask0.png", "critical_phi__digits__fc_lot__mask1.png"}
+    expected = {
+        "report.md",
+        "runs.csv",
+        "summary.csv",
+        "best_vs_zero.csv",
+        "not_used.csv",
+        "table__digits.csv",
+        "acc_vs_phi__digits__fc_lot.png",
+        "flips_vs_phi__digits__fc_lot.png",
+        "acc_vs_sparsity__digits__fc_lot__mask0.png",
+        "acc_vs_sparsity__digits__fc_lot__mask1.png",
+        "critical_phi__digits__fc_lot__mask0.png",
+        "critical_phi__digits__fc_lot__mask1.png",
+    }
     assert names == expected
     import matplotlib.image as mpimg
+
     for png in out.glob("*.png"):
         assert is_png(png) and png.stat().st_size > 10_000, png.name
         h, w = mpimg.imread(png).shape[:2]
@@ -331,8 +403,10 @@ def test_new_strategies_are_columns_beside_the_papers_four_and_the_dead_zone_is_
     assert "| Architecture | gradual | mask0 | sign_transfer | lrr | lth | zeta |" in (out / "report.md").read_text()
     # dead zone: round_entry puts 8 / 1600 = 0.5 % of the survivors in it in every round >= 1
     row = by(read_csv(out / "summary.csv"), strategy="sign_transfer", phi="0.001")
-    assert row["dead_zone_pct"] == "0.5000" and by(read_csv(out / "summary.csv"), strategy="lrr", phi="0")[
-        "dead_zone_pct"] == "0.0000"
+    assert (
+        row["dead_zone_pct"] == "0.5000"
+        and by(read_csv(out / "summary.csv"), strategy="lrr", phi="0")["dead_zone_pct"] == "0.0000"
+    )
     assert "dead zone (%)" in (out / "report.md").read_text()
     # the final round's pruned and effective sparsity (1 - 0.8^2 = 36 %, and 2 pp more), per run and per phi
     assert (row["sparsity_pct"], row["effective_sparsity_pct"]) == ("36.00", "38.00")
@@ -358,21 +432,26 @@ def test_runs_that_differ_in_rewind_other_are_never_one_cell(tmp_path):
         for seed in (0, 1):
             job = write_run(root / f"rw{rewind}", "mask1", 0.0, seed, 0.9, base + 0.02 * seed, flips=0)
             _with_rewind_other(job, rewind)
-    for seed in (0, 1):   # mask0: only kept
+    for seed in (0, 1):  # mask0: only kept
         _with_rewind_other(write_run(root / "m0", "mask0", 0.0, seed, 0.9, 0.95, flips=0), False)
     out = tmp_path / "rep"
     assert report.main([str(root), "--out", str(out)]) == 0
     half = report.mean_ci([0.80, 0.82])[1]
-    assert f"{100 * half:.2f}" == "12.71"            # t(0.975, 1) = 12.706 times sd 0.01414 / sqrt 2
-    assert read_csv(out / "table__digits.csv") == [{
-        "architecture": "fc_lot",
-        "mask0 [strategy.rewind_other=False]": "95.00 ± 0.00 (0) n=2",
-        "mask1 [strategy.rewind_other=False]": "91.00 ± 12.71 (0) n=2",
-        "mask1 [strategy.rewind_other=True]": "81.00 ± 12.71 (0) n=2"}]
+    assert f"{100 * half:.2f}" == "12.71"  # t(0.975, 1) = 12.706 times sd 0.01414 / sqrt 2
+    assert read_csv(out / "table__digits.csv") == [
+        {
+            "architecture": "fc_lot",
+            "mask0 [strategy.rewind_other=False]": "95.00 ± 0.00 (0) n=2",
+            "mask1 [strategy.rewind_other=False]": "91.00 ± 12.71 (0) n=2",
+            "mask1 [strategy.rewind_other=True]": "81.00 ± 12.71 (0) n=2",
+        }
+    ]
     runs = read_csv(out / "runs.csv")
-    assert {r["strategy"] for r in runs} == {"mask0 [strategy.rewind_other=False]",
-                                             "mask1 [strategy.rewind_other=False]",
-                                             "mask1 [strategy.rewind_other=True]"}
+    assert {r["strategy"] for r in runs} == {
+        "mask0 [strategy.rewind_other=False]",
+        "mask1 [strategy.rewind_other=False]",
+        "mask1 [strategy.rewind_other=True]",
+    }
 
     # mask0 kept against mask1 rewound only: the two columns still say so
     shutil.rmtree(root / "rwFalse")

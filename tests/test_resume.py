@@ -1,4 +1,5 @@
 """Never lose a run: kill and resume, relaunch of finished runs and grids, failures isolated, bad checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.cli import accuracies, results, start, train
 
-BASE = ["threads=1", "epochs=4", "prune.iterations=2", "round_store.enabled=false"]   # every round trained
-COHORT = ["pack=true", "phi=[0,0.02,-0.02]"]   # K = 3; the variant checked is VARIANT
+BASE = ["threads=1", "epochs=4", "prune.iterations=2", "round_store.enabled=false"]  # every round trained
+COHORT = ["pack=true", "phi=[0,0.02,-0.02]"]  # K = 3; the variant checked is VARIANT
 VARIANT = "phi=0.02,strategy=mask0"
 
 
@@ -68,8 +68,9 @@ def test_killed_run_resumes_to_identical_results(tmp_path, reference, sig):
     res = results(folder(tmp_path, k))
     assert res["status"] == "complete"
     assert accuracies(res) == accuracies(reference)  # to the last digit
-    assert [e["train_loss"] for r in res["rounds"] for e in r["epochs"]] == \
-           [e["train_loss"] for r in reference["rounds"] for e in r["epochs"]]
+    assert [e["train_loss"] for r in res["rounds"] for e in r["epochs"]] == [
+        e["train_loss"] for r in reference["rounds"] for e in r["epochs"]
+    ]
 
 
 def test_finished_run_does_no_work(reference):
@@ -92,18 +93,33 @@ def test_relaunch_under_another_config_is_refused(reference):
     assert "optim.lr: 0.0012 -> 0.002" in err[0] and "seed: 0 -> 3" in err[0]
     assert (folder(run_dir, k) / "results.json").read_bytes() == before
     # how it runs may change: threads, progress bar, checkpoint policy
-    proc = train(*run_args(k), "threads=2", "trainer.enable_progress_bar=true", "checkpoint.keep_all=true",
-                 f"hydra.run.dir={run_dir}")
+    proc = train(
+        *run_args(k),
+        "threads=2",
+        "trainer.enable_progress_bar=true",
+        "checkpoint.keep_all=true",
+        f"hydra.run.dir={run_dir}",
+    )
     assert "already complete; nothing to do" in proc.stderr + proc.stdout
 
 
 def test_config_changes_ignores_execution_keys_and_new_keys():
     from phicenter.config import config_changes
 
-    before = {"seed": 0, "optim": {"name": "adam", "lr": 1e-3}, "threads": 1, "checkpoint": {"keep_all": False},
-              "trainer": {"precision": "32-true", "devices": 1}}
-    now = {"seed": 0, "optim": {"name": "adam", "lr": 1e-3, "fused": True}, "threads": 4,
-           "checkpoint": {"keep_all": True}, "trainer": {"precision": "bf16-mixed", "devices": 2}}
+    before = {
+        "seed": 0,
+        "optim": {"name": "adam", "lr": 1e-3},
+        "threads": 1,
+        "checkpoint": {"keep_all": False},
+        "trainer": {"precision": "32-true", "devices": 1},
+    }
+    now = {
+        "seed": 0,
+        "optim": {"name": "adam", "lr": 1e-3, "fused": True},
+        "threads": 4,
+        "checkpoint": {"keep_all": True},
+        "trainer": {"precision": "bf16-mixed", "devices": 2},
+    }
     assert config_changes(before, now) == ["trainer.precision: '32-true' -> 'bf16-mixed'"]
     assert config_changes(before, before) == []
     added = dict(before, optim={"name": "adam", "lr": 1e-3, "momentum": 0.9})
@@ -115,16 +131,26 @@ def test_config_changes_ignores_execution_keys_and_new_keys():
 def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path, k):
     """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
     from hydra import compose, initialize_config_dir
+    from tests.cli import ROOT
 
     from phicenter.engine import rundir as res
     from phicenter.engine.cohort import make_variants, single
     from phicenter.engine.loop import train
-    from tests.cli import ROOT
 
     def cohort(*extra):
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            c = compose("config", overrides=["dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40",
-                                             "dataset.val_size=40", "epochs=1", "threads=1", *extra])
+            c = compose(
+                "config",
+                overrides=[
+                    "dataset=synthetic",
+                    "dataset.n_train=120",
+                    "dataset.n_test=40",
+                    "dataset.val_size=40",
+                    "epochs=1",
+                    "threads=1",
+                    *extra,
+                ],
+            )
         return single(c) if k == 1 else make_variants(c, [0.0, 0.02, -0.02])
 
     train(cohort("prune.iterations=2"), tmp_path)
@@ -138,8 +164,7 @@ def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path, k):
 
 def test_multirun_over_an_unnamed_key_is_refused(tmp_path):
     """Sweeping a key that job folder names leave out would put several jobs in one folder."""
-    proc = train("compile=true,false", "epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True,
-                 check=False)
+    proc = train("compile=true,false", "epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True, check=False)
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "sweeps compile" in err[0], proc.stderr
@@ -150,9 +175,9 @@ def test_failure_record_holds_the_resolved_config(tmp_path):
     """What train.py records for a run that failed before its first results.json is the config a relaunch
     compares against: resolved, phi a number."""
     from hydra import compose, initialize_config_dir
+    from tests.cli import ROOT
 
     from phicenter.train import _recorded
-    from tests.cli import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["phi=5e-4"])
@@ -207,17 +232,33 @@ def test_multirun_failures_isolated_and_relaunch_skips_finished(tmp_path):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_diverged_run_is_marked(tmp_path, k):
-    proc = train("threads=1", "epochs=1", "prune.iterations=1", "optim.name=sgd", "optim.lr=1e20",
-                 *(COHORT if k == 3 else []), f"hydra.run.dir={tmp_path}", check=False)
+    proc = train(
+        "threads=1",
+        "epochs=1",
+        "prune.iterations=1",
+        "optim.name=sgd",
+        "optim.lr=1e20",
+        *(COHORT if k == 3 else []),
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
     assert proc.returncode == 1
-    for d in ([tmp_path / f"phi={p},strategy=mask0" for p in (0.0, 0.02, -0.02)] if k == 3 else [tmp_path]):
+    for d in [tmp_path / f"phi={p},strategy=mask0" for p in (0.0, 0.02, -0.02)] if k == 3 else [tmp_path]:
         res = results(d)
         assert res["status"] == "diverged" and "loss became" in res["error"]
 
 
 def test_local_launcher_runs_grid_in_parallel_processes(tmp_path):
-    train("hydra/launcher=local", "strategy=mask0,mask1", "phi=0,5e-5", "epochs=1", "prune.iterations=1",
-          f"hydra.sweep.dir={tmp_path}", multirun=True, timeout=600)
+    train(
+        "hydra/launcher=local",
+        "strategy=mask0,mask1",
+        "phi=0,5e-5",
+        "epochs=1",
+        "prune.iterations=1",
+        f"hydra.sweep.dir={tmp_path}",
+        multirun=True,
+        timeout=600,
+    )
     found = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
     assert len(found) == 4
     assert all(results(tmp_path / f)["status"] == "complete" for f in found)
@@ -225,12 +266,27 @@ def test_local_launcher_runs_grid_in_parallel_processes(tmp_path):
 
 
 def test_slurm_preset_composes_with_every_field(tmp_path):
-    sets = {"partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100", "gpus_per_node": 2,
-            "tasks_per_node": 2, "cpus_per_task": 16, "mem_gb": 64, "timeout_min": 30, "array_parallelism": 8,
-            "max_num_timeout": 3}
-    proc = train("hydra/launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in sets.items()],
-                 "hydra.launcher.setup=[module load cuda,source .venv/bin/activate]", "trainer.devices=2",
-                 "--cfg", "hydra")
+    sets = {
+        "partition": "gpu",
+        "account": "proj",
+        "qos": "high",
+        "constraint": "a100",
+        "gpus_per_node": 2,
+        "tasks_per_node": 2,
+        "cpus_per_task": 16,
+        "mem_gb": 64,
+        "timeout_min": 30,
+        "array_parallelism": 8,
+        "max_num_timeout": 3,
+    }
+    proc = train(
+        "hydra/launcher=slurm",
+        *[f"hydra.launcher.{k}={v}" for k, v in sets.items()],
+        "hydra.launcher.setup=[module load cuda,source .venv/bin/activate]",
+        "trainer.devices=2",
+        "--cfg",
+        "hydra",
+    )
     import yaml
 
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]

@@ -7,38 +7,58 @@ after epochs 2 and 3 (round(0.5 * 4) = 2, round(0.75 * 4) = 3) with gamma 0.1. R
 therefore 0.05, 0.05, 0.05 * 0.1, 0.05 * 0.1 * 0.1 and it takes 4 * 5 = 20 steps. The round store is off
 (round_store.enabled=false) except where its reuse is the subject.
 """
+
 from __future__ import annotations
 
 import logging
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from hydra import compose, initialize_config_dir
+from tests.cli import ROOT, train
+from tests.faults import counted, die_at_validation
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from phicenter import data
 from phicenter.config import ConfigError
-from phicenter.engine import loop, module as cohort_module, records
+from phicenter.engine import loop, records
+from phicenter.engine import module as cohort_module
 from phicenter.engine import rundir as results
 from phicenter.engine.cohort import Variant, variant_name
 from phicenter.engine.module import make_optimizer
 from phicenter.engine.rewinding import Plan
 from phicenter.method import seeding
-from tests.cli import ROOT, train
-from tests.faults import counted, die_at_validation
 
-STEPS, T, BS = 5, 4, 100                      # steps an epoch, epochs, batch size
-LR = [0.05, 0.05, 0.05 * 0.1, 0.05 * 0.1 * 0.1]   # round 0's LR in epochs 0..3
+STEPS, T, BS = 5, 4, 100  # steps an epoch, epochs, batch size
+LR = [0.05, 0.05, 0.05 * 0.1, 0.05 * 0.1 * 0.1]  # round 0's LR in epochs 0..3
 SEED = 0
 
 
 def config(*extra: str, strategy: str = "lth", phi: float = 0.0):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[
-            "dataset=synthetic", "dataset.n_train=600", "dataset.n_test=100", f"batch_size={BS}", f"epochs={T}",
-            "prune.iterations=1", "optim.name=sgd", "optim.lr=0.05", "+optim.momentum=0.9",
-            "schedule.name=multistep", "+schedule.at=[0.5,0.75]", f"strategy={strategy}", f"phi={phi}",
-            f"seed={SEED}", "threads=1", "round_store.enabled=false", "checkpoint.keep_all=true", *extra])
+        return compose(
+            "config",
+            overrides=[
+                "dataset=synthetic",
+                "dataset.n_train=600",
+                "dataset.n_test=100",
+                f"batch_size={BS}",
+                f"epochs={T}",
+                "prune.iterations=1",
+                "optim.name=sgd",
+                "optim.lr=0.05",
+                "+optim.momentum=0.9",
+                "schedule.name=multistep",
+                "+schedule.at=[0.5,0.75]",
+                f"strategy={strategy}",
+                f"phi={phi}",
+                f"seed={SEED}",
+                "threads=1",
+                "round_store.enabled=false",
+                "checkpoint.keep_all=true",
+                *extra,
+            ],
+        )
 
 
 class Steps:
@@ -53,8 +73,7 @@ class Steps:
         def losses(module, x, y, **kwargs):
             if module.training:
                 self.module = module
-                self.rows.append({"round": module.round, "epoch": module.round_epoch, "x": x.clone(),
-                                  "y": y.clone()})
+                self.rows.append({"round": module.round, "epoch": module.round_epoch, "x": x.clone(), "y": y.clone()})
             return real(module, x, y, **kwargs)
 
         def before(opt, args, kwargs):
@@ -64,8 +83,7 @@ class Steps:
             self.rows[-1]["state"] = {k: v.detach().clone() for k, v in self.module.net.state_dict().items()}
 
         monkeypatch.setattr(cohort_module.CohortModule, "_losses", losses)
-        self.hooks = [register_optimizer_step_pre_hook(before),
-                      register_optimizer_step_post_hook(after)]
+        self.hooks = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
 
     def of(self, r: int) -> list[dict]:
         return [row for row in self.rows if row["round"] == r]
@@ -86,17 +104,17 @@ def order_batch(splits, r: int, e: int, b: int) -> torch.Tensor:
     """The labels of batch b of epoch e of round r, straight from the definition: the permutation seeded by
     (seed, "batches", r, e), batch b its samples b*BS .. (b+1)*BS - 1."""
     perm = torch.randperm(len(splits.y_train), generator=seeding.generator(SEED, "batches", r, e))
-    return splits.y_train[perm[b * BS:(b + 1) * BS]]
+    return splits.y_train[perm[b * BS : (b + 1) * BS]]
 
 
-def test_round_1_starts_at_epoch_k_with_its_lr_its_data_and_a_fresh_optimizer(tmp_path, steps, monkeypatch,
-                                                                                caplog):
+def test_round_1_starts_at_epoch_k_with_its_lr_its_data_and_a_fresh_optimizer(tmp_path, steps, monkeypatch, caplog):
     """rewind.epoch=2: round 1 trains epochs 3..4 (0-based 2, 3), (4 - 2) * 5 = 10 steps, the first at epoch 2's
     LR 0.005 (a restarted schedule would give 0.05), from an optimizer with no state; each step's batch is
     the one set_epoch(1, e) defines; its history rows, TensorBoard steps and progress lines name epochs 2, 3."""
     tb = []
-    monkeypatch.setattr(records.Recorder, "epoch", lambda self, row, step: tb.append((row["round"], row["epoch"],
-                                                                                       step)))
+    monkeypatch.setattr(
+        records.Recorder, "epoch", lambda self, row, step: tb.append((row["round"], row["epoch"], step))
+    )
     with caplog.at_level(logging.INFO, logger="phicenter"):
         res = loop.run(config("rewind.epoch=2"), tmp_path)
     r0, r1 = steps.of(0), steps.of(1)
@@ -117,9 +135,9 @@ def test_round_1_starts_at_epoch_k_with_its_lr_its_data_and_a_fresh_optimizer(tm
 
     assert [e["epoch"] for e in res["rounds"][1]["epochs"]] == [2, 3]
     assert [e["epoch"] for e in res["rounds"][0]["epochs"]] == [0, 1, 2, 3]
-    assert tb == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (0, 3, 3), (1, 2, 6), (1, 3, 7)]   # step = round * T + epoch
+    assert tb == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (0, 3, 3), (1, 2, 6), (1, 3, 7)]  # step = round * T + epoch
     lines = [m for m in caplog.messages if m.startswith("round 1/1  epoch")]
-    assert [m[:len("round 1/1  epoch 3/4")] for m in lines] == ["round 1/1  epoch 3/4", "round 1/1  epoch 4/4"]
+    assert [m[: len("round 1/1  epoch 3/4")] for m in lines] == ["round 1/1  epoch 3/4", "round 1/1  epoch 4/4"]
 
 
 def test_rewind_step_mid_epoch(tmp_path, steps):
@@ -160,7 +178,7 @@ def test_the_schedule_is_positioned_at_the_first_epoch():
     ref, sched = make_optimizer(p, {"name": "sgd", "lr": 0.05}, {"name": "cosine"}, 4)
     sched.step()
     sched.step()
-    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]   # the very floats round 0 steps with
+    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]  # the very floats round 0 steps with
     opt, _ = make_optimizer(p, {"name": "sgd", "lr": 0.05}, {"name": "none"}, 4, first_epoch=3)
     assert opt.param_groups[0]["lr"] == 0.05
 
@@ -173,9 +191,9 @@ def test_plan_by_hand():
     assert (p.fit_epochs(0), p.fit_epochs(1)) == (4, 3) and (p.steps(0), p.steps(2)) == (16, 10)
     assert (p.first_batch(1, 1), p.first_batch(1, 2), p.first_batch(0, 0)) == (2, 0, 0)
     assert p.total(2) == 9.0
-    assert p.position(0, 2.0) == 2.0 and p.position(1, 1.0) == 4.0   # round 1 before its start: 0 done in it
+    assert p.position(0, 2.0) == 2.0 and p.position(1, 1.0) == 4.0  # round 1 before its start: 0 done in it
     assert p.position(1, 2.0) == 4.5 and p.position(2, 3.0) == 4 + 2.5 + 1.5
-    assert Plan(4).total(2) == 12.0 and Plan(4).position(2, 1.0) == 9.0   # no rewinding: whole rounds
+    assert Plan(4).total(2) == 12.0 and Plan(4).position(2, 1.0) == 9.0  # no rewinding: whole rounds
     cfg = config("rewind.epoch=1")
     assert Plan.of(cfg, 4, 5).step == 5 and Plan.of(config("rewind.step=19"), 4, 5).start(1) == (3, 4)
     with pytest.raises(ConfigError, match=r"rewind.step=20 is not inside round 0 \(4 epochs of 5 steps = 20 "):
@@ -196,8 +214,7 @@ def test_an_epoch_from_batch_j_is_the_whole_epochs_batches_from_j(pipeline, grou
     """set_epoch(r, e, start=j): as many items as a whole epoch, holding exactly its batches j.. (augmented
     alike: the fast pipeline draws the left-out batches' augmentation)."""
     s = data.load("synthetic", ".", val_size=30, n_train=160, n_test=41, shape=(3, 8, 8), seed=0)
-    whole, part = (data.make_loaders(s, 16, seed=3, augment=True, pipeline=pipeline, group=group)[0]
-                   for _ in range(2))
+    whole, part = (data.make_loaders(s, 16, seed=3, augment=True, pipeline=pipeline, group=group)[0] for _ in range(2))
     whole.set_epoch(2, 1)
     part.set_epoch(2, 1, start=5)
     full = [b for item in whole for b in ([item] if group == 1 else list(item))]
@@ -208,7 +225,7 @@ def test_an_epoch_from_batch_j_is_the_whole_epochs_batches_from_j(pipeline, grou
     assert len(got) == 4
     for (x1, y1), (x2, y2) in zip(full[5:], got, strict=True):
         assert torch.equal(y1, y2) and torch.equal(x1, x2)
-    part.set_epoch(2, 1)   # the next epoch starts whole again
+    part.set_epoch(2, 1)  # the next epoch starts whole again
     assert len([b for item in part for b in ([item] if group == 1 else list(item))]) == 9
 
 
@@ -217,11 +234,15 @@ def variants(setting: str, k: int) -> list[Variant]:
     return [Variant(variant_name(p, s) if k > 1 else "", config(setting, strategy=s, phi=p)) for s, p in combos]
 
 
-@pytest.mark.parametrize("setting,die,k,again", [
-    ("rewind.epoch=1", 6, 1, 2),    # round 1 trains epochs 1..3; dies in epoch 2's validation: 2, 3 again
-    ("rewind.step=12", 6, 2, 1),    # round 1: epoch 2 from batch 2, then 3; dies in epoch 3: only 3 again
-    ("rewind.step=12", 2, 1, 5),    # dies in round 0's epoch 1, before theta_12: round 0's 1..3, round 1's 2, 3
-], ids=["epoch-k1", "step-k2", "step-round0-k1"])
+@pytest.mark.parametrize(
+    "setting,die,k,again",
+    [
+        ("rewind.epoch=1", 6, 1, 2),  # round 1 trains epochs 1..3; dies in epoch 2's validation: 2, 3 again
+        ("rewind.step=12", 6, 2, 1),  # round 1: epoch 2 from batch 2, then 3; dies in epoch 3: only 3 again
+        ("rewind.step=12", 2, 1, 5),  # dies in round 0's epoch 1, before theta_12: round 0's 1..3, round 1's 2, 3
+    ],
+    ids=["epoch-k1", "step-k2", "step-round0-k1"],
+)
 def test_killed_mid_round_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, setting, die, k, again):
     """Killed mid-round, relaunched: the round continues from its last epoch checkpoint at the right epoch of
     the schedule, and every number and weight ends identical to the run never stopped."""
@@ -278,8 +299,7 @@ def test_round_store_reuses_a_rewinding_run_whole(tmp_path):
     ta = torch.load(tmp_path / "a" / results.THETA_K, weights_only=True)
     tb = torch.load(tmp_path / "b" / results.THETA_K, weights_only=True)
     assert all(torch.equal(ta[key], tb[key]) for key in ta)
-    other = loop.run(config("rewind.step=8", "round_store.enabled=true", store, "prune.iterations=0"),
-                     tmp_path / "c")
+    other = loop.run(config("rewind.step=8", "round_store.enabled=true", store, "prune.iterations=0"), tmp_path / "c")
     assert other["rounds"][0]["round_key"] != first["rounds"][0]["round_key"]
 
 
@@ -288,17 +308,31 @@ def test_a_rewind_step_past_round_0_is_refused_in_one_line(tmp_path):
     proc = train("epochs=2", "rewind.step=42", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
-    assert err[0] == ("phicenter: error: rewind.step=42 is not inside round 0 (2 epochs of 21 steps = 42 "
-                      "optimizer steps): rounds >= 1 train from the rewind point to the end of round 0's schedule")
+    assert err[0] == (
+        "phicenter: error: rewind.step=42 is not inside round 0 (2 epochs of 21 steps = 42 "
+        "optimizer steps): rounds >= 1 train from the rewind point to the end of round 0's schedule"
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_data_parallel_round_counts_its_own_steps(tmp_path):
     """2 processes: 400 training samples, each process 200 of them in batches of 10, 20 steps an epoch; so
     rewind.step=25 is batch 5 of epoch 1 and round 1 trains that epoch's last 15 steps of each process."""
-    run = ["threads=1", "dataset=synthetic", "dataset.n_train=500", "batch_size=10", "+model.hidden=[16]",
-           "epochs=2", "prune.iterations=1", "round_store.enabled=false", "rewind.step=25",
-           "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={tmp_path}"]
+    run = [
+        "threads=1",
+        "dataset=synthetic",
+        "dataset.n_train=500",
+        "batch_size=10",
+        "+model.hidden=[16]",
+        "epochs=2",
+        "prune.iterations=1",
+        "round_store.enabled=false",
+        "rewind.step=25",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "+trainer.strategy=ddp",
+        f"hydra.run.dir={tmp_path}",
+    ]
     train(*run)
     res = results.read_json(tmp_path / results.RESULTS)
     assert res["status"] == "complete" and [e["epoch"] for e in res["rounds"][1]["epochs"]] == [1]

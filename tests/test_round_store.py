@@ -1,5 +1,6 @@
 """Each distinct round trained once (phicenter/engine/reuse.py, roundstore.py): the round key, the store, the
 cohort's representatives, and what results.json says of it. Every store here is a fresh temporary folder."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tests.cli import ROOT, env
+from tests.faults import counted, die_at_validation
 
 from phicenter.config import validate
 from phicenter.engine import build, loop
@@ -20,8 +23,6 @@ from phicenter.engine.cohort import make_variants
 from phicenter.engine.reuse import RoundKeys
 from phicenter.engine.roundstore import Entry, RoundStore
 from phicenter.method import pruning
-from tests.faults import counted, die_at_validation
-from tests.cli import ROOT, env
 
 # digits, one epoch a round: mask0 and standard at |phi| <= 1e-3 re-sign nothing (docs/method.md)
 FAST = ["epochs=1", "prune.iterations=2", "threads=1"]
@@ -45,14 +46,16 @@ def comparable(path: Path) -> dict:
     for r in res["rounds"] + [res["final"]]:
         for k in ("seconds", "seconds_packed", "reused_from"):
             r.pop(k, None)
-    res.pop("packed", None)   # which variants shared a cohort, and the stack of those that trained
+    res.pop("packed", None)  # which variants shared a cohort, and the stack of those that trained
     return res
 
 
 def metrics(path: Path) -> list:
     """What a round trained: its metrics and epoch history (not phi's diagnostics, which differ by phi)."""
-    return [(r["round"], r["sparsity"], r["train_loss"], r["val_acc"], r["test_acc"], r["epochs"])
-            for r in results.read_json(path)["rounds"]]
+    return [
+        (r["round"], r["sparsity"], r["train_loss"], r["val_acc"], r["test_acc"], r["epochs"])
+        for r in results.read_json(path)["rounds"]
+    ]
 
 
 def rounds_reused(path: Path) -> list:
@@ -60,6 +63,7 @@ def rounds_reused(path: Path) -> list:
 
 
 # ---------------------------------------------------------------- the key
+
 
 def _key(*overrides: str, r: int = 1, edit=None) -> str:
     cfg = config("dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides)
@@ -74,15 +78,29 @@ def _key(*overrides: str, r: int = 1, edit=None) -> str:
 
 def test_key_follows_what_is_trained_and_nothing_else():
     base = _key()
-    training = ["optim.lr=0.002", "epochs=3", "batch_size=32", "seed=1", "trainer.precision=bf16-mixed",
-                "schedule.name=cosine", "dataset.val_size=30", "dataset.augment=true", "dataset.split_seed=1",
-                "dataset.noise=30", "+model.hidden=[20,10]", "rewind.epoch=1", "rewind.step=3",
-                "+trainer.gradient_clip_val=1.0"]
+    training = [
+        "optim.lr=0.002",
+        "epochs=3",
+        "batch_size=32",
+        "seed=1",
+        "trainer.precision=bf16-mixed",
+        "schedule.name=cosine",
+        "dataset.val_size=30",
+        "dataset.augment=true",
+        "dataset.split_seed=1",
+        "dataset.noise=30",
+        "+model.hidden=[20,10]",
+        "rewind.epoch=1",
+        "rewind.step=3",
+        "+trainer.gradient_clip_val=1.0",
+    ]
     for o in training:
         assert _key(o) != base, o
     assert _key(r=2) != base
-    assert RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cuda").header != \
-        RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cpu").header
+    assert (
+        RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cuda").header
+        != RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cpu").header
+    )
     state_edits = {
         "a weight": lambda n: pruning.raw_weight(n.fc1).view(-1)[0].add_(1e-7),
         "a mask bit": lambda n: pruning.mask_of(n.fc2).mask.view(-1)[3].logical_not_(),
@@ -92,12 +110,25 @@ def test_key_follows_what_is_trained_and_nothing_else():
     for what, edit in state_edits.items():
         assert _key(edit=edit) != base, what
     # the execution settings that leave a round's bits alone (those that do not: tests/test_round_key.py)
-    execution = ["data_dir=/elsewhere", "trainer.enable_progress_bar=true", "checkpoint.keep_all=true",
-                 "checkpoint.every_n_epochs=2", "resume=false", "trainer.accelerator=cpu", "round_store.dir=/x",
-                 "round_store.enabled=false", "pack_chunk=2",
-                 # phi and the strategy act only through the state at the round's start
-                 "phi=0.5", "strategy=mask1", "prune.base=0.5", "reinit.magnitude=0.1", "phi_scale=layer_std",
-                 "strategy=random_mask", "prune.conv_base=0.9"]
+    execution = [
+        "data_dir=/elsewhere",
+        "trainer.enable_progress_bar=true",
+        "checkpoint.keep_all=true",
+        "checkpoint.every_n_epochs=2",
+        "resume=false",
+        "trainer.accelerator=cpu",
+        "round_store.dir=/x",
+        "round_store.enabled=false",
+        "pack_chunk=2",
+        # phi and the strategy act only through the state at the round's start
+        "phi=0.5",
+        "strategy=mask1",
+        "prune.base=0.5",
+        "reinit.magnitude=0.1",
+        "phi_scale=layer_std",
+        "strategy=random_mask",
+        "prune.conv_base=0.9",
+    ]
     for o in execution:
         assert _key(o) == base, o
 
@@ -115,11 +146,12 @@ def test_the_mask_a_boundary_makes_is_in_the_key():
     """prune.* and the strategy are out of the settings the key holds, and in it through the state the boundary
     made: the convolutions' own rate, and a random mask against lth's magnitude mask, give other round-1 keys."""
     assert _boundary_key("model=conv2", "prune.conv_base=0.9") != _boundary_key("model=conv2")
-    assert _boundary_key("model=conv2", "prune.conv_base=0.8") == _boundary_key("model=conv2")   # = prune.base
+    assert _boundary_key("model=conv2", "prune.conv_base=0.8") == _boundary_key("model=conv2")  # = prune.base
     assert _boundary_key("strategy=random_mask") != _boundary_key("strategy=lth")
 
 
 # ---------------------------------------------------------------- store on vs off
+
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
@@ -129,9 +161,11 @@ def grid(tmp_path_factory):
         for s, p in GRID:
             loop.run(config(f"strategy={s}", f"phi={p}", *FAST, *store_args(store)), out / side / f"{s}_{p}")
     base = config(*FAST, *store_args(out / "packed_store"))
-    variants = [v for s in ("mask0", "standard", "mask1", "gradual")
-                for v in make_variants(config(*FAST, f"strategy={s}", *store_args(out / "packed_store")),
-                                       [0.0, 1e-3])]
+    variants = [
+        v
+        for s in ("mask0", "standard", "mask1", "gradual")
+        for v in make_variants(config(*FAST, f"strategy={s}", *store_args(out / "packed_store")), [0.0, 1e-3])
+    ]
     assert base.round_store.enabled
     loop.train(variants, out / "packed")
     return out, variants
@@ -146,24 +180,26 @@ def test_store_on_and_off_give_the_same_results(grid):
         b = torch.load(results.checkpoint_path(out / "off" / name, 2), weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in b), name
     for v, (s, p) in zip(variants, GRID):
-        assert comparable(out / "packed" / v.name / results.RESULTS) == \
-            comparable(out / "off" / f"{s}_{p}" / results.RESULTS), v.name
+        assert comparable(out / "packed" / v.name / results.RESULTS) == comparable(
+            out / "off" / f"{s}_{p}" / results.RESULTS
+        ), v.name
 
 
 def test_each_distinct_round_is_trained_once(grid):
     out, variants = grid
     off = [rounds_reused(out / "off" / f"{s}_{p}" / results.RESULTS) for s, p in GRID]
-    assert all(r is None for rs in off for r in rs)   # store off: every round trained
+    assert all(r is None for rs in off for r in rs)  # store off: every round trained
     on = {(s, p): rounds_reused(out / "on" / f"{s}_{p}" / results.RESULTS) for s, p in GRID}
     first = str((out / "on" / "mask0_0.0").resolve())
     assert on[("mask0", 0.0)] == [None, None, None]
-    assert all(on[c][0] == first for c in GRID[1:])   # round 0: the same dense training for all eight
-    for s in ("mask0", "standard"):   # phi = 1e-3 re-signs nothing: the phi = 0 run, round after round
+    assert all(on[c][0] == first for c in GRID[1:])  # round 0: the same dense training for all eight
+    for s in ("mask0", "standard"):  # phi = 1e-3 re-signs nothing: the phi = 0 run, round after round
         assert on[(s, 1e-3)] == [first, *[str((out / "on" / f"{s}_0.0").resolve())] * 2]
-    for s in ("mask1", "gradual"):    # theta0 in the reference: phi moves signs, the rounds are their own
+    for s in ("mask1", "gradual"):  # theta0 in the reference: phi moves signs, the rounds are their own
         assert on[(s, 1e-3)][1:] == [None, None]
-    keys = {r["round_key"] for s, p in GRID for r in results.read_json(out / "on" / f"{s}_{p}" /
-                                                                         results.RESULTS)["rounds"]}
+    keys = {
+        r["round_key"] for s, p in GRID for r in results.read_json(out / "on" / f"{s}_{p}" / results.RESULTS)["rounds"]
+    }
     trained = sum(r is None for rs in on.values() for r in rs)
     assert trained == len(keys) == RoundStore(out / "store").usage()["entries"] == 1 + 2 * 2 + 4 * 2
     # packed: the same, inside one cohort; its variants reuse the representative's folder
@@ -183,6 +219,7 @@ def test_a_later_grid_reuses_an_earlier_ones_rounds(grid, tmp_path):
 
 
 # ---------------------------------------------------------------- the store itself
+
 
 def test_corrupt_entry_is_reported_ignored_and_retrained(tmp_path, caplog):
     store = tmp_path / "store"
@@ -204,8 +241,14 @@ def test_corrupt_entry_is_reported_ignored_and_retrained(tmp_path, caplog):
 
 
 def _publish(root: str, barrier, results_queue) -> None:
-    entry = Entry("ab" + "0" * 62, 0, f"run-{multiprocessing.current_process().pid}",
-                  {"w": torch.arange(1000.0)}, [{"round": 0, "epoch": 0, "train_loss": 1.0}], (0.5, 0.9))
+    entry = Entry(
+        "ab" + "0" * 62,
+        0,
+        f"run-{multiprocessing.current_process().pid}",
+        {"w": torch.arange(1000.0)},
+        [{"round": 0, "epoch": 0, "train_loss": 1.0}],
+        (0.5, 0.9),
+    )
     barrier.wait()
     results_queue.put(RoundStore(root).put(entry))
 
@@ -222,13 +265,13 @@ def test_two_jobs_publishing_one_key_leave_one_valid_entry(tmp_path):
     store = RoundStore(tmp_path)
     entry = store.get("ab" + "0" * 62)
     assert entry is not None and torch.equal(entry.model["w"], torch.arange(1000.0)) and entry.test == (0.5, 0.9)
-    assert [p.name for p in (tmp_path / "ab").iterdir()] == ["ab" + "0" * 62]   # no temporary folder left
+    assert [p.name for p in (tmp_path / "ab").iterdir()] == ["ab" + "0" * 62]  # no temporary folder left
     assert store.usage()["entries"] == 1
 
 
 def test_a_half_written_entry_is_never_read(tmp_path):
     key = "cd" + "1" * 62
-    half = tmp_path / "cd" / f".{key}.x.tmp"   # what a job still writing has
+    half = tmp_path / "cd" / f".{key}.x.tmp"  # what a job still writing has
     half.mkdir(parents=True)
     (half / "state.pt").write_bytes(b"partial")
     store = RoundStore(tmp_path)
@@ -239,8 +282,17 @@ def test_concurrent_jobs_of_a_multirun_share_the_store(tmp_path):
     """submitit's local launcher: two jobs in parallel processes that share every round (mask0 at phi 0 and
     1e-4); both finish, every key has one valid entry, and the multirun's end counts rounds and the store."""
     store, sweep = tmp_path / "store", tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "phicenter.train", "-m", "hydra/launcher=local", "phi=0,1e-4", *FAST,
-           f"round_store.dir={store}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phicenter.train",
+        "-m",
+        "hydra/launcher=local",
+        "phi=0,1e-4",
+        *FAST,
+        f"round_store.dir={store}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(sweep.glob("*/results.json"))
@@ -250,7 +302,7 @@ def test_concurrent_jobs_of_a_multirun_share_the_store(tmp_path):
     assert keys == [r["round_key"] for r in results.read_json(runs[1])["rounds"]]
     for key in keys:
         assert RoundStore(store).get(key) is not None
-    assert not [p for p in store.glob("*/*") if p.name.startswith(".")]   # no temporary folder left
+    assert not [p for p in store.glob("*/*") if p.name.startswith(".")]  # no temporary folder left
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     jobs = summary["complete"]
     assert sum(j["rounds_trained"] + j["rounds_reused"] for j in jobs) == 6
@@ -259,6 +311,7 @@ def test_concurrent_jobs_of_a_multirun_share_the_store(tmp_path):
 
 # ---------------------------------------------------------------- resume with representatives
 
+
 def test_killed_cohort_resumes_mid_round_with_its_representatives(tmp_path, monkeypatch):
     """A cohort whose variants share round 0 (one representative) and then part, killed mid-round 1 and
     relaunched: it resumes from the epoch checkpoint of the same representatives, to the results of a
@@ -266,23 +319,27 @@ def test_killed_cohort_resumes_mid_round_with_its_representatives(tmp_path, monk
     extra = ["epochs=4", "prune.iterations=1", "threads=1", "strategy=mask1"]
     loop.train(make_variants(config(*extra, "round_store.enabled=false"), [0.0, 0.02]), tmp_path / "ref")
     vs = make_variants(config(*extra, f"round_store.dir={tmp_path / 'store'}"), [0.0, 0.02])
-    calls = die_at_validation(monkeypatch, 7)   # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
+    calls = die_at_validation(monkeypatch, 7)  # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
     with pytest.raises(loop.CohortFailed):
         loop.train(vs, tmp_path / "run")
     assert list((tmp_path / "run" / "checkpoints").glob("cohort_*/round_001_epochs/last.ckpt"))
     counted(monkeypatch, calls)
     again = loop.train(vs, tmp_path / "run")
-    assert calls["n"] == 2   # validation after epochs 2 and 3 of round 1
+    assert calls["n"] == 2  # validation after epochs 2 and 3 of round 1
     for v in vs:
-        assert comparable(tmp_path / "run" / v.name / results.RESULTS)["rounds"] == \
-            comparable(tmp_path / "ref" / v.name / results.RESULTS)["rounds"]
+        assert (
+            comparable(tmp_path / "run" / v.name / results.RESULTS)["rounds"]
+            == comparable(tmp_path / "ref" / v.name / results.RESULTS)["rounds"]
+        )
         assert again[v.name]["status"] == "complete"
-    assert rounds_reused(tmp_path / "run" / vs[1].name / results.RESULTS)[0] == \
-        str((tmp_path / "run" / vs[0].name).resolve())
+    assert rounds_reused(tmp_path / "run" / vs[1].name / results.RESULTS)[0] == str(
+        (tmp_path / "run" / vs[0].name).resolve()
+    )
     assert not list((tmp_path / "run" / "checkpoints").glob("cohort_*"))
 
 
 # ---------------------------------------------------------------- the summary and the report
+
 
 def test_report_counts_trained_and_reused_rounds(grid, tmp_path):
     from phicenter.analysis import report
@@ -291,6 +348,7 @@ def test_report_counts_trained_and_reused_rounds(grid, tmp_path):
     assert report.main([str(out / "on"), "--out", str(tmp_path / "rep")]) == 0
     assert "Rounds: 13 trained, 11 reused" in (tmp_path / "rep" / "report.md").read_text()
     import csv
+
     with open(tmp_path / "rep" / "runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sum(int(r["rounds_trained"]) for r in rows) == 13 and sum(int(r["rounds_reused"]) for r in rows) == 11
@@ -300,8 +358,7 @@ def test_bench_row_reports_both_sides(tmp_path):
     """phicenter.bench.rounds on a small grid: trained rounds off and on, the ratio, identical results."""
     from phicenter.bench.rounds import round_store_grid, table
 
-    res = round_store_grid(epochs=1, iterations=1, strategies=("mask0", "mask1"), phis=(0.0, 1e-3),
-                           workdir=tmp_path)
+    res = round_store_grid(epochs=1, iterations=1, strategies=("mask0", "mask1"), phis=(0.0, 1e-3), workdir=tmp_path)
     assert res["rounds_total"] == res["rounds_trained_off"] == 8
     assert res["rounds_trained_on"] == res["distinct_keys"] == res["store"]["entries"] == 1 + 1 + 2
     assert res["identical_results"] and res["round_store_wall_ratio"] > 0

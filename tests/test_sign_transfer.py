@@ -17,6 +17,7 @@ so the transferred net is
     [[0.3, -0.6, -0.1], [0, -0.05, 0.7]]   [0.2, 0.4]
     [[-0.5, 0], [0.8, 0]]                  [-0.05, 0.6]
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tests.faults import counted, die_at_validation
+from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 from torch import nn
 
 from phicenter.config import validate
@@ -36,8 +39,6 @@ from phicenter.engine.reuse import RoundKeys, training_settings
 from phicenter.method import aws, polarity, pruning, seeding, transfer
 from phicenter.method.imp import IMP, IMPConfig
 from phicenter.method.strategies import build as strategy
-from tests.faults import counted, die_at_validation
-from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 S1 = torch.tensor([[-0.3, 0.6, 0.1], [0.25, -0.05, -0.7]])
@@ -63,12 +64,13 @@ def transfer_init() -> nn.Sequential:
 
 # ---------------------------------------------------------------- the transfer (method.transfer)
 
+
 def test_stage_one_boundary_is_lrrs():
     a, _, da = one_round("lrr")
     b, _, db = one_round("sign_transfer")
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
-    assert da == db                      # phi acts only in the transfer: nothing re-signed at the boundary
+    assert da == db  # phi acts only in the transfer: nothing re-signed at the boundary
     assert strategy("sign_transfer").transfers and not strategy("lrr").transfers
     assert not strategy("sign_rewind").transfers
 
@@ -86,7 +88,7 @@ def test_transfer_puts_the_signs_on_the_transfer_inits_magnitudes():
     close(moved[2].bias, [-0.05, 0.6])
     assert torch.equal(pruning.mask_of(moved[0]).mask, KEEP1) and torch.equal(pruning.mask_of(moved[2]).mask, KEEP2)
     assert not pruning.mask_of(moved[0]).fill.any()
-    with torch.no_grad():   # the mask holds whatever the optimizer does to the weight
+    with torch.no_grad():  # the mask holds whatever the optimizer does to the weight
         pruning.raw_weight(moved[0]).fill_(5.0)
     pruning.reapply_masks(moved)
     close(moved[0].weight, [[5, 5, 5], [0, 5, 5]])
@@ -97,11 +99,19 @@ def test_transfer_puts_the_signs_on_the_transfer_inits_magnitudes():
     d = transfer.diagnostics(imp.layers, imp.phis, signed, init)
     l0, l2 = d["layers"]["0"], d["layers"]["2"]
     # layer 0: phi re-signed 0.05 and 0.12; transferred [+, -, -, -, +] vs init [-, +, +, -, -]: 4 differ
-    assert (l0["survivors"], l0["flipped_by_phi_count"], l0["flipped_vs_init_count"], l0["dead_zone_count"]) == \
-        (5, 2, 4, 2)
+    assert (l0["survivors"], l0["flipped_by_phi_count"], l0["flipped_vs_init_count"], l0["dead_zone_count"]) == (
+        5,
+        2,
+        4,
+        2,
+    )
     # layer 2: [-, +] vs init [+, -]: 2 differ; nothing in the dead zone
-    assert (l2["survivors"], l2["flipped_by_phi_count"], l2["flipped_vs_init_count"], l2["dead_zone_count"]) == \
-        (2, 0, 2, 0)
+    assert (l2["survivors"], l2["flipped_by_phi_count"], l2["flipped_vs_init_count"], l2["dead_zone_count"]) == (
+        2,
+        0,
+        2,
+        0,
+    )
     assert l0["critical_phi_pos"] == pytest.approx(0.05) and l0["critical_phi_neg"] == pytest.approx(-0.3)
     assert l2["critical_phi_pos"] == pytest.approx(0.4) and l2["critical_phi_neg"] == pytest.approx(-0.2)
     assert d["flipped_by_phi"] == pytest.approx(2 / 7) and d["flipped_vs_init"] == pytest.approx(6 / 7)
@@ -133,13 +143,13 @@ def test_transfer_leaves_normalisation_layers_at_their_init():
         trained[1].running_mean.copy_(torch.tensor([0.7, -0.7]))
     moved = bn_net()
     with torch.no_grad():
-        moved[1].weight.copy_(torch.tensor([0.9, 1.1]))   # "its init"
+        moved[1].weight.copy_(torch.tensor([0.9, 1.1]))  # "its init"
         moved[1].running_var.copy_(torch.tensor([2.0, 4.0]))
     before = {k: v.clone() for k, v in moved[1].state_dict().items()}
     transfer.transfer(moved, transfer.signed_mask(imp.layers, imp.phis))
     for k, v in moved[1].state_dict().items():
         assert torch.equal(v, before[k]), k
-    close(moved[0].weight, [[0.4, -0.3], [0.2, 0.1]])      # same signs, same magnitudes
+    close(moved[0].weight, [[0.4, -0.3], [0.2, 0.1]])  # same signs, same magnitudes
     close(moved[2].weight, [[-0.5, 0.6], [0.7, -0.8]])
 
 
@@ -155,8 +165,15 @@ def test_transfer_refuses_another_architecture():
 def sign_transfer_level_one():
     """A sign_transfer run at its first level (transfer seed 7, phi 0.1), its "trained" weights moved by hand so
     that signs changed and some survivors lie in (0, phi): (cfg, splits, net, imp, member)."""
-    cfg = config("dataset=synthetic", "dataset.n_train=60", "dataset.n_test=20", "dataset.val_size=20",
-                 "strategy=sign_transfer", "strategy.transfer_seed=7", "phi=0.1")
+    cfg = config(
+        "dataset=synthetic",
+        "dataset.n_train=60",
+        "dataset.n_test=20",
+        "dataset.val_size=20",
+        "strategy=sign_transfer",
+        "strategy.transfer_seed=7",
+        "phi=0.1",
+    )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
     imp = build.build_imp(cfg, net, validate(cfg))
@@ -176,14 +193,18 @@ def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
     own = build.build_model(cfg, splits)
     for name, layer in pruning.prunable_layers(moved).items():
         keep = pruning.mask_of(imp.layers[name]).mask
-        want = torch.where(keep, dict(fresh.named_modules())[name].weight.abs()
-                           * polarity.signs(imp.layers[name].weight, 0.1), torch.zeros(()))
+        want = torch.where(
+            keep,
+            dict(fresh.named_modules())[name].weight.abs() * polarity.signs(imp.layers[name].weight, 0.1),
+            torch.zeros(()),
+        )
         assert torch.equal(layer.weight, want), name
-        assert not torch.equal(dict(own.named_modules())[name].weight.abs(),
-                               dict(fresh.named_modules())[name].weight.abs())
+        assert not torch.equal(
+            dict(own.named_modules())[name].weight.abs(), dict(fresh.named_modules())[name].weight.abs()
+        )
     assert diag["survivors"] == sum(int(pruning.mask_of(l).mask.sum()) for l in imp.layers.values())
     assert diag["dead_zone_count"] > 0
-    assert engine_transfer.transfer_seed(config("strategy=sign_transfer", "seed=4")) == 5   # default: seed + 1
+    assert engine_transfer.transfer_seed(config("strategy=sign_transfer", "seed=4")) == 5  # default: seed + 1
 
 
 def test_dry_run_counts_what_a_transfer_would_resign():
@@ -193,29 +214,31 @@ def test_dry_run_counts_what_a_transfer_would_resign():
     net = tiny()
     imp = IMP(net, strategy("mask0"), IMPConfig(**CFG))
     train_by_hand(net)
-    rows = {r["strategy"]: r for r in dryrun.phi_table(imp, phis=[0.15],
-                                                        strategy_names=["sign_transfer", "mask0", "lrr"])}
-    assert rows["sign_transfer"]["flipped_by_phi_count"] == rows["mask0"]["flipped_by_phi_count"] == 2   # 0.05, 0.12
+    rows = {
+        r["strategy"]: r for r in dryrun.phi_table(imp, phis=[0.15], strategy_names=["sign_transfer", "mask0", "lrr"])
+    }
+    assert rows["sign_transfer"]["flipped_by_phi_count"] == rows["mask0"]["flipped_by_phi_count"] == 2  # 0.05, 0.12
     assert rows["sign_transfer"]["dead_zone_count"] == 2 and rows["sign_transfer"]["survivors"] == 7
     assert rows["lrr"]["flipped_by_phi_count"] == 0
 
 
 # ---------------------------------------------------------------- AWS (method.aws)
 
+
 def test_towards_identity_by_hand():
     params = {"bn.weight": torch.tensor([2.0, -1.0]), "bn.bias": torch.tensor([0.5, -4.0])}
     names = {"bn.weight": "gamma", "bn.bias": "beta"}
     out = aws.towards_identity(params, names, 0.25)
-    close(out["bn.weight"], [1.75, -0.5])          # 0.25 + 0.75 * gamma
-    close(out["bn.bias"], [0.375, -3.0])           # 0.75 * beta
+    close(out["bn.weight"], [1.75, -0.5])  # 0.25 + 0.75 * gamma
+    close(out["bn.bias"], [0.375, -3.0])  # 0.75 * beta
     stacked = {k: torch.stack([v, 2 * v]) for k, v in params.items()}
     out = aws.towards_identity(stacked, names, 0.5, on=torch.tensor([False, True]))
-    assert torch.equal(out["bn.weight"][0], stacked["bn.weight"][0])   # a variant without AWS: as it is
-    close(out["bn.weight"][1], [2.5, -0.5])        # 0.5 + 0.5 * [4, -2]
-    close(out["bn.bias"][1], [0.5, -4.0])          # 0.5 * [1, -8]
-    assert aws.affine_names(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.LayerNorm(2),
-                                          nn.BatchNorm1d(2, affine=False))) == \
-        {"1.weight": "gamma", "1.bias": "beta", "2.weight": "gamma", "2.bias": "beta"}
+    assert torch.equal(out["bn.weight"][0], stacked["bn.weight"][0])  # a variant without AWS: as it is
+    close(out["bn.weight"][1], [2.5, -0.5])  # 0.5 + 0.5 * [4, -2]
+    close(out["bn.bias"][1], [0.5, -4.0])  # 0.5 * [1, -8]
+    assert aws.affine_names(
+        nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.LayerNorm(2), nn.BatchNorm1d(2, affine=False))
+    ) == {"1.weight": "gamma", "1.bias": "beta", "2.weight": "gamma", "2.bias": "beta"}
 
 
 def test_alpha_is_drawn_per_batch_reproducibly():
@@ -227,9 +250,9 @@ def test_alpha_is_drawn_per_batch_reproducibly():
     assert first != second and 0 <= first < 1 and 0 <= second < 1
     b = aws.Alphas(3)
     b.start(1, 0)
-    assert (b.next(), b.next()) == (first, second)      # from the seed alone
+    assert (b.next(), b.next()) == (first, second)  # from the seed alone
     b.start(1, 1)
-    assert b.next() != first                             # each epoch has its own draws
+    assert b.next() != first  # each epoch has its own draws
     with pytest.raises(RuntimeError, match="start"):
         aws.Alphas(0).next()
 
@@ -243,8 +266,13 @@ def _bn_module(k: int = 1, on=(True,)):
             net[0].weight.copy_(torch.tensor([2.0, -1.0]))
             net[0].bias.copy_(torch.tensor([0.5, -4.0]))
         nets.append(net)
-    module = CohortModule(nets, {"name": "sgd", "lr": 0.1}, impl="loop", device="cpu",
-                          aws=engine_transfer.AWSTraining(5, list(on), aws.affine_names(nets[0])))
+    module = CohortModule(
+        nets,
+        {"name": "sgd", "lr": 0.1},
+        impl="loop",
+        device="cpu",
+        aws=engine_transfer.AWSTraining(5, list(on), aws.affine_names(nets[0])),
+    )
     return module, nets
 
 
@@ -253,27 +281,27 @@ def test_aws_moves_each_training_batch_and_leaves_evaluation_alone():
     module.train()
     module.aws.start(0, 0)
     g = seeding.generator(5, "aws", 0, 0)
-    x = torch.tensor([[1.0, 10.0], [3.0, 14.0]])    # batch statistics: normalised to [[-1, -1], [1, 1]]
+    x = torch.tensor([[1.0, 10.0], [3.0, 14.0]])  # batch statistics: normalised to [[-1, -1], [1, 1]]
     y = torch.tensor([0, 1])
     xhat = torch.tensor([[-1.0, -1.0], [1.0, 1.0]])
-    for _ in range(2):   # two batches, two alphas
+    for _ in range(2):  # two batches, two alphas
         alpha = float(torch.rand((), generator=g, dtype=torch.float64))
         logits, _, _ = module._losses(x, y, train=True)
         gamma = alpha + (1 - alpha) * torch.tensor([2.0, -1.0])
         beta = (1 - alpha) * torch.tensor([0.5, -4.0])
         torch.testing.assert_close(logits.detach(), gamma * xhat + beta, rtol=0, atol=1e-4)
-    assert torch.equal(net[0].weight.detach(), torch.tensor([2.0, -1.0]))   # the layer's own parameters stay
+    assert torch.equal(net[0].weight.detach(), torch.tensor([2.0, -1.0]))  # the layer's own parameters stay
     logits, loss, _ = module._losses(x, y, train=True)
     loss.backward()
-    assert net[0].weight.grad is not None and net[0].bias.grad is not None   # ... and get the gradient
+    assert net[0].weight.grad is not None and net[0].bias.grad is not None  # ... and get the gradient
     module.eval()
     plain = nn.Sequential(nn.BatchNorm1d(2))
     plain.load_state_dict(net.state_dict())
     plain.eval()
-    logits, _, _ = module._losses(x, y)                       # validation and test: the plain layers
+    logits, _, _ = module._losses(x, y)  # validation and test: the plain layers
     assert torch.equal(logits, plain(x))
     module.train()
-    logits, _, _ = module._losses(x, y)                       # a forward that is not a training step: plain
+    logits, _, _ = module._losses(x, y)  # a forward that is not a training step: plain
     plain.train()
     assert torch.equal(logits.detach(), plain(x).detach())
 
@@ -288,22 +316,26 @@ def test_aws_in_a_stacked_cohort_moves_only_its_variants():
     xhat = torch.tensor([[-1.0, -1.0], [1.0, 1.0]])
     want = (alpha + (1 - alpha) * torch.tensor([2.0, -1.0])) * xhat + (1 - alpha) * torch.tensor([0.5, -4.0])
     torch.testing.assert_close(logits[0].detach(), want, rtol=0, atol=1e-4)
-    torch.testing.assert_close(logits[1].detach(), torch.tensor([2.0, -1.0]) * xhat + torch.tensor([0.5, -4.0]),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        logits[1].detach(), torch.tensor([2.0, -1.0]) * xhat + torch.tensor([0.5, -4.0]), rtol=0, atol=1e-4
+    )
     assert module.stack.transform is None
 
 
 def test_aws_needs_normalisation_layers_and_a_variant_that_asks():
-    members = [SimpleNamespace(variant=SimpleNamespace(cfg=config("strategy=sign_transfer", f"strategy.aws={a}")))
-               for a in ("true", "false")]
-    assert engine_transfer.AWSTraining.of(members, [tiny()]) is None             # no normalisation layer
+    members = [
+        SimpleNamespace(variant=SimpleNamespace(cfg=config("strategy=sign_transfer", f"strategy.aws={a}")))
+        for a in ("true", "false")
+    ]
+    assert engine_transfer.AWSTraining.of(members, [tiny()]) is None  # no normalisation layer
     bn = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    assert engine_transfer.AWSTraining.of(members[1:], [bn]) is None             # aws=false
+    assert engine_transfer.AWSTraining.of(members[1:], [bn]) is None  # aws=false
     got = engine_transfer.AWSTraining.of(members, [bn])
     assert got.on.tolist() == [True, False] and got.names == {"1.weight": "gamma", "1.bias": "beta"}
 
 
 # ---------------------------------------------------------------- the round key
+
 
 def test_aws_is_in_the_round_key_and_the_transfer_seed_is_not():
     lrr = training_settings(config("strategy=lrr"))
@@ -327,8 +359,19 @@ RUN = ["dataset=digits", "epochs=2", "prune.iterations=2", "threads=1", "phi=0.0
 
 
 def _stage_one(res: dict) -> list:
-    return [(r["round"], r["round_key"], r["sparsity"], r["train_loss"], r["val_acc"], r["test_acc"], r["epochs"],
-             r["flipped_vs_init"]) for r in res["rounds"]]
+    return [
+        (
+            r["round"],
+            r["round_key"],
+            r["sparsity"],
+            r["train_loss"],
+            r["val_acc"],
+            r["test_acc"],
+            r["epochs"],
+            r["flipped_vs_init"],
+        )
+        for r in res["rounds"]
+    ]
 
 
 def _without_seconds(res: dict) -> list:
@@ -344,8 +387,10 @@ def _without_seconds(res: dict) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("sign_transfer")
-    return {name: loop.run(config(*RUN, f"strategy={name}"), d / name) | {"dir": d / name}
-            for name in ("lrr", "sign_transfer")}
+    return {
+        name: loop.run(config(*RUN, f"strategy={name}"), d / name) | {"dir": d / name}
+        for name in ("lrr", "sign_transfer")
+    }
 
 
 def test_stage_one_rounds_are_lrrs_bit_for_bit(runs):
@@ -357,19 +402,20 @@ def test_a_run_records_each_levels_transfer(runs):
     res = runs["sign_transfer"]
     assert res["status"] == "complete" and res["transfer_seed"] == 1
     rounds = res["rounds"]
-    assert rounds[0]["transfer"] is None                 # the dense round: nothing to transfer
+    assert rounds[0]["transfer"] is None  # the dense round: nothing to transfer
     for r in rounds[1:]:
         t = r["transfer"]
         assert t["seed"] == 1 and t["diverged"] is None
         assert [e["epoch"] for e in t["epochs"]] == [0, 1] and all(e["round"] == r["round"] for e in t["epochs"])
         assert 0.5 < t["val_acc"] <= 1 and 0.5 < t["test_acc"] <= 1 and t["val_acc"] == t["epochs"][-1]["val_acc"]
-        assert (t["val_acc"], t["test_acc"]) != (r["val_acc"], r["test_acc"])   # another network
+        assert (t["val_acc"], t["test_acc"]) != (r["val_acc"], r["test_acc"])  # another network
         assert t["survivors"] == round((1 - r["sparsity"]) * res["model_parameters"]["prunable"])
         assert t["layers"].keys() == r["layers"].keys() == {"fc1", "fc2", "out"}
-        assert 0.3 < t["flipped_vs_init"] < 0.7           # the trained signs against a fresh draw's: about half
+        assert 0.3 < t["flipped_vs_init"] < 0.7  # the trained signs against a fresh draw's: about half
     # the report: the transferred accuracy beside stage 1's
-    from phicenter.analysis import report
     from tests.test_report import read_csv
+
+    from phicenter.analysis import report
 
     out = res["dir"] / "report"
     report.report([res["dir"].parent], out)
@@ -388,14 +434,15 @@ def test_transfer_events_reach_tensorboard(runs):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"transfer/val_acc", "transfer/test_acc", "transfer_epoch/train_loss", "transfer_epoch/val_acc"} <= tags
-    assert [e.step for e in acc.Scalars("transfer/test_acc")] == [3, 5]      # rounds 1 and 2, 2 epochs each
+    assert [e.step for e in acc.Scalars("transfer/test_acc")] == [3, 5]  # rounds 1 and 2, 2 epochs each
     assert [e.value for e in acc.Scalars("transfer/test_acc")] == pytest.approx(
-        [r["transfer"]["test_acc"] for r in runs["sign_transfer"]["rounds"][1:]])
+        [r["transfer"]["test_acc"] for r in runs["sign_transfer"]["rounds"][1:]]
+    )
 
 
 def test_a_kill_in_the_transfer_fit_redoes_at_most_that_fit(runs, tmp_path, monkeypatch):
     cfg = config(*RUN, "strategy=sign_transfer")
-    calls = die_at_validation(monkeypatch, 6)   # round 0: 2, round 1: 2, its transfer: epoch 0, then this one
+    calls = die_at_validation(monkeypatch, 6)  # round 0: 2, round 1: 2, its transfer: epoch 0, then this one
     with pytest.raises(loop.CohortFailed):
         loop.run(cfg, tmp_path)
     assert (tmp_path / "checkpoints" / "round_001_transfer_epochs" / "last.ckpt").exists()
@@ -418,8 +465,9 @@ def test_packed_sign_transfer_variants_match_their_runs_alone(runs, tmp_path):
     alone = runs["sign_transfer"]
     packed = out["phi=0.001,strategy=sign_transfer"]
     assert _stage_one(packed) == _stage_one(alone)
-    assert [r["transfer"] and {k: v for k, v in r["transfer"].items() if k != "seconds"} for r in packed["rounds"]] \
-        == [r["transfer"] and {k: v for k, v in r["transfer"].items() if k != "seconds"} for r in alone["rounds"]]
+    assert [r["transfer"] and {k: v for k, v in r["transfer"].items() if k != "seconds"} for r in packed["rounds"]] == [
+        r["transfer"] and {k: v for k, v in r["transfer"].items() if k != "seconds"} for r in alone["rounds"]
+    ]
     assert _stage_one(out["phi=0.001,strategy=lrr"]) == _stage_one(runs["lrr"])
     other = out["phi=0.0,strategy=sign_transfer"]
     assert [r["round_key"] for r in other["rounds"]] == [r["round_key"] for r in alone["rounds"]]
@@ -427,14 +475,26 @@ def test_packed_sign_transfer_variants_match_their_runs_alone(runs, tmp_path):
 
 
 def test_aws_changes_stage_one_on_a_net_with_batchnorm(tmp_path):
-    common = ["experiment=cifar10_resnet20", "dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.n_train=40",
-              "dataset.val_size=10", "dataset.n_test=10", "dataset.num_classes=5", "batch_size=10", "epochs=1",
-              "prune.iterations=1", "threads=1", "strategy=sign_transfer", "round_store.enabled=false",
-              "dataset.augment=false"]
+    common = [
+        "experiment=cifar10_resnet20",
+        "dataset=synthetic",
+        "dataset.shape=[3,8,8]",
+        "dataset.n_train=40",
+        "dataset.val_size=10",
+        "dataset.n_test=10",
+        "dataset.num_classes=5",
+        "batch_size=10",
+        "epochs=1",
+        "prune.iterations=1",
+        "threads=1",
+        "strategy=sign_transfer",
+        "round_store.enabled=false",
+        "dataset.augment=false",
+    ]
     off = loop.run(config(*common), tmp_path / "off")
     on = loop.run(config(*common, "strategy.aws=true"), tmp_path / "on")
     assert on["rounds"][0]["train_loss"] != off["rounds"][0]["train_loss"]
     assert on["rounds"][0]["round_key"] != off["rounds"][0]["round_key"]
     assert on["rounds"][1]["transfer"]["seed"] == 1 and math.isfinite(on["rounds"][1]["transfer"]["test_acc"])
     again = loop.run(config(*common, "strategy.aws=true"), tmp_path / "again")
-    assert again["rounds"][0]["train_loss"] == on["rounds"][0]["train_loss"]      # alpha from the seed
+    assert again["rounds"][0]["train_loss"] == on["rounds"][0]["train_loss"]  # alpha from the seed

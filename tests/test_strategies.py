@@ -24,6 +24,7 @@ Pruning with base 0.8, output_base 0.5:
     layer 2: 4 alive, k = round(2.0) = 2 -> 0.01 and 0.05 go.         keep2 = [[1, 0], [1, 0]]
 phi = 0.15 (absolute) unless a test says otherwise.
 """
+
 import math
 
 import pytest
@@ -45,7 +46,7 @@ TB2 = torch.tensor([-0.7, 0.8])
 C1, C2 = math.sqrt(0.1), math.sqrt(0.225)
 KEEP1 = torch.tensor([[True, True, True], [False, True, True]])
 KEEP2 = torch.tensor([[True, False], [True, False]])
-CFG = dict(phi=0.15, base=0.8, output_base=0.5)
+CFG = {"phi": 0.15, "base": 0.8, "output_base": 0.5}
 
 
 def tiny():
@@ -88,8 +89,8 @@ def check_masks(net):
 
 def test_constants_and_phis_by_hand():
     imp = IMP(tiny(), build("mask1"), IMPConfig(**CFG))
-    assert imp.constants["0"] == pytest.approx(C1, rel=1e-6)          # population std (correction=0)
-    assert imp.constants["0"] != pytest.approx(math.sqrt(0.12), rel=1e-3)   # not the sample std
+    assert imp.constants["0"] == pytest.approx(C1, rel=1e-6)  # population std (correction=0)
+    assert imp.constants["0"] != pytest.approx(math.sqrt(0.12), rel=1e-3)  # not the sample std
     assert imp.constants["2"] == pytest.approx(C2, rel=1e-6)
     assert isinstance(imp.constants["0"], float)
     assert imp.phis == {"0": 0.15, "2": 0.15}
@@ -115,10 +116,18 @@ def test_mask1():
     # the same entry. dead zone (0, 0.15): the 0.1. layer 2: 0.0 flips (+1 at 0 by the tie, -1 at 0.15): 1 of 2;
     # it is on the boundary, not inside the dead zone.
     l0, l2 = diag["layers"]["0"], diag["layers"]["2"]
-    assert (l0["survivors"], l0["flipped_by_phi_count"], l0["flipped_vs_init_count"], l0["dead_zone_count"]) \
-        == (5, 1, 1, 1)
-    assert (l2["survivors"], l2["flipped_by_phi_count"], l2["flipped_vs_init_count"], l2["dead_zone_count"]) \
-        == (2, 1, 1, 0)
+    assert (l0["survivors"], l0["flipped_by_phi_count"], l0["flipped_vs_init_count"], l0["dead_zone_count"]) == (
+        5,
+        1,
+        1,
+        1,
+    )
+    assert (l2["survivors"], l2["flipped_by_phi_count"], l2["flipped_vs_init_count"], l2["dead_zone_count"]) == (
+        2,
+        1,
+        1,
+        0,
+    )
     assert l0["flipped_by_phi"] == pytest.approx(1 / 5) and l2["flipped_by_phi"] == pytest.approx(1 / 2)
     assert diag["flipped_by_phi"] == pytest.approx(2 / 7)
     assert diag["flipped_vs_init"] == pytest.approx(2 / 7)
@@ -273,6 +282,7 @@ def test_random_mask_draws_the_mask_and_rewinds_survivors_to_theta0():
 def test_random_mask_keeps_lths_per_layer_counts_with_nested_masks():
     """Over 6 rounds of a 3-layer net: each layer's alive count is lth's (the count rule depends only on the alive
     count and the base), each round's mask lies inside the previous one, and is the seeded draw among the alive."""
+
     def make(name):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
@@ -281,7 +291,7 @@ def test_random_mask_keeps_lths_per_layer_counts_with_nested_masks():
     (net_r, imp_r), (net_l, imp_l) = make("random_mask"), make("lth")
     before = {n: torch.ones(l.weight.shape, dtype=torch.bool) for n, l in imp_r.layers.items()}
     for r in range(1, 7):
-        for net in (net_r, net_l):   # "training": distinct magnitudes, so lth's mask is magnitude's
+        for net in (net_r, net_l):  # "training": distinct magnitudes, so lth's mask is magnitude's
             with torch.no_grad():
                 for i, layer in enumerate(pruning.prunable_layers(net).values()):
                     layer.weight.copy_(torch.linspace(-1, 1, layer.weight.numel()).view_as(layer.weight) * (i + 1))
@@ -291,12 +301,14 @@ def test_random_mask_keeps_lths_per_layer_counts_with_nested_masks():
         for n in imp_r.layers:
             m_r, m_l = pruning.mask_of(imp_r.layers[n]).mask, pruning.mask_of(imp_l.layers[n]).mask
             assert int(m_r.sum()) == int(m_l.sum())
-            assert bool((m_r <= before[n]).all())                       # nested
+            assert bool((m_r <= before[n]).all())  # nested
             k = int(before[n].sum()) - int(m_r.sum())
             assert torch.equal(m_r, random_mask_keep(11, r, n, m_r.shape, k, before[n]))
             before[n] = m_r.clone()
-    assert any(not torch.equal(pruning.mask_of(imp_r.layers[n]).mask, pruning.mask_of(imp_l.layers[n]).mask)
-               for n in imp_r.layers)
+    assert any(
+        not torch.equal(pruning.mask_of(imp_r.layers[n]).mask, pruning.mask_of(imp_l.layers[n]).mask)
+        for n in imp_r.layers
+    )
 
 
 def test_phi_scale_layer_std():
@@ -354,8 +366,9 @@ def test_second_round_standard_freezes_each_weight_at_its_own_rounds_value():
     net, imp, _ = one_round("standard")
     # round 2 "training": the optimizer wrote garbage into layer 0's pruned [1, 0]; the step's re-application
     # puts it back at 0.02
-    train_by_hand(net, w1=torch.tensor([[0.7, -0.03, -0.5], [999.0, 0.6, -0.9]]),
-                  w2=torch.tensor([[0.3, 555.0], [-0.2, 555.0]]))
+    train_by_hand(
+        net, w1=torch.tensor([[0.7, -0.03, -0.5], [999.0, 0.6, -0.9]]), w2=torch.tensor([[0.3, 555.0], [-0.2, 555.0]])
+    )
     close(net[0].weight, [[0.7, -0.03, -0.5], [0.02, 0.6, -0.9]])
     imp.advance(2)
     # layer 0: 5 alive, k = round(1.0) = 1 -> -0.03 goes (frozen at -0.03); survivors 0.7 +, -0.5 -, 0.6 +, -0.9 -
@@ -366,8 +379,9 @@ def test_second_round_standard_freezes_each_weight_at_its_own_rounds_value():
 
 def test_second_round_mask0():
     net, imp, _ = one_round("mask0")
-    train_by_hand(net, w1=torch.tensor([[0.7, -0.03, -0.5], [999.0, 0.6, -0.9]]),
-                  w2=torch.tensor([[0.3, 555.0], [-0.2, 555.0]]))
+    train_by_hand(
+        net, w1=torch.tensor([[0.7, -0.03, -0.5], [999.0, 0.6, -0.9]]), w2=torch.tensor([[0.3, 555.0], [-0.2, 555.0]])
+    )
     imp.advance(2)
     close(net[0].weight, [[C1, 0, -C1], [0, C1, -C1]])
     close(net[2].weight, [[C2, 0], [0, 0]])
@@ -382,8 +396,9 @@ def test_the_papers_four_strategies_share_rewind_other():
     """mask0, mask1, gradual and standard differ only in where the signs come from: one rewind_other default
     (false: biases and BatchNorm kept trained), in the declarations and in conf/strategy/*.yaml alike; the
     baselines keep theirs."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     from phicenter.method.options import STRATEGY_OPTIONS
 
@@ -392,24 +407,38 @@ def test_the_papers_four_strategies_share_rewind_other():
     in_conf = {n: yaml.safe_load((conf / f"{n}.yaml").read_text())["rewind_other"] for n in STRATEGY_OPTIONS}
     assert declared == in_conf
     assert {declared[n] for n in ("mask0", "mask1", "gradual", "standard")} == {False}
-    assert (declared["lth"], declared["sign_rewind"], declared["sign_transfer"], declared["random"],
-            declared["lrr"], declared["random_mask"]) == (True, True, False, False, False, True)
+    assert (
+        declared["lth"],
+        declared["sign_rewind"],
+        declared["sign_transfer"],
+        declared["random"],
+        declared["lrr"],
+        declared["random_mask"],
+    ) == (True, True, False, False, False, True)
     assert all(build(n).rewind_other is False for n in ("mask0", "mask1", "gradual", "standard"))
 
 
-@pytest.mark.parametrize("name, options, rewound", [
-    ("lth", {}, True),
-    ("mask0", {}, False), ("mask1", {}, False), ("gradual", {}, False), ("standard", {}, False),
-    ("random", {}, False), ("random_mask", {}, True),
-    ("mask1", {"rewind_other": True}, True), ("mask0", {"rewind_other": True}, True),
-])
+@pytest.mark.parametrize(
+    "name, options, rewound",
+    [
+        ("lth", {}, True),
+        ("mask0", {}, False),
+        ("mask1", {}, False),
+        ("gradual", {}, False),
+        ("standard", {}, False),
+        ("random", {}, False),
+        ("random_mask", {}, True),
+        ("mask1", {"rewind_other": True}, True),
+        ("mask0", {"rewind_other": True}, True),
+    ],
+)
 def test_non_prunable_parameters(name, options, rewound):
     net = bn_net()
     theta0 = {k: v.clone() for k, v in net.state_dict().items()}
     imp = IMP(net, build(name, **options), IMPConfig(phi=0.0))
     # "training": move every bias, BN affine parameter and running statistic away from theta0
     net.train()
-    net(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))      # running stats, num_batches_tracked
+    net(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))  # running stats, num_batches_tracked
     with torch.no_grad():
         net[0].bias.add_(1.0)
         net[1].weight.mul_(3.0)
@@ -444,14 +473,14 @@ def gradual_round(round_index=1, seed=0, fraction=0.7):
         pruning.raw_weight(net[0]).copy_(trained)
     diag = imp.advance(round_index)
     keep = pruning.mask_of(net[0]).mask
-    from_trained = (net[0].weight < 0) & keep        # theta0 > 0 everywhere, trained < 0 everywhere
+    from_trained = (net[0].weight < 0) & keep  # theta0 > 0 everywhere, trained < 0 everywhere
     return from_trained, keep, diag
 
 
 def test_gradual_trained_share_and_determinism():
     from_trained, keep, diag = gradual_round()
     n = int(keep.sum())
-    assert n == 8000                                  # 10000 - round(0.2 * 10000)
+    assert n == 8000  # 10000 - round(0.2 * 10000)
     share = int(from_trained.sum()) / n
     # Binomial(8000, 0.7): sd = sqrt(.7 * .3 / 8000) = 0.0051; allow ~4 sd
     assert abs(share - 0.7) < 0.02

@@ -13,6 +13,7 @@ zone), signs(W2, 0.15) = [[-, .], [+, .]]. Put on the initialisation
 keeping its magnitudes it gives [[0.3, -0.6, -0.1], [0, -0.05, 0.7]], [0.2, 0.4], [[-0.5, 0], [0.8, 0]],
 [-0.05, 0.6]; with c = 0.5 (fc1) and 0.25 (out), [[0.5, -0.5, -0.5], [0, -0.5, 0.5]] and [[-0.25, 0], [0.25, 0]].
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tests.cli import env
 
 from phicenter import data, export, models, ticket
 from phicenter.engine import build
@@ -33,7 +35,6 @@ from phicenter.method import polarity, pruning
 from phicenter.method import transfer as method_transfer
 from phicenter.method.imp import IMP, IMPConfig
 from phicenter.method.strategies import build as strategy
-from tests.cli import env
 
 ROOT = Path(__file__).resolve().parents[1]
 W1 = torch.tensor([[0.9, 0.05, -0.3], [0.0, 0.12, 0.8]])
@@ -50,10 +51,17 @@ SB2 = torch.tensor([0.05, -0.6])
 
 # ---------------------------------------------------------------- runs
 
-SMALL = ["dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.n_train=60", "dataset.val_size=10",
-         "dataset.n_test=20", "dataset.num_classes=4", "batch_size=10"]
-RUNS = {   # name: overrides; 1 epoch x 2 rounds each
-    "fc_lot-magnitude": ["strategy=standard"],                  # the frozen fills travel in the ticket
+SMALL = [
+    "dataset=synthetic",
+    "dataset.shape=[3,8,8]",
+    "dataset.n_train=60",
+    "dataset.val_size=10",
+    "dataset.n_test=20",
+    "dataset.num_classes=4",
+    "batch_size=10",
+]
+RUNS = {  # name: overrides; 1 epoch x 2 rounds each
+    "fc_lot-magnitude": ["strategy=standard"],  # the frozen fills travel in the ticket
     "fc_lot-structured": ["prune.method=structured"],
     "conv2-magnitude": ["model=conv2", *SMALL, "strategy=mask1", "phi=0.001"],
     "conv2-structured": ["model=conv2", *SMALL, "prune.method=structured", "strategy=mask1"],
@@ -66,8 +74,17 @@ def train(folder: Path, *overrides: str) -> dict:
     from phicenter.engine.loop import run
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["round_store.enabled=false", "threads=1", "epochs=1",
-                                           "prune.iterations=2", "checkpoint.keep_all=true", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "round_store.enabled=false",
+                "threads=1",
+                "epochs=1",
+                "prune.iterations=2",
+                "checkpoint.keep_all=true",
+                *overrides,
+            ],
+        )
     return run(cfg, folder)
 
 
@@ -104,22 +121,29 @@ def test_load_gives_the_runs_logits_bit_for_bit(runs, name, tmp_path, capsys):
     folder, res = runs[name]
     out = export_ok(capsys, folder, "--out", tmp_path / "t.safetensors")
     size, ckpt = (tmp_path / "t.safetensors").stat().st_size, checkpoint_path(folder, 2).stat().st_size
-    assert f"t.safetensors: " in out and f"({size:,} bytes)" in out and f"round_002.pt: " in out
+    assert "t.safetensors: " in out and f"({size:,} bytes)" in out and "round_002.pt: " in out
     assert f"({ckpt:,} bytes)" in out and size < ckpt
     net, ref = ticket.load(tmp_path / "t.safetensors"), checkpoint_net(folder, 2)
-    assert not any(k.endswith(("_mask", "_fill")) for k in net.state_dict())   # a plain module
+    assert not any(k.endswith(("_mask", "_fill")) for k in net.state_dict())  # a plain module
     hits = n = 0
     with torch.no_grad():
         for x, y in split_of(folder)[2]:
             logits = net(x)
             assert torch.equal(logits, ref(x))
             hits, n = hits + int((logits.argmax(1) == y).sum()), n + len(y)
-    assert hits / n == res["rounds"][2]["test_acc"]          # what the run recorded for round 2
+    assert hits / n == res["rounds"][2]["test_acc"]  # what the run recorded for round 2
     t = ticket.read(tmp_path / "t.safetensors")
     m = t.meta
     cfg = res["config"]
     assert (m["model"], m["round"], m["round_key"], m["phi"], m["strategy"], m["prune"], m["config"]) == (
-        cfg["model"]["name"], 2, res["rounds"][2]["round_key"], cfg["phi"], cfg["strategy"], cfg["prune"], cfg)
+        cfg["model"]["name"],
+        2,
+        res["rounds"][2]["round_key"],
+        cfg["phi"],
+        cfg["strategy"],
+        cfg["prune"],
+        cfg,
+    )
     assert (m["input_shape"], m["num_classes"]) == (res["data"]["input_shape"], res["data"]["num_classes"])
     layers = pruning.prunable_layers(ref)
     for lname, layer in layers.items():
@@ -128,7 +152,7 @@ def test_load_gives_the_runs_logits_bit_for_bit(runs, name, tmp_path, capsys):
         assert torch.equal(t.masks()[lname], pruning.mask_of(layer).mask)
     fills = [k for k in t.tensors if k.endswith(".weight.fill")]
     frozen = cfg["strategy"]["name"] == "standard" and cfg["prune"]["method"] == "magnitude"
-    assert bool(fills) == frozen                               # only standard's frozen trained values
+    assert bool(fills) == frozen  # only standard's frozen trained values
 
 
 def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
@@ -137,8 +161,16 @@ def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
     from phicenter.engine.loop import train as train_cohort
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["round_store.enabled=false", "threads=1", "epochs=1",
-                                           "prune.iterations=1", "checkpoint.keep_all=true"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "round_store.enabled=false",
+                "threads=1",
+                "epochs=1",
+                "prune.iterations=1",
+                "checkpoint.keep_all=true",
+            ],
+        )
     job = tmp_path / "job"
     train_cohort(make_variants(cfg, phis=[0.0, 0.001], strategies=[{"name": "mask1", "rewind_other": False}]), job)
     variants = sorted(p.name for p in job.iterdir() if (p / "results.json").is_file())
@@ -158,6 +190,7 @@ def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the file's tensors by hand
 
+
 def test_a_weights_tensors_by_hand():
     """mask [[1, 1, 0], [1, 0, 1]] packs to 1 + 2 + 8 + 32 = 43; the survivors 0.5, -0.0, -2.0, 3.0 have sign
     bits 0, 1, 1, 0: 2 + 4 = 6; their magnitudes 0.5, 0, 2, 3. A pruned weight at a non-zero fill (7.0) makes
@@ -175,16 +208,18 @@ def test_a_weights_tensors_by_hand():
     assert np.unpackbits(enc["fc.weight.mask"].numpy(), bitorder="little")[:6].tolist() == [1, 1, 0, 1, 0, 1]
     back, m, f = encoding.decode_weight("fc", enc, (2, 3), torch.float32)
     assert torch.equal(back.view(torch.int32), w.view(torch.int32)) and torch.equal(m, mask) and torch.equal(f, fill)
-    assert torch.signbit(back[0, 1])                                   # -0.0 comes back as -0.0
+    assert torch.signbit(back[0, 1])  # -0.0 comes back as -0.0
     assert "fc.weight.fill" not in encoding.encode_weight("fc", torch.where(mask, w, 0.0), mask, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="a pruned weight is not at its fill"):
         encoding.encode_weight("fc", w, mask, torch.zeros(2, 3))
     with pytest.raises(ticket.TicketError, match="do not hold the 6 bits"):
-        encoding.decode_weight("fc", dict(enc, **{"fc.weight.mask": torch.tensor([43, 0], dtype=torch.uint8)}),
-                               (2, 3), torch.float32)
+        encoding.decode_weight(
+            "fc", dict(enc, **{"fc.weight.mask": torch.tensor([43, 0], dtype=torch.uint8)}), (2, 3), torch.float32
+        )
 
 
 # ---------------------------------------------------------------- apply (the transfer)
+
 
 def hand_ticket(tmp_path: Path) -> ticket.Ticket:
     """The docstring's trained, masked net as a ticket, written and read back."""
@@ -195,9 +230,14 @@ def hand_ticket(tmp_path: Path) -> ticket.Ticket:
             layers[name].weight.copy_(w)
             layers[name].bias.copy_(b)
             pruning.mask_of(layers[name]).mask.copy_(keep)
-    meta = {"model": "fc_lot", "input_shape": [1, 1, 3], "num_classes": 2, "model_options": {"hidden": [2]},
-            "phis": {"fc1": 0.15, "out": 0.15},
-            "config": {"model": {"name": "fc_lot", "init": "torch_default", "hidden": [2]}}}
+    meta = {
+        "model": "fc_lot",
+        "input_shape": [1, 1, 3],
+        "num_classes": 2,
+        "model_options": {"hidden": [2]},
+        "phis": {"fc1": 0.15, "out": 0.15},
+        "config": {"model": {"name": "fc_lot", "init": "torch_default", "hidden": [2]}},
+    }
     ticket.save(tmp_path / "hand.safetensors", ticket.encode(net, meta, {"fc1": 0.5, "out": 0.25}))
     return ticket.read(tmp_path / "hand.safetensors")
 
@@ -219,13 +259,13 @@ def close(actual, expected):
 def test_apply_by_hand(tmp_path):
     t = hand_ticket(tmp_path)
     assert t.phis == {"fc1": 0.15, "out": 0.15} and t.constants == {"fc1": 0.5, "out": 0.25}
-    moved = ticket.apply(t, hand_init())                          # keeping the init's magnitudes
+    moved = ticket.apply(t, hand_init())  # keeping the init's magnitudes
     close(moved.fc1.weight, [[0.3, -0.6, -0.1], [0.0, -0.05, 0.7]])
     close(moved.fc1.bias, [0.2, 0.4])
     close(moved.out.weight, [[-0.5, 0.0], [0.8, 0.0]])
     close(moved.out.bias, [-0.05, 0.6])
     assert torch.equal(pruning.mask_of(moved.fc1).mask, KEEP1) and torch.equal(pruning.mask_of(moved.out).mask, KEEP2)
-    moved = ticket.apply(tmp_path / "hand.safetensors", hand_init(), magnitude="c")   # setting c
+    moved = ticket.apply(tmp_path / "hand.safetensors", hand_init(), magnitude="c")  # setting c
     close(moved.fc1.weight, [[0.5, -0.5, -0.5], [0.0, -0.5, 0.5]])
     close(moved.out.weight, [[-0.25, 0.0], [0.25, 0.0]])
     close(moved.out.bias, [-0.05, 0.6])
@@ -246,12 +286,19 @@ def test_apply_is_sign_transfers_transfer(tmp_path):
 def test_a_sign_transfer_ticket_applied_is_stage_twos_transferred_net(tmp_path):
     """The ticket of a sign_transfer level, applied to the transfer seed's initialisation, is bit for bit the
     network the engine's stage 2 trains (engine.transfer.transferred_net), survivors in the dead zone included."""
-    from phicenter.engine import transfer as engine_transfer
     from tests.test_sign_transfer import sign_transfer_level_one
 
+    from phicenter.engine import transfer as engine_transfer
+
     cfg, splits, net, imp, member = sign_transfer_level_one()
-    meta = {"model": "fc_lot", "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
-            "model_options": {}, "phis": dict(imp.phis), "config": OmegaConf.to_container(cfg, resolve=True)}
+    meta = {
+        "model": "fc_lot",
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "model_options": {},
+        "phis": dict(imp.phis),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     ticket.save(tmp_path / "level1.safetensors", ticket.encode(net, meta, imp.constants))
     t = ticket.read(tmp_path / "level1.safetensors")
     stage_two, diag = engine_transfer.transferred_net(member, 7, splits)
@@ -289,6 +336,7 @@ def test_apply_onto_a_new_seed(runs, tmp_path):
 
 # ---------------------------------------------------------------- compact and ONNX
 
+
 def widths(width: int, rounds: int) -> int:
     for _ in range(rounds):
         width -= pruning.n_to_prune(width, 0.8)
@@ -305,12 +353,12 @@ def test_compact_and_onnx_match_the_masked_network(runs, name, tmp_path, capsys)
     compact, masked = ticket.load(tmp_path / "c.safetensors"), checkpoint_net(folder, 2)
     kept = ticket.kept_units(ticket.read(tmp_path / "c.safetensors"))
     shapes = {k: tuple(v.shape) for k, v in compact.state_dict().items()}
-    if name.startswith("fc_lot"):      # 300 -> 240 -> 192 and 100 -> 80 -> 64 units; digits' 64 inputs
+    if name.startswith("fc_lot"):  # 300 -> 240 -> 192 and 100 -> 80 -> 64 units; digits' 64 inputs
         assert (shapes["fc1.weight"], shapes["fc2.weight"], shapes["out.weight"]) == ((192, 64), (64, 192), (10, 64))
-    elif name.startswith("conv2"):     # 64 -> 41 filters; conv2's 41 filters x 4 x 4 flattened into fc1
+    elif name.startswith("conv2"):  # 64 -> 41 filters; conv2's 41 filters x 4 x 4 flattened into fc1
         assert (shapes["conv1.weight"], shapes["conv2.weight"]) == ((41, 3, 3, 3), (41, 41, 3, 3))
         assert (shapes["fc1.weight"], shapes["fc2.weight"], shapes["out.weight"]) == ((164, 656), (164, 164), (4, 164))
-    else:                              # each block's conv1 (and bn1, conv2's inputs); the residual stream whole
+    else:  # each block's conv1 (and bn1, conv2's inputs); the residual stream whole
         for i, w in enumerate((16,) * 3 + (32,) * 3 + (64,) * 3):
             k = widths(w, 2)
             assert shapes[f"blocks.{i}.conv1.weight"][0] == shapes[f"blocks.{i}.bn1.weight"][0] == k
@@ -321,7 +369,7 @@ def test_compact_and_onnx_match_the_masked_network(runs, name, tmp_path, capsys)
     with torch.no_grad():
         for x, _ in split_of(folder)[2]:
             want = masked(x)
-            assert want.abs().max() < 100           # logits of a sane scale: 1e-5 is a real bound
+            assert want.abs().max() < 100  # logits of a sane scale: 1e-5 is a real bound
             got = compact(x)
             assert (got - want).abs().max() <= 1e-5
             for batch in (x[:1], x):
@@ -361,13 +409,16 @@ def prune_by_hand(net, masks, layer: str, index) -> None:
 
 def test_a_residual_block_that_cannot_be_compacted_is_refused():
     net, masks = untrained_resnet()
-    prune_by_hand(net, masks, "blocks.4.conv2", 3)    # a unit whose output enters the residual addition
-    with pytest.raises(ticket.CompactError, match=r"^residual block blocks\.4 cannot be compacted: 1 of the 32 "
-                                                  r"units of blocks\.4\.conv2 are pruned, but its output enters a "
-                                                  r"residual addition"):
+    prune_by_hand(net, masks, "blocks.4.conv2", 3)  # a unit whose output enters the residual addition
+    with pytest.raises(
+        ticket.CompactError,
+        match=r"^residual block blocks\.4 cannot be compacted: 1 of the 32 "
+        r"units of blocks\.4\.conv2 are pruned, but its output enters a "
+        r"residual addition",
+    ):
         ticket.compact(net, masks)
     net, masks = untrained_resnet()
-    prune_by_hand(net, masks, "blocks.2.conv1", slice(None))   # every unit, and every weight that reads them
+    prune_by_hand(net, masks, "blocks.2.conv1", slice(None))  # every unit, and every weight that reads them
     prune_by_hand(net, masks, "blocks.2.conv2", slice(None))
     with pytest.raises(ticket.CompactError, match=r"^blocks\.2 cannot be compacted: every unit of blocks\.2\.conv1"):
         ticket.compact(net, masks)
@@ -387,6 +438,7 @@ def test_the_command_line_refuses_that_block(runs, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- refusals
+
 
 def refused(capsys, argv, message: str, folder: Path | None = None) -> None:
     assert export.main([str(a) for a in argv]) == 2
@@ -425,10 +477,13 @@ def test_bad_exports_are_refused_with_nothing_written(runs, tmp_path, capsys, mo
     (run / "results.json").write_text(json.dumps(record))
     refused(capsys, [run, "--round", "1"], "round 1 is not complete (completed: 0; status running)", run)
     refused(capsys, [good, "--compact"], "--compact needs a structured ticket (prune.method=structured)")
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)       # as if it were not installed
-    refused(capsys, [runs["conv2-structured"][0], "--compact", "--onnx"],
-            "--onnx needs onnxruntime, which is not installed: pip install 'phicenter[onnx]'",
-            runs["conv2-structured"][0])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    refused(
+        capsys,
+        [runs["conv2-structured"][0], "--compact", "--onnx"],
+        "--onnx needs onnxruntime, which is not installed: pip install 'phicenter[onnx]'",
+        runs["conv2-structured"][0],
+    )
     refused(capsys, [good, "--round", "x"], "argument --round: invalid int value: 'x'")
     refused(capsys, [good, "--onnx", "--out", tmp_path / "t.onnx"], "--out names the ticket file")
 
@@ -438,10 +493,17 @@ def test_a_file_that_is_not_a_ticket_is_refused_in_one_line(tmp_path):
 
     (tmp_path / "text.safetensors").write_text("hello")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "pt"})
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "old.safetensors"),
-              metadata={"format": '"phicenter-ticket"', "version": "99"})
-    for name, message in (("nope", "no such file"), ("text", "not a safetensors file"),
-                          ("other", "its metadata is not phicenter's"), ("old", "ticket version 99")):
+    save_file(
+        {"w": torch.zeros(2)},
+        str(tmp_path / "old.safetensors"),
+        metadata={"format": '"phicenter-ticket"', "version": "99"},
+    )
+    for name, message in (
+        ("nope", "no such file"),
+        ("text", "not a safetensors file"),
+        ("other", "its metadata is not phicenter's"),
+        ("old", "ticket version 99"),
+    ):
         with pytest.raises(ticket.TicketError, match=message):
             ticket.load(tmp_path / f"{name}.safetensors")
 
@@ -452,24 +514,42 @@ def test_a_failed_write_leaves_nothing(runs, tmp_path, capsys):
 
     io.inject("1:ENOSPC:.onnx")
     try:
-        assert export.main([str(runs["conv2-structured"][0]), "--compact", "--onnx", "--out",
-                            str(tmp_path / "c.safetensors")]) == 1
+        assert (
+            export.main(
+                [str(runs["conv2-structured"][0]), "--compact", "--onnx", "--out", str(tmp_path / "c.safetensors")]
+            )
+            == 1
+        )
     finally:
         io.inject(None)
     assert "No space left on device" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_the_command_exits_2_and_ticket_imports_neither_lightning_nor_hydra(runs, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "phicenter.export", str(tmp_path / "nope")], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phicenter.export", str(tmp_path / "nope")],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such folder" in proc.stderr
     assert export.main([str(runs["fc_lot-structured"][0]), "--out", str(tmp_path / "t.safetensors")]) == 0
-    code = ("import sys; from phicenter import ticket; net = ticket.load(sys.argv[1]); "
-            "t = ticket.read(sys.argv[1]); ticket.apply(t, t.initialisation(seed=3)); "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf')); print(bad)")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.safetensors")], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from phicenter import ticket; net = ticket.load(sys.argv[1]); "
+        "t = ticket.read(sys.argv[1]); ticket.apply(t, t.initialisation(seed=3)); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf')); print(bad)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "t.safetensors")],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -492,5 +572,6 @@ def test_the_bench_rows(monkeypatch):
         assert row["compact_max_diff"] <= 1e-5 * max(1.0, row["largest_logit"])
         assert row["sparsity"] == pytest.approx(1 - row["weights"] / row["dense_weights"])
         assert set(row["latency_s"]) == {1, 256} and all(
-            set(v) == {"dense", "masked", "compact"} and min(v.values()) > 0 for v in row["latency_s"].values())
+            set(v) == {"dense", "masked", "compact"} and min(v.values()) > 0 for v in row["latency_s"].values()
+        )
     assert rows[1]["weights"] < rows[0]["weights"]

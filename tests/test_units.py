@@ -1,6 +1,7 @@
 """How units are wired (method.units): which units structured pruning removes in every registered architecture,
 what leaves with a removed unit (for every strategy), that it stays gone through training, and the effective
 sparsity counted by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -32,14 +33,18 @@ def chain(names, norms=None, last_flat=True, head="out"):
 
 def resnet(blocks: int, shortcuts: tuple[int, ...]):
     removable = {f"blocks.{i}.conv1": ((f"blocks.{i}.bn1",), ((f"blocks.{i}.conv2", False),)) for i in range(blocks)}
-    kept = {"conv": ADD, **{f"blocks.{i}.conv2": ADD for i in range(blocks)},
-            **{f"blocks.{i}.shortcut.0": ADD for i in shortcuts}, "out": OUT}
+    kept = {
+        "conv": ADD,
+        **{f"blocks.{i}.conv2": ADD for i in range(blocks)},
+        **{f"blocks.{i}.shortcut.0": ADD for i in shortcuts},
+        "out": OUT,
+    }
     return removable, kept
 
 
 CONV_FC = ["fc1", "fc2"]
-VGG_D = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]             # features index of each conv, no BN
-VGG_D_BN = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]         # with BN (conv, BN, ReLU per conv)
+VGG_D = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # features index of each conv, no BN
+VGG_D_BN = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]  # with BN (conv, BN, ReLU per conv)
 
 
 def conv_net(convs: int):
@@ -58,8 +63,12 @@ WIRING = {
     "vgg16": [({}, chain([f"conv{i}" for i in range(1, 14)], [f"bn{i}" for i in range(1, 14)]), {"out": OUT})],
     "vgg16_pretrained": [
         ({"pretrained": False}, chain([f"features.{i}" for i in VGG_D]), {"out": OUT}),
-        ({"pretrained": False, "batch_norm": True},
-         chain([f"features.{i}" for i in VGG_D_BN], [f"features.{i + 1}" for i in VGG_D_BN]), {"out": OUT})],
+        (
+            {"pretrained": False, "batch_norm": True},
+            chain([f"features.{i}" for i in VGG_D_BN], [f"features.{i + 1}" for i in VGG_D_BN]),
+            {"out": OUT},
+        ),
+    ],
     "resnet20": [({}, *resnet(9, (3, 6)))],
     "resnet18": [({}, *resnet(8, (2, 4, 6)))],
 }
@@ -78,7 +87,7 @@ def test_wiring_of_each_model(name, case):
     assert {n: (r.norms, r.readers) for n, r in w.removable.items()} == removable
     assert w.kept == kept
     assert set(w.removable) | set(w.kept) == set(pruning.prunable_layers(net))
-    assert units.effective_sparsity(net, w) == (0.0, {n: 0.0 for n in pruning.prunable_layers(net)})
+    assert units.effective_sparsity(net, w) == (0.0, dict.fromkeys(pruning.prunable_layers(net), 0.0))
 
 
 def test_a_removed_conv_filter_takes_its_flattened_columns():
@@ -87,8 +96,10 @@ def test_a_removed_conv_filter_takes_its_flattened_columns():
     net = models.build("conv2", (3, 32, 32), 10)
     pruning.attach_masks(net)
     w = units.Wiring(net)
-    masks = {n: torch.ones_like(pruning.mask_of(l).mask, dtype=torch.float32)
-             for n, l in pruning.prunable_layers(net).items()}
+    masks = {
+        n: torch.ones_like(pruning.mask_of(l).mask, dtype=torch.float32)
+        for n, l in pruning.prunable_layers(net).items()
+    }
     masks["conv2"][5] = 0
     closed = w.close(masks)
     cols = closed["fc1"].bool().all(0)
@@ -97,6 +108,7 @@ def test_a_removed_conv_filter_takes_its_flattened_columns():
 
 
 # ---------------------------------------------------------------- effective sparsity by hand
+
 
 def set_masks(net, masks: dict, fills: dict | None = None):
     for name, layer in pruning.prunable_layers(net).items():
@@ -134,20 +146,30 @@ def test_effective_sparsity_of_a_432_mlp_by_hand():
     assert per == {"0": pytest.approx(10 / 12), "2": pytest.approx(4 / 6)} and total == pytest.approx(14 / 18)
     # a pruned weight frozen at a non-zero value (strategy.pruned_fill=trained) is in the forward pass: unit 1
     # reads input 0 through it, so it acts, and so does the weight out of unit 1
-    set_masks(net, {"0": [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]], "2": [[0, 1, 1], [0, 0, 1]]},
-              {"0": [[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]})
+    set_masks(
+        net,
+        {"0": [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]], "2": [[0, 1, 1], [0, 0, 1]]},
+        {"0": [[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]},
+    )
     total, per = units.effective_sparsity(net, w)
     assert per == {"0": pytest.approx(9 / 12), "2": pytest.approx(3 / 6)} and total == pytest.approx(12 / 18)
 
 
 def conv_flatten():
     """Conv2d(2, 3, 1, no bias) -> BatchNorm2d(3) -> ReLU -> Flatten -> Linear(12, 2) on 2x2x2 inputs."""
-    net = nn.Sequential(OrderedDict(conv=nn.Conv2d(2, 3, 1, bias=False), bn=nn.BatchNorm2d(3), relu=nn.ReLU(),
-                                    flat=nn.Flatten(), fc=nn.Linear(12, 2)))
+    net = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(2, 3, 1, bias=False),
+            bn=nn.BatchNorm2d(3),
+            relu=nn.ReLU(),
+            flat=nn.Flatten(),
+            fc=nn.Linear(12, 2),
+        )
+    )
     pruning.attach_masks(net)
     fc = torch.zeros(2, 12)
-    fc[0, [0, 1]] = 1          # output 0 reads columns 0, 1 (channel 0)
-    fc[1, 8:12] = 1            # output 1 reads channel 2's four columns
+    fc[0, [0, 1]] = 1  # output 0 reads columns 0, 1 (channel 0)
+    fc[1, 8:12] = 1  # output 1 reads channel 2's four columns
     set_masks(net, {"conv": [[1, 1], [0, 0], [1, 0]], "fc": fc})
     with torch.no_grad():
         net.bn.weight.copy_(torch.tensor([1.0, 0.0, 0.0]))
@@ -171,7 +193,7 @@ def test_effective_sparsity_of_a_conv_net_with_a_flatten_by_hand():
     assert eff["conv"].flatten(1).tolist() == [[True, True], [False, False], [False, False]]
     assert eff["fc"].nonzero().tolist() == [[0, 0], [0, 1], [1, 8], [1, 9], [1, 10], [1, 11]]
     with torch.no_grad():
-        net.bn.bias[2] = 0     # channel 2 silent: fc's columns of it are dead too
+        net.bn.bias[2] = 0  # channel 2 silent: fc's columns of it are dead too
     total, per = units.effective_sparsity(net, w)
     assert per == {"conv": pytest.approx(4 / 6), "fc": pytest.approx(22 / 24)} and total == pytest.approx(26 / 30)
 
@@ -200,7 +222,7 @@ def test_effective_sparsity_across_a_residual_addition_by_hand():
     assert per == {"a": 0.5, "b": 1.0, "out": 0.5} and total == pytest.approx(7 / 10)
     with pytest.raises(ValueError, match="no unit of this network can be removed .*a: its output enters a residual"):
         IMP(net, build("mask0"), IMPConfig(method="structured"))
-    IMP(Residual(), build("mask0"), IMPConfig())            # magnitude pruning has nothing to remove
+    IMP(Residual(), build("mask0"), IMPConfig())  # magnitude pruning has nothing to remove
 
 
 def test_an_op_the_wiring_cannot_follow_is_refused_in_one_line():
@@ -210,7 +232,7 @@ def test_an_op_the_wiring_cannot_follow_is_refused_in_one_line():
             self.a, self.out = nn.Linear(2, 2), nn.Linear(2, 1)
 
         def forward(self, x):
-            return self.out(torch.sigmoid(self.a(x)))      # sigmoid(0) = 0.5: a silent unit would speak
+            return self.out(torch.sigmoid(self.a(x)))  # sigmoid(0) = 0.5: a silent unit would speak
 
     with pytest.raises(ValueError, match="cannot follow units through .*sigmoid"):
         units.Wiring(Gate())
@@ -218,11 +240,21 @@ def test_an_op_the_wiring_cannot_follow_is_refused_in_one_line():
 
 # ---------------------------------------------------------------- a removed unit is gone, for every strategy
 
+
 def small():
     """conv (2 -> 3, 1x1) -> BN -> ReLU -> flatten (3 x 2 x 2 = 12) -> fc (12 -> 4) -> ReLU -> out (4 -> 2)."""
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(conv=nn.Conv2d(2, 3, 1), bn=nn.BatchNorm2d(3), relu=nn.ReLU(),
-                                     flat=nn.Flatten(), fc=nn.Linear(12, 4), relu2=nn.ReLU(), out=nn.Linear(4, 2)))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(2, 3, 1),
+            bn=nn.BatchNorm2d(3),
+            relu=nn.ReLU(),
+            flat=nn.Flatten(),
+            fc=nn.Linear(12, 4),
+            relu2=nn.ReLU(),
+            out=nn.Linear(4, 2),
+        )
+    )
 
 
 def train_small_by_hand(net):
@@ -240,7 +272,7 @@ def train_small_by_hand(net):
         net.bn.running_var.copy_(torch.tensor([1.0, 2.0, 3.0]))
         net.fc.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.4]))
         net.out.bias.copy_(torch.tensor([0.05, -0.05]))
-    pruning.reapply_masks(net)   # as after every optimizer step
+    pruning.reapply_masks(net)  # as after every optimizer step
 
 
 def removed_small(name: str):
@@ -261,7 +293,7 @@ def poke_removed(net):
         pruning.raw_weight(net.fc)[[0, 2]] = 3.0
         net.fc.bias[[0, 2]] = 3.0
         pruning.raw_weight(net.out)[:, [0, 2]] = 4.0
-    pruning.reapply_masks(net)   # as after every optimizer step
+    pruning.reapply_masks(net)  # as after every optimizer step
 
 
 @pytest.mark.parametrize("name", sorted(set(STRATEGIES) - {"random_mask"}))
@@ -298,7 +330,7 @@ def test_random_mask_removes_as_many_random_units_and_they_are_gone():
     conv_alive = keep["conv"].flatten(1).all(1)
     fc_alive = keep["fc"].any(1)
     assert int(conv_alive.sum()) == 2 and int(fc_alive.sum()) == 2
-    assert torch.equal(keep["conv"].flatten(1).any(1), conv_alive)   # whole filters, nothing partial
+    assert torch.equal(keep["conv"].flatten(1).any(1), conv_alive)  # whole filters, nothing partial
     fc_cols = conv_alive.repeat_interleave(4)
     assert torch.equal(keep["fc"], fc_alive[:, None] & fc_cols)
     assert torch.equal(keep["out"], fc_alive.expand(2, 4))
@@ -308,10 +340,10 @@ def test_random_mask_removes_as_many_random_units_and_they_are_gone():
     gone_rows = (~fc_alive).nonzero().flatten().tolist()
     x = torch.randn(5, 2, 2, 2, generator=torch.Generator().manual_seed(1))
     twin = copy.deepcopy(net)
-    with torch.no_grad():   # everything a removed unit still owns
+    with torch.no_grad():  # everything a removed unit still owns
         net.conv.bias[gone_filter] = 5.0
         pruning.raw_weight(net.conv)[gone_filter] = 9.0
-        pruning.raw_weight(net.fc)[:, 4 * gone_filter:4 * gone_filter + 4] = 4.0
+        pruning.raw_weight(net.fc)[:, 4 * gone_filter : 4 * gone_filter + 4] = 4.0
         pruning.raw_weight(net.fc)[gone_rows] = 3.0
         net.fc.bias[gone_rows] = 3.0
         pruning.raw_weight(net.out)[:, gone_rows] = 4.0
@@ -331,8 +363,8 @@ def test_standard_is_mask0_under_structured_pruning():
 
 def test_removed_units_stay_removed_in_later_rounds():
     net, imp = removed_small("mask1")
-    train_small_by_hand(net)                 # "training" writes every raw value and bias again
-    imp.advance(2)                           # 2 filters left: round(0.8) = 1 more goes; fc: round(0.8) = 1
+    train_small_by_hand(net)  # "training" writes every raw value and bias again
+    imp.advance(2)  # 2 filters left: round(0.8) = 1 more goes; fc: round(0.8) = 1
     assert pruning.mask_of(net.conv).mask.flatten(1).any(1).tolist() == [True, False, False]
     assert net.conv.bias.tolist()[1:] == [0.0, 0.0] and net.bn.weight.tolist()[1:] == [0.0, 0.0]
     assert net.bn.bias.tolist()[1:] == [0.0, 0.0] and bool(net.fc.weight[:, 4:].eq(0).all())
@@ -365,7 +397,7 @@ def test_a_removed_units_bias_and_batchnorm_stay_zero_through_training(name, opt
         opt.step()
     assert (net.conv.bias[1].item(), net.bn.weight[1].item(), net.bn.bias[1].item()) == (0.0, 0.0, 0.0)
     assert net.fc.bias[[0, 2]].tolist() == [0.0, 0.0]
-    assert not torch.equal(net.fc.bias[[1, 3]], before["fc.bias"][[1, 3]])     # the others trained
+    assert not torch.equal(net.fc.bias[[1, 3]], before["fc.bias"][[1, 3]])  # the others trained
     assert not torch.equal(net.bn.weight[[0, 2]], before["bn.weight"][[0, 2]])
     assert units.effective_sparsity(net, imp.wiring)[0] == pytest.approx(38 / 62)
 
@@ -374,14 +406,28 @@ def test_a_structured_resnet_run_records_both_sparsities(tmp_path):
     """The engine end to end: resnet20 on tiny synthetic data, SGD with momentum and weight decay, mask1
     (BatchNorm rewound to theta0 every round). The trained net of the last round has every removed unit's
     BatchNorm channel at 0 and every weight that reads it masked; results.json holds both sparsities."""
-    from phicenter.engine.loop import run
-    from phicenter.engine.rundir import checkpoint_path
     from tests.test_experiments import config
 
-    cfg = config("experiment=cifar10_resnet20", "dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.n_train=40",
-                 "dataset.val_size=10", "dataset.n_test=10", "dataset.num_classes=5", "batch_size=10", "epochs=1",
-                 "prune.iterations=2", "prune.method=structured", "strategy=mask1", "threads=1",
-                 "checkpoint.keep_all=true", "round_store.enabled=false")
+    from phicenter.engine.loop import run
+    from phicenter.engine.rundir import checkpoint_path
+
+    cfg = config(
+        "experiment=cifar10_resnet20",
+        "dataset=synthetic",
+        "dataset.shape=[3,8,8]",
+        "dataset.n_train=40",
+        "dataset.val_size=10",
+        "dataset.n_test=10",
+        "dataset.num_classes=5",
+        "batch_size=10",
+        "epochs=1",
+        "prune.iterations=2",
+        "prune.method=structured",
+        "strategy=mask1",
+        "threads=1",
+        "checkpoint.keep_all=true",
+        "round_store.enabled=false",
+    )
     res = run(cfg, tmp_path)
     assert res["status"] == "complete"
     net = models.build("resnet20", (3, 8, 8), 5)
@@ -391,14 +437,15 @@ def test_a_structured_resnet_run_records_both_sparsities(tmp_path):
     for i in range(9):
         gone = ~pruning.mask_of(layers[f"blocks.{i}.conv1"]).mask.flatten(1).any(1)
         width = gone.numel()
-        first = width - pruning.n_to_prune(width, 0.8)                        # two rounds at base 0.8
+        first = width - pruning.n_to_prune(width, 0.8)  # two rounds at base 0.8
         assert int(gone.sum()) == width - (first - pruning.n_to_prune(first, 0.8))
         bn = net.get_submodule(f"blocks.{i}.bn1")
         assert bn.weight[gone].eq(0).all() and bn.bias[gone].eq(0).all() and bn.weight[~gone].ne(0).all()
         assert not pruning.mask_of(layers[f"blocks.{i}.conv2"]).mask[:, gone].any()
     for r in res["rounds"]:
         assert r["effective_sparsity"] >= r["sparsity"] and all(
-            "effective_sparsity" in lay for lay in r["layers"].values())
+            "effective_sparsity" in lay for lay in r["layers"].values()
+        )
     total, per = units.effective_sparsity(net, wiring)
     assert res["final"]["effective_sparsity"] == pytest.approx(total)
     assert {n: lay["effective_sparsity"] for n, lay in res["final"]["layers"].items()} == pytest.approx(per)

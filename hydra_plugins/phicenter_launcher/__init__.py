@@ -3,17 +3,20 @@ SLURM launcher, except that a job ending without a result (scancel, a time limit
 node) does not end the multirun while the rest of the array still runs. Each such job is named in the log; its
 own results.json (`interrupted`, `running`) and the sweep summary say where it stopped, and relaunching the
 same command resumes it."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf
+
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
 log = logging.getLogger("phicenter")
 
@@ -26,12 +29,15 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         assert self.config is not None and len(job_overrides) > 0
         params = self.params
         init_keys = {"max_num_timeout", "submitit_folder"}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"],
-                                         **{f"{self._EXECUTOR}_{k}": v for k, v in params.items()
-                                            if k == "max_num_timeout"})
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=params["submitit_folder"],
+            **{f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k == "max_num_timeout"},
+        )
         base = set(OmegaConf.structured(submitit_launcher.BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
-                                      for k, v in params.items() if k not in init_keys})
+        executor.update_parameters(
+            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k not in init_keys}
+        )
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -51,9 +57,13 @@ def _result(job, overrides: list[str]) -> JobReturn:
 
     try:
         return job.results()[0]
-    except FailedJobError:   # it raised outside the run (phicenter.train records the run's own errors)
+    except FailedJobError:  # it raised outside the run (phicenter.train records the run's own errors)
         raise
     except UncompletedJobError:
-        log.warning("job %s (%s) ended without a result (SLURM state %s); relaunch the same command to resume it",
-                    job.job_id, " ".join(overrides), job.state)
+        log.warning(
+            "job %s (%s) ended without a result (SLURM state %s); relaunch the same command to resume it",
+            job.job_id,
+            " ".join(overrides),
+            job.state,
+        )
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))

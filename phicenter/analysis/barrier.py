@@ -10,6 +10,7 @@ parameter and buffer; its BatchNorm running statistics are recomputed on trainin
 the split. The barrier is the largest error on the grid minus the mean of the two ends' errors
 (docs/method.md, "Instability analysis"). Bad input is one line and exit code 2, before any work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,7 @@ class BadInput(ValueError):
 
 # ---------------------------------------------------------------- the measurement, on plain modules
 
+
 def effective_state(state: dict) -> dict[str, torch.Tensor]:
     """A phicenter net's state dict as the plain net's: a masked weight already holds its effective value
     (a pruned entry at its fill), so its mask and fill go; a state saved while masks were parametrizations is
@@ -42,8 +44,7 @@ def effective_state(state: dict) -> dict[str, torch.Tensor]:
 
 def interpolate(a: dict, b: dict, alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) a + alpha b for every floating tensor; other tensors (BatchNorm's batch counter) from a."""
-    return {k: torch.lerp(v, b[k].to(v.dtype), alpha) if v.is_floating_point() else v.clone()
-            for k, v in a.items()}
+    return {k: torch.lerp(v, b[k].to(v.dtype), alpha) if v.is_floating_point() else v.clone() for k, v in a.items()}
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -82,7 +83,7 @@ class First:
 class LinearPath:
     alphas: list[float]
     errors: list[float]
-    bn_batches: int          # training batches the BatchNorm statistics were recomputed on (0: no BatchNorm)
+    bn_batches: int  # training batches the BatchNorm statistics were recomputed on (0: no BatchNorm)
 
     @property
     def ends(self) -> float:
@@ -97,8 +98,15 @@ class LinearPath:
         return self.alphas[max(range(len(self.errors)), key=self.errors.__getitem__)]
 
     def record(self) -> dict:
-        return {"alphas": self.alphas, "errors": self.errors, "barrier": self.barrier, "ends_mean": self.ends,
-                "max_error": max(self.errors), "worst_alpha": self.worst_alpha, "bn_batches": self.bn_batches}
+        return {
+            "alphas": self.alphas,
+            "errors": self.errors,
+            "barrier": self.barrier,
+            "ends_mean": self.ends,
+            "max_error": max(self.errors),
+            "worst_alpha": self.worst_alpha,
+            "bn_batches": self.bn_batches,
+        }
 
 
 def grid(n: int) -> list[float]:
@@ -108,8 +116,9 @@ def grid(n: int) -> list[float]:
     return [i / (n - 1) for i in range(n)]
 
 
-def linear_path(net: nn.Module, a: dict, b: dict, alphas, eval_batches, bn_batches=None,
-                bn_count: int | None = None) -> LinearPath:
+def linear_path(
+    net: nn.Module, a: dict, b: dict, alphas, eval_batches, bn_batches=None, bn_count: int | None = None
+) -> LinearPath:
     """The error of (1 - alpha) a + alpha b on `eval_batches` for each alpha. a and b are plain state dicts of
     `net`'s architecture (effective_state). With BatchNorm, each interpolated net's running statistics are
     reset and recomputed as exact averages over the first `bn_count` batches of `bn_batches` (None: all), in
@@ -137,16 +146,25 @@ def batches(cfg, splits, split: str = "test", device="cpu"):
     x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
     eval_bs = max(int(cfg.get("batch_size") or 60), int(cfg.get("eval_batch_size") or 1000))
     eval_b = data.Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
-    train_b = data.Batches(splits.x_train, splits.y_train, splits.mean, splits.std, int(cfg.batch_size),
-                           shuffle=True, seed=int(cfg.get("seed") or 0)).to(device)
+    train_b = data.Batches(
+        splits.x_train,
+        splits.y_train,
+        splits.mean,
+        splits.std,
+        int(cfg.batch_size),
+        shuffle=True,
+        seed=int(cfg.get("seed") or 0),
+    ).to(device)
     return eval_b, train_b
 
 
 # ---------------------------------------------------------------- phicenter runs and checkpoints
 
+
 @dataclass
 class Side:
     """One end of the path: a round checkpoint and the config of the run that wrote it."""
+
     checkpoint: Path
     round: int
     config: dict
@@ -170,16 +188,20 @@ def locate(arg: str, round_index: int | None) -> tuple[Path, Path]:
             raise BadInput(f"{path}: no round checkpoint in {path / CKPT_DIR}")
         want = rounds[-1] if round_index is None else round_index
         if want not in rounds:
-            raise BadInput(f"{path}: no checkpoint of round {want} (kept: {', '.join(map(str, rounds))}; "
-                           "checkpoint.keep_all=true keeps every round)")
+            raise BadInput(
+                f"{path}: no checkpoint of round {want} (kept: {', '.join(map(str, rounds))}; "
+                "checkpoint.keep_all=true keeps every round)"
+            )
         return path, checkpoint_path(path, want)
     if path.is_file():
         if round_index is not None:
             raise BadInput(f"--round picks a checkpoint in a run folder; {path} is a file")
         run = path.parent.parent
         if not (run / RESULTS).is_file():
-            raise BadInput(f"{path}: no {RESULTS} in {run}, so the architecture is unknown (give a checkpoint "
-                           f"inside a run folder's {CKPT_DIR}/)")
+            raise BadInput(
+                f"{path}: no {RESULTS} in {run}, so the architecture is unknown (give a checkpoint "
+                f"inside a run folder's {CKPT_DIR}/)"
+            )
         return run, path
     raise BadInput(f"{path}: no such file or folder")
 
@@ -207,12 +229,14 @@ def _settings(config: dict, part: str) -> dict:
 def check_pair(a: Side, b: Side) -> None:
     """The two ends must be one architecture, trained on one dataset."""
     ma, mb = _settings(a.config, "model"), _settings(b.config, "model")
-    ma.pop("model.init", None), mb.pop("model.init", None)   # theta0's distribution, not the architecture
-    shapes = lambda s: {k: tuple(v.shape) for k, v in s.items()}   # noqa: E731
+    ma.pop("model.init", None), mb.pop("model.init", None)  # theta0's distribution, not the architecture
+    shapes = lambda s: {k: tuple(v.shape) for k, v in s.items()}
     da, db = _settings(a.config, "dataset"), _settings(b.config, "dataset")
-    for what, x, y in (("are different architectures", ma, mb), ("are different architectures",
-                                                                  shapes(a.state), shapes(b.state)),
-                       ("were trained on different data", da, db)):
+    for what, x, y in (
+        ("are different architectures", ma, mb),
+        ("are different architectures", shapes(a.state), shapes(b.state)),
+        ("were trained on different data", da, db),
+    ):
         diff = _first_difference(x, y)
         if diff is not None:
             show = (lambda v: v) if x is not ma and x is not da else repr
@@ -225,8 +249,15 @@ def _first_difference(x: dict, y: dict) -> str | None:
     return keys[0] if keys else None
 
 
-def measure(a: Side, b: Side, n_alphas: int = 11, split: str = "test", bn_count: int | None = None,
-            data_dir: str | None = None, device: str = "cpu") -> dict:
+def measure(
+    a: Side,
+    b: Side,
+    n_alphas: int = 11,
+    split: str = "test",
+    bn_count: int | None = None,
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> dict:
     """The barrier between two checkpoints of phicenter runs (checked with check_pair first)."""
     from omegaconf import OmegaConf
 
@@ -244,16 +275,24 @@ def measure(a: Side, b: Side, n_alphas: int = 11, split: str = "test", bn_count:
     if len(getattr(splits, f"y_{split}")) == 0:
         raise BadInput(f"the run has no {split} split")
     eval_b, train_b = batches(cfg, splits, split, device)
-    state = lambda s: {k: v.to(device) for k, v in s.state.items()}   # noqa: E731
+    state = lambda s: {k: v.to(device) for k, v in s.state.items()}
     path = linear_path(net, state(a), state(b), grid(n_alphas), eval_b, train_b, bn_count)
-    return {"a": str(a.checkpoint), "b": str(b.checkpoint), "round_a": a.round, "round_b": b.round,
-            "split": split, "bn_batch_size": int(cfg.batch_size) if path.bn_batches else None, **path.record()}
+    return {
+        "a": str(a.checkpoint),
+        "b": str(b.checkpoint),
+        "round_a": a.round,
+        "round_b": b.round,
+        "split": split,
+        "bn_batch_size": int(cfg.batch_size) if path.bn_batches else None,
+        **path.record(),
+    }
 
 
 # ---------------------------------------------------------------- command line
 
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, exit 2 (argparse's default adds the usage)
+    def error(self, message):  # one line, exit 2 (argparse's default adds the usage)
         print(f"{PROG}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -274,14 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round", type=int, help="with run folders: the round whose checkpoint to take")
     p.add_argument("--alphas", type=int, default=11, help="grid points over [0, 1], both ends included (11)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="where the error is measured")
-    p.add_argument("--bn-batches", type=_count, default=None, metavar="N|all",
-                   help="training batches BatchNorm statistics are recomputed on at each alpha (default: all)")
+    p.add_argument(
+        "--bn-batches",
+        type=_count,
+        default=None,
+        metavar="N|all",
+        help="training batches BatchNorm statistics are recomputed on at each alpha (default: all)",
+    )
     p.add_argument("--data-dir", help="the data folder (default: the run's data_dir)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
     p.add_argument("--out", type=Path, help="also write the path and the barrier to this JSON file")
     try:
         args = p.parse_args(argv)
-    except SystemExit as e:   # --help (0), or a bad argument (2, said in one line by _Parser)
+    except SystemExit as e:  # --help (0), or a bad argument (2, said in one line by _Parser)
         return int(e.code or 0)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
@@ -295,11 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'alpha':>6}  {args.split} error (%)")
     for alpha, err in zip(res["alphas"], res["errors"]):
         print(f"{alpha:6.3f}  {100 * err:8.2f}")
-    bn = (f"BatchNorm statistics recomputed on {res['bn_batches']} training batches of {res['bn_batch_size']}"
-          if res["bn_batches"] else "no BatchNorm")
-    print(f"barrier: {100 * res['barrier']:.2f} percentage points (max error {100 * res['max_error']:.2f} % at "
-          f"alpha {res['worst_alpha']:.3f}; ends {100 * res['errors'][0]:.2f} % and {100 * res['errors'][-1]:.2f} "
-          f"%; {bn})")
+    bn = (
+        f"BatchNorm statistics recomputed on {res['bn_batches']} training batches of {res['bn_batch_size']}"
+        if res["bn_batches"]
+        else "no BatchNorm"
+    )
+    print(
+        f"barrier: {100 * res['barrier']:.2f} percentage points (max error {100 * res['max_error']:.2f} % at "
+        f"alpha {res['worst_alpha']:.3f}; ends {100 * res['errors'][0]:.2f} % and {100 * res['errors'][-1]:.2f} "
+        f"%; {bn})"
+    )
     if args.out:
         write_json(args.out, res)
     return 0

@@ -1,4 +1,5 @@
 """The report's figures as PNG bytes: accuracy and flip share vs ϕ, accuracy vs sparsity, critical ϕ per layer."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,10 @@ from phicenter.analysis.tables import fmt_phi, mean_flip
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -54,19 +57,27 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
             m = [mean_ci(r.test for r in c.groups[p].runs) for p in xs]
             y = np.array([100 * v[0] for v in m])
             half = np.array([100 * (v[1] or 0.0) for v in m])
-            line, = ax.plot(xs, y, "-", label=f"{c.col} (n={max(v[2] for v in m)})")
+            (line,) = ax.plot(xs, y, "-", label=f"{c.col} (n={max(v[2] for v in m)})")
             ax.fill_between(xs, y - half, y + half, color=line.get_color(), alpha=0.2, linewidth=0)
             act = [i for i, p in enumerate(xs) if not (p != 0 and c.groups[p].inactive)]
             ina = [i for i in range(len(xs)) if i not in act]
             ax.plot([xs[i] for i in act], y[act], "o", color=line.get_color())
             ax.plot([xs[i] for i in ina], y[ina], "o", mfc="white", color=line.get_color())
             if c.best is not None:
-                ax.plot([c.best.phi], [100 * mean_ci(r.test for r in c.best.runs)[0]], "*", ms=14,
-                        color=line.get_color(), mec="black")
+                ax.plot(
+                    [c.best.phi],
+                    [100 * mean_ci(r.test for r in c.best.runs)[0]],
+                    "*",
+                    ms=14,
+                    color=line.get_color(),
+                    mec="black",
+                )
         _symlog_x(ax, phis)
-        ax.set(xlabel="ϕ (symmetric log)", ylabel="final test accuracy (%)",
-               title=f"{ds} · {row}: final accuracy vs ϕ\n(band: 95 % CI over seeds; ★ chosen ϕ; "
-                     f"hollow: ϕ inactive)")
+        ax.set(
+            xlabel="ϕ (symmetric log)",
+            ylabel="final test accuracy (%)",
+            title=f"{ds} · {row}: final accuracy vs ϕ\n(band: 95 % CI over seeds; ★ chosen ϕ; hollow: ϕ inactive)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         name = slug("acc_vs_phi", ds, row) + ".png"
@@ -78,8 +89,11 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
             xs = sorted(c.groups)
             ax.plot(xs, [100 * mean_flip(c.groups[p]) for p in xs], "o-", label=c.col)
         _symlog_x(ax, phis)
-        ax.set(xlabel="ϕ (symmetric log)", ylabel="survivors re-signed by ϕ (%)",
-               title=f"{ds} · {row}: flip fraction vs ϕ (mean over rounds ≥ 1 and seeds)")
+        ax.set(
+            xlabel="ϕ (symmetric log)",
+            ylabel="survivors re-signed by ϕ (%)",
+            title=f"{ds} · {row}: flip fraction vs ϕ (mean over rounds ≥ 1 and seeds)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         name = slug("flips_vs_phi", ds, row) + ".png"
@@ -102,15 +116,23 @@ def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
         n_rounds = min(len(r.rounds) for r in g.runs)
         sp = [100 * num(g.runs[0].rounds[i].get("sparsity")) for i in range(n_rounds)]
         eff = [100 * num(g.runs[0].rounds[i].get("effective_sparsity")) for i in range(n_rounds)]
-        acc = [100 * mean_ci(num(phi_record(r.rounds[i]).get("test_acc")) for r in g.runs)[0]
-               for i in range(n_rounds)]
+        acc = [100 * mean_ci(num(phi_record(r.rounds[i]).get("test_acc")) for r in g.runs)[0] for i in range(n_rounds)]
         inactive = phi != 0 and g.inactive
-        ax.plot(sp, acc, "o--" if inactive else "o-", color=color, ms=3,
-                label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""))
+        ax.plot(
+            sp,
+            acc,
+            "o--" if inactive else "o-",
+            color=color,
+            ms=3,
+            label=f"ϕ = {fmt_phi(phi)}" + (" (inactive)" if inactive else ""),
+        )
         if any(math.isfinite(e) and abs(e - s) > 1e-9 for e, s in zip(eff, sp)):
             ax.plot(eff, acc, "o:", color=color, ms=3, mfc="none", label=f"ϕ = {fmt_phi(phi)}, effective")
-    ax.set(xlabel="sparsity (%): pruned (solid), effective where it differs (dotted)", ylabel="test accuracy (%)",
-           title=f"{c.dataset} · {c.row} · {c.col}: accuracy vs sparsity (mean over seeds)")
+    ax.set(
+        xlabel="sparsity (%): pruned (solid), effective where it differs (dotted)",
+        ylabel="test accuracy (%)",
+        title=f"{c.dataset} · {c.row} · {c.col}: accuracy vs sparsity (mean over seeds)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     name = slug("acc_vs_sparsity", c.dataset, c.row, c.col) + ".png"
@@ -121,7 +143,7 @@ def _critical_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
     """Each layer's critical ϕ (smallest positive / largest negative ϕ that re-signs a survivor) per round,
     against the swept ϕ values. Taken from the ϕ = 0 runs when there are any (median over seeds)."""
     source = c.groups[0.0].runs if 0.0 in c.groups else [r for g in c.groups.values() for r in g.runs]
-    series = defaultdict(lambda: defaultdict(list))   # (layer, sign) -> round -> values
+    series = defaultdict(lambda: defaultdict(list))  # (layer, sign) -> round -> values
     for run in source:
         for r in run.rounds:
             layers = phi_record(r).get("layers")
@@ -140,18 +162,33 @@ def _critical_figure(plt, c: Cell) -> list[tuple[str, str, bytes]]:
         rs = sorted(by_round)
         ys = [float(np.median(by_round[x])) for x in rs]
         values += ys
-        ax.plot(rs, ys, "o-" if sign == "pos" else "s--", color=colors[layer], ms=3,
-                label=f"{layer} ({'+' if sign == 'pos' else '−'})")
+        ax.plot(
+            rs,
+            ys,
+            "o-" if sign == "pos" else "s--",
+            color=colors[layer],
+            ms=3,
+            label=f"{layer} ({'+' if sign == 'pos' else '−'})",
+        )
     for phi in sorted(c.groups):
         if phi != 0:
             ax.axhline(phi, color="grey", lw=0.8, ls=":")
-            ax.annotate(f"ϕ = {fmt_phi(phi)}", (1.0, phi), xycoords=("axes fraction", "data"), fontsize=7,
-                        color="grey", va="center")
+            ax.annotate(
+                f"ϕ = {fmt_phi(phi)}",
+                (1.0, phi),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="grey",
+                va="center",
+            )
     _symlog_x(ax, values + list(c.groups), axis="y")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel="round", ylabel="critical ϕ (symmetric log)",
-           title=f"{c.dataset} · {c.row} · {c.col}: critical ϕ per layer vs swept ϕ (dotted)\n"
-                 "a swept ϕ between a layer's − and + curves re-signs nothing in that layer")
+    ax.set(
+        xlabel="round",
+        ylabel="critical ϕ (symmetric log)",
+        title=f"{c.dataset} · {c.row} · {c.col}: critical ϕ per layer vs swept ϕ (dotted)\n"
+        "a swept ϕ between a layer's − and + curves re-signs nothing in that layer",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     name = slug("critical_phi", c.dataset, c.row, c.col) + ".png"

@@ -1,5 +1,6 @@
 """The runs of a grid: every results.json under the folders, labelled (dataset, row = architecture, column =
 strategy) and grouped into cells by ϕ, one run per seed."""
+
 from __future__ import annotations
 
 import json
@@ -43,28 +44,29 @@ def column_key(col: str) -> tuple:
 
 # ---------------------------------------------------------------- load
 
+
 @dataclass
 class Run:
     path: Path
     status: str
-    problem: str | None = None          # why the run is not used; None for a usable run
+    problem: str | None = None  # why the run is not used; None for a usable run
     config: dict = field(default_factory=dict)
     rounds: list = field(default_factory=list)
     phi: float = math.nan
     seed: int | None = None
-    val: float = math.nan               # the accuracies the tables use, fractions: the final round's, or for a
-    test: float = math.nan              # run that transfers (sign_transfer) its last transferred network's
-    round_val: float = math.nan         # the final round's own (sign_transfer: stage 1's)
+    val: float = math.nan  # the accuracies the tables use, fractions: the final round's, or for a
+    test: float = math.nan  # run that transfers (sign_transfer) its last transferred network's
+    round_val: float = math.nan  # the final round's own (sign_transfer: stage 1's)
     round_test: float = math.nan
-    transfer_val: float = math.nan      # sign_transfer: the last level's transferred network
+    transfer_val: float = math.nan  # sign_transfer: the last level's transferred network
     transfer_test: float = math.nan
-    sparsity: float = math.nan          # final round: share of prunable weights pruned
+    sparsity: float = math.nan  # final round: share of prunable weights pruned
     effective_sparsity: float = math.nan  # final round: share that can no longer change the output
-    barrier: float = math.nan           # instability.enabled: the final round's test error barrier to its copy
-    inactive: bool = False              # phi != 0 and phi re-signed no survivor in any round
-    rounds_trained: int = 0             # rounds this run trained itself
-    rounds_reused: int = 0              # rounds it took from the round store or a cohort twin (`reused_from`)
-    dataset: str = ""                   # labels, filled in by label()
+    barrier: float = math.nan  # instability.enabled: the final round's test error barrier to its copy
+    inactive: bool = False  # phi != 0 and phi re-signed no survivor in any round
+    rounds_trained: int = 0  # rounds this run trained itself
+    rounds_reused: int = 0  # rounds it took from the round store or a cohort twin (`reused_from`)
+    dataset: str = ""  # labels, filled in by label()
     row: str = ""
     col: str = ""
 
@@ -75,13 +77,19 @@ def load(dirs: list[Path], skip: Path | None = None) -> list[Run]:
     for root in dirs:
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames
-                                 if d not in SKIP_DIRS and (skip is None or (here / d).resolve() != skip))
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in SKIP_DIRS and (skip is None or (here / d).resolve() != skip)
+            )
             if RESULTS in filenames:
                 runs.append(read_run(here / RESULTS))
             elif "pack.json" not in filenames and ((here / ".hydra").is_dir() or "train.log" in filenames):
-                runs.append(Run(here / RESULTS, "missing", "no results.json: the job stopped before its first "
-                                                          "round ended (see its train.log)"))
+                runs.append(
+                    Run(
+                        here / RESULTS,
+                        "missing",
+                        "no results.json: the job stopped before its first round ended (see its train.log)",
+                    )
+                )
     return runs
 
 
@@ -115,7 +123,7 @@ def read_run(path: Path) -> Run:
         if isinstance(final.get("instability"), dict):
             run.barrier = num(final["instability"].get("barrier"))
         moved = final.get("transfer")
-        if isinstance(moved, dict):   # sign_transfer: the method's result is the transferred network
+        if isinstance(moved, dict):  # sign_transfer: the method's result is the transferred network
             run.val = run.transfer_val = num(moved.get("val_acc"))
             run.test = run.transfer_test = num(moved.get("test_acc"))
             if moved.get("diverged"):
@@ -141,8 +149,11 @@ def phi_changed_no_sign(rounds: list) -> bool:
             continue
         r = phi_record(r)
         layers = r.get("layers") if isinstance(r.get("layers"), dict) else {}
-        counts = [lay.get(k) if isinstance(lay, dict) else None
-                  for lay in layers.values() for k in ("flipped_by_phi_count", "dead_zone_count")]
+        counts = [
+            lay.get(k) if isinstance(lay, dict) else None
+            for lay in layers.values()
+            for k in ("flipped_by_phi_count", "dead_zone_count")
+        ]
         if not counts:  # older results: only the round totals
             counts = [r.get("flipped_by_phi"), r.get("dead_zone_count")]
         if any(c is None or c != 0 for c in counts):
@@ -159,6 +170,7 @@ def num(x) -> float:
 
 # ---------------------------------------------------------------- group
 
+
 def _flat(d: dict) -> dict:
     """Dotted keys, each value as canonical JSON (comparable whatever its type)."""
     return {k: json.dumps(v, sort_keys=True) for k, v in flatten(d).items()}
@@ -166,8 +178,7 @@ def _flat(d: dict) -> dict:
 
 def _varying(runs: list[Run], keep) -> list[str]:
     flats = [_flat(r.config) for r in runs]
-    keys = sorted({k for f in flats for k in f
-                   if keep(k) and k not in IGNORED_KEYS and shapes_training(k)})
+    keys = sorted({k for f in flats for k in f if keep(k) and k not in IGNORED_KEYS and shapes_training(k)})
     return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
@@ -208,6 +219,7 @@ def label(runs: list[Run]) -> None:
 @dataclass
 class PhiGroup:
     """The runs of one cell at one phi, one per seed."""
+
     phi: float
     runs: list[Run]
 

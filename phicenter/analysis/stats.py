@@ -1,5 +1,6 @@
 """Statistics of the cells: means with 95 % t intervals, the paired-by-seed test against ϕ = 0, and the choice
 of a cell's ϕ (on validation or on test accuracy)."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,17 @@ def paired(diffs) -> dict:
     """Paired-by-seed comparison from the per-seed differences (other − reference)."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
-    out = {"n": n, "mean": float(d.mean()) if n else math.nan, "ci": None, "p_t": None, "p_wilcoxon": None,
-           "p_sign": None, "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "tied": int((d == 0).sum())}
+    out = {
+        "n": n,
+        "mean": float(d.mean()) if n else math.nan,
+        "ci": None,
+        "p_t": None,
+        "p_wilcoxon": None,
+        "p_sign": None,
+        "better": int((d > 0).sum()),
+        "worse": int((d < 0).sum()),
+        "tied": int((d == 0).sum()),
+    }
     if n == 0:
         return {**out, "verdict": "no seed was run at both ϕ values"}
     if np.all(d == 0):
@@ -71,6 +81,7 @@ def compare(zero: PhiGroup | None, other: PhiGroup | None) -> dict | None:
 
 # ---------------------------------------------------------------- select
 
+
 def baseline(groups: dict[float, PhiGroup]) -> PhiGroup | None:
     """The ϕ = 0 runs; when ϕ = 0 was not run (an Optuna search), an inactive ϕ stands in for it: it changed no
     sign, so it is the ϕ = 0 network. The one with most seeds, then the smallest |ϕ|."""
@@ -99,13 +110,13 @@ class Cell:
     dataset: str
     row: str
     col: str
-    groups: dict                  # phi -> PhiGroup
-    chosen_on: str                # "val" or "test"
-    fell_back: bool               # asked for val, but some run has no validation accuracy
-    zero: PhiGroup | None         # ϕ = 0, or the inactive ϕ standing in for it (see baseline)
+    groups: dict  # phi -> PhiGroup
+    chosen_on: str  # "val" or "test"
+    fell_back: bool  # asked for val, but some run has no validation accuracy
+    zero: PhiGroup | None  # ϕ = 0, or the inactive ϕ standing in for it (see baseline)
     best: PhiGroup | None
     best_nonzero: PhiGroup | None
-    vs_zero: dict | None          # compare(zero, best non-zero)
+    vs_zero: dict | None  # compare(zero, best non-zero)
 
     @property
     def stand_in(self) -> bool:
@@ -116,7 +127,7 @@ def select(cells: dict, by: str) -> list[Cell]:
     out = []
     for (ds, row, col), groups in sorted(cells.items(), key=lambda kv: (*kv[0][:2], column_key(kv[0][2]))):
         fell_back = by == "val" and any(not math.isfinite(r.val) for g in groups.values() for r in g.runs)
-        metric = "test" if fell_back else by   # no validation split: fall back, and say so in the table
+        metric = "test" if fell_back else by  # no validation split: fall back, and say so in the table
         zero = baseline(groups)
         best = choose(groups, metric, zero)
         best_nz = choose(groups, metric, None)

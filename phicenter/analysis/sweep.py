@@ -1,4 +1,5 @@
 """Hydra callback: at the end of a multirun, name the jobs that failed or diverged (and write it down)."""
+
 from __future__ import annotations
 
 import logging
@@ -29,13 +30,18 @@ def summarize(sweep_dir: str | Path) -> dict:
         status = (res or {}).get("status", "missing" if res is None else "unknown")
         rounds = (res or {}).get("rounds") or []
         reused = sum(isinstance(r, dict) and r.get("reused_from") is not None for r in rounds)
-        out.setdefault(status, []).append({"job": str(job.relative_to(sweep_dir)),
-                                           "error": (res or {}).get("error"),
-                                           "rounds_trained": len(rounds) - reused, "rounds_reused": reused})
+        out.setdefault(status, []).append(
+            {
+                "job": str(job.relative_to(sweep_dir)),
+                "error": (res or {}).get("error"),
+                "rounds_trained": len(rounds) - reused,
+                "rounds_reused": reused,
+            }
+        )
     return out
 
 
-JOBS_ENV = "PHICENTER_MULTIRUN_JOBS"   # set at the start of a multirun for its jobs: how many there are
+JOBS_ENV = "PHICENTER_MULTIRUN_JOBS"  # set at the start of a multirun for its jobs: how many there are
 
 
 def count_jobs(config: DictConfig) -> int | None:
@@ -49,9 +55,10 @@ def count_jobs(config: DictConfig) -> int | None:
     lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
-        sizes = {o.get_key_element(): len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
-                 for o in overrides}
-    except Exception:   # a sweep this count does not know (say, an interval)
+        sizes = {
+            o.get_key_element(): len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides
+        }
+    except Exception:  # a sweep this count does not know (say, an interval)
         return None
     return math.prod(sizes.values())
 
@@ -72,8 +79,11 @@ def where_results(folder: str | Path, what: str, loggers: dict | None = None) ->
 
     shown = os.path.relpath(folder) if Path(folder).resolve().is_relative_to(Path.cwd()) else str(folder)
     loggers = {"tensorboard": {}} if loggers is None else loggers
-    return [f"{what} in {shown}; to read them:", *(f"  {line}" for line in readers(folder, shown, loggers)),
-            f"  python -m phicenter.report {shown}"]
+    return [
+        f"{what} in {shown}; to read them:",
+        *(f"  {line}" for line in readers(folder, shown, loggers)),
+        f"  python -m phicenter.report {shown}",
+    ]
 
 
 def swept_unnamed_keys(config: DictConfig) -> list[str]:
@@ -90,13 +100,16 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         clash = swept_unnamed_keys(config)
         if clash:
-            print(f"phicenter: error: this multirun sweeps {', '.join(clash)}, which job folder names leave out "
-                  "(how a job runs, not what it trains), so its jobs would share one folder; run one multirun "
-                  "per value, each with its own hydra.sweep.dir", file=sys.stderr)
+            print(
+                f"phicenter: error: this multirun sweeps {', '.join(clash)}, which job folder names leave out "
+                "(how a job runs, not what it trains), so its jobs would share one folder; run one multirun "
+                "per value, each with its own hydra.sweep.dir",
+                file=sys.stderr,
+            )
             sys.exit(2)
         total = count_jobs(config)
         if total:
-            os.environ[JOBS_ENV] = str(total)   # for the jobs, here or in the processes a launcher starts
+            os.environ[JOBS_ENV] = str(total)  # for the jobs, here or in the processes a launcher starts
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -112,8 +125,12 @@ class SweepSummary(Callback):
         except OSError as e:
             written = f"(sweep_summary.json not written: {e})"
         log.info("multirun finished: %s %s", counts, written)
-        log.info("rounds: %d trained, %d reused; %s", rounds["trained"], rounds["reused"],
-                 describe(usage) if usage else "round store off")
+        log.info(
+            "rounds: %d trained, %d reused; %s",
+            rounds["trained"],
+            rounds["reused"],
+            describe(usage) if usage else "round store off",
+        )
         for status in ("failed", "diverged", "running", "interrupted", "missing", "unknown"):
             for job in summary.get(status, []):
                 log.warning("%s: %s%s", status, job["job"], f" -- {job['error']}" if job["error"] else "")

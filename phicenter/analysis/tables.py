@@ -1,4 +1,5 @@
 """The report's tables as rows: the paper's tables (best cell per strategy), every ϕ, the tests against ϕ = 0."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,10 @@ def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:
     if c["tied"] == c["n"]:
         return f"identical to ϕ = 0 in all {c['n']} seed(s)"
     c_abs = max(abs(g.by_seed()[s].test - zero.by_seed()[s].test) for s in c["seeds"])
-    return (f"differs from ϕ = 0 by up to {pct(c_abs)} pp (mean {pct(c['mean'])} pp) although ϕ changed no sign: "
-            f"run-to-run noise (e.g. GPU nondeterminism); differences of that size mean nothing here")
+    return (
+        f"differs from ϕ = 0 by up to {pct(c_abs)} pp (mean {pct(c['mean'])} pp) although ϕ changed no sign: "
+        f"run-to-run noise (e.g. GPU nondeterminism); differences of that size mean nothing here"
+    )
 
 
 def tables(cells: list[Cell]) -> dict[str, list[dict]]:
@@ -82,30 +85,53 @@ def tables(cells: list[Cell]) -> dict[str, list[dict]]:
             tm, th, _ = mean_ci(r.test for r in g.runs)
             note = ""
             if g.phi != 0 and g.inactive:
-                note = INACTIVE + "; " + ("ϕ = 0 was not run: this ϕ stands in for it" if g is zero
-                                          else noise_note(zero, g))
+                note = (
+                    INACTIVE
+                    + "; "
+                    + ("ϕ = 0 was not run: this ϕ stands in for it" if g is zero else noise_note(zero, g))
+                )
             elif g.phi != 0 and any(r.inactive for r in g.runs):
                 note = "ϕ changed no sign in seed(s) " + " ".join(str(r.seed) for r in g.runs if r.inactive)
             if g is c.best:
                 note = f"chosen on {c.chosen_on}" + ("; " + note if note else "")
-            summary.append({"dataset": c.dataset, "architecture": c.row, "strategy": c.col, "phi": fmt_phi(phi),
-                            "n": g.n, "seeds": " ".join(str(r.seed) for r in sorted(g.runs, key=lambda r: r.seed)),
-                            "val_mean": pct(vm), "val_ci95": pct(vh), "test_mean": pct(tm), "test_ci95": pct(th),
-                            "flipped_by_phi_pct": pct(mean_flip(g), 4),
-                            "dead_zone_pct": pct(mean_dead_zone(g), 4),
-                            "sparsity_pct": pct(mean_of(r.sparsity for r in g.runs), 2),
-                            "effective_sparsity_pct": pct(mean_of(r.effective_sparsity for r in g.runs), 2),
-                            "inactive": g.phi != 0 and g.inactive,
-                            "note": note})
+            summary.append(
+                {
+                    "dataset": c.dataset,
+                    "architecture": c.row,
+                    "strategy": c.col,
+                    "phi": fmt_phi(phi),
+                    "n": g.n,
+                    "seeds": " ".join(str(r.seed) for r in sorted(g.runs, key=lambda r: r.seed)),
+                    "val_mean": pct(vm),
+                    "val_ci95": pct(vh),
+                    "test_mean": pct(tm),
+                    "test_ci95": pct(th),
+                    "flipped_by_phi_pct": pct(mean_flip(g), 4),
+                    "dead_zone_pct": pct(mean_dead_zone(g), 4),
+                    "sparsity_pct": pct(mean_of(r.sparsity for r in g.runs), 2),
+                    "effective_sparsity_pct": pct(mean_of(r.effective_sparsity for r in g.runs), 2),
+                    "inactive": g.phi != 0 and g.inactive,
+                    "note": note,
+                }
+            )
         t = c.vs_zero
-        tests.append({"dataset": c.dataset, "architecture": c.row, "strategy": c.col,
-                      "best_nonzero_phi": fmt_phi(c.best_nonzero.phi) if c.best_nonzero else "—",
-                      "chosen_on": c.chosen_on, "n_pairs": t["n"] if t else 0,
-                      "diff_mean_pp": pct(t["mean"]) if t else "—", "diff_ci95_pp": pct(t["ci"]) if t else "—",
-                      "p_paired_t": pval(t["p_t"]) if t else "—",
-                      "p_wilcoxon": pval(t["p_wilcoxon"]) if t else "—", "p_sign": pval(t["p_sign"]) if t else "—",
-                      "better_worse_tied": f"{t['better']}/{t['worse']}/{t['tied']}" if t else "—",
-                      "verdict": _verdict(c)})
+        tests.append(
+            {
+                "dataset": c.dataset,
+                "architecture": c.row,
+                "strategy": c.col,
+                "best_nonzero_phi": fmt_phi(c.best_nonzero.phi) if c.best_nonzero else "—",
+                "chosen_on": c.chosen_on,
+                "n_pairs": t["n"] if t else 0,
+                "diff_mean_pp": pct(t["mean"]) if t else "—",
+                "diff_ci95_pp": pct(t["ci"]) if t else "—",
+                "p_paired_t": pval(t["p_t"]) if t else "—",
+                "p_wilcoxon": pval(t["p_wilcoxon"]) if t else "—",
+                "p_sign": pval(t["p_sign"]) if t else "—",
+                "better_worse_tied": f"{t['better']}/{t['worse']}/{t['tied']}" if t else "—",
+                "verdict": _verdict(c),
+            }
+        )
     return {"paper": {ds: list(rows.values()) for ds, rows in paper.items()}, "summary": summary, "tests": tests}
 
 
@@ -120,14 +146,33 @@ def _verdict(c: Cell) -> str:
     return "only ϕ = 0 was run"
 
 
-HEADERS = {"architecture": "Architecture", "strategy": "Strategy", "best_nonzero_phi": "best ϕ ≠ 0",
-           "chosen_on": "chosen on", "n_pairs": "n", "diff_mean_pp": "Δ test (pp)", "diff_ci95_pp": "± 95 % CI",
-           "p_paired_t": "p (paired t)", "p_wilcoxon": "p (Wilcoxon)", "p_sign": "p (sign)",
-           "better_worse_tied": "seeds up/down/same", "phi": "ϕ", "val_mean": "val %", "val_ci95": "± CI",
-           "test_mean": "test %", "test_ci95": "± CI", "flipped_by_phi_pct": "re-signed by ϕ (%)",
-           "dead_zone_pct": "dead zone (%)", "sparsity_pct": "sparsity (%)",
-           "effective_sparsity_pct": "effective sparsity (%)",
-           "run": "Run", "status": "Status", "problem": "Problem", "verdict": "Verdict", "note": "Note"}
+HEADERS = {
+    "architecture": "Architecture",
+    "strategy": "Strategy",
+    "best_nonzero_phi": "best ϕ ≠ 0",
+    "chosen_on": "chosen on",
+    "n_pairs": "n",
+    "diff_mean_pp": "Δ test (pp)",
+    "diff_ci95_pp": "± 95 % CI",
+    "p_paired_t": "p (paired t)",
+    "p_wilcoxon": "p (Wilcoxon)",
+    "p_sign": "p (sign)",
+    "better_worse_tied": "seeds up/down/same",
+    "phi": "ϕ",
+    "val_mean": "val %",
+    "val_ci95": "± CI",
+    "test_mean": "test %",
+    "test_ci95": "± CI",
+    "flipped_by_phi_pct": "re-signed by ϕ (%)",
+    "dead_zone_pct": "dead zone (%)",
+    "sparsity_pct": "sparsity (%)",
+    "effective_sparsity_pct": "effective sparsity (%)",
+    "run": "Run",
+    "status": "Status",
+    "problem": "Problem",
+    "verdict": "Verdict",
+    "note": "Note",
+}
 
 
 def _md_escape(value) -> str:

@@ -1,5 +1,6 @@
 """The bench's cases: an experiment's model and data trained by phicenter's fit path and by a plain loop,
 side by side, and the interleaved timing of both."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from phicenter import CONF_DIR as CONF
 
-TRAIN_SIZE = {"mnist": 55000, "cifar10": 45000, "cifar100": 45000}   # real train split (after 5000 val)
+TRAIN_SIZE = {"mnist": 55000, "cifar10": 45000, "cifar100": 45000}  # real train split (after 5000 val)
 EVAL_SIZE = {"mnist": (5000, 10000), "cifar10": (5000, 10000), "cifar100": (5000, 10000)}  # val, test
 SHAPE = {"mnist": [1, 28, 28], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
 CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -21,7 +22,8 @@ CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -36,15 +38,26 @@ def _real_available(name: str, data_dir: str | None) -> bool:
     return all((Path(data_dir) / f).is_file() for f in files)
 
 
-def experiment_config(experiment: str, n_train: int, data_dir: str | None, device: str, precision: str | None,
-                      compile: bool = False, extra: tuple = ()):
+def experiment_config(
+    experiment: str,
+    n_train: int,
+    data_dir: str | None,
+    device: str,
+    precision: str | None,
+    compile: bool = False,
+    extra: tuple = (),
+):
     """The experiment's own config (model, optimizer, batch size, epochs), on real data when it is in
     data_dir, else on synthetic data of the real shape; augmentation off, n_train training images; `extra`
     overrides last. Returns (config, dataset name, data source)."""
     base = compose([f"experiment={experiment}"])
     name = base.dataset.name
-    over = [f"experiment={experiment}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            "trainer.enable_progress_bar=false", "dataset.augment=false"]
+    over = [
+        f"experiment={experiment}",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        "trainer.enable_progress_bar=false",
+        "dataset.augment=false",
+    ]
     if precision:
         over.append(f"trainer.precision={precision}")
     if compile:
@@ -56,9 +69,14 @@ def experiment_config(experiment: str, n_train: int, data_dir: str | None, devic
         source = name
     else:
         shape = SHAPE.get(name, [3, 32, 32])
-        over += ["dataset=synthetic", f"dataset.shape=[{','.join(map(str, shape))}]",
-                 f"dataset.n_train={n_train + 100}", "dataset.n_test=100", "dataset.val_size=100",
-                 f"dataset.num_classes={CLASSES.get(name, 10)}"]
+        over += [
+            "dataset=synthetic",
+            f"dataset.shape=[{','.join(map(str, shape))}]",
+            f"dataset.n_train={n_train + 100}",
+            "dataset.n_test=100",
+            "dataset.val_size=100",
+            f"dataset.num_classes={CLASSES.get(name, 10)}",
+        ]
         source = f"synthetic {shape}"
     return compose(over + list(extra)), name, source
 
@@ -92,8 +110,16 @@ class _Clock:
 class Case:
     """One experiment's model and data, trained alternately by phicenter's fit path and a plain loop."""
 
-    def __init__(self, experiment: str, n_train: int, data_dir: str | None, device: str,
-                 precision: str | None = None, workdir: Path | None = None, compile: bool = False):
+    def __init__(
+        self,
+        experiment: str,
+        n_train: int,
+        data_dir: str | None,
+        device: str,
+        precision: str | None = None,
+        workdir: Path | None = None,
+        compile: bool = False,
+    ):
         from omegaconf import OmegaConf
 
         from phicenter import data
@@ -101,9 +127,10 @@ class Case:
         from phicenter.engine import build, records
         from phicenter.engine.module import CohortModule
 
-        build.cheap_device_probe()   # both sides' optimizer steps alike, from the first call on
-        self.cfg, self.dataset, self.source = experiment_config(experiment, n_train, data_dir, device, precision,
-                                                                compile)
+        build.cheap_device_probe()  # both sides' optimizer steps alike, from the first call on
+        self.cfg, self.dataset, self.source = experiment_config(
+            experiment, n_train, data_dir, device, precision, compile
+        )
         self.experiment, self.device = experiment, torch.device(device)
         v = validate(self.cfg)
         splits = build.load_data(self.cfg)
@@ -114,15 +141,19 @@ class Case:
         self.net = build.build_model(self.cfg, splits)
         self.imp = build.build_imp(self.cfg, self.net, v)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
-        self.module = CohortModule([self.net], OmegaConf.to_container(self.cfg.optim, resolve=True),
-                                   OmegaConf.to_container(self.cfg.schedule, resolve=True),
-                                   recorders=[records.Recorder(self.workdir / experiment)])
+        self.module = CohortModule(
+            [self.net],
+            OmegaConf.to_container(self.cfg.optim, resolve=True),
+            OmegaConf.to_container(self.cfg.schedule, resolve=True),
+            recorders=[records.Recorder(self.workdir / experiment)],
+        )
         self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
         self.train_b.to(self.device)
         self.module.train_batches = self.train_b
         # The plain loop's data: the same images, normalised once, resident on the same device.
-        self.x = ((splits.x_train.float() / 255.0 - splits.mean.view(1, -1, 1, 1))
-                  / splits.std.view(1, -1, 1, 1)).to(self.device)
+        self.x = ((splits.x_train.float() / 255.0 - splits.mean.view(1, -1, 1, 1)) / splits.std.view(1, -1, 1, 1)).to(
+            self.device
+        )
         self.y = splits.y_train.to(self.device)
         self.epoch = 0
         self.checkpoint_s: list[float] = []
@@ -137,7 +168,7 @@ class Case:
 
         clock = _Clock(self.sync)
         cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
-        self.last_checkpoint_s = 0.0   # the round loop's epoch checkpoint, timed
+        self.last_checkpoint_s = 0.0  # the round loop's epoch checkpoint, timed
         saver = callbacks.EpochCheckpoint(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1))
         save = saver.on_train_epoch_end
 
@@ -172,7 +203,7 @@ class Case:
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=self.device)
         for i in range(0, n, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(self.x.index_select(0, idx)), self.y.index_select(0, idx)).backward()
             zero_dead_grads(net)
@@ -186,7 +217,7 @@ class Case:
         from torch.utils.flop_counter import FlopCounterMode
 
         net = self.net.to(self.device).train()
-        x, y = self.x[:self.batch_size], self.y[:self.batch_size]
+        x, y = self.x[: self.batch_size], self.y[: self.batch_size]
         with FlopCounterMode(display=False) as counter:
             F.cross_entropy(net(x), y).backward()
         net.zero_grad(set_to_none=True)
@@ -201,7 +232,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[floa
     out = {k: [] for k in fns}
     keys = list(fns)
     for r in range(repeats):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        order = keys[r % len(keys) :] + keys[: r % len(keys)]
         for k in order:
             out[k].append(fns[k]())
     return out

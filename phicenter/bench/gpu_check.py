@@ -10,6 +10,7 @@ CUDA-only path on one GPU, then a short bench of its GPU rows, in one JSON.
 Each part runs in its own process under a time limit (together under 8 minutes). Without CUDA nothing runs:
 it says that it skipped every check because no GPU is present, and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 from phicenter import CONF_DIR
 
 ROOT = CONF_DIR.parent
-TESTS_S, BENCH_S = 270, 200   # the parts' time limits, in seconds
+TESTS_S, BENCH_S = 270, 200  # the parts' time limits, in seconds
 SKIPPED = "gpu-check: skipped every check: no GPU (CUDA) is present"
 
 
@@ -59,25 +60,50 @@ def junit_cases(path: Path) -> dict[str, dict]:
 
 def run_tests(work: Path) -> dict:
     xml = work / "tests.xml"
-    part = _run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                 str(ROOT / "tests" / "test_gpu.py")], TESTS_S)
+    part = _run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "cuda",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            str(ROOT / "tests" / "test_gpu.py"),
+        ],
+        TESTS_S,
+    )
     part["cases"] = junit_cases(xml) if xml.exists() else {}
     outcomes = [c["outcome"] for c in part["cases"].values()]
-    part["passed"] = (part["returncode"] == 0 and bool(outcomes) and "failed" not in outcomes
-                      and "skipped" not in outcomes)
+    part["passed"] = (
+        part["returncode"] == 0 and bool(outcomes) and "failed" not in outcomes and "skipped" not in outcomes
+    )
     return part
 
 
 def run_bench(work: Path, extra: list[str]) -> dict:
     out = work / "bench.json"
-    part = _run([sys.executable, "-m", "phicenter.bench", "--quick", "--device", "cuda", "--out", str(out), *extra],
-                BENCH_S)
+    part = _run(
+        [sys.executable, "-m", "phicenter.bench", "--quick", "--device", "cuda", "--out", str(out), *extra], BENCH_S
+    )
     part["results"] = json.loads(out.read_text()) if out.exists() else None
     part["passed"] = part["returncode"] == 0 and part["results"] is not None
     if part["results"]:
         r = part["results"]
-        part["summary"] = {k: r.get(k) for k in ("device_name", "mfu", "grid_gpu_hours_est", "packed_speedup",
-                                                 "packed_speedup_conv2", "loop_overhead_ratio", "data_speedup")}
+        part["summary"] = {
+            k: r.get(k)
+            for k in (
+                "device_name",
+                "mfu",
+                "grid_gpu_hours_est",
+                "packed_speedup",
+                "packed_speedup_conv2",
+                "loop_overhead_ratio",
+                "data_speedup",
+            )
+        }
     return part
 
 
@@ -85,12 +111,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m phicenter.bench.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="outputs/gpu-check.json", help="the JSON written (default: %(default)s)")
     ap.add_argument("--no-bench", dest="bench", action="store_false", help="the tests only")
-    ap.add_argument("--bench-args", nargs=argparse.REMAINDER, default=[],
-                    help="more arguments for python -m phicenter.bench (e.g. --data-dir ../shared/data)")
+    ap.add_argument(
+        "--bench-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more arguments for python -m phicenter.bench (e.g. --data-dir ../shared/data)",
+    )
     args = ap.parse_args(argv)
-    from phicenter.io import write_json
-
     import torch
+
+    from phicenter.io import write_json
 
     t0 = time.perf_counter()
     if not torch.cuda.is_available():
@@ -105,10 +135,12 @@ def main(argv=None) -> int:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(Path(args.out), res)
     cases = res["tests"]["cases"].values()
-    print(f"gpu-check on {res['device_name']}: {sum(c['outcome'] == 'passed' for c in cases)} of {len(cases)} "
-          f"checks passed; bench {'—' if res['bench'] is None else 'ok' if res['bench']['passed'] else 'FAILED'}"
-          f"{'' if not (res['bench'] or {}).get('summary') else ' ' + json.dumps(res['bench']['summary'])}; "
-          f"{res['seconds']:.0f} s; {args.out}")
+    print(
+        f"gpu-check on {res['device_name']}: {sum(c['outcome'] == 'passed' for c in cases)} of {len(cases)} "
+        f"checks passed; bench {'—' if res['bench'] is None else 'ok' if res['bench']['passed'] else 'FAILED'}"
+        f"{'' if not (res['bench'] or {}).get('summary') else ' ' + json.dumps(res['bench']['summary'])}; "
+        f"{res['seconds']:.0f} s; {args.out}"
+    )
     for name, c in res["tests"]["cases"].items():
         if c["outcome"] != "passed":
             print(f"  {c['outcome']}: {name}: {(c['message'] or '').splitlines()[0] if c['message'] else ''}")

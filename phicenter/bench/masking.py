@@ -13,6 +13,7 @@ masks, and its epochs at 1 and 2 torch threads (`python -m phicenter.bench`, doc
       the same epochs.
   threads: one epoch of the real path (bench.cases.Case) at 1 and at 2 torch threads, interleaved.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ class _StepClock:
         clock = self
         self.wall = self.cpu = 0.0
         self.steps = 0
-        self.per_call: list[float] = []   # wall seconds per optimizer step, one value per call
+        self.per_call: list[float] = []  # wall seconds per optimizer step, one value per call
 
         class Cb(pl.Callback):
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -69,14 +70,17 @@ class _Side:
         self.cfg, self.net, self.sparsity = cfg, build.build_model(cfg, splits), 0.0
         if masked:
             imp = build.build_imp(cfg, self.net, v)
-            with torch.no_grad():   # stand-in for round 0's training: every weight moved a little
+            with torch.no_grad():  # stand-in for round 0's training: every weight moved a little
                 g = torch.Generator().manual_seed(0)
                 for p in self.net.parameters():
                     p.add_(torch.randn(p.shape, generator=g) * 1e-2)
             imp.advance(1)
             self.sparsity = pruning.sparsity(imp.layers)[0]
-        self.module = CohortModule([self.net], OmegaConf.to_container(cfg.optim, resolve=True),
-                                   OmegaConf.to_container(cfg.schedule, resolve=True))
+        self.module = CohortModule(
+            [self.net],
+            OmegaConf.to_container(cfg.optim, resolve=True),
+            OmegaConf.to_container(cfg.schedule, resolve=True),
+        )
         self.batches = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)[0]
         self.module.train_batches = self.batches
         self.epoch = 0
@@ -85,13 +89,13 @@ class _Side:
 
     def step_ms(self) -> float:
         """Wall milliseconds per optimizer step of one epoch (CPU milliseconds into self.cpu_ms)."""
-        from phicenter.engine import build
-
         import pytorch_lightning as pl
 
-        clock = _StepClock()   # (a Checkpoint that saves nothing: no default one writing into the folder)
+        from phicenter.engine import build
+
+        clock = _StepClock()  # (a Checkpoint that saves nothing: no default one writing into the folder)
         trainer = build.make_trainer(self.cfg, [clock.callback, pl.callbacks.Checkpoint()], 1)
-        self.module.start_round(self.epoch, 1)   # a fresh data order each time
+        self.module.start_round(self.epoch, 1)  # a fresh data order each time
         trainer.fit(self.module, train_dataloaders=self.batches)
         self.epoch += 1
         self.cpu_ms.append(clock.cpu / clock.steps * 1e3)
@@ -99,30 +103,40 @@ class _Side:
         return clock.wall / clock.steps * 1e3
 
 
-def masked_step(experiment: str, n_train: int, repeats: int, data_dir: str | None = None,
-                strategy: str = "mask0") -> dict:
+def masked_step(
+    experiment: str, n_train: int, repeats: int, data_dir: str | None = None, strategy: str = "mask0"
+) -> dict:
     """The masked net's training step against the same net unmasked (CPU, the current torch threads)."""
     from phicenter.engine import build
 
     cfg, _, source = experiment_config(experiment, n_train, data_dir, "cpu", None, extra=(f"strategy={strategy}",))
     splits = build.load_data(cfg)
-    if len(splits.y_train) > n_train:   # real data: the first n_train images of the train split
+    if len(splits.y_train) > n_train:  # real data: the first n_train images of the train split
         splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
     sides = {"masked": _Side(cfg, splits, True), "dense": _Side(cfg, splits, False)}
-    for s in sides.values():   # one untimed epoch each (lazy initialisation, first-call costs)
+    for s in sides.values():  # one untimed epoch each (lazy initialisation, first-call costs)
         s.step_ms()
         s.call_ms.clear()
         s.cpu_ms.clear()
     wall = interleaved({k: s.step_ms for k, s in sides.items()}, repeats, warmup=0)
     cpu = {k: s.cpu_ms for k, s in sides.items()}
     floor = {k: _quantile(s.call_ms, 0.1) for k, s in sides.items()}
-    return {"experiment": experiment, "data": source, "images": len(splits.y_train), "strategy": strategy,
-            "sparsity": sides["masked"].sparsity, "threads": torch.get_num_threads(),
-            "masked_step_ms": med(wall["masked"]), "dense_step_ms": med(wall["dense"]),
-            "ratio": med([a / b for a, b in zip(wall["masked"], wall["dense"])]),
-            "cpu_ratio": med([a / b for a, b in zip(cpu["masked"], cpu["dense"])]),
-            "floor_ratio": floor["masked"] / floor["dense"], "calls": len(sides["masked"].call_ms),
-            "masked_all_ms": wall["masked"], "dense_all_ms": wall["dense"]}
+    return {
+        "experiment": experiment,
+        "data": source,
+        "images": len(splits.y_train),
+        "strategy": strategy,
+        "sparsity": sides["masked"].sparsity,
+        "threads": torch.get_num_threads(),
+        "masked_step_ms": med(wall["masked"]),
+        "dense_step_ms": med(wall["dense"]),
+        "ratio": med([a / b for a, b in zip(wall["masked"], wall["dense"])]),
+        "cpu_ratio": med([a / b for a, b in zip(cpu["masked"], cpu["dense"])]),
+        "floor_ratio": floor["masked"] / floor["dense"],
+        "calls": len(sides["masked"].call_ms),
+        "masked_all_ms": wall["masked"],
+        "dense_all_ms": wall["dense"],
+    }
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -132,29 +146,47 @@ def _quantile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def masked_round(n_train: int, epochs: int, repeats: int, data_dir: str | None = None,
-                 experiment: str = "mnist_fc_lot", workdir: Path | None = None) -> dict:
+def masked_round(
+    n_train: int,
+    epochs: int,
+    repeats: int,
+    data_dir: str | None = None,
+    experiment: str = "mnist_fc_lot",
+    workdir: Path | None = None,
+) -> dict:
     """Round 1 (masked) against round 0 (dense) of real runs of the experiment, `epochs` epochs each."""
     from phicenter.engine import loop
 
-    extra = (f"epochs={epochs}", "prune.iterations=1", "round_store.enabled=false",
-             f"threads={torch.get_num_threads()}")
+    extra = (
+        f"epochs={epochs}",
+        "prune.iterations=1",
+        "round_store.enabled=false",
+        f"threads={torch.get_num_threads()}",
+    )
     cfg, _, source = experiment_config(experiment, n_train, data_dir, "cpu", None, extra=extra)
     work = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-round-"))
     rows, images = [], None
-    for r in range(repeats + 1):   # the first run warms up (lazy imports, first-call costs), untimed
+    for r in range(repeats + 1):  # the first run warms up (lazy imports, first-call costs), untimed
         res = loop.run(cfg, work / f"run{r}")
         rows.append([e["seconds"] for e in res["rounds"]])
         images = res["data"]["train"]
     rows = rows[1:]
-    return {"experiment": experiment, "data": source, "images": images, "epochs": epochs,
-            "threads": torch.get_num_threads(), "dense_round_s": med([r[0] for r in rows]),
-            "masked_round_s": med([r[1] for r in rows]), "ratio": med([r[1] / r[0] for r in rows]),
-            "rounds_s": rows}
+    return {
+        "experiment": experiment,
+        "data": source,
+        "images": images,
+        "epochs": epochs,
+        "threads": torch.get_num_threads(),
+        "dense_round_s": med([r[0] for r in rows]),
+        "masked_round_s": med([r[1] for r in rows]),
+        "ratio": med([r[1] / r[0] for r in rows]),
+        "rounds_s": rows,
+    }
 
 
-def threads(experiments: dict[str, int], repeats: int, data_dir: str | None = None,
-            counts=(1, 2), workdir: Path | None = None) -> dict:
+def threads(
+    experiments: dict[str, int], repeats: int, data_dir: str | None = None, counts=(1, 2), workdir: Path | None = None
+) -> dict:
     """One epoch of each experiment's real path at each thread count, interleaved; restores the count."""
     before = torch.get_num_threads()
     work = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-threads-"))
@@ -163,18 +195,23 @@ def threads(experiments: dict[str, int], repeats: int, data_dir: str | None = No
         for experiment, n in experiments.items():
             case = Case(experiment, n, data_dir, "cpu", workdir=work / experiment)
 
-            def at(count):
+            def at(count, case=case):
                 def go():
                     torch.set_num_threads(count)
                     return case.phicenter_epoch()
+
                 return go
 
             t = interleaved({c: at(c) for c in counts}, repeats)
             epoch = {c: med(v) for c, v in t.items()}
-            out[experiment] = {"model": str(case.cfg.model.name), "data": case.source, "images": case.n,
-                               "epoch_s": {str(c): s for c, s in epoch.items()},
-                               "speedup_2_vs_1": epoch[counts[0]] / epoch[counts[-1]],
-                               "all_s": {str(c): v for c, v in t.items()}}
+            out[experiment] = {
+                "model": str(case.cfg.model.name),
+                "data": case.source,
+                "images": case.n,
+                "epoch_s": {str(c): s for c, s in epoch.items()},
+                "speedup_2_vs_1": epoch[counts[0]] / epoch[counts[-1]],
+                "all_s": {str(c): v for c, v in t.items()},
+            }
     finally:
         torch.set_num_threads(before)
     return {"cpus": os.cpu_count(), "default_threads": _default_threads(), "rows": out}
@@ -188,7 +225,10 @@ def _default_threads() -> int:
     code = "import torch; print(torch.get_num_threads())"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     try:
-        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                  timeout=120).stdout.strip())
+        return int(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+            ).stdout.strip()
+        )
     except (ValueError, subprocess.SubprocessError):
         return -1

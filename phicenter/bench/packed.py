@@ -1,5 +1,6 @@
 """The packed harness: K variants trained as one cohort vs the same K runs one after another, and where a
 stacked step's time goes. `python -m phicenter.bench` reports both (docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 import copy
@@ -26,7 +27,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if GlobalHydra.instance().is_initialized():   # inside a Hydra app: its config tree
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its config tree
         return compose(config_name="config", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
@@ -50,6 +51,7 @@ def _mem_start(device: torch.device) -> dict:
         return {"base": torch.cuda.memory_allocated(), "how": "torch.cuda.max_memory_allocated"}
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except Exception:
         pass
@@ -72,9 +74,18 @@ def _mem_peak(device: torch.device, start: dict) -> int:
     return max(0, _rss_kib("VmHWM") * 1024 - start["base"])
 
 
-def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", epochs: int = 1,
-                   iterations: int = 0, sequential: int | None = None, overrides=(),
-                   workdir: str | Path | None = None, impl: str = "auto", isolate: bool = True) -> dict:
+def packed_speedup(
+    k: int = 11,
+    model: str = "fc_lot",
+    dataset: str = "auto",
+    epochs: int = 1,
+    iterations: int = 0,
+    sequential: int | None = None,
+    overrides=(),
+    workdir: str | Path | None = None,
+    impl: str = "auto",
+    isolate: bool = True,
+) -> dict:
     """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
     after another through phicenter.engine.run.run (Lightning), and their peak memory.
 
@@ -96,8 +107,13 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
     if k < 1:
         raise ValueError("k must be >= 1")
     # both sides train every round of every variant: the round store would reuse the shared ones
-    base = [f"model={model}", f"epochs={epochs}", f"prune.iterations={iterations}", "round_store.enabled=false",
-            *overrides]
+    base = [
+        f"model={model}",
+        f"epochs={epochs}",
+        f"prune.iterations={iterations}",
+        "round_store.enabled=false",
+        *overrides,
+    ]
     if dataset == "auto":
         dataset = "mnist"
         try:
@@ -105,12 +121,18 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
         except DataError:
             dataset = "digits"
     base.append(f"dataset={dataset}")
-    load_data(_compose(base))   # decode cache warm for both sides
+    load_data(_compose(base))  # decode cache warm for both sides
     n_seq = k if sequential is None else max(1, min(int(sequential), k))
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="phicenter-pack-bench-")) if own else Path(workdir)
-    spec = {"k": k, "overrides": base, "model": model, "impl": impl, "threads": torch.get_num_threads(),
-            "work": str(work)}
+    spec = {
+        "k": k,
+        "overrides": base,
+        "model": model,
+        "impl": impl,
+        "threads": torch.get_num_threads(),
+        "work": str(work),
+    }
     try:
         load_before = _loadavg()
         seq = _phase(dict(spec, side="sequential", n=n_seq), isolate)
@@ -120,21 +142,41 @@ def packed_speedup(k: int = 11, model: str = "fc_lot", dataset: str = "auto", ep
             "packed_speedup": seq["wall"] * scale / pk["wall"],
             "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
             "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
-            "k": k, "model": model, "dataset": dataset, "epochs": epochs, "rounds": iterations + 1,
-            "device": pk["device"], "threads": spec["threads"], "impl": pk["impl"], "isolated": isolate,
-            "packed_seconds": pk["wall"], "sequential_seconds": seq["wall"] * scale, "sequential_runs_timed": n_seq,
-            "packed_cpu_seconds": pk["cpu"], "sequential_cpu_seconds": seq["cpu"] * scale,
-            "packed_peak_bytes": pk["peak"], "single_run_peak_bytes": seq["peak"], "memory": pk["memory"],
-            "loadavg_before": load_before, "loadavg_after": _loadavg(),
+            "k": k,
+            "model": model,
+            "dataset": dataset,
+            "epochs": epochs,
+            "rounds": iterations + 1,
+            "device": pk["device"],
+            "threads": spec["threads"],
+            "impl": pk["impl"],
+            "isolated": isolate,
+            "packed_seconds": pk["wall"],
+            "sequential_seconds": seq["wall"] * scale,
+            "sequential_runs_timed": n_seq,
+            "packed_cpu_seconds": pk["cpu"],
+            "sequential_cpu_seconds": seq["cpu"] * scale,
+            "packed_peak_bytes": pk["peak"],
+            "single_run_peak_bytes": seq["peak"],
+            "memory": pk["memory"],
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
         }
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28, 28), num_classes: int = 10,
-                          batch_size: int = 60, steps: int = 40, repeats: int = 5,
-                          optim: dict | None = None) -> dict:
+def packed_step_breakdown(
+    k: int = 11,
+    model: str = "fc_lot",
+    input_shape=(1, 28, 28),
+    num_classes: int = 10,
+    batch_size: int = 60,
+    steps: int = 40,
+    repeats: int = 5,
+    optim: dict | None = None,
+) -> dict:
     """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed.
 
     The nets are masked as in round 1 (a seeded 20 % of each layer's weights dead), so every step makes the
@@ -185,10 +227,10 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
             step(i)
         return (time.perf_counter() - t) / steps * 1e3
 
-    for i in range(5):   # warm-up: allocator, lazy optimizer state
+    for i in range(5):  # warm-up: allocator, lazy optimizer state
         single_step(steps + i)
         packed_one(steps + i)
-    times = [(timed(single_step), timed(packed_one)) for _ in range(repeats)]   # interleaved: load drifts
+    times = [(timed(single_step), timed(packed_one)) for _ in range(repeats)]  # interleaved: load drifts
     single_ms = statistics.median(t[0] for t in times)
     packed_ms = statistics.median(t[1] for t in times)
     n_prof = max(5, steps // 4)
@@ -203,17 +245,27 @@ def packed_step_breakdown(k: int = 11, model: str = "fc_lot", input_shape=(1, 28
     share = min(1.0, sum(ops.values()) / wall_us)
     kernel_ms = share * packed_ms / k
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
-    return {"k": k, "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(),
-            "optimizer": optim["name"], "single_ms": single_ms, "packed_ms_per_variant": packed_ms / k,
-            "kernel_share": share, "kernel_ms_per_variant": kernel_ms,
-            "top_kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in top},
-            "packing_gain": single_ms / (packed_ms / k),
-            "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan}
+    return {
+        "k": k,
+        "model": model,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "optimizer": optim["name"],
+        "single_ms": single_ms,
+        "packed_ms_per_variant": packed_ms / k,
+        "kernel_share": share,
+        "kernel_ms_per_variant": kernel_ms,
+        "top_kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in top},
+        "packing_gain": single_ms / (packed_ms / k),
+        "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan,
+    }
 
 
 def _device(cfg) -> torch.device:
     acc = str(cfg.trainer.get("accelerator", "auto"))
-    return torch.device("cuda", 0) if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", 0) if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
+    )
 
 
 def _loadavg():
@@ -232,12 +284,14 @@ def _phase(spec: dict, isolate: bool) -> dict:
 
     root = str(CONF_DIR.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    code = ("import json, sys; from phicenter.bench.packed import bench_phase; "
-            "print('PHASE ' + json.dumps(bench_phase(json.loads(sys.argv[1]))))")
+    code = (
+        "import json, sys; from phicenter.bench.packed import bench_phase; "
+        "print('PHASE ' + json.dumps(bench_phase(json.loads(sys.argv[1]))))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("PHASE "):
-            return json.loads(line[len("PHASE "):])
+            return json.loads(line[len("PHASE ") :])
     raise RuntimeError(f"bench phase {spec['side']} failed:\n{proc.stderr[-3000:]}")
 
 
@@ -249,18 +303,29 @@ def bench_phase(spec: dict) -> dict:
     torch.set_num_threads(int(spec["threads"]))
     work = Path(spec["work"]) / spec["side"]
     cfg = _compose(list(spec["overrides"]))
-    variants = make_variants(cfg, _bench_phis(spec["k"]))[:spec["n"]]
+    variants = make_variants(cfg, _bench_phis(spec["k"]))[: spec["n"]]
     device = _device(cfg)
     load_data(cfg)
-    warm = make_variants(_compose([f"model={spec['model']}", "dataset=synthetic", "dataset.n_train=300",
-                                   "epochs=1", "prune.iterations=0", "round_store.enabled=false"]), [0.0])
-    if spec["side"] == "sequential":   # lazy imports and first-call costs, untimed
+    warm = make_variants(
+        _compose(
+            [
+                f"model={spec['model']}",
+                "dataset=synthetic",
+                "dataset.n_train=300",
+                "epochs=1",
+                "prune.iterations=0",
+                "round_store.enabled=false",
+            ]
+        ),
+        [0.0],
+    )
+    if spec["side"] == "sequential":  # lazy imports and first-call costs, untimed
         run(warm[0].cfg, work / "warmup")
     else:
         train(warm, work / "warmup", impl=spec["impl"])
     wall = cpu = 0.0
     peak, impl = 0, None
-    for batch in ([[v] for v in variants] if spec["side"] == "sequential" else [variants]):
+    for batch in [[v] for v in variants] if spec["side"] == "sequential" else [variants]:
         m = _mem_start(device)
         t, c = time.perf_counter(), time.process_time()
         if spec["side"] == "sequential":
@@ -272,8 +337,14 @@ def bench_phase(spec: dict) -> dict:
         wall += time.perf_counter() - t
         cpu += time.process_time() - c
         peak = max(peak, _mem_peak(device, m))
-    return {"wall": wall, "cpu": cpu, "peak": peak, "device": str(device), "impl": impl or "unpacked",
-            "memory": m["how"]}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "peak": peak,
+        "device": str(device),
+        "impl": impl or "unpacked",
+        "memory": m["how"],
+    }
 
 
 def _bench_phis(k: int) -> list[float]:

@@ -10,6 +10,7 @@ each side trained, the wall time of each side and their ratio, the wall time of 
 were reused (what reuse cannot remove: setup, records, checkpoints), and whether every run's results.json
 agrees between the sides apart from timing fields and the reuse record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def _comparable(path: Path) -> dict:
 
     res = read_json(path)
     res["config"].pop("round_store", None)
-    res.pop("round_store", None)   # what the store did: it differs by side
+    res.pop("round_store", None)  # what the store did: it differs by side
     for r in res["rounds"] + [res["final"]]:
         for k in ("seconds", "seconds_packed", "reused_from"):
             r.pop(k, None)
@@ -53,9 +54,16 @@ def _sides(off: list, on: list, work: Path) -> tuple[dict, dict]:
     return tuple({"wall": sum(times[s]), "cpu": cpu[s], "runs": times[s]} for s in ("off", "on"))
 
 
-def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIES, phis=PHIS,
-                     dataset: str = "digits", overrides=(), workdir: str | Path | None = None,
-                     threads: int = 1) -> dict:
+def round_store_grid(
+    epochs: int = 20,
+    iterations: int = 3,
+    strategies=STRATEGIES,
+    phis=PHIS,
+    dataset: str = "digits",
+    overrides=(),
+    workdir: str | Path | None = None,
+    threads: int = 1,
+) -> dict:
     """The grid trained with the store off, then on (an empty store); see the module's docstring."""
     import torch
 
@@ -68,40 +76,58 @@ def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIE
     torch.set_num_threads(int(threads))
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="phicenter-round-bench-")) if own else Path(workdir)
-    base = [f"dataset={dataset}", f"epochs={epochs}", f"prune.iterations={iterations}", f"threads={threads}",
-            *overrides]
+    base = [
+        f"dataset={dataset}",
+        f"epochs={epochs}",
+        f"prune.iterations={iterations}",
+        f"threads={threads}",
+        *overrides,
+    ]
     names = [(s, p) for s in strategies for p in phis]
 
     def configs(store: list[str]) -> list:
-        return [(f"phi={p!r},strategy={s}", compose([*base, f"strategy={s}", f"phi={p}", *store]))
-                for s, p in names]
+        return [(f"phi={p!r},strategy={s}", compose([*base, f"strategy={s}", f"phi={p}", *store])) for s, p in names]
 
     off = configs(["round_store.enabled=false"])
     on = configs([f"round_store.dir={work / 'store'}"])
     try:
-        run(compose([f"dataset={dataset}", "epochs=1", "prune.iterations=0", "round_store.enabled=false"]),
-            work / "warmup")   # lazy imports and first-call costs, untimed
+        run(
+            compose([f"dataset={dataset}", "epochs=1", "prune.iterations=0", "round_store.enabled=false"]),
+            work / "warmup",
+        )  # lazy imports and first-call costs, untimed
         load_before = os.getloadavg()[0]
         t_off, t_on = _sides(off, on, work)
         rounds_on = [read_json(work / "on" / n / RESULTS)["rounds"] for n, _ in on]
         rounds_off = [read_json(work / "off" / n / RESULTS)["rounds"] for n, _ in off]
-        trained_on, trained_off = (sum(r["reused_from"] is None for rs in side for r in rs)
-                                   for side in (rounds_on, rounds_off))
+        trained_on, trained_off = (
+            sum(r["reused_from"] is None for rs in side for r in rs) for side in (rounds_on, rounds_off)
+        )
         all_reused = [s for s, rs in zip(t_on["runs"], rounds_on) if all(r["reused_from"] for r in rs)]
         trained_runs = [s for s, rs in zip(t_on["runs"], rounds_on) if not any(r["reused_from"] for r in rs)]
         same = all(_comparable(work / "on" / n / RESULTS) == _comparable(work / "off" / n / RESULTS) for n, _ in on)
         return {
             "round_store_wall_ratio": t_off["wall"] / t_on["wall"],
             "round_store_cpu_ratio": t_off["cpu"] / t_on["cpu"],
-            "rounds_total": sum(len(rs) for rs in rounds_on), "rounds_trained_off": trained_off,
-            "rounds_trained_on": trained_on, "distinct_keys": len({r["round_key"] for rs in rounds_on for r in rs}),
-            "seconds_off": t_off["wall"], "seconds_on": t_on["wall"], "cpu_seconds_off": t_off["cpu"],
-            "cpu_seconds_on": t_on["cpu"], "runs": len(on),
+            "rounds_total": sum(len(rs) for rs in rounds_on),
+            "rounds_trained_off": trained_off,
+            "rounds_trained_on": trained_on,
+            "distinct_keys": len({r["round_key"] for rs in rounds_on for r in rs}),
+            "seconds_off": t_off["wall"],
+            "seconds_on": t_on["wall"],
+            "cpu_seconds_off": t_off["cpu"],
+            "cpu_seconds_on": t_on["cpu"],
+            "runs": len(on),
             "reused_run_seconds": statistics.median(all_reused) if all_reused else None,
             "trained_run_seconds": statistics.median(trained_runs) if trained_runs else None,
-            "identical_results": same, "store": RoundStore(work / "store").usage(),
-            "dataset": dataset, "epochs": epochs, "iterations": iterations, "strategies": list(strategies),
-            "phis": list(phis), "threads": threads, "loadavg_before": load_before,
+            "identical_results": same,
+            "store": RoundStore(work / "store").usage(),
+            "dataset": dataset,
+            "epochs": epochs,
+            "iterations": iterations,
+            "strategies": list(strategies),
+            "phis": list(phis),
+            "threads": threads,
+            "loadavg_before": load_before,
             "loadavg_after": os.getloadavg()[0],
         }
     finally:
@@ -110,17 +136,19 @@ def round_store_grid(epochs: int = 20, iterations: int = 3, strategies=STRATEGIE
 
 
 def table(res: dict) -> str:
-    rows = [("runs x rounds", f"{res['runs']} x {res['iterations'] + 1} = {res['rounds_total']}"),
-            ("rounds trained, store off", str(res["rounds_trained_off"])),
-            ("rounds trained, store on", f"{res['rounds_trained_on']} ({res['distinct_keys']} distinct keys)"),
-            ("wall time, store off", f"{res['seconds_off']:.1f} s"),
-            ("wall time, store on", f"{res['seconds_on']:.1f} s"),
-            ("wall-time ratio (off / on)", f"**{res['round_store_wall_ratio']:.2f}x**"),
-            ("CPU-time ratio (off / on)", f"{res['round_store_cpu_ratio']:.2f}x"),
-            ("a run with every round reused", _s(res["reused_run_seconds"])),
-            ("a run with every round trained", _s(res["trained_run_seconds"])),
-            ("results.json identical (timing, reuse aside)", str(res["identical_results"])),
-            ("store size", f"{res['store']['entries']} rounds, {res['store']['bytes'] / 2 ** 20:.1f} MiB")]
+    rows = [
+        ("runs x rounds", f"{res['runs']} x {res['iterations'] + 1} = {res['rounds_total']}"),
+        ("rounds trained, store off", str(res["rounds_trained_off"])),
+        ("rounds trained, store on", f"{res['rounds_trained_on']} ({res['distinct_keys']} distinct keys)"),
+        ("wall time, store off", f"{res['seconds_off']:.1f} s"),
+        ("wall time, store on", f"{res['seconds_on']:.1f} s"),
+        ("wall-time ratio (off / on)", f"**{res['round_store_wall_ratio']:.2f}x**"),
+        ("CPU-time ratio (off / on)", f"{res['round_store_cpu_ratio']:.2f}x"),
+        ("a run with every round reused", _s(res["reused_run_seconds"])),
+        ("a run with every round trained", _s(res["trained_run_seconds"])),
+        ("results.json identical (timing, reuse aside)", str(res["identical_results"])),
+        ("store size", f"{res['store']['entries']} rounds, {res['store']['bytes'] / 2**20:.1f} MiB"),
+    ]
     return "\n".join(["| measure | value |", "| --- | --- |"] + [f"| {a} | {b} |" for a, b in rows])
 
 
@@ -141,8 +169,14 @@ def main(argv=None) -> dict:
     import logging
 
     logging.getLogger("phicenter").setLevel(logging.WARNING)
-    res = round_store_grid(args.epochs, args.iterations, dataset=args.dataset, overrides=args.overrides,
-                           workdir=args.workdir, threads=args.threads)
+    res = round_store_grid(
+        args.epochs,
+        args.iterations,
+        dataset=args.dataset,
+        overrides=args.overrides,
+        workdir=args.workdir,
+        threads=args.threads,
+    )
     print(table(res))
     if args.out:
         from phicenter.io import write_json

@@ -16,6 +16,7 @@ values. At each round asked for, in one process on the CPU:
 
 Run it at one torch thread (the default) under `nice`; the report gives the machine and its load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from phicenter.bench.cases import interleaved, med
 MODELS = ("conv2", "vgg16", "resnet20")
 ROUNDS = (1, 2, 4, 6, 8, 10)
 SHAPE, CLASSES = (3, 32, 32), 10
-REPEATS = {1: 21, 256: 3}        # timed calls per batch size (after one untimed call each)
+REPEATS = {1: 21, 256: 3}  # timed calls per batch size (after one untimed call each)
 
 
 def cpu_name() -> str:
@@ -56,8 +57,13 @@ def sizes(net, masked_state: dict, t, compact_t, compact_net) -> dict:
     buf = io.BytesIO()
     torch.save({"round": 0, "model": masked_state, "rounds": []}, buf)
     dense = {k: v for k, v in masked_state.items() if not k.endswith(("_mask", "_fill"))}
-    out = {"dense": len(save({k: v.contiguous() for k, v in dense.items()})), "checkpoint": buf.tell(),
-           "ticket": len(ticket.to_bytes(t)), "compact": len(ticket.to_bytes(compact_t)), "onnx": None}
+    out = {
+        "dense": len(save({k: v.contiguous() for k, v in dense.items()})),
+        "checkpoint": buf.tell(),
+        "ticket": len(ticket.to_bytes(t)),
+        "compact": len(ticket.to_bytes(compact_t)),
+        "onnx": None,
+    }
     if onnxfile.missing() is None:
         out["onnx"] = len(onnxfile.export(compact_net, torch.zeros(1, *SHAPE)))
     return out
@@ -73,6 +79,7 @@ def latency(nets: dict, batch: int, repeats: int) -> dict[str, float]:
                 t0 = time.perf_counter()
                 net(x)
                 return time.perf_counter() - t0
+
         return call
 
     runs = interleaved({k: timed(n) for k, n in nets.items()}, repeats)
@@ -98,8 +105,15 @@ def bench_model(name: str, rounds, log=print) -> list[dict]:
         if r not in rounds:
             continue
         masks = {n: pruning.mask_of(layer).mask.clone() for n, layer in imp.layers.items()}
-        meta = {"model": name, "input_shape": list(SHAPE), "num_classes": CLASSES, "model_options": {},
-                "phis": dict(imp.phis), "round": r, "config": {"model": {"name": name}}}
+        meta = {
+            "model": name,
+            "input_shape": list(SHAPE),
+            "num_classes": CLASSES,
+            "model_options": {},
+            "phis": dict(imp.phis),
+            "round": r,
+            "config": {"model": {"name": name}},
+        }
         t = ticket.encode(net, meta, imp.constants)
         compact_t = ticket.compacted(t)
         masked, compact = t.network(), compact_t.network()
@@ -108,11 +122,18 @@ def bench_model(name: str, rounds, log=print) -> list[dict]:
             want = masked(x)
             diff = float((compact(x) - want).abs().max())
         kept = {n: int(m.flatten(1).any(1).sum()) for n, m in masks.items()}
-        row = {"model": name, "round": r, "sparsity": pruning.sparsity(imp.layers)[0],
-               "weights": sum(int(m.sum()) for m in masks.values()),
-               "dense_weights": sum(m.numel() for m in masks.values()),
-               "units_kept": kept, "compact_max_diff": diff, "largest_logit": float(want.abs().max()),
-               "bytes": sizes(net, net.state_dict(), t, compact_t, compact), "latency_s": {}}
+        row = {
+            "model": name,
+            "round": r,
+            "sparsity": pruning.sparsity(imp.layers)[0],
+            "weights": sum(int(m.sum()) for m in masks.values()),
+            "dense_weights": sum(m.numel() for m in masks.values()),
+            "units_kept": kept,
+            "compact_max_diff": diff,
+            "largest_logit": float(want.abs().max()),
+            "bytes": sizes(net, net.state_dict(), t, compact_t, compact),
+            "latency_s": {},
+        }
         for batch, repeats in REPEATS.items():
             row["latency_s"][batch] = latency({"dense": dense, "masked": masked, "compact": compact}, batch, repeats)
         rows.append(row)
@@ -128,26 +149,29 @@ def _ms(s: float) -> str:
     return f"{1e3 * s:.2f}" if s < 1 else f"{1e3 * s:.0f}"
 
 
-HEADER = ("| model | round | sparsity | dense / checkpoint / ticket / compact / ONNX (MB) | batch 1: dense / masked / "
-          "compact (ms) | batch 256: dense / masked / compact (ms) | compact speedup (1 / 256) |\n"
-          "|---|---|---|---|---|---|---|")
+HEADER = (
+    "| model | round | sparsity | dense / checkpoint / ticket / compact / ONNX (MB) | batch 1: dense / masked / "
+    "compact (ms) | batch 256: dense / masked / compact (ms) | compact speedup (1 / 256) |\n"
+    "|---|---|---|---|---|---|---|"
+)
 
 
 def line(row: dict) -> str:
     b, lat = row["bytes"], row["latency_s"]
     one, big = lat[1], lat[256]
-    return (f"| {row['model']} | {row['round']} | {100 * row['sparsity']:.1f} % | {_mb(b['dense'])} / "
-            f"{_mb(b['checkpoint'])} / {_mb(b['ticket'])} / {_mb(b['compact'])} / {_mb(b['onnx'])} | "
-            f"{_ms(one['dense'])} / {_ms(one['masked'])} / {_ms(one['compact'])} | {_ms(big['dense'])} / "
-            f"{_ms(big['masked'])} / {_ms(big['compact'])} | {one['dense'] / one['compact']:.2f}× / "
-            f"{big['dense'] / big['compact']:.2f}× |")
+    return (
+        f"| {row['model']} | {row['round']} | {100 * row['sparsity']:.1f} % | {_mb(b['dense'])} / "
+        f"{_mb(b['checkpoint'])} / {_mb(b['ticket'])} / {_mb(b['compact'])} / {_mb(b['onnx'])} | "
+        f"{_ms(one['dense'])} / {_ms(one['masked'])} / {_ms(one['compact'])} | {_ms(big['dense'])} / "
+        f"{_ms(big['masked'])} / {_ms(big['compact'])} | {one['dense'] / one['compact']:.2f}× / "
+        f"{big['dense'] / big['compact']:.2f}× |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m phicenter.bench.tickets", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default conv2,vgg16,resnet20)")
-    p.add_argument("--rounds", default=",".join(map(str, ROUNDS)), help="rounds of the schedule (default "
-                                                                        "1,2,4,6,8,10)")
+    p.add_argument("--rounds", default=",".join(map(str, ROUNDS)), help="rounds of the schedule (default 1,2,4,6,8,10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", help="also write the rows and the machine to this JSON file")
     args = p.parse_args(argv)
@@ -157,10 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     if not rounds or rounds[0] < 1 or not names:
         p.error("--rounds must be rounds >= 1 and --models at least one model")
     load0, t0 = os.getloadavg(), time.perf_counter()
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version()}
-    print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {machine['threads']} thread(s); "
-          f"load average {load0[0]:.2f}")
+    machine = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {machine['threads']} thread(s); "
+        f"load average {load0[0]:.2f}"
+    )
     print(HEADER)
     rows = [row for name in names for row in bench_model(name, rounds)]
     load1 = os.getloadavg()
@@ -169,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from phicenter.io import write_json
 
-        write_json(args.out, {"machine": machine, "load_average": {"start": load0, "end": load1},
-                              "seconds": seconds, "rows": rows})
+        write_json(
+            args.out,
+            {"machine": machine, "load_average": {"start": load0, "end": load1}, "seconds": seconds, "rows": rows},
+        )
     return 0
 
 

@@ -4,18 +4,44 @@ The schema of every key is phicenter.config.schema (strategy options: phicenter.
 of execution settings, and what is derived from it, is phicenter.config.keys. Plain Python at import (no
 torch, Hydra or OmegaConf): the command line runs these checks before it imports torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 from phicenter.config import schema
-from phicenter.config.keys import (EXECUTION_KEYS, IN_ROUND_KEY, PACK_KEYS, PHI_SEARCH_KEYS, flatten,
-                                   folder_name_excluded, hparams, is_execution_key, shapes_training)
+from phicenter.config.keys import (
+    EXECUTION_KEYS,
+    IN_ROUND_KEY,
+    PACK_KEYS,
+    PHI_SEARCH_KEYS,
+    flatten,
+    folder_name_excluded,
+    hparams,
+    is_execution_key,
+    shapes_training,
+)
 from phicenter.spec import ConfigError
 
-__all__ = ["ConfigError", "EXECUTION_KEYS", "IN_ROUND_KEY", "PACK_KEYS", "PHI_SEARCH_KEYS", "check",
-           "check_launch", "check_same_run", "config_changes", "flatten", "folder_name_excluded", "hparams",
-           "is_execution_key", "recorded_config", "resolved", "shapes_training", "validate"]
+__all__ = [
+    "ConfigError",
+    "EXECUTION_KEYS",
+    "IN_ROUND_KEY",
+    "PACK_KEYS",
+    "PHI_SEARCH_KEYS",
+    "check",
+    "check_launch",
+    "check_same_run",
+    "config_changes",
+    "flatten",
+    "folder_name_excluded",
+    "hparams",
+    "is_execution_key",
+    "recorded_config",
+    "resolved",
+    "shapes_training",
+    "validate",
+]
 
 
 def resolved(cfg) -> dict:
@@ -38,10 +64,16 @@ def validate(cfg) -> dict:
     """The whole config checked (`check`); returns the normalised values of the keys the round loop reads."""
     c = check(cfg)
     prune = c.get("prune", {})
-    return {"phi": c.get("phi", 0.0), "seed": c.get("seed", 0), "epochs": c.get("epochs", 10),
-            "batch_size": c.get("batch_size", 60), "iterations": prune.get("iterations", 10),
-            "base": prune.get("base", 0.8), "output_base": prune.get("output_base"),
-            "conv_base": prune.get("conv_base")}
+    return {
+        "phi": c.get("phi", 0.0),
+        "seed": c.get("seed", 0),
+        "epochs": c.get("epochs", 10),
+        "batch_size": c.get("batch_size", 60),
+        "iterations": prune.get("iterations", 10),
+        "base": prune.get("base", 0.8),
+        "output_base": prune.get("output_base"),
+        "conv_base": prune.get("conv_base"),
+    }
 
 
 def check_launch(cfg, previous: dict | None, run_dir) -> None:
@@ -82,8 +114,11 @@ def config_changes(before: dict, now: dict) -> list[str]:
     def show(v):
         return "(absent)" if v is _ABSENT else repr(v)
 
-    return [f"{k}: {show(a.get(k, _ABSENT))} -> {show(b.get(k, _ABSENT))}" for k in sorted(a.keys() | b.keys())
-            if not is_execution_key(k) and value(a, before, k) != value(b, now, k)]
+    return [
+        f"{k}: {show(a.get(k, _ABSENT))} -> {show(b.get(k, _ABSENT))}"
+        for k in sorted(a.keys() | b.keys())
+        if not is_execution_key(k) and value(a, before, k) != value(b, now, k)
+    ]
 
 
 def recorded_config(cfg, phi: float | None = None) -> dict:
@@ -103,6 +138,8 @@ def check_same_run(previous: dict | None, resolved: dict, run_dir) -> None:
     changes = config_changes(previous["config"], resolved)
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
-        raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changes[:3])}{more}); "
-                          "relaunch it with its own settings (the \"config\" of its results.json), use another "
-                          "folder, or resume=false to start over")
+        raise ConfigError(
+            f"{run_dir} holds a run of another configuration ({'; '.join(changes[:3])}{more}); "
+            'relaunch it with its own settings (the "config" of its results.json), use another '
+            "folder, or resume=false to start over"
+        )

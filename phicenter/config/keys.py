@@ -5,6 +5,7 @@ resume (phicenter.config.config_changes), the report never splits runs by it (ph
 the loggers' hparams leave it out (`hparams`), and job folder names leave it out (conf/config.yaml's
 hydra.job.config.override_dirname.exclude_keys, pinned to `folder_name_excluded()` by tests/test_config.py).
 """
+
 from __future__ import annotations
 
 import typing
@@ -13,11 +14,29 @@ from phicenter.config.schema import Config
 from phicenter.spec import declared, group_in
 
 # A group's name stands for every key in it.
-EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pack", "pack_chunk", "fault",
-                  "dry_run", "dry_run_grid", "trainer.enable_progress_bar", "trainer.accelerator",
-                  "trainer.devices", "trainer.deterministic", "dataset.download", "dataset.num_workers",
-                  "eval_batch_size", "optim.fused", "round_store", "logger",
-                  "instability")
+EXECUTION_KEYS = (
+    "threads",
+    "data_dir",
+    "resume",
+    "checkpoint",
+    "compile",
+    "pack",
+    "pack_chunk",
+    "fault",
+    "dry_run",
+    "dry_run_grid",
+    "trainer.enable_progress_bar",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.deterministic",
+    "dataset.download",
+    "dataset.num_workers",
+    "eval_batch_size",
+    "optim.fused",
+    "round_store",
+    "logger",
+    "instability",
+)
 
 # (`instability` trains a copy of each round beside the run and measures it; the run's own rounds, results and
 # keys stay those of the run without it: a relaunch may switch it, and the report never splits runs by it.)
@@ -25,8 +44,15 @@ EXECUTION_KEYS = ("threads", "data_dir", "resume", "checkpoint", "compile", "pac
 # The execution settings that change a round's result to the bit: the round key holds each one's effective
 # value (engine.reuse.execution_in_key: the thread count torch uses, the number of processes, ...). The others
 # leave a round's bits alone; docs/method.md ("The round key") says why for each.
-IN_ROUND_KEY = ("threads", "compile", "optim.fused", "trainer.deterministic", "trainer.accelerator",
-                "trainer.devices", "eval_batch_size")
+IN_ROUND_KEY = (
+    "threads",
+    "compile",
+    "optim.fused",
+    "trainer.deterministic",
+    "trainer.accelerator",
+    "trainer.devices",
+    "eval_batch_size",
+)
 
 # What a run records and never acts on: the published figures a reference experiment is compared with
 # (phicenter.analysis.literature). Treated as an execution setting everywhere: a relaunch may change it, and it
@@ -47,8 +73,13 @@ PACK_KEYS = ("pack", "pack_chunk")
 PHI_SEARCH_KEYS = ("phi_sign", "phi_abs")
 
 # TensorBoard's hparams first: the settings a grid varies, then the rest in config order.
-HPARAMS_FIRST = (("strategy", "strategy.name"), ("phi", "phi"), ("seed", "seed"), ("model", "model.name"),
-                 ("dataset", "dataset.name"))
+HPARAMS_FIRST = (
+    ("strategy", "strategy.name"),
+    ("phi", "phi"),
+    ("seed", "seed"),
+    ("model", "model.name"),
+    ("dataset", "dataset.name"),
+)
 
 
 def is_execution_key(key: str) -> bool:

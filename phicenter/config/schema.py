@@ -8,15 +8,28 @@ the dataclass of its group (and, for a group with a file, the key in that conf/ 
 
 Plain Python (no torch, Hydra or OmegaConf), so the command line checks a config before importing torch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 from phicenter.io import parse_fault
 from phicenter.method.options import STRATEGY_OPTIONS
-from phicenter.spec import (ByName, ConfigError, NonNegative, NonNegInt, OpenUnit, PosInt, Positive, Range,
-                            Unit, check_value, default_at)
+from phicenter.spec import (
+    ByName,
+    ConfigError,
+    NonNegative,
+    NonNegInt,
+    OpenUnit,
+    PosInt,
+    Positive,
+    Range,
+    Unit,
+    check_value,
+    default_at,
+)
 from phicenter.spec import check as check_group
 
 frozen = dataclass(frozen=True, kw_only=True)
@@ -28,7 +41,7 @@ Init = Literal["torch_default", "kaiming_normal", "glorot_normal"]
 
 @frozen
 class ModelOptions:
-    init: Init = "torch_default"       # Conv/Linear weights' init distribution (a pretrained model: its new head)
+    init: Init = "torch_default"  # Conv/Linear weights' init distribution (a pretrained model: its new head)
 
 
 @frozen
@@ -42,7 +55,8 @@ BatchNormInit = Literal["ones", "uniform"]
 @frozen
 class BatchNormOptions(ModelOptions):
     """Models with BatchNorm layers."""
-    batchnorm_init: BatchNormInit = "ones"   # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0
+
+    batchnorm_init: BatchNormInit = "ones"  # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0
 
 
 @frozen
@@ -52,15 +66,20 @@ class ResNetOptions(BatchNormOptions):
 
 @frozen
 class Vgg16PretrainedOptions(ModelOptions):
-    pretrained: bool = True            # false: the same network, randomly initialised
-    weights_path: str | None = None    # a local copy of torchvision's weights file
-    batch_norm: bool = False           # torchvision's vgg16_bn and its weights
-    verify_weights: bool = True        # refuse a weights_path whose sha256 is not torchvision's
+    pretrained: bool = True  # false: the same network, randomly initialised
+    weights_path: str | None = None  # a local copy of torchvision's weights file
+    batch_norm: bool = False  # torchvision's vgg16_bn and its weights
+    verify_weights: bool = True  # refuse a weights_path whose sha256 is not torchvision's
 
 
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
-    "fc_lot": FcLotOptions, "conv2": ModelOptions, "conv4": ModelOptions, "conv6": ModelOptions,
-    "vgg16": BatchNormOptions, "vgg16_pretrained": Vgg16PretrainedOptions, "resnet20": ResNetOptions,
+    "fc_lot": FcLotOptions,
+    "conv2": ModelOptions,
+    "conv4": ModelOptions,
+    "conv6": ModelOptions,
+    "vgg16": BatchNormOptions,
+    "vgg16_pretrained": Vgg16PretrainedOptions,
+    "resnet20": ResNetOptions,
     "resnet18": ResNetOptions,
 }
 
@@ -69,17 +88,17 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
 
 @frozen
 class DatasetOptions:
-    val_size: NonNegInt = 5000         # held out of train (unless the dataset brings a validation split)
+    val_size: NonNegInt = 5000  # held out of train (unless the dataset brings a validation split)
     split_seed: NonNegInt = 0
-    augment: bool = False              # random crop (4-pixel padding) + horizontal flip
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip
     normalize: Literal["dataset", "imagenet"] = "dataset"
     pipeline: Literal["fast", "torchvision"] = "fast"
-    num_workers: NonNegInt = 0         # DataLoader workers (pipeline=torchvision)
+    num_workers: NonNegInt = 0  # DataLoader workers (pipeline=torchvision)
 
 
 @frozen
 class DownloadedOptions(DatasetOptions):
-    download: bool = True              # through torchvision into data_dir
+    download: bool = True  # through torchvision into data_dir
 
 
 @frozen
@@ -101,12 +120,16 @@ class SyntheticOptions(DatasetOptions):
 
 @frozen
 class NpzOptions(DatasetOptions):
-    path: str                          # x_train, y_train, x_test, y_test (optional x_val, y_val)
+    path: str  # x_train, y_train, x_test, y_test (optional x_val, y_val)
 
 
 DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
-    "mnist": DownloadedOptions, "cifar10": DownloadedOptions, "cifar100": DownloadedOptions,
-    "digits": DigitsOptions, "synthetic": SyntheticOptions, "npz": NpzOptions,
+    "mnist": DownloadedOptions,
+    "cifar10": DownloadedOptions,
+    "cifar100": DownloadedOptions,
+    "digits": DigitsOptions,
+    "synthetic": SyntheticOptions,
+    "npz": NpzOptions,
 }
 
 # ------------------------------------------------------------------ optimizers: torch's keyword arguments
@@ -125,7 +148,7 @@ class AdamFamily:
     maximize: bool = False
     capturable: bool = False
     differentiable: bool = False
-    fused: bool | None = None          # true: torch's fused implementation where the device has one
+    fused: bool | None = None  # true: torch's fused implementation where the device has one
 
 
 @frozen
@@ -173,25 +196,41 @@ SCHEDULES: dict[str, type] = {"none": NoOptions, "multistep": MultiStepOptions, 
 
 StrategyName = Literal[tuple(STRATEGY_OPTIONS)]
 # what Lightning's Trainer accepts as precision
-Precision = Literal[64, 32, 16, "64-true", "64", "32-true", "32", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
-                    "16", "bf16", "transformer-engine", "transformer-engine-float16"]
+Precision = Literal[
+    64,
+    32,
+    16,
+    "64-true",
+    "64",
+    "32-true",
+    "32",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "16",
+    "bf16",
+    "transformer-engine",
+    "transformer-engine-float16",
+]
 
 
 @frozen
 class Prune:
-    iterations: NonNegInt = 10         # rounds after the dense round 0
-    base: OpenUnit = 0.8               # each round keeps `base` of the surviving weights
+    iterations: NonNegInt = 10  # rounds after the dense round 0
+    base: OpenUnit = 0.8  # each round keeps `base` of the surviving weights
     scope: Literal["layer", "global"] = "layer"
-    output_base: Annotated[float, Range("(0, 1]")] | None = None   # 1: the output layer is never pruned
-    conv_base: Annotated[float, Range("(0, 1]")] | None = None     # convolutions' own base; null: base
+    output_base: Annotated[float, Range("(0, 1]")] | None = None  # 1: the output layer is never pruned
+    conv_base: Annotated[float, Range("(0, 1]")] | None = None  # convolutions' own base; null: base
     method: Literal["magnitude", "structured"] = "magnitude"
 
 
 @frozen
 class Rewind:
     """At most one non-zero; rounds >= 1 train from the rewind point to the end of round 0's schedule."""
-    epoch: NonNegInt = 0               # k > 0: theta_k (after k epochs of round 0) is the rewind point
-    step: NonNegInt = 0                # s > 0: theta_s (after s optimizer steps of round 0) is the rewind point
+
+    epoch: NonNegInt = 0  # k > 0: theta_k (after k epochs of round 0) is the rewind point
+    step: NonNegInt = 0  # s > 0: theta_s (after s optimizer steps of round 0) is the rewind point
 
 
 @frozen
@@ -202,7 +241,8 @@ class Reinit:
 @frozen
 class Trainer:
     """Lightning's Trainer arguments."""
-    PASS_THROUGH = True                # undeclared keys (+trainer.X=...) go to the Trainer unchecked
+
+    PASS_THROUGH = True  # undeclared keys (+trainer.X=...) go to the Trainer unchecked
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: PosInt | Literal["auto"] | list[NonNegInt] = "auto"
     precision: Precision = "32-true"
@@ -225,13 +265,13 @@ class DryRunGrid:
 @frozen
 class Fault:
     fail_round: NonNegInt | None = None
-    write: str | None = None           # N[+]:ERRNO[:MATCH]: the N-th write (N+: and after) of a MATCH path fails
+    write: str | None = None  # N[+]:ERRNO[:MATCH]: the N-th write (N+: and after) of a MATCH path fails
 
 
 @frozen
 class RoundStore:
-    enabled: bool = True               # train each distinct round once; reuse it wherever it appears
-    dir: str = "outputs/round_store"   # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
+    enabled: bool = True  # train each distinct round once; reuse it wherever it appears
+    dir: str = "outputs/round_store"  # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
 
 
 # ------------------------------------------------------------------ loggers (conf/logger/*.yaml, phicenter.loggers)
@@ -251,8 +291,8 @@ class CsvLogger:
 class MlflowLogger:
     # a folder, sqlite:///FILE or http://HOST:PORT; conf: $MLFLOW_TRACKING_URI, else this; null: MLflow's default
     tracking_uri: str | None = "sqlite:///outputs/mlflow.db"
-    experiment: str = "phicenter"      # the MLflow experiment the runs go into
-    run_name: str | None = None        # null: the run folder
+    experiment: str = "phicenter"  # the MLflow experiment the runs go into
+    run_name: str | None = None  # null: the run folder
 
 
 WandbMode = Literal["online", "offline", "disabled"]
@@ -261,9 +301,9 @@ WandbMode = Literal["online", "offline", "disabled"]
 @frozen
 class WandbLogger:
     project: str = "phicenter"
-    entity: str | None = None          # null: wandb's default (your user, or $WANDB_ENTITY)
-    group: str | None = None           # runs shown together (null: none)
-    mode: WandbMode | None = None      # null: $WANDB_MODE, else online
+    entity: str | None = None  # null: wandb's default (your user, or $WANDB_ENTITY)
+    group: str | None = None  # runs shown together (null: none)
+    mode: WandbMode | None = None  # null: $WANDB_MODE, else online
 
 
 @frozen
@@ -271,6 +311,7 @@ class Loggers:
     """The `logger` group: one key per logger picked (`logger=[tensorboard,csv]`), each with its options.
     An execution setting (phicenter.config.keys.EXECUTION_KEYS): in no round key, job folder name or
     TensorBoard hparam, and a relaunch may change it."""
+
     tensorboard: TensorBoardLogger | None = None
     csv: CsvLogger | None = None
     mlflow: MlflowLogger | None = None
@@ -281,10 +322,11 @@ class Loggers:
 class Instability:
     """Frankle et al. (2020)'s instability of each round: a copy trained from the round's starting state with
     another data order, and the error barrier between the two (docs/method.md, "Instability analysis")."""
+
     enabled: bool = False
     data_seed: NonNegInt | None = None  # the copy's data order (and its fit's RNG); null: seed + 1
-    points: Annotated[int, Range(">= 2")] = 11   # alphas over [0, 1], both ends included
-    from_round: NonNegInt = 0          # the first round measured
+    points: Annotated[int, Range(">= 2")] = 11  # alphas over [0, 1], both ends included
+    from_round: NonNegInt = 0  # the first round measured
 
 
 # ------------------------------------------------------------------ the published figures an experiment reproduces
@@ -295,21 +337,21 @@ Remaining = Annotated[float, Range("(0, 100]")]
 
 @frozen
 class PublishedPoint:
-    remaining: Remaining               # weights remaining, % of the prunable weights
-    accuracy: Percent                  # the published test accuracy, %
-    spread: tuple[Percent, Percent] | None = None   # [low, high] around it, as the paper reports it
-    read_off_plot: bool = False        # read off a figure: the text, tables and released data give no number
+    remaining: Remaining  # weights remaining, % of the prunable weights
+    accuracy: Percent  # the published test accuracy, %
+    spread: tuple[Percent, Percent] | None = None  # [low, high] around it, as the paper reports it
+    read_off_plot: bool = False  # read off a figure: the text, tables and released data give no number
 
 
 @frozen
 class PublishedCurve:
-    strategy: StrategyName             # the phicenter strategy whose runs this curve is compared with
-    label: str                         # the paper's name for it
-    match: list[str] = field(default_factory=list)   # further settings the runs must have: "rewind.epoch=2"
+    strategy: StrategyName  # the phicenter strategy whose runs this curve is compared with
+    label: str  # the paper's name for it
+    match: list[str] = field(default_factory=list)  # further settings the runs must have: "rewind.epoch=2"
     points: list[PublishedPoint] = field(default_factory=list)
-    matching_remaining: Remaining | None = None      # the paper: not below the dense accuracy down to this %
-    below_remaining: Remaining | None = None         # the paper: below the dense accuracy from this % on
-    note: str | None = None            # where the paper says so, in its words
+    matching_remaining: Remaining | None = None  # the paper: not below the dense accuracy down to this %
+    below_remaining: Remaining | None = None  # the paper: below the dense accuracy from this % on
+    note: str | None = None  # where the paper says so, in its words
 
 
 @frozen
@@ -317,17 +359,19 @@ class Reference:
     """What an experiment is compared with (phicenter.analysis.literature). It records, and never shapes
     training: phicenter.config.keys.RECORD_ONLY_KEYS keeps it out of round keys, folder names and the
     same-run check."""
-    source: str                        # the paper and where its figures are (section, figure, table, data)
-    metric: str                        # what the published accuracy measures
-    spread: str                        # what the published spread is (min and max of trials, a std, ...)
+
+    source: str  # the paper and where its figures are (section, figure, table, data)
+    metric: str  # what the published accuracy measures
+    spread: str  # what the published spread is (min and max of trials, a std, ...)
     curves: list[PublishedCurve] = field(default_factory=list)
-    missing: str | None = None         # what could not be verified, so is left out
+    missing: str | None = None  # what could not be verified, so is left out
 
 
 @frozen
 class Config:
     """The top level of conf/config.yaml (with the groups the defaults list picks)."""
-    phi: float = 0.0                   # a list of numbers with pack=true
+
+    phi: float = 0.0  # a list of numbers with pack=true
     phi_scale: Literal["absolute", "layer_std"] = "absolute"
     seed: NonNegInt = 0
     epochs: PosInt = 10
@@ -354,9 +398,9 @@ class Config:
     dataset: Annotated[dict, ByName(DATASET_OPTIONS)] = field(default_factory=dict)
     optim: Annotated[dict, ByName(OPTIMIZERS)] = field(default_factory=dict)
     schedule: Annotated[dict, ByName(SCHEDULES)] = field(default_factory=dict)
-    logger: Loggers | None = None      # null (logger=[]): no logger but results.json
-    reference: Reference | None = None             # the published figures a reference experiment reproduces
-    phi_sign: Literal["-", "+"] | None = None      # hparams_search=phi_optuna: phi drawn as a sign and |phi|
+    logger: Loggers | None = None  # null (logger=[]): no logger but results.json
+    reference: Reference | None = None  # the published figures a reference experiment reproduces
+    phi_sign: Literal["-", "+"] | None = None  # hparams_search=phi_optuna: phi drawn as a sign and |phi|
     phi_abs: Positive | None = None
 
 
@@ -364,7 +408,7 @@ LIST_PHI = "phi={} is a list: a list of phi values needs pack=true (or -m phi=a,
 
 
 def _phi(value):
-    if isinstance(value, str):   # phi='5e-5', or decoded by a resolver
+    if isinstance(value, str):  # phi='5e-5', or decoded by a resolver
         try:
             value = float(value)
         except ValueError:
@@ -404,8 +448,10 @@ def _check_rewind(c: Mapping) -> None:
     if k and s:
         raise ConfigError(f"rewind.epoch={k} and rewind.step={s}: the rewind point is one of them; set the other to 0")
     if k >= epochs:
-        raise ConfigError(f"rewind.epoch={k} is not inside round 0 (epochs={epochs}): rounds >= 1 train epochs k+1.."
-                          f"{epochs}, so k must be less than epochs")
+        raise ConfigError(
+            f"rewind.epoch={k} is not inside round 0 (epochs={epochs}): rounds >= 1 train epochs k+1.."
+            f"{epochs}, so k must be less than epochs"
+        )
 
 
 def default_of(tree: Mapping, key: str):

@@ -9,14 +9,15 @@ normalisation on the device, no workers) and `torchvision` (a standard DataLoade
 per-sample PIL transforms, for comparison). Both draw the same seeded permutation, so with augmentation off
 they give the same batches.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,8 +26,7 @@ from phicenter.data import npzfile
 from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached  # noqa: F401 (re-exported)
 from phicenter.data.errors import DataError
 from phicenter.data.shards import batches_per_epoch, shard, shard_size
-from phicenter.data.transforms import (NORMALIZE, augment, augment_draws, channel_stats,  # noqa: F401 (re-exported)
-                                         statistics)
+from phicenter.data.transforms import NORMALIZE, augment, augment_draws, channel_stats, statistics  # noqa: F401 (re-exported)
 from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
@@ -59,12 +59,18 @@ def _labels(y) -> torch.Tensor:
 def _missing(what: str, root: Path, download: bool, expected: str, err: Exception | None = None) -> DataError:
     how = "download failed (no network?)" if download else "not found and dataset.download=false"
     tail = f" [{type(err).__name__}]" if err is not None else ""
-    return DataError(f"{what}: {how} in {root} (expected {expected}); put the files there, "
-                     f"or set data_dir=... / PHICENTER_DATA_DIR{tail}")
+    return DataError(
+        f"{what}: {how} in {root} (expected {expected}); put the files there, "
+        f"or set data_dir=... / PHICENTER_DATA_DIR{tail}"
+    )
 
 
-MNIST_FILES = ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
-               "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte")
+MNIST_FILES = (
+    "MNIST/raw/train-images-idx3-ubyte",
+    "MNIST/raw/train-labels-idx1-ubyte",
+    "MNIST/raw/t10k-images-idx3-ubyte",
+    "MNIST/raw/t10k-labels-idx1-ubyte",
+)
 
 
 def _decode_mnist(root: Path, download: bool) -> dict:
@@ -76,13 +82,23 @@ def _decode_mnist(root: Path, download: bool) -> dict:
         test = torchvision.datasets.MNIST(str(root), train=False, download=download)
     except Exception as e:  # missing files or no network: one clear line, no urllib traceback
         raise _missing("MNIST", root, download, "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte", e) from None
-    return {"x_train": _nchw(train.data), "y_train": _labels(train.targets),
-            "x_test": _nchw(test.data), "y_test": _labels(test.targets)}
+    return {
+        "x_train": _nchw(train.data),
+        "y_train": _labels(train.targets),
+        "x_test": _nchw(test.data),
+        "y_test": _labels(test.targets),
+    }
 
 
 CIFAR = {  # name: (torchvision class, folder, train files, test files, meta file, label key)
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                "batches.meta", "labels"),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        "labels",
+    ),
     "cifar100": ("CIFAR100", "cifar-100-python", ("train",), ("test",), "meta", "fine_labels"),
 }
 
@@ -101,8 +117,9 @@ def _read_cifar_batch(file: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(entry[label_key], dtype=np.int64)
     except Exception as e:
-        raise DataError(f"{file}: not a readable CIFAR batch ({type(e).__name__}: {e}); "
-                        "delete it and download again") from None
+        raise DataError(
+            f"{file}: not a readable CIFAR batch ({type(e).__name__}: {e}); delete it and download again"
+        ) from None
     if len(x) != len(y):
         raise DataError(f"{file}: {len(x)} images but {len(y)} labels")
     return x, y
@@ -157,8 +174,16 @@ def digits(root: Path, test_size: int = 360, split_seed: int = 0, **_):
 
 
 @register_dataset
-def synthetic(root: Path, n_train: int = 600, n_test: int = 200, num_classes: int = 10,
-              shape=(1, 8, 8), noise: float = 60.0, seed: int = 0, **_):
+def synthetic(
+    root: Path,
+    n_train: int = 600,
+    n_test: int = 200,
+    num_classes: int = 10,
+    shape=(1, 8, 8),
+    noise: float = 60.0,
+    seed: int = 0,
+    **_,
+):
     """Seeded class prototypes plus noise: learnable, tiny, any shape (tests and CIFAR-shaped benches)."""
     g = seeding.generator(seed, "synthetic")
     protos = torch.rand((num_classes, *shape), generator=g) * 255
@@ -178,6 +203,7 @@ def npz(root: Path, path: str | None = None, **_):
 @dataclass
 class Splits:
     """uint8 images and int64 labels of each split, plus the per-channel statistics of the train split."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
@@ -193,8 +219,9 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
 
-def load(name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0, normalize: str = "dataset",
-         **options) -> Splits:
+def load(
+    name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0, normalize: str = "dataset", **options
+) -> Splits:
     """Read a dataset and hold a seeded validation split out of train (unless the dataset brings one).
 
     normalize="dataset": inputs are normalised with the train split's per-channel mean and std; "imagenet":
@@ -227,7 +254,7 @@ class Group:
     never k batches in memory at once). Groups are consumed in order, each one fully, as a loop does;
     anything else is an error rather than a silently different order."""
 
-    def __init__(self, stream: "_Stream", start: int, count: int):
+    def __init__(self, stream: _Stream, start: int, count: int):
         self.stream, self.start, self.count = stream, start, count
 
     def __len__(self) -> int:
@@ -235,8 +262,10 @@ class Group:
 
     def __iter__(self):
         if self.stream.position != self.start:
-            raise RuntimeError(f"batch group starting at {self.start} consumed out of order "
-                               f"(the epoch is at batch {self.stream.position})")
+            raise RuntimeError(
+                f"batch group starting at {self.start} consumed out of order "
+                f"(the epoch is at batch {self.stream.position})"
+            )
         for _ in range(self.count):
             yield self.stream.next()
 
@@ -278,9 +307,19 @@ class Batches:
     An epoch started at batch j (`set_epoch(..., start=j)`) yields Groups in the places of a whole epoch's
     (spans) holding its batches j.., augmentation included."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
-                 drop_last: bool = False, group: int = 1):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        group: int = 1,
+    ):
         self.x, self.y = x, y
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
@@ -288,12 +327,12 @@ class Batches:
         self.round = self.epoch = self.start = 0
         self.rank, self.world = 0, 1
 
-    def shard(self, rank: int, world: int) -> "Batches":
+    def shard(self, rank: int, world: int) -> Batches:
         """From now on, yield only this process's shard of each epoch's order (data.shards)."""
         self.rank, self.world = int(rank), int(world)
         return self
 
-    def to(self, device) -> "Batches":
+    def to(self, device) -> Batches:
         self.x, self.y = self.x.to(device), self.y.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
@@ -331,7 +370,7 @@ class Batches:
         order = None if order is None else order.to(self.x.device)
         for i in range(self.n_batches()):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            if i < self.start:   # left out; its augmentation draws are drawn, so the next batches get theirs
+            if i < self.start:  # left out; its augmentation draws are drawn, so the next batches get theirs
                 if self.augment:
                     augment_draws(hi - lo, g)
                 continue
@@ -350,6 +389,7 @@ class Batches:
 # (phicenter.bench) and as the shape a streaming dataset would take. The sample order comes from the same
 # seeded permutation as Batches, so with augmentation off both pipelines give the same batches.
 
+
 class SeededOrder(torch.utils.data.Sampler):
     """Indices in Batches' order (seeded by (seed, round, epoch)) from the `skip`-th on; len: the whole epoch."""
 
@@ -367,7 +407,7 @@ class SeededOrder(torch.utils.data.Sampler):
     def __iter__(self):
         g = seeding.generator(self.seed, "batches", self.round, self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        return iter(shard(order, self.rank, self.world)[self.skip:].tolist())
+        return iter(shard(order, self.rank, self.world)[self.skip :].tolist())
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -378,8 +418,17 @@ class ImageDataset(torch.utils.data.Dataset):
     (seed, round, epoch, index), so runs are repeatable with any number of workers; seeded=False is the
     plain unseeded pipeline most code uses (the bench's baseline)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 augment: bool = False, seed: int = 0, seeded: bool = True, pad: int = 4):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        augment: bool = False,
+        seed: int = 0,
+        seeded: bool = True,
+        pad: int = 4,
+    ):
         from torchvision import transforms as T
 
         self.images = x.permute(0, 2, 3, 1).contiguous().numpy()  # N×H×W×C, as PIL wants
@@ -412,14 +461,22 @@ class ImageDataset(torch.utils.data.Dataset):
 class LoaderBatches:
     """A DataLoader behind the interface the round loop uses (set_epoch(round, epoch), to(device), len)."""
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 num_workers: int = 0, pin_memory: bool = False, group: int = 1):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        group: int = 1,
+    ):
         self.dataset, self.group, self.batch_size, self.start = dataset, max(1, int(group)), batch_size, 0
         self.order = SeededOrder(len(dataset), seed, shuffle)
-        self._kw = dict(batch_size=batch_size, sampler=self.order, num_workers=num_workers)
+        self._kw = {"batch_size": batch_size, "sampler": self.order, "num_workers": num_workers}
         self.loader = torch.utils.data.DataLoader(dataset, pin_memory=pin_memory, **self._kw)
 
-    def to(self, device) -> "LoaderBatches":
+    def to(self, device) -> LoaderBatches:
         """Batches are made on the CPU and moved per step by Lightning; for CUDA, in pinned memory."""
         pin = torch.device(device).type == "cuda"
         if pin != self.loader.pin_memory:
@@ -432,7 +489,7 @@ class LoaderBatches:
         self.order.set_epoch(round_index, epoch, self.start * self.batch_size)
         self.dataset.set_epoch(round_index, epoch)
 
-    def shard(self, rank: int, world: int) -> "LoaderBatches":
+    def shard(self, rank: int, world: int) -> LoaderBatches:
         self.order.rank, self.order.world = int(rank), int(world)
         return self
 
@@ -449,25 +506,40 @@ class LoaderBatches:
 PIPELINES = ("fast", "torchvision")
 
 
-def make_loaders(splits: Splits, batch_size: int, *, seed: int = 0, augment: bool = False,
-                 eval_batch_size: int | None = None, pipeline: str = "fast", num_workers: int = 0,
-                 group: int = 1):
+def make_loaders(
+    splits: Splits,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    augment: bool = False,
+    eval_batch_size: int | None = None,
+    pipeline: str = "fast",
+    num_workers: int = 0,
+    group: int = 1,
+):
     """(train, val, test) iterables of normalised float batches; only train is shuffled and augmented,
     and only train is grouped (lists of `group` batches, for CohortModule)."""
     eval_bs = eval_batch_size or batch_size
     s = splits
     if pipeline == "fast":
-        return (Batches(s.x_train, s.y_train, s.mean, s.std, batch_size, shuffle=True, augment=augment, seed=seed,
-                        group=group),
-                Batches(s.x_val, s.y_val, s.mean, s.std, eval_bs),
-                Batches(s.x_test, s.y_test, s.mean, s.std, eval_bs))
+        return (
+            Batches(
+                s.x_train, s.y_train, s.mean, s.std, batch_size, shuffle=True, augment=augment, seed=seed, group=group
+            ),
+            Batches(s.x_val, s.y_val, s.mean, s.std, eval_bs),
+            Batches(s.x_test, s.y_test, s.mean, s.std, eval_bs),
+        )
     if pipeline == "torchvision":
+
         def dl(x, y, bs, train):
             ds = ImageDataset(x, y, s.mean, s.std, augment=augment and train, seed=seed)
-            return LoaderBatches(ds, bs, shuffle=train, seed=seed, num_workers=num_workers,
-                                 group=group if train else 1)
-        return (dl(s.x_train, s.y_train, batch_size, True), dl(s.x_val, s.y_val, eval_bs, False),
-                dl(s.x_test, s.y_test, eval_bs, False))
+            return LoaderBatches(ds, bs, shuffle=train, seed=seed, num_workers=num_workers, group=group if train else 1)
+
+        return (
+            dl(s.x_train, s.y_train, batch_size, True),
+            dl(s.x_val, s.y_val, eval_bs, False),
+            dl(s.x_test, s.y_test, eval_bs, False),
+        )
     raise DataError(f"dataset.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
 
 
@@ -483,6 +555,13 @@ def loaders(cfg, splits: Splits, batch_size: int, seed: int, group: int = 1):
     """make_loaders for a run's config: dataset.pipeline (fast|torchvision), dataset.augment,
     dataset.num_workers (torchvision only), eval_batch_size; train grouped by `group`."""
     ds = cfg.dataset
-    return make_loaders(splits, batch_size, seed=seed, augment=bool(ds.get("augment", False)),
-                        eval_batch_size=eval_batch_size(cfg, batch_size), pipeline=str(ds.get("pipeline", "fast")),
-                        num_workers=int(ds.get("num_workers") or 0), group=group)
+    return make_loaders(
+        splits,
+        batch_size,
+        seed=seed,
+        augment=bool(ds.get("augment", False)),
+        eval_batch_size=eval_batch_size(cfg, batch_size),
+        pipeline=str(ds.get("pipeline", "fast")),
+        num_workers=int(ds.get("num_workers") or 0),
+        group=group,
+    )

@@ -1,11 +1,12 @@
 """Decode cache: decoded uint8 tensors of a dataset, kept in `<data_dir>/phicenter-cache/` beside its files."""
+
 from __future__ import annotations
 
 import json
 import logging
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

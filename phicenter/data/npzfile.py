@@ -4,6 +4,7 @@ The file is what numpy.savez writes: x_train, y_train, x_test, y_test, optionall
 are uint8, N×H×W, N×C×H×W or N×H×W×C; labels are integers >= 0, one per image of their split. Anything else
 is a DataError naming the file and the array, in one line (the command line refuses it with exit code 2).
 """
+
 from __future__ import annotations
 
 import zipfile

@@ -1,4 +1,5 @@
 """Data-parallel training: each process trains on its own shard of every epoch's order."""
+
 from __future__ import annotations
 
 import math

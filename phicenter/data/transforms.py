@@ -1,4 +1,5 @@
 """Per-batch transforms on uint8 images: the normalisation statistics and the augmentation."""
+
 from __future__ import annotations
 
 import torch

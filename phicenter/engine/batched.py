@@ -1,12 +1,12 @@
 """The GPU forward of a stacked cohort: one kernel per layer for all K variants (nn.Sequential nets of common
 layers), and torch.func.vmap for other architectures. Same maths as K unpacked nets, not bit-identical
 (BLAS and cuDNN pick kernels by shape); the CPU default is StackedNet's per-variant loop."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 # torch's CPU bmm computes products with contraction * rows * cols below this in its own loop, not with the
 # BLAS gemm that nn.Linear's mm uses; such tiny products are done one variant at a time, with mm.
@@ -24,13 +24,14 @@ class _PackedLinear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         k, n_out, n_in = w.shape
-        if x.dim() == 2:   # shared input: one product against the variants' weights side by side
+        if x.dim() == 2:  # shared input: one product against the variants' weights side by side
             flat = w.reshape(k * n_out, n_in).t()
             y = torch.addmm(b.reshape(-1), x, flat) if b is not None else x.mm(flat)
             return y.view(x.shape[0], k, n_out).transpose(0, 1)
         if x.shape[1] * n_in * n_out < _BMM_SMALL:
-            return torch.stack([torch.addmm(b[i], x[i], w[i].t()) if b is not None else x[i].mm(w[i].t())
-                                for i in range(k)])
+            return torch.stack(
+                [torch.addmm(b[i], x[i], w[i].t()) if b is not None else x[i].mm(w[i].t()) for i in range(k)]
+            )
         return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x.bmm(w.transpose(1, 2))
 
     @staticmethod
@@ -40,7 +41,7 @@ class _PackedLinear(torch.autograd.Function):
         k = w.shape[0]
         small = x.dim() == 3 and x.shape[1] * w.shape[1] * w.shape[2] < _BMM_SMALL
         if ctx.needs_input_grad[0]:
-            gx = (torch.stack([g[i].mm(w[i]) for i in range(k)]) if small else g.bmm(w))
+            gx = torch.stack([g[i].mm(w[i]) for i in range(k)]) if small else g.bmm(w)
             if x.dim() == 2:
                 gx = gx.sum(0)
         if ctx.needs_input_grad[1]:
@@ -51,7 +52,7 @@ class _PackedLinear(torch.autograd.Function):
             else:
                 gw = g.transpose(1, 2).bmm(x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.contiguous().sum(1)   # the reduction order of a contiguous [B, out].sum(0)
+            gb = g.contiguous().sum(1)  # the reduction order of a contiguous [B, out].sum(0)
         return gx, gw, gb
 
 
@@ -82,23 +83,23 @@ def batched_plan(net: nn.Module) -> list[tuple[str, nn.Module]] | None:
     if plan is None:
         return None
     for _, m in plan:
-        ok = (isinstance(m, (*_ELEMENTWISE, *_POOLS))
-              or isinstance(m, nn.Linear)
-              or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros")
-              or isinstance(m, nn.BatchNorm2d)
-              or (isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1))
+        ok = (
+            isinstance(m, (*_ELEMENTWISE, *_POOLS))
+            or isinstance(m, nn.Linear)
+            or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros")
+            or isinstance(m, nn.BatchNorm2d)
+            or (isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1)
+        )
         if not ok:
             return None
     return plan
-
-
 
 
 def batched_forward(net, h: torch.Tensor, training: bool) -> torch.Tensor:
     # h is shared by all variants ([B, ...]) until the first layer with weights; after it, a feature
     # map is [B, K*C, H, W] (variant k owns channels k*C..k*C+C-1) and a vector is [K, B, F].
     k, shared = net.k, True
-    params = net.params   # once a step: the stack's dict is rebuilt on each read
+    params = net.params  # once a step: the stack's dict is rebuilt on each read
     for name, m in net.plan:
         if isinstance(m, nn.Linear):
             if not shared and h.dim() != 3:
@@ -108,8 +109,15 @@ def batched_forward(net, h: torch.Tensor, training: bool) -> torch.Tensor:
         elif isinstance(m, nn.Conv2d):
             w = params[f"{name}.weight"]
             b = params.get(f"{name}.bias")
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
-                         m.stride, m.padding, m.dilation, 1 if shared else k)
+            h = F.conv2d(
+                h,
+                w.reshape(-1, *w.shape[2:]),
+                None if b is None else b.reshape(-1),
+                m.stride,
+                m.padding,
+                m.dilation,
+                1 if shared else k,
+            )
             shared = False
         elif isinstance(m, nn.BatchNorm2d):
             if shared:
@@ -136,8 +144,10 @@ def vmap_forward(net, x: torch.Tensor, training: bool) -> torch.Tensor:
     was = net.template.training
     net.template.train(training)
     try:
+
         def one(p, b, xb):
             return functional_call(net.template, {**p, **b}, (xb,))
+
         out = vmap(one, in_dims=(0, dims, None), randomness="different")(net.params, buffers, x)
     finally:
         net.template.train(was)

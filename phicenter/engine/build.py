@@ -1,4 +1,5 @@
 """What a run's config builds: its data, net, IMP method state and the Lightning Trainer of each round."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,14 @@ def load_data(cfg: DictConfig) -> data.Splits:
 
 def build_model(cfg: DictConfig, splits: data.Splits, seed: int | None = None):
     """The run's net at theta0; with `seed`, the same architecture and init scheme drawn from that seed."""
-    return models.build(cfg.model.name, splits.input_shape, splits.num_classes, init=cfg.model.init,
-                        seed=cfg.seed if seed is None else seed, **_options(cfg.model, ("name", "init")))
+    return models.build(
+        cfg.model.name,
+        splits.input_shape,
+        splits.num_classes,
+        init=cfg.model.init,
+        seed=cfg.seed if seed is None else seed,
+        **_options(cfg.model, ("name", "init")),
+    )
 
 
 def build_strategy(cfg: DictConfig):
@@ -42,9 +49,17 @@ def build_strategy(cfg: DictConfig):
 def build_imp(cfg: DictConfig, net, v: dict) -> IMP:
     """The method state of one run; a setting the method refuses (a constant of 0, say) is a ConfigError."""
     mag = cfg.reinit.magnitude
-    imp_cfg = IMPConfig(phi=v["phi"], phi_scale=cfg.phi_scale, base=v["base"], output_base=v["output_base"],
-                        conv_base=v["conv_base"], scope=cfg.prune.scope, method=cfg.prune.get("method", "magnitude"),
-                        magnitude=mag if isinstance(mag, str) else float(mag), seed=v["seed"])
+    imp_cfg = IMPConfig(
+        phi=v["phi"],
+        phi_scale=cfg.phi_scale,
+        base=v["base"],
+        output_base=v["output_base"],
+        conv_base=v["conv_base"],
+        scope=cfg.prune.scope,
+        method=cfg.prune.get("method", "magnitude"),
+        magnitude=mag if isinstance(mag, str) else float(mag),
+        seed=v["seed"],
+    )
 
     def fresh(name, like, g):
         return models.init_weight_(torch.empty(like.shape), cfg.model.init, g)
@@ -90,9 +105,17 @@ def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "plugins" not in kw:
         # submitit requeues preempted/timed-out jobs; Lightning must not requeue them a second time
         from pytorch_lightning.plugins.environments import SLURMEnvironment
+
         kw["plugins"] = [SLURMEnvironment(auto_requeue=False)]
-    return pl.Trainer(max_epochs=epochs, logger=False, callbacks=callbacks, enable_checkpointing=True,
-                      enable_model_summary=False, num_sanity_val_steps=0, **kw)
+    return pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=True,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 def arm_write_fault(cfg) -> None:

@@ -1,4 +1,5 @@
 """Lightning callbacks: the IMP round boundary, and epoch checkpoints that make a kill cost one epoch at most."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 
 from phicenter.engine import distributed
-from phicenter.method import pruning
 from phicenter.io import newest_loadable, write_with
+from phicenter.method import pruning
 from phicenter.method.imp import IMP
 
 
@@ -47,8 +48,9 @@ class PruneReinit(pl.Callback):
             return
         self.apply(pl_module)
         if self.diagnostics:
-            per_variant = distributed.agree([distributed.digest(imp) for imp in self.imps],
-                                            f"the masks and signs of round {self.round_index}")
+            per_variant = distributed.agree(
+                [distributed.digest(imp) for imp in self.imps], f"the masks and signs of round {self.round_index}"
+            )
             for d, digests in zip(self.diagnostics, per_variant):
                 d["rank_digests"] = digests
 
@@ -104,22 +106,25 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
     def on_train_epoch_end(self, trainer, pl_module):
         if (trainer.current_epoch + 1) % self.every:
             return
-        if trainer.is_global_zero:   # Lightning writes the temporary file, phicenter.io puts it in place
+        if trainer.is_global_zero:  # Lightning writes the temporary file, phicenter.io puts it in place
             write_with(self.last, trainer.save_checkpoint, keep=self.prev)
-        else:                        # every process takes part in saving; the first one writes
+        else:  # every process takes part in saving; the first one writes
             trainer.save_checkpoint(self.last)
 
     def resumable(self, log) -> str | None:
         """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped. One
         saved while masks were parametrizations is not resumed (its optimizer state follows another order of
         the parameters): the round is trained again from its start."""
-        found = newest_loadable((self.last, self.prev),
-                                lambda path: torch.load(path, map_location="cpu", weights_only=False), log)
+        found = newest_loadable(
+            (self.last, self.prev), lambda path: torch.load(path, map_location="cpu", weights_only=False), log
+        )
         if not found:
             return None
         path, state = found
         if isinstance(state, dict) and pruning.is_legacy(state.get("state_dict", {})):
-            log(f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "
-                "starts again from its beginning, to the same result")
+            log(
+                f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "
+                "starts again from its beginning, to the same result"
+            )
             return None
         return str(path)

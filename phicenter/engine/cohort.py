@@ -1,6 +1,7 @@
 """Cohorts: the K variants of one (dataset, architecture, seed) that share theta0 and the data order and differ
 only in phi and the strategy. A single run is a cohort of one; `pack=true 'phi=[...]' 'strategy=[...]'` makes
 one of K > 1, each variant in its own folder named like a multirun job (`phi=0.0,strategy=mask0/`)."""
+
 from __future__ import annotations
 
 import copy
@@ -13,14 +14,15 @@ from phicenter.config import PACK_KEYS, ConfigError, validate
 
 log = logging.getLogger("phicenter")
 
-PACK_SUMMARY = "pack.json"            # in the job folder: {"variants": {name: status}, ...}
-VARIED = ("phi", "strategy")            # what may differ between the variants of one pack
+PACK_SUMMARY = "pack.json"  # in the job folder: {"variants": {name: status}, ...}
+VARIED = ("phi", "strategy")  # what may differ between the variants of one pack
 
 
 @dataclass
 class Variant:
     """One run of a cohort: its folder under the job folder ("" for a single run: the job folder itself)
     and the config of the same run trained alone."""
+
     name: str
     cfg: DictConfig
 
@@ -84,16 +86,16 @@ def variants_from_hydra(cfg: DictConfig) -> list[Variant]:
         raise ConfigError("pack=true needs at least one phi and one strategy")
     variants = []
     for s in strategies:
-        base = compose(config_name=hc.job.config_name,
-                       overrides=keep + ([f"strategy={s}"] if s is not None else []))
+        base = compose(config_name=hc.job.config_name, overrides=keep + ([f"strategy={s}"] if s is not None else []))
         with open_dict(base):
             for o in options:
-                sub = o.key_or_group[len("strategy."):]
+                sub = o.key_or_group[len("strategy.") :]
                 if sub in base.strategy or o.is_add() or o.is_force_add():
                     OmegaConf.update(base, o.key_or_group, o.value(), force_add=True)
                 else:
-                    log.info("%s does not apply to strategy %s; ignored for its variants",
-                             o.key_or_group, base.strategy.name)
+                    log.info(
+                        "%s does not apply to strategy %s; ignored for its variants", o.key_or_group, base.strategy.name
+                    )
         variants += make_variants(base, phis, [base.strategy])
     return variants
 
@@ -123,11 +125,14 @@ def check_variants(variants: list[Variant]) -> list[dict]:
     for v in variants[1:]:
         if shared(v.cfg) != ref:
             diff = sorted(k for k in set(ref) | set(shared(v.cfg)) if ref.get(k) != shared(v.cfg).get(k))
-            raise ConfigError(f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
-                              "only phi and strategy may vary within a pack")
+            raise ConfigError(
+                f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
+                "only phi and strategy may vary within a pack"
+            )
     precision = str(variants[0].cfg.trainer.get("precision", "32-true"))
     if len(variants) > 1 and precision in ("16-mixed", "16"):
-        raise ConfigError(f"pack=true cannot train with trainer.precision={precision}: one loss scale for the "
-                          "cohort would skip every variant's step when one overflows; use bf16-mixed or 32-true")
+        raise ConfigError(
+            f"pack=true cannot train with trainer.precision={precision}: one loss scale for the "
+            "cohort would skip every variant's step when one overflows; use bf16-mixed or 32-true"
+        )
     return vals
-

@@ -14,6 +14,7 @@ Lightning's DDP.
   signs are equal (results.json keeps each process's digest of them, `rank_digests`).
 Only the first process writes run files (engine.rundir.is_writer).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ def average_gradients(params, world: int) -> None:
     flat.div_(world)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view(g.shape))
+        g.copy_(flat[offset : offset + g.numel()].view(g.shape))
         offset += g.numel()
 
 

@@ -7,6 +7,7 @@ rounds, keys and records are those of the run without the option. Each distinct 
 the round store under its own key (the round's key and the data seed), and a cohort's members with one round key
 share one copy.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,12 @@ TB_TAG = "instability_epoch"
 def setting(cfg) -> dict:
     """The `instability` node of a config, as plain values."""
     node = cfg.get("instability") or {}
-    return {"enabled": bool(node.get("enabled", False)), "data_seed": node.get("data_seed"),
-            "points": int(node.get("points") or 11), "from_round": int(node.get("from_round") or 0)}
+    return {
+        "enabled": bool(node.get("enabled", False)),
+        "data_seed": node.get("data_seed"),
+        "points": int(node.get("points") or 11),
+        "from_round": int(node.get("from_round") or 0),
+    }
 
 
 def data_seed(cfg) -> int:
@@ -63,6 +68,7 @@ class FromRewind(Plan):
 @dataclass
 class Copy:
     """A round's trained copy, wherever it came from."""
+
     state: dict | None
     history: list
     test: tuple
@@ -91,12 +97,11 @@ class Instability:
     `epochs_dir(job_dir, members, r)`: where the round loop keeps a round's epoch checkpoints; each copy keeps its
     own beside them, until the round is recorded, so a run killed in a copy's fit resumes that fit."""
 
-    def __init__(self, cfg, v: dict, splits, loaders, plan: Plan, device, impl: str, reuse, job_dir: Path,
-                 epochs_dir):
+    def __init__(self, cfg, v: dict, splits, loaders, plan: Plan, device, impl: str, reuse, job_dir: Path, epochs_dir):
         s = setting(cfg)
         self.on = s["enabled"] and not cfg.get("dry_run")
         self.cfg, self.v, self.splits, self.plan, self.device, self.impl = cfg, v, splits, plan, device, impl
-        self.eval_batches = loaders[1:]   # the round's validation and test batches: the copy scores on them too
+        self.eval_batches = loaders[1:]  # the round's validation and test batches: the copy scores on them too
         self.reuse, self.job_dir, self.epochs_dir = reuse, Path(job_dir), epochs_dir
         self.seed, self.points, self.first = (data_seed(cfg) if self.on else None), s["points"], s["from_round"]
         self._batches = self._scratch = None
@@ -131,17 +136,32 @@ class Instability:
             if c.diverged is None and key not in paths:
                 paths[key] = self._barrier(m.net.state_dict(), c.state)
             last = c.history[-1] if c.history and c.diverged is None else {}
-            out[i] = {"data_seed": self.seed, "key": key, "reused_from": c.reused_from, "diverged": c.diverged,
-                      **(paths[key].record() if c.diverged is None else {"barrier": None}),
-                      "val_acc": last.get("val_acc"), "train_loss": last.get("train_loss"),
-                      "train_acc": last.get("train_acc"), "test_loss": c.test[0], "test_acc": c.test[1],
-                      "seconds": c.seconds, "epochs": c.history}
+            out[i] = {
+                "data_seed": self.seed,
+                "key": key,
+                "reused_from": c.reused_from,
+                "diverged": c.diverged,
+                **(paths[key].record() if c.diverged is None else {"barrier": None}),
+                "val_acc": last.get("val_acc"),
+                "train_loss": last.get("train_loss"),
+                "train_acc": last.get("train_acc"),
+                "test_loss": c.test[0],
+                "test_acc": c.test[1],
+                "seconds": c.seconds,
+                "epochs": c.history,
+            }
             if c.reused_from is not None and m.recorder is not None:
                 for row in c.history:
                     m.recorder.epoch(row, step=r * self.v["epochs"] + row["epoch"], tag=TB_TAG)
-        log.info("round %d instability (data seed %d)  %s", r, self.seed, "  ".join(
-            f"{members[i].variant.name + ' ' if members[i].variant.name else ''}barrier {_pp(rec['barrier'])}"
-            for i, rec in out.items()))
+        log.info(
+            "round %d instability (data seed %d)  %s",
+            r,
+            self.seed,
+            "  ".join(
+                f"{members[i].variant.name + ' ' if members[i].variant.name else ''}barrier {_pp(rec['barrier'])}"
+                for i, rec in out.items()
+            ),
+        )
         return out
 
     def clear(self, members: list, r: int) -> None:
@@ -150,8 +170,11 @@ class Instability:
             for m in members:
                 folder = self._folder(m, r)
                 shutil.rmtree(folder, ignore_errors=True)
-                if folder.parent.name.startswith("cohort_") and folder.parent.is_dir() \
-                        and not any(folder.parent.iterdir()):
+                if (
+                    folder.parent.name.startswith("cohort_")
+                    and folder.parent.is_dir()
+                    and not any(folder.parent.iterdir())
+                ):
                     folder.parent.rmdir()
 
     # ---------------------------------------------------------------- the copy
@@ -173,19 +196,27 @@ class Instability:
         net = build.build_model(cfg, self.splits)
         pruning.attach_masks(net)
         net.load_state_dict(start)
-        plan = FromRewind(self.plan.epochs, self.plan.step, self.plan.steps_per_epoch) \
-            if r == 0 and self.plan.step else self.plan
+        plan = (
+            FromRewind(self.plan.epochs, self.plan.step, self.plan.steps_per_epoch)
+            if r == 0 and self.plan.step
+            else self.plan
+        )
         train_b = data.loaders(cfg, self.splits, self.v["batch_size"], self.seed, group=data.STEPS_PER_CALL)[0]
         val_b, test_b = self.eval_batches
         saver = EpochCheckpoint(self._folder(m, r), cfg.checkpoint.get("every_n_epochs", 1))
         resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
         if resume_from:
             log.info("resuming the instability copy of round %d from %s", r, resume_from)
-        torch.manual_seed(seeding.derive(self.seed, "round", r))   # as a run of the data seed's round r
-        module = CohortModule([net], OmegaConf.to_container(cfg.optim, resolve=True),
-                              OmegaConf.to_container(cfg.schedule, resolve=True), impl=self.impl,
-                              device=self.device, recorders=[None if m.recorder is None else Tagged(m.recorder)],
-                              aws=AWSTraining.of([m], [net], seed=self.seed))
+        torch.manual_seed(seeding.derive(self.seed, "round", r))  # as a run of the data seed's round r
+        module = CohortModule(
+            [net],
+            OmegaConf.to_container(cfg.optim, resolve=True),
+            OmegaConf.to_container(cfg.schedule, resolve=True),
+            impl=self.impl,
+            device=self.device,
+            recorders=[None if m.recorder is None else Tagged(m.recorder)],
+            aws=AWSTraining.of([m], [net], seed=self.seed),
+        )
         module.phase = "instability"
         module.start_round(r, epochs, plan)
         module.train_batches = train_b
@@ -197,7 +228,7 @@ class Instability:
         try:
             trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
             trainer.test(module, dataloaders=test_b, verbose=False)
-        except Diverged as e:   # the copy diverged: recorded; the run goes on
+        except Diverged as e:  # the copy diverged: recorded; the run goes on
             diverged = str(e)
         module.scatter()
         diverged = diverged or module.diverged.get(0)
@@ -205,8 +236,7 @@ class Instability:
         state = {k: t.detach().to("cpu") for k, t in net.state_dict().items()}
         if shared and diverged is None and resume_from is None and is_writer():
             self.reuse.store.put(Entry(key, r, str(m.folder.path.resolve()), state, module.history[0], test))
-        return Copy(state, [dict(row) for row in module.history[0]], test, None, diverged,
-                    time.perf_counter() - t0)
+        return Copy(state, [dict(row) for row in module.history[0]], test, None, diverged, time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- the barrier
 
@@ -217,6 +247,12 @@ class Instability:
             self._batches = barrier.batches(self.cfg, self.splits, "test", self.device)
             self._scratch = build.build_model(self.cfg, self.splits).to(self.device)
         eval_b, train_b = self._batches
-        on = lambda s: {k: t.to(self.device) for k, t in barrier.effective_state(s).items()}   # noqa: E731
-        return barrier.linear_path(self._scratch, on(trained), on(copy), barrier.grid(self.points), eval_b,
-                                   train_b if barrier.has_batchnorm(self._scratch) else None)
+        on = lambda s: {k: t.to(self.device) for k, t in barrier.effective_state(s).items()}
+        return barrier.linear_path(
+            self._scratch,
+            on(trained),
+            on(copy),
+            barrier.grid(self.points),
+            eval_b,
+            train_b if barrier.has_batchnorm(self._scratch) else None,
+        )

@@ -8,6 +8,7 @@ is trained once (engine.reuse): a variant whose round key is in the round store 
 and variants of a cohort with equal keys train as one. Every completed round is checkpointed in each
 variant's folder and every epoch in the cohort's, so a relaunch in the same folder resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import gc
@@ -22,8 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from phicenter import data
-from phicenter import loggers
+from phicenter import data, loggers
 from phicenter.config import hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
@@ -49,6 +49,7 @@ class CohortFailed(RuntimeError):
 @dataclass
 class Member:
     """One variant while it trains: what a run keeps between rounds."""
+
     variant: Variant
     v: dict
     folder: RunFolder
@@ -88,9 +89,10 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
     build.arm_write_fault(cfg0)
     if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
         from phicenter.config import ConfigError
+
         raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
     done, pending = {}, []
-    for i, var in enumerate(variants):   # before any work: every folder must hold its own configuration
+    for i, var in enumerate(variants):  # before any work: every folder must hold its own configuration
         folder, resume = RunFolder(job_dir / var.name), var.cfg.get("resume", True)
         prev = folder.read()
         if resume:
@@ -104,21 +106,26 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
         torch.set_num_threads(int(cfg0.threads))
     if pending:
         splits = build.load_data(cfg0)
-        if rewinding.active(cfg0):   # the rewind point must lie inside round 0: checked before any work
+        if rewinding.active(cfg0):  # the rewind point must lie inside round 0: checked before any work
             rewinding.plan(cfg0, vals[0], splits, build.make_trainer(cfg0, [], 1).world_size)
         if cfg0.get("dry_run"):
             return {variants[pending[0]].name: dry_run(variants, vals, pending, job_dir, splits)}
         size = int(chunk) if chunk else len(pending)
-        _train_queue(variants, vals, [pending[i:i + size] for i in range(0, len(pending), size)], job_dir,
-                     splits, impl, done)
+        _train_queue(
+            variants, vals, [pending[i : i + size] for i in range(0, len(pending), size)], job_dir, splits, impl, done
+        )
     statuses = {v.name: (done.get(v.name) or {}).get("status", "missing") for v in variants}
     if len(variants) > 1 and is_writer():
-        write_json(job_dir / PACK_SUMMARY, {"variants": statuses, "chunk": chunk,
-                                            "seconds": time.perf_counter() - t_start})
+        write_json(
+            job_dir / PACK_SUMMARY, {"variants": statuses, "chunk": chunk, "seconds": time.perf_counter() - t_start}
+        )
     bad = {n: s for n, s in statuses.items() if s != "complete"}
     if bad:
-        raise CohortFailed(f"{len(bad)} of {len(variants)} runs did not complete: "
-                           + ", ".join(f"{n or job_dir} ({s})" for n, s in bad.items()), statuses)
+        raise CohortFailed(
+            f"{len(bad)} of {len(variants)} runs did not complete: "
+            + ", ".join(f"{n or job_dir} ({s})" for n, s in bad.items()),
+            statuses,
+        )
     return {v.name: done[v.name] for v in variants}
 
 
@@ -127,7 +134,7 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
         group = queue.pop(0)
         members = {i: open_member(variants[i], vals[i], job_dir, splits, len(variants) > 1) for i in group}
         for i, m in list(members.items()):
-            if isinstance(m, dict):   # complete
+            if isinstance(m, dict):  # complete
                 done[variants[i].name] = members.pop(i)
         if not members:
             continue
@@ -143,8 +150,12 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
         except Exception as e:
             if is_oom(e) and len(cohort) > 1:
                 half = (len(now) + 1) // 2
-                log.warning("out of memory with %d variants in one cohort; retrying in cohorts of %d from "
-                            "their last completed round", len(cohort), half)
+                log.warning(
+                    "out of memory with %d variants in one cohort; retrying in cohorts of %d from "
+                    "their last completed round",
+                    len(cohort),
+                    half,
+                )
                 _close(cohort)
                 cohort = None
                 gc.collect()
@@ -152,7 +163,7 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
                     torch.cuda.empty_cache()
                 queue[:0] = [now[:half], now[half:]]
                 continue
-            _record_failure(cohort, e)   # (a SIGTERM is a SystemExit: phicenter.train records it)
+            _record_failure(cohort, e)  # (a SIGTERM is a SystemExit: phicenter.train records it)
         finally:
             if cohort is not None:
                 _close(cohort)
@@ -177,7 +188,8 @@ def _close(cohort: list[Member]) -> None:
 
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+    )
 
 
 def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
@@ -203,10 +215,10 @@ def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
             folder.start_over()
         folder.save_theta0(imp.theta0)
     if resume and rewinding.active(cfg):
-        imp.set_rewind(folder.load_rewind())   # None (theta0) until the run reaches the rewind point
+        imp.set_rewind(folder.load_rewind())  # None (theta0) until the run reaches the rewind point
     folder.drop_epochs_before(start)
     record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
-    if ckpt is None:   # the configuration on record from the start, so a relaunch mid-round 0 is checked too
+    if ckpt is None:  # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
     return Member(variant, v, folder, net, imp, resolved, record, start)
 
@@ -222,13 +234,20 @@ def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
 
 def _module(cohort: list[Member], cfg, impl: str, device) -> CohortModule:
     nets = [m.net for m in cohort]
-    return CohortModule(nets, OmegaConf.to_container(cfg.optim, resolve=True),
-                        OmegaConf.to_container(cfg.schedule, resolve=True), impl=impl, device=device,
-                        recorders=[m.recorder for m in cohort], aws=transfer.AWSTraining.of(cohort, nets))
+    return CohortModule(
+        nets,
+        OmegaConf.to_container(cfg.optim, resolve=True),
+        OmegaConf.to_container(cfg.schedule, resolve=True),
+        impl=impl,
+        device=device,
+        recorders=[m.recorder for m in cohort],
+        aws=transfer.AWSTraining.of(cohort, nets),
+    )
 
 
-def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto",
-                 last_round: int | None = None) -> CohortModule | None:
+def train_cohort(
+    members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto", last_round: int | None = None
+) -> CohortModule | None:
     """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders. Each
     round: the boundary, the members' round keys, then one representative per distinct key not in the round
     store trains and the others take its result (engine.reuse)."""
@@ -237,9 +256,10 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
     last_round = v["iterations"] if last_round is None else last_round
     loaders = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
     for m in members:
-        m.recorder = records.Recorder(m.folder.path, enabled=is_writer(), loggers=loggers.selected(cfg),
-                                      params=hparams(m.resolved))
-    probe = build.make_trainer(cfg, [], epochs)   # the device, and whether this run is one process
+        m.recorder = records.Recorder(
+            m.folder.path, enabled=is_writer(), loggers=loggers.selected(cfg), params=hparams(m.resolved)
+        )
+    probe = build.make_trainer(cfg, [], epochs)  # the device, and whether this run is one process
     device = probe.strategy.root_device
     plan = rewinding.plan(cfg, v, splits, probe.world_size)
     reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
@@ -251,11 +271,11 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
             break
         t0 = time.perf_counter()
         build.fault_point(cfg, r)
-        torch.manual_seed(seeding.derive(v["seed"], "round", r))   # anything random in training: (seed, round)
+        torch.manual_seed(seeding.derive(v["seed"], "round", r))  # anything random in training: (seed, round)
         cb = PruneReinit([m.imp for m in alive], r)
         cb.apply()
         trained, sources = reuse.plan(alive, r)
-        starts = copies.starts(alive, r)   # (instability: what each copy starts from, before the round trains)
+        starts = copies.starts(alive, r)  # (instability: what each copy starts from, before the round trains)
         if trained:
             module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device, plan)
         outcomes = reuse.take(alive, sources, trained, module, r, epochs)
@@ -263,9 +283,8 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
         moved = transfer.stage_two(alive, outcomes, r, splits, loaders, job_dir, impl, device, epochs_dir)
         seconds = time.perf_counter() - t0
         measured = copies.measure(alive, outcomes, starts, r)
-        _finish_round(alive, outcomes, cb, r, seconds, str(device), module.impl if trained else None, moved,
-                      measured)
-        if is_writer():   # (with nothing trained: what an earlier launch left of this round)
+        _finish_round(alive, outcomes, cb, r, seconds, str(device), module.impl if trained else None, moved, measured)
+        if is_writer():  # (with nothing trained: what an earlier launch left of this round)
             _clear_epochs(epochs_dir(job_dir, trained or alive, r))
         copies.clear(alive, r)
     for m in members:
@@ -276,8 +295,17 @@ def train_cohort(members: list[Member], start: int, splits, job_dir: Path, impl:
     return module
 
 
-def _fit_round(trained: list[Member], module: CohortModule | None, cb: PruneReinit, r: int, loaders,
-               job_dir: Path, impl: str, device, plan: rewinding.Plan) -> CohortModule:
+def _fit_round(
+    trained: list[Member],
+    module: CohortModule | None,
+    cb: PruneReinit,
+    r: int,
+    loaders,
+    job_dir: Path,
+    impl: str,
+    device,
+    plan: rewinding.Plan,
+) -> CohortModule:
     """One fit of the members that train this round (resumed from its last epoch checkpoint when there is
     one), then its test pass; the module is rebuilt when the members trained change. A late-rewound round
     trains from the rewind point to the end of the schedule (engine.rewinding)."""
@@ -294,7 +322,7 @@ def _fit_round(trained: list[Member], module: CohortModule | None, cb: PruneRein
     if module is None or module.nets != [m.net for m in trained]:
         module = _module(trained, cfg, impl, device)
     else:
-        module.gather()   # the boundary changed the members' nets
+        module.gather()  # the boundary changed the members' nets
     module.start_round(r, epochs, plan)
     module.train_batches = train_b
     for b in (train_b, val_b, test_b):
@@ -314,8 +342,17 @@ def _clear_epochs(folder: Path) -> None:
         parent.rmdir()
 
 
-def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, seconds: float, device: str,
-                  impl: str | None, moved: dict | None = None, measured: dict | None = None) -> None:
+def _finish_round(
+    alive: list[Member],
+    outcomes: list,
+    cb: PruneReinit,
+    r: int,
+    seconds: float,
+    device: str,
+    impl: str | None,
+    moved: dict | None = None,
+    measured: dict | None = None,
+) -> None:
     """Each variant's round record, TensorBoard events and round checkpoint. `impl`: the module that trained
     this round (None: every variant took its round from the store); `moved`: the transfer records of the
     variants that transfer (engine.transfer.stage_two), by index; `measured`: the instability records
@@ -326,9 +363,17 @@ def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, 
         if out.diverged is not None:
             m.fail("diverged", f"Diverged: {out.diverged}")
             continue
-        entry = records.round_entry(r, m.imp, cb.diagnostics[i] if cb.diagnostics else None, out.history,
-                                    out.test, seconds / len(alive), seconds if packed else None, key=out.key,
-                                    reused_from=out.reused_from)
+        entry = records.round_entry(
+            r,
+            m.imp,
+            cb.diagnostics[i] if cb.diagnostics else None,
+            out.history,
+            out.test,
+            seconds / len(alive),
+            seconds if packed else None,
+            key=out.key,
+            reused_from=out.reused_from,
+        )
         if moved is not None and i in moved:
             entry["transfer"] = moved[i]
         if measured and i in measured:
@@ -337,17 +382,29 @@ def _finish_round(alive: list[Member], outcomes: list, cb: PruneReinit, r: int, 
         m.recorder.round(entry, step=(r + 1) * epochs - 1)
         m.record.update(final=entry, device=device)
         if packed:
-            m.record["packed"] = {"variants": [a.variant.name for a in alive],
-                                  "impl": impl or (m.record.get("packed") or {}).get("impl")}
-        m.folder.save_round(r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds},
-                            keep_all=bool(cfg.checkpoint.keep_all))
+            m.record["packed"] = {
+                "variants": [a.variant.name for a in alive],
+                "impl": impl or (m.record.get("packed") or {}).get("impl"),
+            }
+        m.folder.save_round(
+            r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds}, keep_all=bool(cfg.checkpoint.keep_all)
+        )
         m.folder.write(m.record)
     reused = sum(o.reused_from is not None for o in outcomes)
-    log.info("round %d/%d  %s(%.1fs%s)", r, alive[0].v["iterations"], "  ".join(
-        f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f} "
-        f"(effective {m.record['final']['effective_sparsity']:.3f})  "
-        f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
-        for m in alive if m.alive), seconds, f", {reused} of {len(alive)} reused" if reused else "")
+    log.info(
+        "round %d/%d  %s(%.1fs%s)",
+        r,
+        alive[0].v["iterations"],
+        "  ".join(
+            f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f} "
+            f"(effective {m.record['final']['effective_sparsity']:.3f})  "
+            f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
+            for m in alive
+            if m.alive
+        ),
+        seconds,
+        f", {reused} of {len(alive)} reused" if reused else "",
+    )
 
 
 def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_dir: Path, splits) -> dict:
@@ -357,7 +414,7 @@ def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_d
     from phicenter.analysis import dryrun
 
     first = open_member(variants[pending[0]], vals[pending[0]], job_dir, splits, len(variants) > 1)
-    if isinstance(first, dict):   # complete: its trained round 0 is in its round checkpoints
+    if isinstance(first, dict):  # complete: its trained round 0 is in its round checkpoints
         raise RuntimeError(f"dry_run=phi needs a folder whose run has not completed; {job_dir} has")
     if first.start == 0:
         train_cohort([first], 0, splits, job_dir, last_round=0)
@@ -366,8 +423,9 @@ def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_d
     grid = cfg.get("dry_run_grid") or {}
     own = len(variants) > 1
     phis = grid.get("phis") or (sorted({v["phi"] for v in vals}) if own else dryrun.PAPER_PHIS)
-    names = grid.get("strategies") or (list(dict.fromkeys(str(x.cfg.strategy.name) for x in variants))
-                                       if own else dryrun.PAPER_STRATEGIES)
+    names = grid.get("strategies") or (
+        list(dict.fromkeys(str(x.cfg.strategy.name) for x in variants)) if own else dryrun.PAPER_STRATEGIES
+    )
     rows = dryrun.phi_table(first.imp, phis=phis, strategy_names=names)
     print(dryrun.format_table(rows), flush=True)
     out = dict(first.record, status="dry_run", dry_run={"round": 1, "rows": rows})

@@ -1,5 +1,6 @@
 """The LightningModule that trains a cohort: K variants of one architecture, a fresh optimizer and schedule each
 fit (round). For K = 1 it is the plain net; for K > 1 the variants' tensors stacked (engine.stacked)."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,12 @@ def optimizer_kwargs(params, optim: dict) -> tuple[type, dict]:
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     fused = cfg.pop("fused", False)
-    if (fused and not cfg.get("foreach") and not cfg.get("differentiable")
-            and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)):
+    if (
+        fused
+        and not cfg.get("foreach")
+        and not cfg.get("differentiable")
+        and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    ):
         cfg["fused"] = True
     return OPTIMIZERS[name], cfg
 
@@ -55,7 +60,7 @@ def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int, firs
         out = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     else:
         raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
-    with warnings.catch_warnings():   # (torch warns of a schedule stepped before the optimizer)
+    with warnings.catch_warnings():  # (torch warns of a schedule stepped before the optimizer)
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(first_epoch):
             out.step()
@@ -78,11 +83,19 @@ class CohortModule(pl.LightningModule):
     gradients never mix (the loss is the sum of the variants' own losses). Diverged is raised when none is
     left."""
 
-    def __init__(self, nets: list[nn.Module], optim: dict, schedule: dict | None = None, impl: str = "auto",
-                 device=None, recorders: list | None = None, aws=None):
+    def __init__(
+        self,
+        nets: list[nn.Module],
+        optim: dict,
+        schedule: dict | None = None,
+        impl: str = "auto",
+        device=None,
+        recorders: list | None = None,
+        aws=None,
+    ):
         super().__init__()
         self.k = len(nets)
-        object.__setattr__(self, "nets", list(nets))   # the variants' own nets; for K > 1 not trained directly
+        object.__setattr__(self, "nets", list(nets))  # the variants' own nets; for K > 1 not trained directly
         if self.k == 1:
             self.net, self.stack = nets[0], None
         else:
@@ -92,18 +105,18 @@ class CohortModule(pl.LightningModule):
         self.schedule_cfg = dict(schedule or {"name": "none"})
         self.recorders = list(recorders) if recorders is not None else [None] * self.k
         self.round = 0
-        self.epoch_offset = 0       # the global epoch index of epoch 0 of this round
-        self._plan = None           # where this run's rounds train on the schedule (engine.rewinding)
-        self.first_epoch = 0        # the epoch of the schedule this round's fit starts at
-        self.after_step = None      # (s, fn): fn() right after the fit's s-th optimizer step (RewindPoint)
-        self.train_batches = None   # set by the round loop; epochs re-seed it
+        self.epoch_offset = 0  # the global epoch index of epoch 0 of this round
+        self._plan = None  # where this run's rounds train on the schedule (engine.rewinding)
+        self.first_epoch = 0  # the epoch of the schedule this round's fit starts at
+        self.after_step = None  # (s, fn): fn() right after the fit's s-th optimizer step (RewindPoint)
+        self.train_batches = None  # set by the round loop; epochs re-seed it
         self.history: list[list[dict]] = [[] for _ in range(self.k)]
         self.diverged: dict[int, str] = {}
         self.last_test: list[tuple[float, float]] = []
         self._sums = {}
-        self.world = 1              # data-parallel processes of the fit (engine.distributed)
-        self.aws = aws              # training batches with AWS (engine.transfer.AWSTraining), or None
-        self.phase = ""             # what the progress shows beside the round ("transfer": sign_transfer's stage 2)
+        self.world = 1  # data-parallel processes of the fit (engine.distributed)
+        self.aws = aws  # training batches with AWS (engine.transfer.AWSTraining), or None
+        self.phase = ""  # what the progress shows beside the round ("transfer": sign_transfer's stage 2)
         self.automatic_optimization = False
 
     def start_round(self, round_index: int, epochs: int, plan: Plan | None = None) -> None:
@@ -173,7 +186,7 @@ class CohortModule(pl.LightningModule):
             return [(math.nan, math.nan)] * self.k
         losses, correct, sizes = s
         n = sum(sizes)
-        weighted = (torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)[:, None])
+        weighted = torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)[:, None]
         hits = [float(h) for h in torch.stack(correct).sum(0).tolist()]
         sums = []
         for column in weighted.t().tolist():
@@ -183,7 +196,7 @@ class CohortModule(pl.LightningModule):
             sums.append(loss)
         if self.world > 1 and stage == "train":
             *sums_hits, n = distributed.sum_over_processes([*sums, *hits, n], self.device)
-            sums, hits = sums_hits[:self.k], sums_hits[self.k:]
+            sums, hits = sums_hits[: self.k], sums_hits[self.k :]
         return [(loss / n, hit / n) for loss, hit in zip(sums, hits)]
 
     def on_save_checkpoint(self, checkpoint):
@@ -201,8 +214,11 @@ class CohortModule(pl.LightningModule):
         pass has no mask in it (weights hold their effective values), so re-masking reuses the compiled
         graphs."""
         target = self.net if self.stack is None else self.stack
-        if (self.stack is None and torch.device(device).type == "cuda"
-                and any(isinstance(m, nn.Conv2d) for m in self.net.modules())):
+        if (
+            self.stack is None
+            and torch.device(device).type == "cuda"
+            and any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+        ):
             self.net.to(memory_format=torch.channels_last)
         if compile and getattr(target, "_compiled_call_impl", None) is None:
             target.compile()
@@ -244,7 +260,8 @@ class CohortModule(pl.LightningModule):
         Lightning's optimizer wrapper; anything else goes through manual_backward and its step."""
         plugin = self.trainer.precision_plugin
         return type(plugin) is pl.plugins.precision.Precision or (
-            type(plugin) is pl.plugins.precision.MixedPrecision and plugin.scaler is None)
+            type(plugin) is pl.plugins.precision.MixedPrecision and plugin.scaler is None
+        )
 
     def _zero_grad(self, opt):
         if self.stack is None:
@@ -271,8 +288,8 @@ class CohortModule(pl.LightningModule):
                 self.manual_backward(loss)
             if self.world > 1:
                 distributed.average_gradients(self.parameters(), self.world)
-            if pruning.zero_dead_grads(self):   # the masks, held in place (K > 1: on the stacked tensors)
-                self._reapply = True   # written mid-fit: the optimizer's state may hold now-dead gradients
+            if pruning.zero_dead_grads(self):  # the masks, held in place (K > 1: on the stacked tensors)
+                self._reapply = True  # written mid-fit: the optimizer's state may hold now-dead gradients
             if self.stack is not None:
                 self.stack.share_grads()
             (opt.optimizer if direct else opt).step()

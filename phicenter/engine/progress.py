@@ -6,6 +6,7 @@ of each epoch): nothing here syncs the device. So the bar shows the round, the e
 previous epoch's loss and validation accuracy and the run's ETA; the line, written once an epoch's numbers
 exist, shows that epoch's. A cohort of K > 1 variants gets one line: the range of its variants' values.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,11 @@ def summary(history: list[list[dict]], diverged=()) -> str:
         lo, hi = min(values), max(values)
         return format(lo, spec) if lo == hi else f"{lo:{spec}}-{hi:{spec}}"
 
-    parts = [f"{name} {v}" for name, v in (("loss", show("train_loss", ".4f")), ("val", show("val_acc", ".4f")))
-             if v is not None]
+    parts = [
+        f"{name} {v}"
+        for name, v in (("loss", show("train_loss", ".4f")), ("val", show("val_acc", ".4f")))
+        if v is not None
+    ]
     if len(history) > 1:
         parts.insert(0, f"{len(history) - len(diverged)} variants:")
         if diverged:
@@ -97,7 +101,7 @@ class Where:
         return f"round {module.round}/{self.last}{phase}  epoch {epoch + 1}/{module.plan.epochs}"
 
     def _key(self, module):
-        if getattr(module, "phase", "") and CLOCK.key is not None:   # a fit within the round: the run's clock
+        if getattr(module, "phase", "") and CLOCK.key is not None:  # a fit within the round: the run's clock
             return CLOCK.key
         return tuple(id(n) for n in module.nets)
 
@@ -164,7 +168,7 @@ class EpochLines(pl.Callback):
         return {row["epoch"] for h in module.history for row in h}
 
     def on_train_start(self, trainer, pl_module):
-        self.shown = self._epochs(pl_module)   # resumed mid-round: those epochs were reported before
+        self.shown = self._epochs(pl_module)  # resumed mid-round: those epochs were reported before
         self.where.start(trainer, pl_module)
 
     def _report(self, trainer, module) -> None:
@@ -173,9 +177,13 @@ class EpochLines(pl.Callback):
         for e in sorted(self._epochs(module) - self.shown):
             self.shown.add(e)
             rows = [[row for row in h if row["epoch"] == e] for h in module.history]
-            log.info("%s  %s  (%s elapsed, run ETA %s)", self.where.text(trainer, module, e),
-                     summary(rows, module.diverged), duration(CLOCK.elapsed()),
-                     self.where.eta(trainer, module, e + 1))
+            log.info(
+                "%s  %s  (%s elapsed, run ETA %s)",
+                self.where.text(trainer, module, e),
+                summary(rows, module.diverged),
+                duration(CLOCK.elapsed()),
+                self.where.eta(trainer, module, e + 1),
+            )
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._report(trainer, pl_module)

@@ -9,6 +9,7 @@ computes each member's key; members whose key is in the round store take the tra
 it, members of a cohort with equal keys train as one (the first of them, the representative) and the others
 copy its result. Each round trained is then published under its key.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,11 +26,11 @@ from phicenter.config import flatten, recorded_config, shapes_training, validate
 from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 from phicenter.engine.rundir import CKPT_DIR, is_writer
-from phicenter.io import write_file
 from phicenter.engine.stacked import keeps_bits
+from phicenter.io import write_file
 from phicenter.method.options import training_options
 
-KEY_VERSION = 3   # 3: masks and fills as buffers beside weights that hold their effective values
+KEY_VERSION = 3  # 3: masks and fills as buffers beside weights that hold their effective values
 # what acts on a round only through the state at its start (the round boundary made it); a strategy option that
 # shapes training itself is declared so (method.options.trains) and is put back in by training_settings
 OUT_OF_KEY = ("phi", "phi_scale", "strategy", "prune", "reinit")
@@ -41,8 +42,16 @@ SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "s
 # receive those scalars, and the tickets (phicenter.ticket and phicenter.export: a trained round read out of its
 # checkpoint).
 CODE_ROOT = Path(__file__).resolve().parents[1]
-NOT_TRAINING_CODE = ("analysis/", "bench/", "report.py", "engine/progress.py", "engine/records.py", "loggers/",
-                     "export.py", "ticket/")
+NOT_TRAINING_CODE = (
+    "analysis/",
+    "bench/",
+    "report.py",
+    "engine/progress.py",
+    "engine/records.py",
+    "loggers/",
+    "export.py",
+    "ticket/",
+)
 
 _fingerprints: dict[int, str] = {}
 _code_digests: dict[Path, str] = {}
@@ -66,23 +75,36 @@ def execution_in_key(cfg, device_type: str, world_size: int) -> dict:
     the round trains with: the threads torch uses now (whether `threads` set them or not), the device type and
     the number of data-parallel processes (trainer.accelerator and trainer.devices resolved), and the others
     as the engine reads them."""
-    return {"threads": torch.get_num_threads(), "compile": bool(cfg.get("compile")),
-            "optim.fused": bool((cfg.get("optim") or {}).get("fused")),
-            "trainer.deterministic": build.deterministic(cfg), "trainer.accelerator": device_type,
-            "trainer.devices": int(world_size),
-            "eval_batch_size": data.eval_batch_size(cfg, validate(cfg)["batch_size"])}
+    return {
+        "threads": torch.get_num_threads(),
+        "compile": bool(cfg.get("compile")),
+        "optim.fused": bool((cfg.get("optim") or {}).get("fused")),
+        "trainer.deterministic": build.deterministic(cfg),
+        "trainer.accelerator": device_type,
+        "trainer.devices": int(world_size),
+        "eval_batch_size": data.eval_batch_size(cfg, validate(cfg)["batch_size"]),
+    }
 
 
 def platform(device_type: str) -> dict:
     """What else sets a kernel's rounding: torch and Lightning (their versions), the CPU's vector instruction
     set that torch dispatches to, float32 matmul precision, and on CUDA the GPU, CUDA, cuDNN and TF32."""
-    out = {"torch": torch.__version__, "torch_git": torch.version.git_version, "lightning": pl.__version__,
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "matmul_precision": torch.get_float32_matmul_precision()}
+    out = {
+        "torch": torch.__version__,
+        "torch_git": torch.version.git_version,
+        "lightning": pl.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+    }
     if device_type == "cuda" and torch.cuda.is_available():
-        out.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+        out.update(
+            gpu=torch.cuda.get_device_name(),
+            capability=list(torch.cuda.get_device_capability()),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     return out
 
 
@@ -102,7 +124,7 @@ def code_digest(root: Path | None = None) -> str:
     return _code_digests[root]
 
 
-code_digest()   # as the package is imported: the code this process runs
+code_digest()  # as the package is imported: the code this process runs
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
@@ -144,9 +166,14 @@ class RoundKeys:
         threads = torch.get_num_threads()
         if threads not in self._headers:
             cfg, splits, device_type, world_size = self._made
-            header = {"version": KEY_VERSION, "settings": training_settings(cfg),
-                      "execution": execution_in_key(cfg, device_type, world_size), "platform": platform(device_type),
-                      "code": code_digest(), "data": data_fingerprint(splits)}
+            header = {
+                "version": KEY_VERSION,
+                "settings": training_settings(cfg),
+                "execution": execution_in_key(cfg, device_type, world_size),
+                "platform": platform(device_type),
+                "code": code_digest(),
+                "data": data_fingerprint(splits),
+            }
             self._headers[threads] = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
         return self._headers[threads]
 
@@ -162,16 +189,18 @@ class Source:
     """Where a member's round comes from: trained here (`rep`: its index among the members trained), copied
     from a representative of the cohort, or taken from the store (`entry`). `publish`: whether a round
     trained here goes to the store (not when its bits depend on the cohort it trained in)."""
+
     key: str
     rep: int | None = None
     entry: Entry | None = None
-    reused_from: str | None = None     # null: this run trained it
+    reused_from: str | None = None  # null: this run trained it
     publish: bool = True
 
 
 @dataclass
 class Outcome:
     """A member's trained round, wherever it came from."""
+
     key: str
     history: list
     test: tuple
@@ -213,7 +242,9 @@ class Reuse:
         """(the members to train, each member's Source): one representative per distinct key not in the
         store; every member, when several train stacked to bits of their own (see the class)."""
         if len(members) > 1 and self.stacked_alone:
-            return list(members), [Source(self.keys(m.variant.cfg)(m.net, r), rep=i, publish=False) for i, m in enumerate(members)]
+            return list(members), [
+                Source(self.keys(m.variant.cfg)(m.net, r), rep=i, publish=False) for i, m in enumerate(members)
+            ]
         trained, sources, first = [], [], {}
         seen = self._seen()
         for m in members:
@@ -244,8 +275,10 @@ class Reuse:
             write_file(mark, key.encode())
         if before in (None, key):
             return True
-        self.log(f"round {r} of {m.folder.path} resumes a fit begun under another round key (an execution setting "
-                 "that changes its bits, the code or the platform changed since); it will not be published")
+        self.log(
+            f"round {r} of {m.folder.path} resumes a fit begun under another round key (an execution setting "
+            "that changes its bits, the code or the platform changed since); it will not be published"
+        )
         return False
 
     def take(self, members: list, sources: list[Source], trained: list, module, r: int, epochs: int) -> list:
@@ -259,9 +292,14 @@ class Reuse:
                 state, rewind = e.model, e.rewind
             else:
                 rep = trained[src.rep]
-                res = Outcome(src.key, [dict(row) for row in module.history[src.rep]],
-                              tuple(module.last_test[src.rep]), src.reused_from, module.diverged.get(src.rep),
-                              src.publish)
+                res = Outcome(
+                    src.key,
+                    [dict(row) for row in module.history[src.rep]],
+                    tuple(module.last_test[src.rep]),
+                    src.reused_from,
+                    module.diverged.get(src.rep),
+                    src.publish,
+                )
                 state = rep.net.state_dict() if rep is not m else None
                 rewind = rep.imp.rewind if r == 0 and self.rewinds and rep is not m else None
             if src.entry is not None:
@@ -290,8 +328,17 @@ class Reuse:
             if res.diverged is not None or not res.publish:
                 continue
             rewind = m.imp.rewind if r == 0 and self.rewinds else None
-            if self.store.put(Entry(res.key, r, str(m.folder.path.resolve()), _cpu(m.net.state_dict()),
-                                    res.history, res.test, None if rewind is None else _cpu(rewind))):
+            if self.store.put(
+                Entry(
+                    res.key,
+                    r,
+                    str(m.folder.path.resolve()),
+                    _cpu(m.net.state_dict()),
+                    res.history,
+                    res.test,
+                    None if rewind is None else _cpu(rewind),
+                )
+            ):
                 self.usage(m)["published"] += 1
         self._note_errors(members, seen)
 
@@ -303,8 +350,10 @@ class Reuse:
             before = (m.folder.read() or {}).get("round_store") or {}
             rec = m.record["round_store"] = {
                 "dir": None if self.store is None else str(self.store.root),
-                "read": int(before.get("read", 0)), "published": int(before.get("published", 0)),
-                "errors": list(before.get("errors") or [])}
+                "read": int(before.get("read", 0)),
+                "published": int(before.get("published", 0)),
+                "errors": list(before.get("errors") or []),
+            }
         return rec
 
     def _seen(self) -> int:

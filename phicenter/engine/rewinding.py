@@ -6,6 +6,7 @@ theta_s at step s and trains to the end of the same schedule: the rest of epoch 
 batch s % steps_per_epoch, then the epochs after it, with the LR schedule at that epoch (Frankle et al., 2020;
 open_lth). s = 0 is no late rewinding: every round trains the whole schedule.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ def active(cfg) -> bool:
 class Plan:
     """The rounds of one run on the schedule: `epochs` epochs of `steps_per_epoch` optimizer steps; rounds
     >= 1 start at step `step` (0: at the start)."""
+
     epochs: int
     step: int = 0
     steps_per_epoch: int = 1
 
     @classmethod
-    def of(cls, cfg, epochs: int, steps_per_epoch: int) -> "Plan":
+    def of(cls, cfg, epochs: int, steps_per_epoch: int) -> Plan:
         """The plan of a config whose epochs have `steps_per_epoch` steps (this process's, data-parallel);
         ConfigError when the rewind point is not inside round 0."""
         k, s = setting(cfg)
@@ -41,9 +43,11 @@ class Plan:
         total = epochs * steps_per_epoch
         if step >= total:
             what = f"rewind.step={s}" if s else f"rewind.epoch={k}"
-            raise ConfigError(f"{what} is not inside round 0 ({epochs} epochs of {steps_per_epoch} steps = {total} "
-                              "optimizer steps): rounds >= 1 train from the rewind point to the end of round 0's "
-                              "schedule")
+            raise ConfigError(
+                f"{what} is not inside round 0 ({epochs} epochs of {steps_per_epoch} steps = {total} "
+                "optimizer steps): rounds >= 1 train from the rewind point to the end of round 0's "
+                "schedule"
+            )
         return cls(int(epochs), int(step), int(steps_per_epoch))
 
     def start(self, r: int) -> tuple[int, int]:

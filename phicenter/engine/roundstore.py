@@ -12,6 +12,7 @@ the run, each with one warning: the store never costs a run, which then trains w
 Plain Python at import (torch is imported where an entry is read or written), so the multirun summary can
 measure the store cheaply.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,13 +35,14 @@ FORMAT = 1
 @dataclass
 class Entry:
     """One published round: what a run that reaches its key takes instead of training."""
+
     key: str
     round: int
-    first_run: str                 # the run folder that trained it first
-    model: dict                    # the trained state_dict
-    history: list                  # the round's per-epoch rows
-    test: tuple                    # (test loss, test accuracy)
-    rewind: dict | None = None     # round 0 with rewind.epoch=k: theta_k
+    first_run: str  # the run folder that trained it first
+    model: dict  # the trained state_dict
+    history: list  # the round's per-epoch rows
+    test: tuple  # (test loss, test accuracy)
+    rewind: dict | None = None  # round 0 with rewind.epoch=k: theta_k
 
 
 def store_dir(cfg) -> Path | None:
@@ -75,7 +77,7 @@ class RoundStore:
         try:
             os.listdir(self.root)
         except FileNotFoundError:
-            pass   # made by the first entry published
+            pass  # made by the first entry published
         except OSError as e:
             self._unreadable(e)
             return
@@ -85,8 +87,10 @@ class RoundStore:
     def _unreadable(self, e: OSError) -> None:
         """Skipped: neither read nor written any more (what it holds cannot be checked)."""
         self.readable = self.writable = False
-        self._error(f"round store {self.root} cannot be read ({e.strerror or e}); it is skipped for this run: "
-                    "every round is trained, none is published")
+        self._error(
+            f"round store {self.root} cannot be read ({e.strerror or e}); it is skipped for this run: "
+            "every round is trained, none is published"
+        )
 
     def _read_only(self, why: str) -> None:
         self.writable = False
@@ -107,7 +111,7 @@ class RoundStore:
                 return None
             meta, data = (folder / ENTRY).read_bytes(), (folder / STATE).read_bytes()
         except FileNotFoundError:
-            return None   # none yet (or moved aside by another reader just now)
+            return None  # none yet (or moved aside by another reader just now)
         except OSError as e:
             self._unreadable(e)
             return None
@@ -120,11 +124,21 @@ class RoundStore:
             if sha256(data) != meta.get("sha256"):
                 raise ValueError(f"{STATE} fails its checksum")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            entry = Entry(key, int(meta["round"]), str(meta["first_run"]), state["model"], list(state["history"]),
-                          tuple(state["test"]), state.get("rewind"))
+            entry = Entry(
+                key,
+                int(meta["round"]),
+                str(meta["first_run"]),
+                state["model"],
+                list(state["history"]),
+                tuple(state["test"]),
+                state.get("rewind"),
+            )
         except Exception as e:
-            self._error(f"round store entry {folder} is unusable ({type(e).__name__}: {e}); ignored, the round is "
-                        "trained again", log)
+            self._error(
+                f"round store entry {folder} is unusable ({type(e).__name__}: {e}); ignored, the round is "
+                "trained again",
+                log,
+            )
             self._discard(folder)
             return None
         return entry
@@ -141,11 +155,18 @@ class RoundStore:
         import torch
 
         buf = io.BytesIO()
-        torch.save({"model": entry.model, "history": entry.history, "test": tuple(entry.test),
-                    "rewind": entry.rewind}, buf)
+        torch.save(
+            {"model": entry.model, "history": entry.history, "test": tuple(entry.test), "rewind": entry.rewind}, buf
+        )
         data = buf.getvalue()
-        meta = {"format": FORMAT, "key": entry.key, "round": entry.round, "first_run": entry.first_run,
-                "sha256": sha256(data), "bytes": len(data)}
+        meta = {
+            "format": FORMAT,
+            "key": entry.key,
+            "round": entry.round,
+            "first_run": entry.first_run,
+            "sha256": sha256(data),
+            "bytes": len(data),
+        }
         try:
             done = publish_folder(target, {STATE: data, ENTRY: json_bytes(meta)})
         except OSError as e:
@@ -160,7 +181,7 @@ class RoundStore:
         try:
             os.rename(folder, aside)
         except OSError:
-            return   # gone already (another reader moved it), or a store this run cannot write
+            return  # gone already (another reader moved it), or a store this run cannot write
         shutil.rmtree(aside, ignore_errors=True)
 
     def usage(self) -> dict:
@@ -183,4 +204,4 @@ class RoundStore:
 
 
 def describe(usage: dict) -> str:
-    return f"round store {usage['dir']}: {usage['entries']} rounds, {usage['bytes'] / 2 ** 20:.1f} MiB"
+    return f"round store {usage['dir']}: {usage['entries']} rounds, {usage['bytes'] / 2**20:.1f} MiB"

@@ -1,4 +1,5 @@
 """Run folders: results.json, theta0 and round checkpoints, always written atomically (phicenter.io)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ from phicenter.loggers import IDS as LOGGER_IDS
 
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
-THETA_K = "theta_k.pt"   # the late-rewinding point (rewind.epoch=k > 0)
+THETA_K = "theta_k.pt"  # the late-rewinding point (rewind.epoch=k > 0)
 CKPT_DIR = "checkpoints"
 
 
@@ -109,7 +110,7 @@ class RunFolder:
         if is_writer():
             shutil.rmtree(self.path / CKPT_DIR, ignore_errors=True)
             (self.path / THETA_K).unlink(missing_ok=True)
-            (self.path / LOGGER_IDS).unlink(missing_ok=True)   # the loggers start a new run too
+            (self.path / LOGGER_IDS).unlink(missing_ok=True)  # the loggers start a new run too
 
     def drop_epochs_before(self, start: int) -> None:
         """Epoch checkpoints of rounds that have since completed."""
@@ -137,8 +138,7 @@ def unrecorded(path: Path, e: OSError) -> str:
     why = f"{Path(path).name} could not be written either ({e.strerror})"
     if not isinstance(prev, dict):
         return f"{why}: there is none yet"
-    return (f"{why}: the last good one stands (status {prev.get('status')}, "
-            f"{len(prev.get('rounds') or [])} rounds)")
+    return f"{why}: the last good one stands (status {prev.get('status')}, {len(prev.get('rounds') or [])} rounds)"
 
 
 def full_trace() -> bool:

@@ -15,6 +15,7 @@ Forward implementations (`impl`):
   "vmap"    torch.func.vmap over functional_call (any net).
   "auto"    loop on CPU; on CUDA batched where supported, else vmap.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,7 @@ class StackedNet(nn.Module):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-        object.__setattr__(self, "template", nets[0])   # not a submodule: its tensors are not the stack's
+        object.__setattr__(self, "template", nets[0])  # not a submodule: its tensors are not the stack's
         self.k = len(nets)
         device = torch.device(device) if device is not None else next(nets[0].parameters()).device
         if impl == "auto":
@@ -66,7 +67,7 @@ class StackedNet(nn.Module):
                 self.register_buffer(_safe(n), torch.stack([b[n] for b in own_b]))
         self.to(device)
         self._views = []
-        self.transform = None   # params -> the tensors one forward uses (AWS: engine.transfer.AWSTraining)
+        self.transform = None  # params -> the tensors one forward uses (AWS: engine.transfer.AWSTraining)
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
@@ -140,7 +141,7 @@ class StackedNet(nn.Module):
     def forward(self, x: torch.Tensor, training: bool | None = None) -> torch.Tensor:
         training = self.training if training is None else training
         if self.impl == "loop":
-            if not torch.is_grad_enabled():   # evaluation: one variant at a time, 1x the activation memory
+            if not torch.is_grad_enabled():  # evaluation: one variant at a time, 1x the activation memory
                 return self._loop_any(x, training)
             return self._loop(x, training)
         return batched_forward(self, x, training) if self.impl == "batched" else vmap_forward(self, x, training)
@@ -151,7 +152,7 @@ class StackedNet(nn.Module):
         if self.plan is None:
             return self._loop_any(x, training)
         k, params = self.k, self.params
-        shared, stacked, parts = x, None, None   # exactly one is set: shared input, [K, B, ...], K tensors
+        shared, stacked, parts = x, None, None  # exactly one is set: shared input, [K, B, ...], K tensors
         for name, m in self.plan:
             if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
                 if parts is None:
@@ -170,7 +171,7 @@ class StackedNet(nn.Module):
             else:
                 if stacked is None:
                     stacked, parts = torch.stack(parts), None
-                out = m(stacked.flatten(0, 1))   # per sample and channel: K*B samples of one net
+                out = m(stacked.flatten(0, 1))  # per sample and channel: K*B samples of one net
                 stacked = out.view(k, -1, *out.shape[1:])
         if shared is not None:
             raise ValueError("the network has no layer with weights")
@@ -185,9 +186,16 @@ class StackedNet(nn.Module):
         was = self.template.training
         self.template.train(training)
         try:
-            return torch.stack([functional_call(self.template, {**{n: v[i] for n, v in params.items()},
-                                                                **{n: v[i] for n, v in bufs.items()}}, (x,))
-                                for i in range(self.k)])
+            return torch.stack(
+                [
+                    functional_call(
+                        self.template,
+                        {**{n: v[i] for n, v in params.items()}, **{n: v[i] for n, v in bufs.items()}},
+                        (x,),
+                    )
+                    for i in range(self.k)
+                ]
+            )
         finally:
             self.template.train(was)
 
@@ -212,8 +220,10 @@ class StackedNet(nn.Module):
             factor = 1.0 / float(nbt[0]) if m.momentum is None else m.momentum
         rm, rv = bufs.get(f"{name}.running_mean"), bufs.get(f"{name}.running_var")
         use_batch = training or (rm is None and rv is None)
-        return [F.batch_norm(h, mean, var, w, b, use_batch, factor, m.eps) for h, mean, var, w, b in
-                zip(hs, parts(rm), parts(rv), affine(f"{name}.weight"), affine(f"{name}.bias"))]
+        return [
+            F.batch_norm(h, mean, var, w, b, use_batch, factor, m.eps)
+            for h, mean, var, w, b in zip(hs, parts(rm), parts(rv), affine(f"{name}.weight"), affine(f"{name}.bias"))
+        ]
 
 
 def stacked_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

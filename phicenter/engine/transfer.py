@@ -5,6 +5,7 @@ initialisation of the transfer seed (method.transfer), trained once (one fit of 
 optimizer and schedule, the transfer's own data order), and tested. The transferred network is not part of the
 stage-1 lineage: it is built, trained, recorded in the round's entry (`transfer`) and dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,6 +43,7 @@ def transfer_seed(cfg) -> int:
 
 # ---------------------------------------------------------------- AWS while stage 1 trains
 
+
 class AWSTraining:
     """AWS for one cohort module: the variants that train with it (`strategy.aws`), the normalisation layers'
     affine parameters, and alpha per batch (method.aws.Alphas, seeded by the run's seed). Evaluation never
@@ -51,7 +53,7 @@ class AWSTraining:
         self.alphas, self.on, self.names = aws.Alphas(seed), torch.tensor(on, dtype=torch.bool), names
 
     @classmethod
-    def of(cls, members: list, nets: list[nn.Module], seed: int | None = None) -> "AWSTraining | None":
+    def of(cls, members: list, nets: list[nn.Module], seed: int | None = None) -> AWSTraining | None:
         """For the members a module trains, alpha drawn from `seed` (default: the run's); None when none of them
         uses AWS or the net has no normalisation layer with affine parameters (then AWS changes nothing)."""
         on = [bool(m.variant.cfg.strategy.get("aws", False)) for m in members]
@@ -78,8 +80,10 @@ class AWSTraining:
 
 # ---------------------------------------------------------------- stage 2
 
-def stage_two(members: list, outcomes: list, r: int, splits, loaders, job_dir: Path, impl: str, device,
-              epochs_dir) -> dict[int, dict | None]:
+
+def stage_two(
+    members: list, outcomes: list, r: int, splits, loaders, job_dir: Path, impl: str, device, epochs_dir
+) -> dict[int, dict | None]:
     """{member index: its transfer record} for the members whose strategy transfers (None at round 0: the
     dense round has no mask to transfer); members whose round diverged are left out. Members with one transfer
     seed are trained as one cohort (K = 1: the plain net). `loaders`: the round's (train, val, test); the
@@ -121,16 +125,20 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     epochs = v["epochs"]
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
     _, val_b, test_b = loaders
-    train_b = data.loaders(cfg, splits, v["batch_size"], seeding.derive(seed, "transfer"),
-                           group=data.STEPS_PER_CALL)[0]
+    train_b = data.loaders(cfg, splits, v["batch_size"], seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
     saver = EpochCheckpoint(folder, cfg.checkpoint.get("every_n_epochs", 1))
     resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
     if resume_from:
         log.info("resuming the transfer of round %d from %s", r, resume_from)
-    torch.manual_seed(seeding.derive(seed, "transfer", r))   # anything random in the fit: (transfer seed, level)
-    module = CohortModule(list(nets), OmegaConf.to_container(cfg.optim, resolve=True),
-                          OmegaConf.to_container(cfg.schedule, resolve=True), impl=impl, device=device,
-                          recorders=[None if m.recorder is None else Tagged(m.recorder) for m in group])
+    torch.manual_seed(seeding.derive(seed, "transfer", r))  # anything random in the fit: (transfer seed, level)
+    module = CohortModule(
+        list(nets),
+        OmegaConf.to_container(cfg.optim, resolve=True),
+        OmegaConf.to_container(cfg.schedule, resolve=True),
+        impl=impl,
+        device=device,
+        recorders=[None if m.recorder is None else Tagged(m.recorder) for m in group],
+    )
     module.phase = "transfer"
     module.start_round(r, epochs)
     module.train_batches = train_b
@@ -141,24 +149,43 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     try:
         trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
         trainer.test(module, dataloaders=test_b, verbose=False)
-    except Diverged as e:   # every transferred net of the group diverged: recorded; the stage-1 runs go on
+    except Diverged as e:  # every transferred net of the group diverged: recorded; the stage-1 runs go on
         failed = str(e)
     seconds = time.perf_counter() - t0
     records = []
-    for k, m in enumerate(group):
+    for k, _m in enumerate(group):
         history, diverged = module.history[k], failed or module.diverged.get(k)
         last = history[-1] if history and diverged is None else {}
         test = module.last_test[k] if diverged is None else (None, None)
-        records.append({"seed": seed, "val_acc": last.get("val_acc"), "test_acc": test[1], "test_loss": test[0],
-                        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-                        "diverged": diverged, "seconds": seconds / len(group), **diags[k], "epochs": history})
+        records.append(
+            {
+                "seed": seed,
+                "val_acc": last.get("val_acc"),
+                "test_acc": test[1],
+                "test_loss": test[0],
+                "train_loss": last.get("train_loss"),
+                "train_acc": last.get("train_acc"),
+                "diverged": diverged,
+                "seconds": seconds / len(group),
+                **diags[k],
+                "epochs": history,
+            }
+        )
     if is_writer():
         shutil.rmtree(folder, ignore_errors=True)
         if folder.parent.name.startswith("cohort_") and folder.parent.is_dir() and not any(folder.parent.iterdir()):
             folder.parent.rmdir()
-    log.info("round %d transfer (seed %d)  %s(%.1fs)", r, seed, "  ".join(
-        f"{m.variant.name + ' ' if m.variant.name else ''}val {_show(rec['val_acc'])}  "
-        f"test {_show(rec['test_acc'])}  " for m, rec in zip(group, records)), seconds)
+    log.info(
+        "round %d transfer (seed %d)  %s(%.1fs)",
+        r,
+        seed,
+        "  ".join(
+            f"{m.variant.name + ' ' if m.variant.name else ''}val {_show(rec['val_acc'])}  "
+            f"test {_show(rec['test_acc'])}  "
+            for m, rec in zip(group, records)
+        ),
+        seconds,
+    )
     return records
 
 

@@ -10,6 +10,7 @@ the same run rather than starting a second one.
 
 Plain Python at import: each logger's library is imported when a run opens it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,8 +48,10 @@ def check_installed(names) -> None:
     for name in names:
         module, extra = EXTRAS.get(name, (None, None))
         if module is not None and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"logger={name} needs the {module} package, which is not installed; install it "
-                              f"with: pip install 'phicenter[{extra}]'")
+            raise ConfigError(
+                f"logger={name} needs the {module} package, which is not installed; install it "
+                f"with: pip install 'phicenter[{extra}]'"
+            )
 
 
 def run_name(folder: Path) -> str:

@@ -1,5 +1,6 @@
 """What every logger is: a sink of one run's scalars and hparams (phicenter.loggers), and the run ids kept in
 the run folder for the loggers that keep their runs elsewhere."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from phicenter.io import read_json, write_json
 
-IDS = "loggers.json"   # in the run folder: {logger: {"id": ..., and where the run is kept}}
+IDS = "loggers.json"  # in the run folder: {logger: {"id": ..., and where the run is kept}}
 
 
 class Sink:
@@ -15,7 +16,7 @@ class Sink:
     relative to the current folder when inside it); `params`: its hparams (phicenter.config.hparams), for the
     loggers that show them while the run trains."""
 
-    key = ""   # the logger's name (phicenter.loggers.SINKS)
+    key = ""  # the logger's name (phicenter.loggers.SINKS)
 
     def __init__(self, folder: Path, options: dict, name: str, params: dict):
         self.folder, self.options, self.name, self.params = Path(folder), dict(options or {}), name, params

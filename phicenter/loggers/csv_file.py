@@ -1,6 +1,7 @@
 """CSV: the run's scalars in `<run>/csv/scalars.csv`, one row per scalar (`step,tag,value,wall_time`: every tag
 in one table, where TensorBoard's CSV export gives one per tag), and its hparams in `<run>/csv/hparams.json`.
 Rows are appended whole, through phicenter.io; a resumed run appends to the same file."""
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,7 @@ class Csv(Sink):
     def __init__(self, folder: Path, options: dict, name: str, params: dict):
         super().__init__(folder, options, name, params)
         path = self.folder / FOLDER / SCALARS
-        self.file = AppendFile(path, record_end=b"\n")   # rows are lines
+        self.file = AppendFile(path, record_end=b"\n")  # rows are lines
         if path.stat().st_size == 0:
             self._write([HEADER])
 

@@ -2,6 +2,7 @@
 `logger.mlflow.tracking_uri` (a folder, sqlite:///FILE, or a server's http://HOST:PORT). Its params are the
 run's hparams, logged as it starts; its metrics the run's scalars, at their steps. The run's id is kept in
 the run folder, so a resumed run appends to the same MLflow run."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from phicenter.loggers.base import Sink
 
-STATUS = {"complete": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}   # else KILLED (stopped)
-BATCH = {"metrics": 1000, "params": 100}   # MLflow's limits on one log_batch
+STATUS = {"complete": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}  # else KILLED (stopped)
+BATCH = {"metrics": 1000, "params": 100}  # MLflow's limits on one log_batch
 
 
 def tracking_uri(uri: str | None) -> str | None:
@@ -19,7 +20,7 @@ def tracking_uri(uri: str | None) -> str | None:
     if not uri:
         return None
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).absolute()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).absolute()}"
     if "://" not in uri and not uri.startswith("file:"):
         return str(Path(uri).absolute())
     return uri
@@ -34,7 +35,7 @@ def _one_at_a_time(uri: str | None):
         return
     import fcntl
 
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -46,7 +47,7 @@ def _one_at_a_time(uri: str | None):
 
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 class MLflow(Sink):
@@ -64,13 +65,16 @@ class MLflow(Sink):
             where = {"tracking_uri": self.client.tracking_uri, "experiment": experiment}
             run = self._stored_run(where)
             if run is None:
-                run = self.client.create_run(self._experiment_id(experiment), run_name=self.options.get("run_name")
-                                             or name, tags={"phicenter.run_dir": str(self.folder.absolute())})
+                run = self.client.create_run(
+                    self._experiment_id(experiment),
+                    run_name=self.options.get("run_name") or name,
+                    tags={"phicenter.run_dir": str(self.folder.absolute())},
+                )
                 self.store_id(run.info.run_id, where)
             else:
                 self.client.update_run(run.info.run_id, status="RUNNING")
         self.run_id = run.info.run_id
-        have = run.data.params   # a resumed run: its params stand (MLflow never changes a param)
+        have = run.data.params  # a resumed run: its params stand (MLflow never changes a param)
         new = [Param(k, str(v)) for k, v in params.items() if k not in have]
         for part in _chunks(new, BATCH["params"]):
             self.client.log_batch(self.run_id, params=part)
@@ -96,7 +100,7 @@ class MLflow(Sink):
             return found.experiment_id
         try:
             return self.client.create_experiment(name)
-        except MlflowException:   # another job created it meanwhile
+        except MlflowException:  # another job created it meanwhile
             found = self.client.get_experiment_by_name(name)
             if found is None:
                 raise

@@ -1,5 +1,6 @@
 """TensorBoard: the run's events in `<run>/tb/`, written here (TensorBoard's record format, through
 phicenter.io), not by a Lightning logger, so a write that fails is met where it happens."""
+
 from __future__ import annotations
 
 import itertools
@@ -38,8 +39,12 @@ class EventFile:
     def scalars(self, values: dict, step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        self._write(step, summary=Summary(value=[Summary.Value(tag=k, simple_value=float(v))
-                                                 for k, v in values.items() if v is not None]))
+        self._write(
+            step,
+            summary=Summary(
+                value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items() if v is not None]
+            ),
+        )
 
     def hparams(self, params: dict, metrics: dict) -> None:
         """The hparams plugin's three summaries (experiment, session start and end)."""

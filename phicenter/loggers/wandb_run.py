@@ -4,6 +4,7 @@ index, the x-axis of every scalar: a resumed run's rows may repeat a step W&B ha
 would refuse); its summary the final metrics. The run's id is made here and kept in the run folder, so a
 resumed run appends to the same W&B run (offline: each launch writes its own offline-run folder under that
 id, and `wandb sync <run>/wandb/offline-run-*` uploads them, in order, as that one run)."""
+
 from __future__ import annotations
 
 import logging
@@ -32,17 +33,26 @@ class WandB(Sink):
         entity = env_or(self.options.get("entity"), "WANDB_ENTITY")
         where = {"project": project, "entity": entity}
         run_id = self.stored_id(where) or new_id()
-        self.store_id(run_id, where)   # before W&B starts it: a launch killed meanwhile resumes it too
+        self.store_id(run_id, where)  # before W&B starts it: a launch killed meanwhile resumes it too
         self.folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=project, entity=entity, group=self.options.get("group"), name=name, id=run_id,
-            resume="allow", dir=str(self.folder), config=params, mode=env_or(self.options.get("mode"), "WANDB_MODE"),
+            project=project,
+            entity=entity,
+            group=self.options.get("group"),
+            name=name,
+            id=run_id,
+            resume="allow",
+            dir=str(self.folder),
+            config=params,
+            mode=env_or(self.options.get("mode"), "WANDB_MODE"),
             reinit="create_new",
-            settings=wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
-                                    x_disable_stats=True, x_disable_meta=True))
+            settings=wandb.Settings(
+                console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True, x_disable_meta=True
+            ),
+        )
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
-        if not self.run.offline and not self.run.disabled and self.run.url:   # (W&B itself is kept silent)
+        if not self.run.offline and not self.run.disabled and self.run.url:  # (W&B itself is kept silent)
             logging.getLogger("phicenter").info("W&B run %s: %s", name, self.run.url)
 
     def scalars(self, values: dict, step: int) -> None:

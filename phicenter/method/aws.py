@@ -3,6 +3,7 @@ normalisation layer towards the identity, gamma' = alpha + (1 - alpha) * gamma a
 with one alpha ~ U(0, 1) per batch; the layers' own parameters are what the optimizer updates (the gradient
 flows through the interpolation) and evaluation uses them as they are. See docs/method.md, "sign_transfer".
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ def affine_names(net: nn.Module) -> dict[str, str]:
     return out
 
 
-def towards_identity(params: dict[str, torch.Tensor], names: dict[str, str], alpha,
-                     on: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def towards_identity(
+    params: dict[str, torch.Tensor], names: dict[str, str], alpha, on: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The interpolated tensors of `names` (affine_names) from `params`: alpha + (1 - alpha) * gamma and
     (1 - alpha) * beta. `alpha` is a number; with `on` (a bool tensor [K]) the params are stacked along dim 0
     (K variants) and only the variants where `on` holds are moved, the others returned exactly as they are."""

@@ -2,13 +2,14 @@
 
 Used by every execution path (Lightning callback, bench, tests). See docs/method.md, section by section.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -20,12 +21,12 @@ from phicenter.method.strategies import LayerView, Strategy
 @dataclass
 class IMPConfig:
     phi: float = 0.0
-    phi_scale: str = "absolute"       # "absolute" | "layer_std"
+    phi_scale: str = "absolute"  # "absolute" | "layer_std"
     base: float = 0.8
     output_base: float | None = None  # None: same as base
-    conv_base: float | None = None    # the convolutions' base; None: same as base
-    scope: str = "layer"              # "layer" | "global"
-    method: str = "magnitude"         # "magnitude" | "structured" (whole output units)
+    conv_base: float | None = None  # the convolutions' base; None: same as base
+    scope: str = "layer"  # "layer" | "global"
+    method: str = "magnitude"  # "magnitude" | "structured" (whole output units)
     magnitude: str | float = "init_std"  # "init_std" | "init_abs_mean" | a positive number
     seed: int = 0
 
@@ -36,8 +37,10 @@ def layer_constant(theta0: torch.Tensor, magnitude) -> float:
         t = theta0.float()
         c = float(t.std(correction=0) if magnitude == "init_std" else t.abs().mean())
         if not c > 0:
-            raise ValueError(f"reinit.magnitude={magnitude} gives c = {c} for a layer whose theta0 is constant; "
-                             "set reinit.magnitude to a positive number")
+            raise ValueError(
+                f"reinit.magnitude={magnitude} gives c = {c} for a layer whose theta0 is constant; "
+                "set reinit.magnitude to a positive number"
+            )
         return c
     try:
         value = float(magnitude)
@@ -60,20 +63,30 @@ class IMP:
     """Holds theta0, the rewind point, the per-layer constants and the strategy; `advance(round)` moves to the
     next round."""
 
-    def __init__(self, model: nn.Module, strategy: Strategy, cfg: IMPConfig,
-                 fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        cfg: IMPConfig,
+        fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ):
         if cfg.method not in pruning.METHODS:
             raise ValueError(f"prune.method must be one of {', '.join(pruning.METHODS)}, got {cfg.method!r}")
         if cfg.method == "structured" and cfg.output_base is not None:
-            raise ValueError("prune.output_base has no effect with prune.method=structured (the output layer is "
-                             "not pruned); leave it null")
+            raise ValueError(
+                "prune.output_base has no effect with prune.method=structured (the output layer is "
+                "not pruned); leave it null"
+            )
         self.model, self.strategy, self.cfg = model, strategy, cfg
         self.layers = pruning.attach_masks(model)
         self.output_layer = list(self.layers)[-1]
         self.wiring = units.Wiring(model)
         if cfg.method == "structured" and not self.wiring.removable:
-            raise ValueError("prune.method=structured: no unit of this network can be removed ("
-                             + "; ".join(f"{n}: {why}" for n, why in self.wiring.kept.items()) + ")")
+            raise ValueError(
+                "prune.method=structured: no unit of this network can be removed ("
+                + "; ".join(f"{n}: {why}" for n, why in self.wiring.kept.items())
+                + ")"
+            )
         self.theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._rewind: dict[str, torch.Tensor] | None = None
         self.fresh_init = fresh_init or _default_fresh_init
@@ -99,12 +112,15 @@ class IMP:
         missing = sorted(set(self.theta0) - set(state_dict))
         extra = sorted(set(state_dict) - set(self.theta0))
         if missing or extra:
-            raise ValueError(f"set_rewind: the state dict is not this model's (missing {missing[:3]}, "
-                             f"unexpected {extra[:3]})")
+            raise ValueError(
+                f"set_rewind: the state dict is not this model's (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
         bad = [k for k, v in self.theta0.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
         if bad:
-            raise ValueError(f"set_rewind: shape of {bad[0]} is {tuple(state_dict[bad[0]].shape)}, "
-                             f"the model's is {tuple(self.theta0[bad[0]].shape)}")
+            raise ValueError(
+                f"set_rewind: shape of {bad[0]} is {tuple(state_dict[bad[0]].shape)}, "
+                f"the model's is {tuple(self.theta0[bad[0]].shape)}"
+            )
         self._rewind = {k: state_dict[k].detach().to(v.device, v.dtype).clone() for k, v in self.theta0.items()}
 
     def theta0_weight(self, name: str) -> torch.Tensor:
@@ -118,10 +134,16 @@ class IMP:
         an unset one is base. The output layer's own base comes first, whatever its kind."""
         out_base = self.cfg.base if self.cfg.output_base is None else self.cfg.output_base
         conv_base = self.cfg.base if self.cfg.conv_base is None else self.cfg.conv_base
-        return {n: out_base if n == self.output_layer else conv_base if isinstance(layer, nn.modules.conv._ConvNd)
-                else self.cfg.base for n, layer in self.layers.items()}
+        return {
+            n: out_base
+            if n == self.output_layer
+            else conv_base
+            if isinstance(layer, nn.modules.conv._ConvNd)
+            else self.cfg.base
+            for n, layer in self.layers.items()
+        }
 
-    def probe(self, strategy: Strategy, phi: float) -> "IMP":
+    def probe(self, strategy: Strategy, phi: float) -> IMP:
         """This IMP for another strategy and phi, on a copy of the model in its current state: theta0, the rewind
         point and c are shared (read only), so its advance() is what this run's would be. For dry runs."""
         twin = copy.copy(self)
@@ -138,18 +160,27 @@ class IMP:
         trained = {n: l.weight.detach().clone() for n, l in self.layers.items()}
         old = {n: pruning.mask_of(l).mask.float() for n, l in self.layers.items()}
         scores = self.strategy.prune_scores(
-            trained, lambda n: seeding.generator(self.cfg.seed, self.strategy.name, "mask", round_index, n))
-        new = self.wiring.prune_masks(scores, old, self.bases(), self.cfg.scope, self.cfg.method,
-                                      output=self.output_layer)
-        per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0,
-                                 "flipped_vs_init_count": 0, "dead_zone_count": 0}
+            trained, lambda n: seeding.generator(self.cfg.seed, self.strategy.name, "mask", round_index, n)
+        )
+        new = self.wiring.prune_masks(
+            scores, old, self.bases(), self.cfg.scope, self.cfg.method, output=self.output_layer
+        )
+        per_layer, totals = (
+            {},
+            {"survivors": 0, "flipped_by_phi_count": 0, "flipped_vs_init_count": 0, "dead_zone_count": 0},
+        )
         for name, layer in self.layers.items():
             keep = new[name].bool()
             device = trained[name].device
             view = LayerView(
-                name=name, trained=trained[name], rewind=self.rewind_weight(name).to(device), c=self.constants[name], phi=self.phis[name],
+                name=name,
+                trained=trained[name],
+                rewind=self.rewind_weight(name).to(device),
+                c=self.constants[name],
+                phi=self.phis[name],
                 generator=seeding.generator(self.cfg.seed, self.strategy.name, round_index, name),
-                fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g))
+                fresh_init=lambda g, n=name, w=trained[name]: self.fresh_init(n, w, g),
+            )
             ref = self.strategy.reference(view)
             surv = self.strategy.survivors(view, ref)
             # structured: every pruned weight belongs to a removed unit or reads one; it is 0 under every strategy
@@ -158,7 +189,7 @@ class IMP:
             mf = pruning.mask_of(layer)
             mf.mask.copy_(keep)
             mf.fill.copy_(fill)
-            pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))   # the effective weight itself
+            pruning.raw_weight(layer).copy_(torch.where(keep, surv, fill))  # the effective weight itself
             new_sign = self.strategy.new_signs(view, ref, surv)
             stats = polarity.flip_fractions(ref, view.phi, new_sign, view.rewind, keep)
             if not self.strategy.uses_phi:
@@ -166,9 +197,12 @@ class IMP:
             crit_pos, crit_neg = polarity.critical_phi(ref[keep]) if self.strategy.uses_phi else (None, None)
             per_layer[name] = {
                 "sparsity": 1.0 - stats["survivors"] / keep.numel(),
-                "c": self.constants[name], "phi": view.phi,
-                **stats, **_fractions(stats),
-                "critical_phi_pos": crit_pos, "critical_phi_neg": crit_neg,
+                "c": self.constants[name],
+                "phi": view.phi,
+                **stats,
+                **_fractions(stats),
+                "critical_phi_pos": crit_pos,
+                "critical_phi_neg": crit_neg,
             }
             for k in totals:
                 totals[k] += stats[k]
@@ -193,9 +227,11 @@ def _weight_key(name: str) -> str:
 
 def _fractions(stats: dict) -> dict:
     n = max(stats["survivors"], 1)
-    return {"flipped_by_phi": stats["flipped_by_phi_count"] / n,
-            "flipped_vs_init": stats["flipped_vs_init_count"] / n,
-            "dead_zone": stats["dead_zone_count"] / n}
+    return {
+        "flipped_by_phi": stats["flipped_by_phi_count"] / n,
+        "flipped_vs_init": stats["flipped_vs_init_count"] / n,
+        "dead_zone": stats["dead_zone_count"] / n,
+    }
 
 
 def _default_fresh_init(name: str, like: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -5,10 +5,12 @@ options against the same declaration (phicenter.config) before any work starts.
 A new option is one field here (type, default, range: see phicenter.spec); a new strategy is one dataclass
 (or a shared one) in STRATEGY_OPTIONS, its class in strategies.py and its file in conf/strategy/.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal, Mapping
+from typing import Literal
 
 from phicenter.spec import NonNegInt, Unit
 
@@ -23,7 +25,8 @@ def trains(default):
 @dataclass(frozen=True, kw_only=True)
 class StrategyOptions:
     """What every strategy takes."""
-    pruned_fill: Literal["zero", "trained"] = "zero"   # trained: frozen at the value of the round it was pruned
+
+    pruned_fill: Literal["zero", "trained"] = "zero"  # trained: frozen at the value of the round it was pruned
     # biases and BatchNorm back to theta0 (or kept trained). False for the paper's four strategies alike, so
     # that they differ only in where the signs come from (docs/method.md, "Non-prunable parameters")
     rewind_other: bool = False
@@ -32,23 +35,24 @@ class StrategyOptions:
 @dataclass(frozen=True, kw_only=True)
 class RewindOtherOptions(StrategyOptions):
     """Baselines whose references rewind the whole network (lth, random_mask, sign_rewind)."""
+
     rewind_other: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class StandardOptions(StrategyOptions):
-    pruned_fill: Literal["zero", "trained"] = "trained"   # "Standard (Full)"; zero: the other reading
+    pruned_fill: Literal["zero", "trained"] = "trained"  # "Standard (Full)"; zero: the other reading
 
 
 @dataclass(frozen=True, kw_only=True)
 class GradualOptions(StrategyOptions):
-    trained_fraction: Unit = 0.7   # probability that a weight references the trained value (else theta0)
+    trained_fraction: Unit = 0.7  # probability that a weight references the trained value (else theta0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SignTransferOptions(StrategyOptions):
-    aws: bool = trains(False)             # stage 1 trained with AWS (normalisation layers moved towards identity)
-    transfer_seed: NonNegInt | None = None   # the transfer's initialisation and data order; null: seed + 1
+    aws: bool = trains(False)  # stage 1 trained with AWS (normalisation layers moved towards identity)
+    transfer_seed: NonNegInt | None = None  # the transfer's initialisation and data order; null: seed + 1
 
 
 STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
@@ -71,5 +75,8 @@ def training_options(strategy: Mapping) -> dict:
     cls = STRATEGY_OPTIONS.get(strategy.get("name"))
     if cls is None:
         return {}
-    return {f"strategy.{f.name}": strategy[f.name] for f in fields(cls)
-            if f.metadata.get("trains") and f.name in strategy and strategy[f.name] != f.default}
+    return {
+        f"strategy.{f.name}": strategy[f.name]
+        for f in fields(cls)
+        if f.metadata.get("trains") and f.name in strategy and strategy[f.name] != f.default
+    }

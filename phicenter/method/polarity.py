@@ -1,4 +1,5 @@
 """Polarity relative to phi_center, and the diagnostics that say what phi did."""
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,9 @@ def critical_phi(reference: torch.Tensor) -> tuple[float | None, float | None]:
     return pos, negv
 
 
-def flip_fractions(reference: torch.Tensor, phi: float, new_sign: torch.Tensor,
-                   init: torch.Tensor, survivors: torch.Tensor) -> dict[str, float | int]:
+def flip_fractions(
+    reference: torch.Tensor, phi: float, new_sign: torch.Tensor, init: torch.Tensor, survivors: torch.Tensor
+) -> dict[str, float | int]:
     """Per-layer counts over survivors: new signs that differ from the reference's sign at 0 (the signs phi
     changed; 0 for strategies whose new sign is not signs(reference, phi)), new signs that differ from those of
     `init` (the rewind point: theta0, or theta_k under late rewinding), and dead-zone occupancy."""

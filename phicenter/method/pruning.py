@@ -1,5 +1,6 @@
 """Magnitude and structured (whole-unit) pruning with an exact count per round, and the mask in force: each
 prunable weight holds its effective value, dead entries held at their fill in place (no autograd cost)."""
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,15 @@ def _pools(names: list[str], bases: dict[str, float], scope: str) -> list[list[s
     return list(by_base.values())
 
 
-def prune_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                bases: dict[str, float], scope: str = "layer", method: str = "magnitude",
-                output: str | None = None, whole: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def prune_masks(
+    weights: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    bases: dict[str, float],
+    scope: str = "layer",
+    method: str = "magnitude",
+    output: str | None = None,
+    whole: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
     """New masks with round((1 - base) * alive) of each pool's alive weights (method="magnitude") or alive
     output units (method="structured") removed, smallest first. Dead weights and units stay dead.
 
@@ -59,10 +66,16 @@ def prune_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
             _prune_units(pool, weights, masks, bases[pool[0]], scope, new)
         return new
     for pool in _pools(names, bases, scope):
-        scores = torch.cat([
-            torch.where(masks[n].bool(), weights[n].detach().abs().float(),
-                        torch.full_like(weights[n], math.inf, dtype=torch.float32)).flatten()
-            for n in pool])
+        scores = torch.cat(
+            [
+                torch.where(
+                    masks[n].bool(),
+                    weights[n].detach().abs().float(),
+                    torch.full_like(weights[n], math.inf, dtype=torch.float32),
+                ).flatten()
+                for n in pool
+            ]
+        )
         alive = int(sum(int(masks[n].sum()) for n in pool))
         cut = _lowest(scores, n_to_prune(alive, bases[pool[0]]))
         flat = torch.ones_like(scores)
@@ -70,7 +83,7 @@ def prune_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
         offset = 0
         for n in pool:
             size = masks[n].numel()
-            new[n] = (flat[offset:offset + size].view_as(masks[n]) * masks[n]).to(masks[n].dtype)
+            new[n] = (flat[offset : offset + size].view_as(masks[n]) * masks[n]).to(masks[n].dtype)
             offset += size
     return new
 
@@ -98,7 +111,7 @@ def _prune_units(pool: list[str], weights, masks, base: float, scope: str, new: 
     offset = 0
     for n in pool:
         units = masks[n].shape[0]
-        rows = keep[offset:offset + units].view(-1, *([1] * (masks[n].dim() - 1)))
+        rows = keep[offset : offset + units].view(-1, *([1] * (masks[n].dim() - 1)))
         new[n] = (masks[n].bool() & rows).to(masks[n].dtype)
         offset += units
 
@@ -116,8 +129,7 @@ MASK, FILL = "_mask", "_fill"
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Conv and Linear layers, in module order; their `weight` is what IMP prunes (never biases or BN)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
 
 
 def attach_masks(model: nn.Module) -> dict[str, nn.Module]:
@@ -137,6 +149,7 @@ def attach_masks(model: nn.Module) -> dict[str, nn.Module]:
 class Mask:
     """A prunable weight's mask and fill (`mask_of`): `.mask` (bool, True = alive) and `.fill`, the layer's
     own buffers, to be written in place (copy_). The weight takes them at the next reapply_masks."""
+
     __slots__ = ("layer",)
 
     def __init__(self, layer: nn.Module):
@@ -178,7 +191,7 @@ def sparsity(layers: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:
     return dead / max(total, 1), per
 
 
-_LEGACY = ".parametrizations.weight."   # masks as torch parametrizations (where(mask, raw, fill) in the forward)
+_LEGACY = ".parametrizations.weight."  # masks as torch parametrizations (where(mask, raw, fill) in the forward)
 
 
 def is_legacy(state: dict) -> bool:
@@ -210,7 +223,7 @@ def upgrade_state(state: dict) -> dict:
 
 
 # -- enforcing it, in place, every optimizer step -------------------------------------------------------
-_GENERATION = 0          # bumped by attach_masks: a module's list of masked tensors is looked up again
+_GENERATION = 0  # bumped by attach_masks: a module's list of masked tensors is looked up again
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -221,6 +234,7 @@ class _Derived:
     dead entries and 0 elsewhere. The passes work on the floats' bits, so they are exact for every value:
     bits * 1 is the entry unchanged (NaN, inf and -0.0 included), bits * 0 is +0.0, + dead_fill puts the fill
     exactly. Elementwise and vectorised (torch.where with a bool mask is a scalar loop on CPU)."""
+
     __slots__ = ("stamp", "keep", "dead_fill", "any_dead", "zero_fill")
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor, stamp):
@@ -228,8 +242,7 @@ class _Derived:
         self.stamp = stamp
         self.any_dead = not bool(mask.all())
         self.keep = mask.to(itype)
-        dead_fill = torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device),
-                                fill.to(weight.dtype))
+        dead_fill = torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device), fill.to(weight.dtype))
         self.dead_fill = dead_fill.view(itype)
         self.zero_fill = not bool(self.dead_fill.any())
 
@@ -237,8 +250,7 @@ class _Derived:
 def _stamp(weight, mask, fill) -> tuple:
     """What the derived tensors were built from. It holds the mask and fill themselves, so no other tensor can
     take their identity while they are cached; a write bumps their version counters."""
-    return (mask, fill, mask._version, fill._version, mask.data_ptr(), fill.data_ptr(), weight.dtype,
-            weight.device)
+    return (mask, fill, mask._version, fill._version, mask.data_ptr(), fill.data_ptr(), weight.dtype, weight.device)
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -251,8 +263,12 @@ def _masked(model: nn.Module) -> list[tuple[nn.Module, str]]:
     attach_masks registers new masks anywhere)."""
     found = model.__dict__.get("_phicenter_masked")
     if found is None or found[0] != _GENERATION:
-        pairs = [(m, name) for m in model.modules() for name, p in m._parameters.items()
-                 if p is not None and name + MASK in m._buffers]
+        pairs = [
+            (m, name)
+            for m in model.modules()
+            for name, p in m._parameters.items()
+            if p is not None and name + MASK in m._buffers
+        ]
         found = (_GENERATION, pairs)
         model.__dict__["_phicenter_masked"] = found
     return found[1]

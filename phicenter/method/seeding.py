@@ -1,4 +1,5 @@
 """Stable seeds derived from (seed, purpose, round, ...), identical in every process and on every device."""
+
 from __future__ import annotations
 
 import hashlib

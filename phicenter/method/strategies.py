@@ -4,10 +4,11 @@ A strategy is one small class registered by name, its options declared in phicen
 (STRATEGY_OPTIONS, the same declaration the command line checks), and one file in conf/strategy/. Survivors of
 the phi-center strategies become signs(reference, phi) * c; see docs/method.md.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -15,7 +16,7 @@ from phicenter.method.options import STRATEGY_OPTIONS, StrategyOptions
 from phicenter.method.polarity import signs
 from phicenter.spec import make
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
+STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register(name: str):
@@ -27,29 +28,32 @@ def register(name: str):
         cls.Options = STRATEGY_OPTIONS[name]
         STRATEGIES[name] = cls
         return cls
+
     return wrap
 
 
 @dataclass
 class LayerView:
     """What a strategy may look at for one prunable weight tensor."""
+
     name: str
-    trained: torch.Tensor          # effective weight at the end of the previous round
-    rewind: torch.Tensor           # the rewind point theta_k (theta0 itself unless rewind.epoch = k > 0)
-    c: float                       # constant survivor magnitude of this layer
-    phi: float                     # phi in absolute units for this layer
-    generator: torch.Generator     # seeded by (seed, round, layer); CPU
+    trained: torch.Tensor  # effective weight at the end of the previous round
+    rewind: torch.Tensor  # the rewind point theta_k (theta0 itself unless rewind.epoch = k > 0)
+    c: float  # constant survivor magnitude of this layer
+    phi: float  # phi in absolute units for this layer
+    generator: torch.Generator  # seeded by (seed, round, layer); CPU
     fresh_init: Callable[[torch.Generator], torch.Tensor]  # a new draw of the layer's init distribution
 
 
 class Strategy:
     """Base: the reference is the LayerView field named by `source` (or the subclass's own choice);
     survivors = signs(reference, phi) * c."""
+
     name = "?"
     uses_phi = True
-    source: str | None = None     # "trained" or "rewind" (theta0, or theta_k under late rewinding)
-    transfers = False             # each level's signed mask is also transferred and trained (engine.transfer)
-    Options = StrategyOptions     # this strategy's declared options (set by register)
+    source: str | None = None  # "trained" or "rewind" (theta0, or theta_k under late rewinding)
+    transfers = False  # each level's signed mask is also transferred and trained (engine.transfer)
+    Options = StrategyOptions  # this strategy's declared options (set by register)
 
     def __init__(self, options: StrategyOptions | None = None, **values):
         """From its options, or from option values (checked against the declaration: ValueError)."""
@@ -81,8 +85,9 @@ class Strategy:
         """The sign each survivor was given (for the diagnostics): that of its new value, tie -> +1."""
         return signs(survivors, 0.0)
 
-    def prune_scores(self, trained: dict[str, torch.Tensor],
-                     generator: Callable[[str], torch.Generator]) -> dict[str, torch.Tensor]:
+    def prune_scores(
+        self, trained: dict[str, torch.Tensor], generator: Callable[[str], torch.Generator]
+    ) -> dict[str, torch.Tensor]:
         """What pruning ranks, per prunable layer (the smallest |score| go first): the trained weights, i.e.
         magnitude pruning. `generator(layer)`: a CPU generator seeded by (seed, strategy, "mask", round, layer)."""
         return trained
@@ -91,12 +96,14 @@ class Strategy:
 @register("mask1")
 class Mask1(Strategy):
     """Signs from the initial weights (LTH-style polarity rewinding); from theta_k under late rewinding."""
+
     source = "rewind"
 
 
 @register("mask0")
 class Mask0(Strategy):
     """Signs from the weights trained in the previous round."""
+
     source = "trained"
 
 
@@ -112,11 +119,13 @@ class Gradual(Strategy):
 @register("standard")
 class Standard(Strategy):
     """Signs from trained weights; pruned weights stay frozen at their trained values ("Standard (Full)")."""
+
     source = "trained"
 
 
 class TakeReference(Strategy):
     """The baselines without a sign decision: survivors take their reference's values as they are."""
+
     uses_phi = False
 
     def survivors(self, v, reference):
@@ -126,6 +135,7 @@ class TakeReference(Strategy):
 @register("lth")
 class LotteryTicket(TakeReference):
     """Baseline: survivors rewound to their own theta0 values (Frankle & Carbin), theta_k under late rewinding."""
+
     source = "rewind"
 
 
@@ -152,6 +162,7 @@ class RandomMask(LotteryTicket):
 class LearningRateRewinding(TakeReference):
     """Baseline: survivors keep their trained values; only the optimizer and LR schedule restart (Renda et al.,
     2020)."""
+
     source = "trained"
 
 
@@ -160,6 +171,7 @@ class SignTransfer(LearningRateRewinding):
     """Oh, Baik & Lee (2025): stage 1 is lrr's lineage (with strategy.aws, trained with AWS: method.aws); at every
     level the engine puts the signed mask, signs(trained, phi) on the mask, on a fresh initialisation of another
     seed and trains that once (method.transfer, engine.transfer). phi acts only in the transfer."""
+
     transfers = True
 
 
@@ -168,13 +180,14 @@ class SignRewind(Strategy):
     """A sign-preserving rewind, after Zhou et al. (2019), who keep theta0's signs: survivors = |theta_k| *
     signs(trained, phi), the learned sign (relative to phi) on the magnitude of the run's own rewind point
     (theta0, or theta_k)."""
+
     source = "trained"
 
     def survivors(self, v, reference):
         return v.rewind.abs() * signs(reference, v.phi)
 
     def new_signs(self, v, reference, survivors):
-        return signs(reference, v.phi)   # also where |theta_k| = 0
+        return signs(reference, v.phi)  # also where |theta_k| = 0
 
 
 def build(name: str, **options) -> Strategy:

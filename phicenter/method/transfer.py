@@ -7,6 +7,7 @@ weights keep that network's magnitudes and take the transferred signs, pruned we
 magnitudes and take the transferred signs; normalisation layers, their statistics and everything else stay as
 the network has them (its initialisation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from phicenter.method.imp import _fractions
 class SignedMask:
     """Per prunable layer (by module name): the mask (bool), the weights' signs (+-1, read where the mask is
     set) and the bias's signs (+-1; absent for a layer without a bias)."""
+
     masks: dict[str, torch.Tensor]
     signs: dict[str, torch.Tensor]
     bias_signs: dict[str, torch.Tensor]
@@ -50,19 +52,22 @@ def transfer(net: nn.Module, signed: SignedMask, constants: dict[str, float] | N
     differs. sign_transfer's stage 2 (engine.transfer) and phicenter.ticket.apply both come here."""
     layers = pruning.attach_masks(net)
     if constants is not None and set(constants) != set(layers):
-        raise ValueError(f"the constants cover layers {sorted(constants)}; the net's prunable layers are "
-                         f"{sorted(layers)}")
+        raise ValueError(
+            f"the constants cover layers {sorted(constants)}; the net's prunable layers are {sorted(layers)}"
+        )
     if set(signed.masks) != set(layers) or set(signed.signs) != set(layers):
-        raise ValueError(f"the signed mask covers layers {sorted(signed.masks)}; the net's prunable layers are "
-                         f"{sorted(layers)}")
+        raise ValueError(
+            f"the signed mask covers layers {sorted(signed.masks)}; the net's prunable layers are {sorted(layers)}"
+        )
     for name, layer in layers.items():
         raw, mask = pruning.raw_weight(layer), signed.masks[name].to(layer.weight.device)
         sign = signed.signs[name].to(raw.device, raw.dtype)
         if mask.shape != raw.shape or sign.shape != raw.shape:
-            raise ValueError(f"layer {name}: the signed mask has shape {tuple(mask.shape)}, the weight "
-                             f"{tuple(raw.shape)}")
+            raise ValueError(
+                f"layer {name}: the signed mask has shape {tuple(mask.shape)}, the weight {tuple(raw.shape)}"
+            )
         if constants is None:
-            magnitude = layer.weight.detach().abs()    # the net's own (effective) weight: its initialisation
+            magnitude = layer.weight.detach().abs()  # the net's own (effective) weight: its initialisation
         else:
             magnitude = torch.full_like(raw, float(constants[name]))
         mf = pruning.mask_of(layer)
@@ -73,29 +78,38 @@ def transfer(net: nn.Module, signed: SignedMask, constants: dict[str, float] | N
         if bias is not None and name in signed.bias_signs:
             b_sign = signed.bias_signs[name].to(bias.device, bias.dtype)
             if b_sign.shape != bias.shape:
-                raise ValueError(f"layer {name}: the bias signs have shape {tuple(b_sign.shape)}, the bias "
-                                 f"{tuple(bias.shape)}")
+                raise ValueError(
+                    f"layer {name}: the bias signs have shape {tuple(b_sign.shape)}, the bias {tuple(bias.shape)}"
+                )
             bias.copy_(bias.abs() * b_sign)
     return net
 
 
 @torch.no_grad()
-def diagnostics(layers: dict[str, nn.Module], phis: dict[str, float], signed: SignedMask,
-                init: dict[str, torch.Tensor]) -> dict:
+def diagnostics(
+    layers: dict[str, nn.Module], phis: dict[str, float], signed: SignedMask, init: dict[str, torch.Tensor]
+) -> dict:
     """What phi did to a transfer, in IMP.advance's terms, over the mask's survivors: signs phi changed
     (signs(trained, phi) vs signs(trained, 0)), signs that differ from the initialisation's they land on
     (`flipped_vs_init`: init = the transfer net's weights before the transfer), the dead zone and the critical
     phi of each layer. `layers`: the trained (stage-1) layers the signed mask was taken from."""
-    per_layer, totals = {}, {"survivors": 0, "flipped_by_phi_count": 0, "flipped_vs_init_count": 0,
-                             "dead_zone_count": 0}
+    per_layer, totals = (
+        {},
+        {"survivors": 0, "flipped_by_phi_count": 0, "flipped_vs_init_count": 0, "dead_zone_count": 0},
+    )
     for name, layer in layers.items():
         trained, keep = layer.weight.detach(), signed.masks[name].to(layer.weight.device)
-        stats = polarity.flip_fractions(trained, phis[name], signed.signs[name].to(trained.device),
-                                        init[name].to(trained.device), keep)
+        stats = polarity.flip_fractions(
+            trained, phis[name], signed.signs[name].to(trained.device), init[name].to(trained.device), keep
+        )
         pos, neg = polarity.critical_phi(trained[keep])
-        per_layer[name] = {"phi": phis[name], **stats, **_fractions(stats),
-                           "critical_phi_pos": pos, "critical_phi_neg": neg}
+        per_layer[name] = {
+            "phi": phis[name],
+            **stats,
+            **_fractions(stats),
+            "critical_phi_pos": pos,
+            "critical_phi_neg": neg,
+        }
         for k in totals:
             totals[k] += stats[k]
     return {**_fractions(totals), **totals, "layers": per_layer}
-

@@ -3,6 +3,7 @@ what a removed unit takes with it (its bias, its BatchNorm channel, the weights 
 weights can still change the output (effective sparsity). See docs/method.md, "Structured pruning" and
 "Effective sparsity".
 """
+
 from __future__ import annotations
 
 import operator
@@ -18,11 +19,37 @@ from phicenter.method import pruning
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Channel-wise ops that map 0 to 0: a silent channel stays silent through them, and channel i of their output
 # depends on channel i of their input only.
-SAME_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
-                nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
-                nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
-SAME_FUNCTIONS = (torch.relu, F.relu, torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                  F.adaptive_max_pool2d, F.dropout)
+SAME_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+)
+SAME_FUNCTIONS = (
+    torch.relu,
+    F.relu,
+    torch.tanh,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.dropout,
+)
 SAME_METHODS = ("relu", "tanh")
 ADDS = (operator.add, operator.iadd, torch.add)
 
@@ -30,15 +57,16 @@ ADDS = (operator.add, operator.iadd, torch.add)
 @dataclass(frozen=True)
 class Removable:
     """A layer whose output units structured pruning may remove, and what a removed unit takes with it."""
+
     layer: str
-    norms: tuple[str, ...]                  # BatchNorm layers applied to its units, channel for channel
-    readers: tuple[tuple[str, bool], ...]   # (a layer that reads its units, through a flatten?)
+    norms: tuple[str, ...]  # BatchNorm layers applied to its units, channel for channel
+    readers: tuple[tuple[str, bool], ...]  # (a layer that reads its units, through a flatten?)
 
 
 @dataclass
 class _Node:
-    kind: str            # input, output, layer, norm, same, flatten, add
-    name: str            # the module's name for layer and norm
+    kind: str  # input, output, layer, norm, same, flatten, add
+    name: str  # the module's name for layer and norm
     inputs: list[int]
 
 
@@ -46,8 +74,9 @@ class _Tracer(fx.Tracer):
     """Stops at the layers the method looks at (Conv/Linear, BatchNorm, channel-wise modules)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *NORMS, *SAME_MODULES, nn.Flatten)) \
-            or super().is_leaf_module(m, qualname)
+        return isinstance(
+            m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *NORMS, *SAME_MODULES, nn.Flatten)
+        ) or super().is_leaf_module(m, qualname)
 
 
 def _flattens(start_dim=0, end_dim=-1) -> bool:
@@ -128,7 +157,7 @@ class Wiring:
         """The masks with every weight that reads a removed unit masked too: a conv reader's input channel, a
         linear reader's input column, and behind a flatten every column of the unit's channel."""
         out = dict(masks)
-        for name, removable in self.removable.items():   # in forward order: a reader's own units come later
+        for name, removable in self.removable.items():  # in forward order: a reader's own units come later
             if name not in out:
                 continue
             gone = ~out[name].bool().flatten(1).any(1)
@@ -173,8 +202,8 @@ class Wiring:
         for n in self.layers:
             mf = pruning.mask_of(modules[n])
             present[n] = mf.mask.bool() | (mf.fill != 0)
-        live: list = [None] * len(self.nodes)      # per node: (bool per output channel or None = all, flat)
-        fan: dict[str, torch.Tensor] = {}           # per layer: which of its inputs may be non-zero
+        live: list = [None] * len(self.nodes)  # per node: (bool per output channel or None = all, flat)
+        fan: dict[str, torch.Tensor] = {}  # per layer: which of its inputs may be non-zero
         for j, node in enumerate(self.nodes):
             ins = [live[i] for i in node.inputs]
             if node.kind in ("input", "output"):
@@ -198,11 +227,11 @@ class Wiring:
                 if any(flat for _, flat in ins):
                     raise ValueError("an addition of flattened features is not supported")
                 live[j] = (None if any(v is None for v in vecs) else torch.stack(vecs).any(0), False)
-            else:   # same, flatten
+            else:  # same, flatten
                 vec, flat = ins[0]
                 live[j] = (vec, flat or (node.kind == "flatten" and vec is not None))
         reach: list = [None if v is None else torch.zeros_like(v) for v, _ in live]
-        at_out: dict[str, torch.Tensor] = {}        # per layer: which of its units reach the output
+        at_out: dict[str, torch.Tensor] = {}  # per layer: which of its units reach the output
         for j in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[j]
             if node.kind == "output":
@@ -217,14 +246,14 @@ class Wiring:
                 back = [(p.flatten(2).any(2) if p.dim() > 2 else p)[r].any(0)]
             elif node.kind == "norm":
                 back = [r & (_affine(modules[node.name])[0] != 0)]
-            else:   # same, flatten, add: every input as the output
+            else:  # same, flatten, add: every input as the output
                 back = [r] * len(node.inputs)
             for i, b in zip(node.inputs, back):
                 if reach[i] is not None:
-                    reach[i] |= b.view(reach[i].numel(), -1).any(1)   # a flattened view: per channel
+                    reach[i] |= b.view(reach[i].numel(), -1).any(1)  # a flattened view: per channel
         eff = {}
         for n in self.layers:
-            if n not in fan:                        # not used by the forward pass
+            if n not in fan:  # not used by the forward pass
                 eff[n] = torch.zeros_like(present[n])
                 continue
             p, tail = present[n], (1,) * (present[n].dim() - 2)
@@ -270,17 +299,21 @@ def _read_graph(model: nn.Module, layers: set[str]) -> list[_Node]:
     try:
         graph = _Tracer().trace(model)
     except Exception as e:
-        raise ValueError(f"{type(model).__name__}: its forward cannot be traced with torch.fx to find how its "
-                         f"units are wired ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{type(model).__name__}: its forward cannot be traced with torch.fx to find how its "
+            f"units are wired ({type(e).__name__}: {e})"
+        ) from None
     modules = dict(model.named_modules())
     index, nodes, seen = {}, [], set()
     for node in graph.nodes:
         ins = [index[a] for a in node.all_input_nodes]
         kind, name = _kind(node, modules, layers), ""
         if kind is None:
-            raise ValueError(f"{type(model).__name__}: cannot follow units through {node.format_node()}; "
-                             "phicenter.method.units knows Conv/Linear, BatchNorm, channel-wise activations "
-                             "and pooling, flatten and addition")
+            raise ValueError(
+                f"{type(model).__name__}: cannot follow units through {node.format_node()}; "
+                "phicenter.method.units knows Conv/Linear, BatchNorm, channel-wise activations "
+                "and pooling, flatten and addition"
+            )
         if kind in ("layer", "norm"):
             name = str(node.target)
             if name in seen:

@@ -8,6 +8,7 @@ torch reads back. Imports neither Lightning nor Hydra.
 
 What the file holds and why: docs/method.md, "A ticket".
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,20 @@ from torch import nn
 from phicenter.method import pruning
 from phicenter.method import transfer as _transfer
 from phicenter.ticket.compaction import CompactError, compact, removed_units  # noqa: F401 (the API)
-from phicenter.ticket.encoding import (INIT_OPTIONS, TicketError, architecture, decode_weight,  # noqa: F401
-                                       encode_weight, fit_shapes, pack, unpack)
+from phicenter.ticket.encoding import (  # noqa: F401
+    INIT_OPTIONS,
+    TicketError,
+    architecture,
+    decode_weight,
+    encode_weight,
+    fit_shapes,
+    pack,
+    unpack,
+)
 
 FORMAT, VERSION = "phicenter-ticket", 1
-MASKED, COMPACT = "masked", "compact"   # every prunable weight with its mask | the compact network's weights
-REQUIRED = ("kind", "model", "input_shape", "num_classes", "model_options", "layers")   # what load needs
+MASKED, COMPACT = "masked", "compact"  # every prunable weight with its mask | the compact network's weights
+REQUIRED = ("kind", "model", "input_shape", "num_classes", "model_options", "layers")  # what load needs
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Ticket:
     tensors by name). kind "masked": per prunable layer `<layer>.weight.mask`, `.sign`, `.magnitude`, `.c` (and
     `.fill`), every other tensor of the network's state under its own name; kind "compact": the compact network's
     state and, per layer that lost units, `<layer>.units` (packed: which of the original units it kept)."""
+
     meta: dict
     tensors: dict[str, torch.Tensor]
 
@@ -88,8 +98,9 @@ class Ticket:
         try:
             net.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
-            raise TicketError(f"the ticket's tensors do not fit a {m['model']} network: "
-                              f"{str(e).splitlines()[-1].strip()}") from None
+            raise TicketError(
+                f"the ticket's tensors do not fit a {m['model']} network: {str(e).splitlines()[-1].strip()}"
+            ) from None
         return net.eval()
 
     def masked_network(self) -> nn.Module:
@@ -113,8 +124,9 @@ class Ticket:
 
         model = dict(self.meta["config"]["model"])
         name, init = model.pop("name"), model.pop("init", "torch_default")
-        return models.build(name, self.meta["input_shape"], self.meta["num_classes"], init=init, seed=int(seed),
-                            **model)
+        return models.build(
+            name, self.meta["input_shape"], self.meta["num_classes"], init=init, seed=int(seed), **model
+        )
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -136,8 +148,12 @@ def encode(net: nn.Module, meta: dict, constants: dict[str, float]) -> Ticket:
         mf = pruning.mask_of(layer)
         tensors.update(encode_weight(name, layer.weight, mf.mask, mf.fill))
         tensors[f"{name}.weight.c"] = torch.tensor(float(constants[name]), dtype=torch.float64)
-        described[name] = {"shape": list(layer.weight.shape), "dtype": str(layer.weight.dtype).removeprefix("torch."),
-                           "survivors": int(mf.mask.sum()), "phi": float(phis[name])}
+        described[name] = {
+            "shape": list(layer.weight.shape),
+            "dtype": str(layer.weight.dtype).removeprefix("torch."),
+            "survivors": int(mf.mask.sum()),
+            "phi": float(phis[name]),
+        }
         own.update(pruning.state_keys(name))
     for key, value in net.state_dict().items():
         if key not in own:
@@ -162,11 +178,15 @@ def compacted(t: Ticket) -> Ticket:
 
 def kept_units(t: Ticket) -> dict[str, torch.Tensor]:
     """A compact ticket's kept units per layer that lost some (bool per original unit)."""
-    return {n: unpack(t.tensors[f"{n}.units"], (c["units"],), f"{n}.units")
-            for n, c in t.meta.get("compact", {}).items() if f"{n}.units" in t.tensors}
+    return {
+        n: unpack(t.tensors[f"{n}.units"], (c["units"],), f"{n}.units")
+        for n, c in t.meta.get("compact", {}).items()
+        if f"{n}.units" in t.tensors
+    }
 
 
 # ---------------------------------------------------------------- the file
+
 
 def to_bytes(t: Ticket) -> bytes:
     """The safetensors file: the tensors, and the metadata as strings (every value JSON)."""

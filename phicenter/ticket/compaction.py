@@ -3,6 +3,7 @@
 fewer operations. Which units can go, and what each one takes with it, is method.units' wiring (read off the
 graph with torch.fx). See docs/method.md, "A ticket".
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,9 @@ def _block(layer: str) -> str:
     return parent or layer
 
 
-def removed_units(net: nn.Module, masks: dict[str, torch.Tensor], wiring: units.Wiring | None = None
-                  ) -> dict[str, torch.Tensor]:
+def removed_units(
+    net: nn.Module, masks: dict[str, torch.Tensor], wiring: units.Wiring | None = None
+) -> dict[str, torch.Tensor]:
     """Per removable layer (units.Wiring.removable), which of its units go (bool per unit): those with no alive
     incoming weight that no weight reads any more (every weight on the unit's input columns of every layer
     reading it pruned and exactly 0). So removing them changes no output but for the rounding of sums;
@@ -44,18 +46,21 @@ def removed_units(net: nn.Module, masks: dict[str, torch.Tensor], wiring: units.
         for reader, flat in removable.readers:
             w, m = modules[reader].weight.detach(), masks[reader].bool().to(modules[reader].weight.device)
             read = m | (w != 0)
-            read = (read.flatten(2).any(2) if read.dim() > 2 else read).any(0)        # per input column
+            read = (read.flatten(2).any(2) if read.dim() > 2 else read).any(0)  # per input column
             gone &= ~read.view(gone.numel(), -1).any(1).to(gone.device) if flat else ~read.to(gone.device)
         if bool(gone.all()):
-            raise CompactError(f"{_block(name)} cannot be compacted: every unit of {name} is removed, so nothing "
-                               "flows through it")
+            raise CompactError(
+                f"{_block(name)} cannot be compacted: every unit of {name} is removed, so nothing flows through it"
+            )
         out[name] = gone
     for name, why in wiring.kept.items():
         d = dead.get(name)
         if d is not None and bool(d.any()) and "residual" in why:
-            raise CompactError(f"residual block {_block(name)} cannot be compacted: {int(d.sum())} of the "
-                               f"{d.numel()} units of {name} are pruned, but {why} (the shortcut carries those "
-                               "channels past it)")
+            raise CompactError(
+                f"residual block {_block(name)} cannot be compacted: {int(d.sum())} of the "
+                f"{d.numel()} units of {name} are pruned, but {why} (the shortcut carries those "
+                "channels past it)"
+            )
     return out
 
 
@@ -93,8 +98,10 @@ def compact(net: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     for name, keep in norms.items():
         bn = modules[name]
         k = keep.to(bn.running_mean.device if bn.running_mean is not None else bn.weight.device)
-        values = {attr: (None if getattr(bn, attr) is None else getattr(bn, attr).detach()[k])
-                  for attr in ("weight", "bias", "running_mean", "running_var")}
+        values = {
+            attr: (None if getattr(bn, attr) is None else getattr(bn, attr).detach()[k])
+            for attr in ("weight", "bias", "running_mean", "running_var")
+        }
         values["num_batches_tracked"] = bn.num_batches_tracked
         replace(out, name, _filled(bn, values))
     return out

@@ -1,6 +1,7 @@
 """A ticket's tensors, as the file holds them: masks and signs as packed bits, the survivors' magnitudes, the
 fills, and the network's architecture built back from its name and options. Plain torch (docs/method.md,
 "A ticket")."""
+
 from __future__ import annotations
 
 import inspect
@@ -35,8 +36,9 @@ def unpack(packed: torch.Tensor, shape, what: str = "bits") -> torch.Tensor:
     for s in shape:
         n *= int(s)
     if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (n + 7) // 8:
-        raise TicketError(f"{what}: {packed.numel()} {packed.dtype} bytes do not hold the {n} bits of shape "
-                          f"{list(shape)}")
+        raise TicketError(
+            f"{what}: {packed.numel()} {packed.dtype} bytes do not hold the {n} bits of shape {list(shape)}"
+        )
     return ((packed.unsqueeze(1) >> _SHIFTS) & 1).view(-1)[:n].bool().view(tuple(shape))
 
 
@@ -53,15 +55,19 @@ def encode_weight(name: str, weight: torch.Tensor, mask: torch.Tensor, fill: tor
     if not torch.equal(dead_w.view(itype), dead_f.view(itype)):
         raise ValueError(f"{name}: a pruned weight is not at its fill (the mask is not in force)")
     alive = w[m]
-    out = {f"{name}.weight.mask": pack(m), f"{name}.weight.sign": pack(torch.signbit(alive)),
-           f"{name}.weight.magnitude": alive.abs()}
+    out = {
+        f"{name}.weight.mask": pack(m),
+        f"{name}.weight.sign": pack(torch.signbit(alive)),
+        f"{name}.weight.magnitude": alive.abs(),
+    }
     if bool(dead_f.view(itype).ne(0).any()):
         out[f"{name}.weight.fill"] = dead_f.clone()
     return out
 
 
-def decode_weight(name: str, tensors: dict, shape, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor]:
+def decode_weight(
+    name: str, tensors: dict, shape, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weight, mask, fill) of one prunable weight, bit for bit what encode_weight was given."""
     try:
         m = unpack(tensors[f"{name}.weight.mask"], shape, f"{name}.weight.mask")
@@ -71,8 +77,10 @@ def decode_weight(name: str, tensors: dict, shape, dtype: torch.dtype) -> tuple[
     except KeyError as e:
         raise TicketError(f"no tensor {e.args[0]} in the ticket") from None
     if mag.dim() != 1 or mag.numel() != alive or mag.dtype != dtype:
-        raise TicketError(f"{name}.weight.magnitude: {mag.numel()} {mag.dtype} values for {alive} survivors "
-                          f"of a {str(dtype).removeprefix('torch.')} weight")
+        raise TicketError(
+            f"{name}.weight.magnitude: {mag.numel()} {mag.dtype} values for {alive} survivors "
+            f"of a {str(dtype).removeprefix('torch.')} weight"
+        )
     fill = torch.zeros(tuple(shape), dtype=dtype)
     stored = tensors.get(f"{name}.weight.fill")
     if stored is not None:
@@ -80,7 +88,7 @@ def decode_weight(name: str, tensors: dict, shape, dtype: torch.dtype) -> tuple[
             raise TicketError(f"{name}.weight.fill: {stored.numel()} values for {m.numel() - alive} pruned weights")
         fill[~m] = stored.to(dtype)
     w = fill.clone()
-    w[m] = torch.where(negative, -mag, mag)   # negation sets the sign bit alone: every value comes back exactly
+    w[m] = torch.where(negative, -mag, mag)  # negation sets the sign bit alone: every value comes back exactly
     return w, m, fill
 
 
@@ -106,7 +114,7 @@ def fit_shapes(net: nn.Module, state: dict) -> None:
     for name, m in list(net.named_modules()):
         if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)):
             continue
-        key = "weight" if m.weight is not None else "running_mean"   # (a BatchNorm without affine parameters)
+        key = "weight" if m.weight is not None else "running_mean"  # (a BatchNorm without affine parameters)
         w, have = state.get(f"{name}.{key}"), getattr(m, key)
         if w is None or have is None or tuple(w.shape) == tuple(have.shape):
             continue
@@ -121,12 +129,18 @@ def resized(m: nn.Module, shape: tuple) -> nn.Module:
         return nn.Linear(shape[1], shape[0], bias=m.bias is not None)
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if m.groups != 1:
-            raise TicketError(f"a grouped convolution cannot change its width ({type(m).__name__}, groups "
-                              f"{m.groups})")
-        return type(m)(shape[1], shape[0], m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                       bias=m.bias is not None, padding_mode=m.padding_mode)
-    return type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats)
+            raise TicketError(f"a grouped convolution cannot change its width ({type(m).__name__}, groups {m.groups})")
+        return type(m)(
+            shape[1],
+            shape[0],
+            m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            dilation=m.dilation,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+        )
+    return type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
 
 
 def replace(net: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,6 +1,7 @@
 """A ticket's network as an ONNX model (torch.onnx), checked in onnxruntime on the CPU against torch's outputs.
 onnx and onnxruntime are an optional extra (`pip install 'phicenter[onnx]'`); nothing here is imported
 before it is asked for."""
+
 from __future__ import annotations
 
 import io
@@ -36,9 +37,17 @@ def export(net: nn.Module, example: torch.Tensor) -> bytes:
     net = net.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
-        torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            net,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -56,8 +65,10 @@ def check(data: bytes, net: nn.Module, x: torch.Tensor, tolerance: float = 1e-5)
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(["logits"], {"images": x.detach().cpu().numpy()})[0])
     except Exception as e:
-        raise TicketError(f"the ONNX model does not run in onnxruntime ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise TicketError(
+            f"the ONNX model does not run in onnxruntime ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     with torch.no_grad():
         want = net.eval()(x)
     if got.shape != want.shape:
