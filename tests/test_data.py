@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from phicenter import data
+from phicenter.method import seeding
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -110,7 +111,7 @@ def _crops_and_flips(img: torch.Tensor, pad: int = 4):
 
 def test_augment_is_a_padded_crop_and_flip_of_each_image():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    out = data.augment(x, data.seeding.generator(0, "t"))
+    out = data.augment(x, seeding.generator(0, "t"))
     assert out.shape == x.shape and out.dtype == torch.uint8
     for a, b in zip(x, out):
         assert any(torch.equal(b, cand) for cand in _crops_and_flips(a))
@@ -379,15 +380,20 @@ def test_bad_npz_is_one_clear_error_naming_the_file(tmp_path, case):
 # --- the decode cache -------------------------------------------------------------------------------------
 
 
+def _reader(decoder: str):
+    """The module whose dataset functions call this decoder."""
+    return data.cifar_reader if "cifar" in decoder else data.mnist_reader
+
+
 def _count_decodes(monkeypatch, name: str) -> list:
     calls = []
-    real = getattr(data, name)
+    real = getattr(_reader(name), name)
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(data, name, counting)
+    monkeypatch.setattr(_reader(name), name, counting)
     return calls
 
 
@@ -404,7 +410,7 @@ def test_cache_is_reused(tmp_path, monkeypatch, name, make, decoder):
     cache = data.cache_path(tmp_path, name)
     assert cache.is_file()
     assert not list(cache.parent.glob("*.tmp"))  # the temporary file was renamed, not left behind
-    monkeypatch.setattr(data, decoder, _fail)
+    monkeypatch.setattr(_reader(decoder), decoder, _fail)
     second = data.load(name, tmp_path, download=False, val_size=5)
     for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std"):
         assert torch.equal(getattr(first, k), getattr(second, k)), k

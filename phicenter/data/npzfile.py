@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from phicenter.data.errors import DataError
+from phicenter.data.registry import _labels, _nchw, register_dataset
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("x_val", "y_val")
@@ -67,3 +68,10 @@ def _check_split(where: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"{where}: {xk} has no images")
     if len(y) and y.min() < 0:
         raise DataError(f"{where}: {yk} has a negative label ({y.min()})")
+
+
+@register_dataset
+def npz(root: Path, path: str | None = None, **_):
+    """Your own data: one .npz with x_train, y_train, x_test, y_test (and optionally x_val, y_val), read and
+    checked by phicenter.data.npzfile."""
+    return {k: (_nchw(v) if k.startswith("x") else _labels(v)) for k, v in read(path).items()}

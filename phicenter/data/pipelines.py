@@ -1,0 +1,71 @@
+"""A run's train, validation and test batches from its splits, through the pipeline it names."""
+
+from __future__ import annotations
+
+from phicenter.data.batches import Batches
+from phicenter.data.errors import DataError
+from phicenter.data.splits import Splits
+from phicenter.data.torchvision_pipeline import ImageDataset, LoaderBatches
+
+PIPELINES = ("fast", "torchvision")
+
+
+def make_loaders(
+    splits: Splits,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    augment: bool = False,
+    eval_batch_size: int | None = None,
+    pipeline: str = "fast",
+    num_workers: int = 0,
+    group: int = 1,
+):
+    """(train, val, test) iterables of normalised float batches; only train is shuffled and augmented,
+    and only train is grouped (lists of `group` batches, for CohortModule)."""
+    eval_bs = eval_batch_size or batch_size
+    s = splits
+    if pipeline == "fast":
+        return (
+            Batches(
+                s.x_train, s.y_train, s.mean, s.std, batch_size, shuffle=True, augment=augment, seed=seed, group=group
+            ),
+            Batches(s.x_val, s.y_val, s.mean, s.std, eval_bs),
+            Batches(s.x_test, s.y_test, s.mean, s.std, eval_bs),
+        )
+    if pipeline == "torchvision":
+
+        def dl(x, y, bs, train):
+            ds = ImageDataset(x, y, s.mean, s.std, augment=augment and train, seed=seed)
+            return LoaderBatches(ds, bs, shuffle=train, seed=seed, num_workers=num_workers, group=group if train else 1)
+
+        return (
+            dl(s.x_train, s.y_train, batch_size, True),
+            dl(s.x_val, s.y_val, eval_bs, False),
+            dl(s.x_test, s.y_test, eval_bs, False),
+        )
+    raise DataError(f"dataset.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+
+
+STEPS_PER_CALL = 16  # optimizer steps per Lightning training_step call (group) in the round loop
+
+
+def eval_batch_size(cfg, batch_size: int) -> int:
+    """The batch of validation and test: eval_batch_size (default 1000), never below the training batch."""
+    return max(int(batch_size), int(cfg.get("eval_batch_size") or 1000))
+
+
+def loaders(cfg, splits: Splits, batch_size: int, seed: int, group: int = 1):
+    """make_loaders for a run's config: dataset.pipeline (fast|torchvision), dataset.augment,
+    dataset.num_workers (torchvision only), eval_batch_size; train grouped by `group`."""
+    ds = cfg.dataset
+    return make_loaders(
+        splits,
+        batch_size,
+        seed=seed,
+        augment=bool(ds.get("augment", False)),
+        eval_batch_size=eval_batch_size(cfg, batch_size),
+        pipeline=str(ds.get("pipeline", "fast")),
+        num_workers=int(ds.get("num_workers") or 0),
+        group=group,
+    )
