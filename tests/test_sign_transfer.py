@@ -209,7 +209,7 @@ def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
 
 def test_dry_run_counts_what_a_transfer_would_resign():
     """dry_run=phi for sign_transfer: signs(trained, phi) on round 1's mask (mask0's count), not lrr's zero."""
-    from phicenter.analysis import dryrun
+    from phicenter.method import dryrun
 
     net = tiny()
     imp = IMP(net, strategy("mask0"), IMPConfig(**CFG))

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from phicenter.data import path_batches
 from phicenter.engine.rundir import CKPT_DIR, RESULTS, checkpoint_path, read_json, write_json
-from phicenter.method import pruning
+from phicenter.method.linear_path import effective_state, linear_path
+from phicenter.method.linear_path import grid as alpha_grid
 
 PROG = "python -m phicenter.analysis.barrier"
 
@@ -31,131 +32,11 @@ class BadInput(ValueError):
     """One line that says what is wrong with the arguments."""
 
 
-# ---------------------------------------------------------------- the measurement, on plain modules
-
-
-def effective_state(state: dict) -> dict[str, torch.Tensor]:
-    """A phicenter net's state dict as the plain net's: a masked weight already holds its effective value
-    (a pruned entry at its fill), so its mask and fill go; a state saved while masks were parametrizations is
-    read in today's names first (pruning.upgrade_state). Every other entry is kept."""
-    state = pruning.upgrade_state(state)
-    return {k: v for k, v in state.items() if not k.endswith((pruning.MASK, pruning.FILL))}
-
-
-def interpolate(a: dict, b: dict, alpha: float) -> dict[str, torch.Tensor]:
-    """(1 - alpha) a + alpha b for every floating tensor; other tensors (BatchNorm's batch counter) from a."""
-    return {k: torch.lerp(v, b[k].to(v.dtype), alpha) if v.is_floating_point() else v.clone() for k, v in a.items()}
-
-
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
-@torch.no_grad()
-def error(net: nn.Module, batches) -> float:
-    """Share of misclassified examples over the batches of (x, y), in eval mode."""
-    net.eval()
-    wrong = total = 0
-    for x, y in batches:
-        wrong += int((net(x).argmax(1) != y).sum())
-        total += len(y)
-    if total == 0:
-        raise ValueError("no examples to measure the error on")
-    return wrong / total
-
-
-class First:
-    """The first n batches (None: all), counted as they are drawn."""
-
-    def __init__(self, batches, n: int | None):
-        self.batches, self.n, self.drawn = batches, n, 0
-
-    def __iter__(self):
-        self.drawn = 0
-        for b in self.batches:
-            if self.n is not None and self.drawn >= self.n:
-                return
-            self.drawn += 1
-            yield b
-
-
-@dataclass
-class LinearPath:
-    alphas: list[float]
-    errors: list[float]
-    bn_batches: int  # training batches the BatchNorm statistics were recomputed on (0: no BatchNorm)
-
-    @property
-    def ends(self) -> float:
-        return (self.errors[0] + self.errors[-1]) / 2
-
-    @property
-    def barrier(self) -> float:
-        return max(self.errors) - self.ends
-
-    @property
-    def worst_alpha(self) -> float:
-        return self.alphas[max(range(len(self.errors)), key=self.errors.__getitem__)]
-
-    def record(self) -> dict:
-        return {
-            "alphas": self.alphas,
-            "errors": self.errors,
-            "barrier": self.barrier,
-            "ends_mean": self.ends,
-            "max_error": max(self.errors),
-            "worst_alpha": self.worst_alpha,
-            "bn_batches": self.bn_batches,
-        }
-
-
 def grid(n: int) -> list[float]:
-    """n evenly spaced alphas from 0 to 1, both ends included."""
+    """n evenly spaced alphas from 0 to 1 (method.linear_path.grid), refused in the command's words."""
     if n < 2:
         raise BadInput(f"--alphas must be at least 2 (both ends), got {n}")
-    return [i / (n - 1) for i in range(n)]
-
-
-def linear_path(
-    net: nn.Module, a: dict, b: dict, alphas, eval_batches, bn_batches=None, bn_count: int | None = None
-) -> LinearPath:
-    """The error of (1 - alpha) a + alpha b on `eval_batches` for each alpha. a and b are plain state dicts of
-    `net`'s architecture (effective_state). With BatchNorm, each interpolated net's running statistics are
-    reset and recomputed as exact averages over the first `bn_count` batches of `bn_batches` (None: all), in
-    train mode (torch.optim.swa_utils.update_bn); without BatchNorm nothing is recomputed."""
-    bn = has_batchnorm(net)
-    if bn and bn_batches is None:
-        raise ValueError("the net has BatchNorm: give training batches to recompute its statistics on")
-    errors, used = [], 0
-    for alpha in alphas:
-        net.load_state_dict(interpolate(a, b, float(alpha)))
-        if bn:
-            seen = First(bn_batches, bn_count)
-            torch.optim.swa_utils.update_bn(seen, net)
-            used = seen.drawn
-        errors.append(error(net, eval_batches))
-    return LinearPath([float(x) for x in alphas], errors, used)
-
-
-def batches(cfg, splits, split: str = "test", device="cpu"):
-    """(the batches the error is measured on, the training batches BatchNorm statistics are recomputed on) of a
-    run's config: the split in batches of max(batch_size, eval_batch_size); the training split in batches of
-    batch_size, in an order seeded by the run's seed, not augmented, normalised as in training."""
-    from phicenter import data
-
-    x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
-    eval_bs = max(int(cfg.get("batch_size") or 60), int(cfg.get("eval_batch_size") or 1000))
-    eval_b = data.Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
-    train_b = data.Batches(
-        splits.x_train,
-        splits.y_train,
-        splits.mean,
-        splits.std,
-        int(cfg.batch_size),
-        shuffle=True,
-        seed=int(cfg.get("seed") or 0),
-    ).to(device)
-    return eval_b, train_b
+    return alpha_grid(n)
 
 
 # ---------------------------------------------------------------- phicenter runs and checkpoints
@@ -274,7 +155,7 @@ def measure(
     net = build.build_model(cfg, splits).to(device)
     if len(getattr(splits, f"y_{split}")) == 0:
         raise BadInput(f"the run has no {split} split")
-    eval_b, train_b = batches(cfg, splits, split, device)
+    eval_b, train_b = path_batches(cfg, splits, split, device)
     state = lambda s: {k: v.to(device) for k, v in s.state.items()}
     path = linear_path(net, state(a), state(b), grid(n_alphas), eval_b, train_b, bn_count)
     return {

@@ -489,7 +489,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     _quiet()
-    from phicenter.engine import build  # noqa: F401  (its import also quiets Lightning's logging)
+    from phicenter.engine import build
+
+    build.quiet_lightning()
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     sizes = dict(SIZES[args.quick])

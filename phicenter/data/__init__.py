@@ -21,7 +21,7 @@ from phicenter.data.cifar_reader import CIFAR, cifar10, cifar100, cifar_files
 from phicenter.data.errors import DataError
 from phicenter.data.mnist_reader import MNIST_FILES, mnist
 from phicenter.data.npzfile import npz
-from phicenter.data.pipelines import PIPELINES, STEPS_PER_CALL, eval_batch_size, loaders, make_loaders
+from phicenter.data.pipelines import PIPELINES, STEPS_PER_CALL, eval_batch_size, loaders, make_loaders, path_batches
 from phicenter.data.registry import DATASETS, register_dataset
 from phicenter.data.splits import Splits, load
 from phicenter.data.torchvision_pipeline import ImageDataset, LoaderBatches, SeededOrder
@@ -58,6 +58,7 @@ __all__ = [
     "make_loaders",
     "mnist",
     "npz",
+    "path_batches",
     "register_dataset",
     "spans",
     "statistics",

@@ -69,3 +69,22 @@ def loaders(cfg, splits: Splits, batch_size: int, seed: int, group: int = 1):
         num_workers=int(ds.get("num_workers") or 0),
         group=group,
     )
+
+
+def path_batches(cfg, splits, split: str = "test", device="cpu"):
+    """For the error on a linear path (method.linear_path): the batches the error is measured on (the split,
+    in batches of `eval_batch_size`) and the training batches BatchNorm statistics are recomputed on (batches of
+    batch_size, in an order seeded by the run's seed, not augmented, normalised as in training)."""
+    x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+    eval_bs = eval_batch_size(cfg, int(cfg.get("batch_size") or 60))
+    eval_b = Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
+    train_b = Batches(
+        splits.x_train,
+        splits.y_train,
+        splits.mean,
+        splits.std,
+        int(cfg.batch_size),
+        shuffle=True,
+        seed=int(cfg.get("seed") or 0),
+    ).to(device)
+    return eval_b, train_b

@@ -15,11 +15,15 @@ from phicenter.config import ConfigError
 from phicenter.method import strategies
 from phicenter.method.imp import IMP, IMPConfig
 
-for _name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
-warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
-warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
+
+def quiet_lightning() -> None:
+    """Lightning's info lines and the warnings that do not apply to the round loop (resident data needs no
+    workers; the engine logs per epoch itself; submitit runs the job, not srun) stay out of a run's output."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+    warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
 
 
 def _options(node, drop=("name",)) -> dict:
@@ -94,6 +98,7 @@ def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False
     from phicenter.engine import progress as shown
 
     cheap_device_probe()
+    quiet_lightning()
 
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     kw["deterministic"] = deterministic(cfg)

@@ -21,7 +21,6 @@ import torch
 from omegaconf import OmegaConf
 
 from phicenter import data
-from phicenter.analysis import barrier
 from phicenter.engine import build
 from phicenter.engine.callbacks import EpochCheckpoint
 from phicenter.engine.module import CohortModule, Diverged
@@ -29,7 +28,7 @@ from phicenter.engine.rewinding import Plan
 from phicenter.engine.roundstore import Entry
 from phicenter.engine.rundir import is_writer
 from phicenter.engine.transfer import AWSTraining
-from phicenter.method import pruning, seeding
+from phicenter.method import linear_path, pruning, seeding
 
 log = logging.getLogger("phicenter")
 TB_TAG = "instability_epoch"
@@ -240,19 +239,19 @@ class Instability:
 
     # ---------------------------------------------------------------- the barrier
 
-    def _barrier(self, trained: dict, copy: dict) -> barrier.LinearPath:
+    def _barrier(self, trained: dict, copy: dict) -> linear_path.LinearPath:
         """The test error on the linear path from the round's trained network to its copy (analysis.barrier:
         effective weights, BatchNorm statistics recomputed at every alpha)."""
         if self._batches is None:
-            self._batches = barrier.batches(self.cfg, self.splits, "test", self.device)
+            self._batches = data.path_batches(self.cfg, self.splits, "test", self.device)
             self._scratch = build.build_model(self.cfg, self.splits).to(self.device)
         eval_b, train_b = self._batches
-        on = lambda s: {k: t.to(self.device) for k, t in barrier.effective_state(s).items()}
-        return barrier.linear_path(
+        on = lambda s: {k: t.to(self.device) for k, t in linear_path.effective_state(s).items()}
+        return linear_path.linear_path(
             self._scratch,
             on(trained),
             on(copy),
-            barrier.grid(self.points),
+            linear_path.grid(self.points),
             eval_b,
-            train_b if barrier.has_batchnorm(self._scratch) else None,
+            train_b if linear_path.has_batchnorm(self._scratch) else None,
         )

@@ -411,7 +411,7 @@ def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_d
     """`dry_run=phi`: round 0 is the same for every variant of a cohort, so it is trained once (the first
     variant); then, for each (strategy, phi), count the survivors phi would re-sign at round 1. The grid is
     dry_run_grid, else the cohort's own phi x strategy (K > 1), else the paper's."""
-    from phicenter.analysis import dryrun
+    from phicenter.method import dryrun
 
     first = open_member(variants[pending[0]], vals[pending[0]], job_dir, splits, len(variants) > 1)
     if isinstance(first, dict):  # complete: its trained round 0 is in its round checkpoints

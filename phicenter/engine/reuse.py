@@ -51,6 +51,8 @@ NOT_TRAINING_CODE = (
     "loggers/",
     "export.py",
     "ticket/",
+    "method/dryrun.py",
+    "method/linear_path.py",
 )
 
 _fingerprints: dict[int, str] = {}
@@ -124,7 +126,7 @@ def code_digest(root: Path | None = None) -> str:
     return _code_digests[root]
 
 
-code_digest()  # as the package is imported: the code this process runs
+IMPORTED_CODE = code_digest()  # read as the package is imported: the code this process runs
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
