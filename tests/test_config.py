@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from tests.cli import ROOT
 
 from phicenter import config
-from phicenter.config import ConfigError, schema
+from phicenter.config import ConfigError, groups, schema
 from phicenter.method import options
 from phicenter.spec import PosInt, check_value, declared, default, group_in
 
@@ -241,7 +241,7 @@ def normalised(cls, key: str, value):
 
 
 def group_file_pairs():
-    regs = {"strategy": options.STRATEGY_OPTIONS, "model": schema.MODEL_OPTIONS, "dataset": schema.DATASET_OPTIONS}
+    regs = {"strategy": options.STRATEGY_OPTIONS, "model": groups.MODEL_OPTIONS, "dataset": groups.DATASET_OPTIONS}
     return [(g, n, regs[g]) for g in regs for n in names(g)]
 
 
@@ -297,12 +297,12 @@ def test_registries_match_the_code():
     from phicenter.method.strategies import STRATEGIES
 
     assert set(STRATEGIES) == set(options.STRATEGY_OPTIONS)
-    assert set(models.MODELS) == set(schema.MODEL_OPTIONS)
-    assert set(data.DATASETS) == set(schema.DATASET_OPTIONS)
-    assert tuple(models.INITS) == typing.get_args(schema.Init)
-    assert tuple(models.BATCHNORM_INITS) == typing.get_args(schema.BatchNormInit)
-    assert tuple(data.NORMALIZE) == typing.get_args(declared(schema.DatasetOptions)["normalize"][0])
-    assert tuple(data.PIPELINES) == typing.get_args(declared(schema.DatasetOptions)["pipeline"][0])
+    assert set(models.MODELS) == set(groups.MODEL_OPTIONS)
+    assert set(data.DATASETS) == set(groups.DATASET_OPTIONS)
+    assert tuple(models.INITS) == typing.get_args(groups.Init)
+    assert tuple(models.BATCHNORM_INITS) == typing.get_args(groups.BatchNormInit)
+    assert tuple(data.NORMALIZE) == typing.get_args(declared(groups.DatasetOptions)["normalize"][0])
+    assert tuple(data.PIPELINES) == typing.get_args(declared(groups.DatasetOptions)["pipeline"][0])
 
 
 def keyword_defaults(fn, skip=()) -> dict:
@@ -317,9 +317,9 @@ def test_model_and_dataset_code_takes_what_is_declared():
     """Every keyword a model or dataset function takes is declared (so it is checked), with the same default."""
     from phicenter import data, models
 
-    pairs = [(name, fn, schema.MODEL_OPTIONS[name]) for name, fn in models.MODELS.items()]
-    pairs += [(name, fn, schema.DATASET_OPTIONS[name]) for name, fn in data.DATASETS.items()]
-    pairs.append(("dataset", data.load, schema.DatasetOptions))
+    pairs = [(name, fn, groups.MODEL_OPTIONS[name]) for name, fn in models.MODELS.items()]
+    pairs += [(name, fn, groups.DATASET_OPTIONS[name]) for name, fn in data.DATASETS.items()]
+    pairs.append(("dataset", data.load, groups.DatasetOptions))
     for name, fn, cls in pairs:
         fields = declared(cls)
         for key, value in keyword_defaults(fn, ("split_seed",) if fn is not data.load else ()).items():
@@ -331,8 +331,8 @@ def test_model_and_dataset_code_takes_what_is_declared():
 def test_optimizer_options_are_torchs_keywords():
     from phicenter.engine import module
 
-    assert set(module.OPTIMIZERS) == set(schema.OPTIMIZERS)
-    for name, cls in schema.OPTIMIZERS.items():
+    assert set(module.OPTIMIZERS) == set(groups.OPTIMIZERS)
+    for name, cls in groups.OPTIMIZERS.items():
         torch_defaults = keyword_defaults(module.OPTIMIZERS[name])
         for key, (_, f) in declared(cls).items():
             assert key in torch_defaults, f"{name}: torch takes no {key}"
@@ -351,7 +351,7 @@ def test_folder_name_exclusions_are_derived_from_execution_keys():
 
 def test_every_execution_key_is_declared():
     top = declared(schema.Config)
-    regs = {"trainer": {"": schema.Trainer}, "dataset": schema.DATASET_OPTIONS, "optim": schema.OPTIMIZERS}
+    regs = {"trainer": {"": schema.Trainer}, "dataset": groups.DATASET_OPTIONS, "optim": groups.OPTIMIZERS}
     for key in config.EXECUTION_KEYS:
         head, _, rest = key.partition(".")
         assert head in top, key

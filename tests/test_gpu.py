@@ -22,6 +22,7 @@ from phicenter import data, models
 from phicenter.engine import build, loop
 from phicenter.engine.batched import batched_plan
 from phicenter.engine.cohort import make_variants, single
+from phicenter.engine.member import open_member
 from phicenter.engine.module import CohortModule
 from phicenter.engine.stacked import StackedNet, stacked_losses
 from phicenter.method import pruning, strategies
@@ -224,7 +225,7 @@ def test_compile_across_rounds_without_recompiling(device, tmp_path, monkeypatch
     torch._dynamo.reset()
     cfg = _config(device, "compile=true", iterations=2)
     splits = build.load_data(cfg)
-    member = loop.open_member(single(cfg)[0], validate(cfg), tmp_path, splits, False)
+    member = open_member(single(cfg)[0], validate(cfg), tmp_path, splits, False)
     loop.train_cohort([member], 0, splits, tmp_path, last_round=0)
     counters = torch._dynamo.utils.counters
     graphs = counters["stats"]["unique_graphs"]
@@ -270,7 +271,7 @@ def test_device_resident_data_and_augmentation(device):
 def test_bench_gpu_rows(device, tmp_path):
     """The bench's GPU rows on small sizes: images/s, FLOPs per image, MFU against the device's peak (a
     given peak on the CPU), the paper grid's GPU-hours estimate, and the packed speedup of fc_lot and conv2."""
-    from phicenter.bench.__main__ import bench_gpu
+    from phicenter.bench.gpu import bench_gpu
     from phicenter.bench.packed import packed_speedup
 
     args = types.SimpleNamespace(

@@ -176,7 +176,7 @@ def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp
     the paper grid's sum; without the flag they are not run at all (the GPU check stays as short as it was)."""
     from argparse import Namespace
 
-    from phicenter.bench.__main__ import bench_gpu, reference_experiments
+    from phicenter.bench.gpu import bench_gpu, reference_experiments
 
     assert reference_experiments() == set(RECIPES)
     args = {

@@ -23,6 +23,14 @@ def _plt():
     return plt
 
 
+def _against_phi(ax, phis, ylabel: str, title: str) -> None:
+    """The axes of a figure against phi: a symmetric log x axis, labels, grid and legend."""
+    _symlog_x(ax, phis)
+    ax.set(xlabel="ϕ (symmetric log)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _symlog_x(ax, phis, axis="x"):
     nonzero = [abs(p) for p in phis if p != 0]
     thresh = min(nonzero) if nonzero else 1e-5
@@ -72,14 +80,12 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
                     color=line.get_color(),
                     mec="black",
                 )
-        _symlog_x(ax, phis)
-        ax.set(
-            xlabel="ϕ (symmetric log)",
-            ylabel="final test accuracy (%)",
-            title=f"{ds} · {row}: final accuracy vs ϕ\n(band: 95 % CI over seeds; ★ chosen ϕ; hollow: ϕ inactive)",
+        _against_phi(
+            ax,
+            phis,
+            "final test accuracy (%)",
+            f"{ds} · {row}: final accuracy vs ϕ\n(band: 95 % CI over seeds; ★ chosen ϕ; hollow: ϕ inactive)",
         )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
         name = slug("acc_vs_phi", ds, row) + ".png"
         made.append((f"{ds} · {row}: final test accuracy vs ϕ", name, _png(fig)))
 
@@ -88,14 +94,8 @@ def figures(cells: list[Cell]) -> list[tuple[str, str, bytes]]:
         for c in cs:
             xs = sorted(c.groups)
             ax.plot(xs, [100 * mean_flip(c.groups[p]) for p in xs], "o-", label=c.col)
-        _symlog_x(ax, phis)
-        ax.set(
-            xlabel="ϕ (symmetric log)",
-            ylabel="survivors re-signed by ϕ (%)",
-            title=f"{ds} · {row}: flip fraction vs ϕ (mean over rounds ≥ 1 and seeds)",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        title = f"{ds} · {row}: flip fraction vs ϕ (mean over rounds ≥ 1 and seeds)"
+        _against_phi(ax, phis, "survivors re-signed by ϕ (%)", title)
         name = slug("flips_vs_phi", ds, row) + ".png"
         made.append((f"{ds} · {row}: share of survivors whose sign ϕ changed", name, _png(fig)))
 

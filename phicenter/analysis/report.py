@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from phicenter.analysis import literature
+from phicenter.analysis import literature, literature_tables
 from phicenter.analysis.figures import figures, slug
 from phicenter.analysis.runs import Run, group, label, load
 from phicenter.analysis.stats import mean_ci, paired, select  # noqa: F401 (mean_ci, paired: part of this API)
@@ -101,7 +101,7 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     made = figures(cs) if cs else []
     lit = literature.compare(cs, runs)  # reference experiments beside their papers' figures
-    lit_figs = literature.figures(lit)
+    lit_figs = literature_tables.figures(lit)
     for _, name, png in made + lit_figs:
         write_file(out / name, png)
 
@@ -114,7 +114,8 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     }
     columns = {"runs.csv": RUN_COLUMNS, "not_used.csv": RUN_COLUMNS}
     if lit:
-        files["literature.csv"], files["matching.csv"] = literature.rows_csv(lit), literature.matching_csv(lit)
+        files["literature.csv"] = literature_tables.rows_csv(lit)
+        files["matching.csv"] = literature_tables.matching_csv(lit)
     for ds, rows in t["paper"].items():
         files[slug("table", ds) + ".csv"] = rows
         columns[slug("table", ds) + ".csv"] = table_columns(rows)
@@ -122,7 +123,7 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
         write_csv(out / name, rows, columns.get(name))
     write_file(
         out / "report.md",
-        markdown(dirs, by, cs, t, made, usable, not_used, literature.markdown(lit, lit_figs, md_table)),
+        markdown(dirs, by, cs, t, made, usable, not_used, literature_tables.markdown(lit, lit_figs, md_table)),
     )
     return {
         "runs": len(runs),

@@ -23,7 +23,6 @@ Real MNIST/CIFAR-10 are used when --data-dir holds them; otherwise seeded synthe
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -34,17 +33,9 @@ from pathlib import Path
 
 import torch
 
-from phicenter import CONF_DIR as CONF
-from phicenter.bench.cases import EVAL_SIZE, TRAIN_SIZE, Case, compose, interleaved, med
-
-PEAKS = [
-    ("H100 PCIe", {"bf16": 756.0, "16": 756.0, "32": 51.2}),
-    ("H100", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
-    ("H200", {"bf16": 989.4, "16": 989.4, "32": 66.9}),
-    ("A100", {"bf16": 312.0, "16": 312.0, "32": 19.5}),
-    ("L40S", {"bf16": 362.0, "16": 362.0, "32": 91.6}),
-    ("L4", {"bf16": 121.0, "16": 121.0, "32": 30.3}),
-]
+from phicenter.bench.cases import TRAIN_SIZE, Case, compose, interleaved, med
+from phicenter.bench.gpu import bench_gpu
+from phicenter.bench.summary import print_summary, table
 
 SIZES = {  # default / --quick: training images per epoch for (a) and (e), images for (b), repeats; (e)'s round
     False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 7, "gpu_images": 20000, "round_epochs": 2},
@@ -213,169 +204,6 @@ def bench_threads(sizes, args, device) -> dict | None:
     )
 
 
-def _peak(device_name: str, precision: str) -> float | None:
-    kind = "bf16" if "bf16" in precision else "16" if precision.startswith("16") else "32"
-    for name, peaks in PEAKS:
-        if name.lower() in device_name.lower():
-            return peaks[kind]
-    return None
-
-
-def reference_experiments() -> set[str]:
-    """The experiments that reproduce another paper (a `reference` block): apart from the paper grid."""
-    from omegaconf import OmegaConf
-
-    return {p.stem for p in (CONF / "experiment").glob("*.yaml") if OmegaConf.load(p).get("reference") is not None}
-
-
-def bench_gpu(sizes, args, device) -> dict:
-    """Per experiment: images/s of phicenter epochs at the given precision, FLOPs/image, MFU, and the grid (the
-    paper's experiments; with --reference also each reference experiment, estimated apart)."""
-    from omegaconf import OmegaConf
-
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    rows, grid_h, ref_h = {}, 0.0, 0.0
-    refs = reference_experiments()
-    experiments = sorted(
-        p.stem
-        for p in (CONF / "experiment").glob("*.yaml")
-        if p.stem != "quickstart" and (getattr(args, "reference", False) or p.stem not in refs)
-    )
-    for exp in experiments:
-        if args.gpu_experiments and exp not in args.gpu_experiments:
-            continue
-        case = Case(
-            exp,
-            sizes["gpu_images"],
-            args.data_dir,
-            device,
-            precision=args.precision,
-            workdir=args.workdir / f"gpu-{exp}",
-            compile=args.compile,
-        )
-        t = interleaved({"phicenter": case.phicenter_epoch}, sizes["repeats"])
-        sec = med(t["phicenter"])
-        ips, fpi = case.n / sec, case.flops_per_image()
-        peak = args.peak_tflops or _peak(name, args.precision)
-        base = compose([f"experiment={exp}"])
-        sweep = OmegaConf.select(OmegaConf.load(CONF / "experiment" / f"{exp}.yaml"), "hydra.sweeper.params") or {}
-        runs = math.prod(len(str(values).split(",")) for values in sweep.values())
-        rounds = int(base.prune.iterations) + 1
-        n_train = TRAIN_SIZE.get(case.dataset, case.n)
-        val, test = EVAL_SIZE.get(case.dataset, (0, 0))
-        # Evaluation (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test.
-        round_s = int(base.epochs) * (n_train + (val / 3)) / ips + (test / 3) / ips
-        hours = runs * rounds * round_s / 3600
-        if exp in refs:
-            ref_h += hours
-        else:
-            grid_h += hours
-        rows[exp] = {
-            "model": case.cfg.model.name,
-            "precision": args.precision,
-            "images": case.n,
-            "batch_size": case.batch_size,
-            "epoch_s": sec,
-            "images_per_s": ips,
-            "train_flops_per_image": fpi,
-            "tflops_per_s": ips * fpi / 1e12,
-            "peak_tflops": peak,
-            "mfu": (ips * fpi / 1e12 / peak) if peak else None,
-            "compile": args.compile,
-            "runs": runs,
-            "rounds": rounds,
-            "epochs_per_round": int(base.epochs),
-            "grid_hours_est": hours,
-            "reference": exp in refs,
-        }
-    paper = [e for e in rows if e not in refs]
-    return {
-        "device_name": name,
-        "rows": rows,
-        "grid_hours_est": grid_h if paper else None,
-        "reference_hours_est": ref_h if len(paper) < len(rows) else None,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------
-def _fmt(x, spec=".3f"):
-    return "—" if x is None else format(x, spec)
-
-
-def table(res: dict) -> str:
-    L = [
-        f"phicenter.bench on {res['device_name']} ({res['device']}, {res['threads']} torch threads, "
-        f"{'quick' if res['quick'] else 'default'}, median of {res['repeats']}; loadavg {res['loadavg_start']})",
-        "",
-        "| measure | phicenter | baseline | ratio | target |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for key, r in res["loop"].items():
-        L.append(
-            f"| (a) {key} epoch, {r['data']}, {r['images']} images, batch {r['batch_size']} | "
-            f"{r['phicenter_epoch_s']:.3f} s | {r['plain_epoch_s']:.3f} s (plain loop) | {r['ratio']:.3f} | "
-            f"{'≤ 1.10' if key == 'fc_lot' else '—'} |"
-        )
-    d = res["data"]
-    L.append(
-        f"| (b) data epoch, CIFAR-shaped, crop+flip, {d['images']} images, batch {d['batch_size']} | "
-        f"{d['fast_epoch_s']:.3f} s | {d['torchvision_workers0_epoch_s']:.3f} s (0 workers), "
-        f"{d['torchvision_workers2_epoch_s']:.3f} s (2 workers) | {d['speedup']:.1f}× faster | ≥ 3× |"
-    )
-    for key, p in res["prune"].items():
-        L.append(
-            f"| (c) {key} prune+re-sign+reinit ({p['worst_strategy']}, slowest) vs a round "
-            f"({p['epochs_per_round']} epochs × {p['train_images']} images, est.) | "
-            f"{p['advance_s'][p['worst_strategy']]:.3f} s | {p['round_train_s_est']:.1f} s | "
-            f"{100 * p['share']:.3f} % | < 1 % |"
-        )
-    for key, r in res["loop"].items():
-        L.append(
-            f"| (d) {key} throughput ({res['device']}, 32-bit) | {r['images_per_s']:.0f} images/s | "
-            f"{r['train_flops_per_image'] / 1e6:.1f} MFLOP/image | "
-            f"{r['images_per_s'] * r['train_flops_per_image'] / 1e9:.2f} GFLOP/s | — |"
-        )
-    m = res.get("masks")
-    if m:
-        for key, r in m["step"].items():
-            L.append(
-                f"| (e) {key} training step, masked ({r['strategy']}, {100 * r['sparsity']:.0f} % dead) vs "
-                f"the same net unmasked, {r['images']} images | {r['masked_step_ms']:.3f} ms | "
-                f"{r['dense_step_ms']:.3f} ms | {r['ratio']:.3f} (CPU time {r['cpu_ratio']:.3f}) | "
-                f"{'≤ 1.05' if key == 'fc_lot' else '—'} |"
-            )
-        r = m["round"]
-        L.append(
-            f"| (e) fc_lot round 1 (masked) vs round 0 (dense), {r['epochs']} epochs × {r['images']} images | "
-            f"{r['masked_round_s']:.2f} s | {r['dense_round_s']:.2f} s | {r['ratio']:.3f} | — |"
-        )
-    t = res.get("threads_rows")
-    if t:
-        for r in t["rows"].values():
-            L.append(
-                f"| (f) {r['model']} epoch at 2 threads vs 1, {r['images']} images | {r['epoch_s']['2']:.3f} s | "
-                f"{r['epoch_s']['1']:.3f} s (1 thread) | {r['speedup_2_vs_1']:.2f}× | — |"
-            )
-    g = res.get("gpu")
-    if g:
-        for exp, r in g["rows"].items():
-            ref = f", reference: {r['grid_hours_est']:.2f} GPU-hours a seed" if r.get("reference") else ""
-            L.append(
-                f"| (d) {exp} ({r['precision']}{ref}) | {r['images_per_s']:.0f} images/s | "
-                f"{r['tflops_per_s']:.1f} TFLOP/s of {_fmt(r['peak_tflops'], '.0f')} | MFU {_fmt(r['mfu'])} | "
-                f"{'≥ 0.30' if r['model'] == 'vgg16' else '—'} |"
-            )
-        L.append(f"| (d) paper grid, estimated | {_fmt(g['grid_hours_est'], '.2f')} GPU-hours | | | ≤ 12 |")
-        if g.get("reference_hours_est") is not None:
-            L.append(
-                f"| (d) reference experiments, estimated | {g['reference_hours_est']:.2f} GPU-hours (one seed "
-                "each) | | | — |"
-            )
-    else:
-        L.append("| (d) MFU, paper grid in GPU-hours | — (no GPU) | | | |")
-    return "\n".join(L)
-
-
 def packed_rows(res: dict, args, device: str) -> None:
     """K = 11 variants trained as one cohort vs one after another (fc_lot; conv2 on a GPU or on request),
     and on CPU where a stacked step's time goes."""
@@ -409,37 +237,6 @@ def packed_rows(res: dict, args, device: str) -> None:
 
         res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40, repeats=3 if args.quick else 7)
         res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
-
-
-def print_summary(res: dict) -> None:
-    print(
-        f"\nloop_overhead_ratio {res['loop_overhead_ratio']:.3f}  data_speedup {res['data_speedup']:.1f}  "
-        f"prune_share {100 * res['prune_share']:.3f} %  ({res['seconds']:.0f} s)"
-    )
-    if "masked_step_ratio" in res:
-        print(
-            f"masked_step_ratio {res['masked_step_ratio']:.3f} (fc_lot; conv4 {res['masked_step_ratio_conv4']:.3f})  "
-            f"masked_round_ratio {res['masked_round_ratio']:.3f}"
-        )
-    if "packed_speedup" in res:
-        print(
-            f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
-            f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}"
-        )
-    if "packed_speedup_conv2" in res:
-        print(
-            f"packed_speedup_conv2 {res['packed_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, packed vs "
-            f"sequential)  peak memory ratio {res['packed_conv2']['packed_peak_memory_ratio']:.2f}"
-        )
-    if res.get("packed_step"):
-        st = res["packed_step"]
-        kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in st["top_kernels_ms_per_variant"].items() if v >= 0.05)
-        print(
-            f"packed step (fc_lot, K = 11): one lean unpacked step {st['single_ms']:.2f} ms; packed "
-            f"{st['packed_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
-            f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
-            f"packing here {st['packing_bound']:.2f}x"
-        )
 
 
 def main(argv=None) -> dict:

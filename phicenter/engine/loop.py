@@ -16,8 +16,6 @@ import hashlib
 import logging
 import shutil
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,10 +27,11 @@ from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.instability import Instability
-from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.member import Member, close_members, is_oom, open_member, record_failure
+from phicenter.engine.module import CohortModule
 from phicenter.engine.reuse import Reuse
-from phicenter.engine.rundir import CKPT_DIR, RESUME_HINT, RunFolder, full_trace, is_writer
-from phicenter.io import WriteError, write_json
+from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer
+from phicenter.io import write_json
 from phicenter.method import seeding
 
 log = logging.getLogger("phicenter")
@@ -44,34 +43,6 @@ class CohortFailed(RuntimeError):
     def __init__(self, message: str, statuses: dict[str, str]):
         super().__init__(message)
         self.statuses = statuses
-
-
-@dataclass
-class Member:
-    """One variant while it trains: what a run keeps between rounds."""
-
-    variant: Variant
-    v: dict
-    folder: RunFolder
-    net: torch.nn.Module
-    imp: object
-    resolved: dict
-    record: dict
-    start: int
-    recorder: records.Recorder | None = None
-    alive: bool = True
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def rounds(self) -> list:
-        return self.record["rounds"]
-
-    def fail(self, status: str, error: str, trace: str | None = None, hint: str = "") -> None:
-        self.record, unrecorded = self.folder.fail(self.record, status, error, trace)
-        self.alive = False
-        log.error("run %s %s: %s%s%s", self.folder.path, status, error, unrecorded, hint)
-        if trace and full_trace():
-            log.error("%s", trace)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -156,71 +127,19 @@ def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, 
                     len(cohort),
                     half,
                 )
-                _close(cohort)
+                close_members(cohort)
                 cohort = None
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 queue[:0] = [now[:half], now[half:]]
                 continue
-            _record_failure(cohort, e)  # (a SIGTERM is a SystemExit: phicenter.train records it)
+            record_failure(cohort, e)  # (a SIGTERM is a SystemExit: phicenter.train records it)
         finally:
             if cohort is not None:
-                _close(cohort)
+                close_members(cohort)
         for m in cohort:
             done[m.variant.name] = m.record
-
-
-def _record_failure(cohort: list[Member], e: Exception) -> None:
-    status = "diverged" if isinstance(e, Diverged) else "failed"
-    hint = RESUME_HINT if isinstance(e, WriteError) else ""
-    for m in cohort:
-        if m.alive:
-            m.fail(status, f"{type(e).__name__}: {e}", traceback.format_exc(), hint)
-
-
-def _close(cohort: list[Member]) -> None:
-    for m in cohort:
-        if m.recorder is not None:
-            m.recorder.close(m.record.get("status", "running"))
-            m.recorder = None
-
-
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
-    )
-
-
-def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
-    """A variant ready to train: a finished run is returned as its results dict; else a Member, resumed from
-    its folder's last round checkpoint when there is one."""
-    cfg, folder = variant.cfg, RunFolder(job_dir / variant.name)
-    resume = cfg.get("resume", True)
-    prev = folder.read()
-    if resume and prev and prev.get("status") == "complete":
-        return prev
-    net = build.build_model(cfg, splits)
-    imp = build.build_imp(cfg, net, v)
-    resolved = recorded_config(cfg, v["phi"])
-    ckpt = folder.latest_round(log=log.warning) if resume else None
-    rounds, start = [], 0
-    if ckpt is not None:
-        imp.theta0 = folder.load_theta0()
-        net.load_state_dict(ckpt["model"])
-        rounds, start = ckpt["rounds"], ckpt["round"] + 1
-        log.info("resuming %s after round %d", folder.path, ckpt["round"])
-    else:
-        if not resume:
-            folder.start_over()
-        folder.save_theta0(imp.theta0)
-    if resume and rewinding.active(cfg):
-        imp.set_rewind(folder.load_rewind())  # None (theta0) until the run reaches the rewind point
-    folder.drop_epochs_before(start)
-    record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
-    if ckpt is None:  # the configuration on record from the start, so a relaunch mid-round 0 is checked too
-        folder.write(record)
-    return Member(variant, v, folder, net, imp, resolved, record, start)
 
 
 def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
@@ -418,7 +337,7 @@ def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_d
         raise RuntimeError(f"dry_run=phi needs a folder whose run has not completed; {job_dir} has")
     if first.start == 0:
         train_cohort([first], 0, splits, job_dir, last_round=0)
-        _close([first])
+        close_members([first])
     cfg = variants[0].cfg
     grid = cfg.get("dry_run_grid") or {}
     own = len(variants) > 1
