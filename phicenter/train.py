@@ -112,9 +112,10 @@ def main(cfg: DictConfig) -> float:
     logging.raiseExceptions = False  # train.log on a full disk loses the line (the console has it), with no trace
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode.name == "MULTIRUN"
     try:
         _first_checks(cfg, run_dir)
-        _check_data_parallel(cfg, hc.mode.name == "MULTIRUN")
+        _check_data_parallel(cfg, multirun)
     except ConfigError as e:
         _refuse(e, run_dir)
     except Exception:  # anything else (an interpolation, say) is met again below, and recorded there
@@ -126,16 +127,11 @@ def main(cfg: DictConfig) -> float:
     from phicenter.engine.cohort import single, variants_from_hydra
     from phicenter.engine.loop import CohortFailed, train
 
-    multirun = hc.mode.name == "MULTIRUN"
     if not results.is_writer():  # a data-parallel worker: the first process reports for all of them
         logging.getLogger("phicenter").setLevel(logging.WARNING)
     elif multirun:
         log.info("%s", job_line())
-    cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
-    if cfg.get("threads") is None:  # jobs side by side share the cores their launcher gave them; otherwise one
-        import torch  # thread: more make a small net slower (docs/benchmarks.md, "Threads")
-
-        torch.set_num_threads(int(cpus) if cpus else 1)
+    _default_threads(cfg, hc)
     variants = None
     try:
         _stop_on_sigterm(SIGTERMException)
@@ -156,26 +152,47 @@ def main(cfg: DictConfig) -> float:
     except CohortFailed as e:  # each failed run said how, in its line and its results.json
         if len(e.statuses) > 1:  # a packed job: which of its runs did not complete
             log.error("%s", e)
-        if HydraConfig.get().mode.name != "MULTIRUN":
-            sys.exit(1)
-        return float("nan")
+        return _failed(multirun)
     except Exception as e:  # before any run folder could record it: record it in the job's own
-        trace, error = traceback.format_exc(), f"{type(e).__name__}: {e}"
-        where = _mark(run_dir, cfg, "failed", error, trace)
-        hint = results.RESUME_HINT if isinstance(e, WriteError) else ""
-        log.error("run %s failed: %s%s%s", run_dir, error, where, hint)
-        if results.full_trace():
-            log.error("%s", trace)
-        if HydraConfig.get().mode.name != "MULTIRUN":
-            sys.exit(1)
-        return float("nan")
+        _record_job_failure(run_dir, cfg, e)
+        return _failed(multirun)
     if not multirun and not cfg.get("dry_run") and results.is_writer():
         for line in where_results(run_dir, "results", selected(cfg)):
             log.info("%s", line)
-    accs = [
-        o["final"]["val_acc"] for o in outs.values() if o and o.get("final") and o["final"].get("val_acc") is not None
-    ]
-    return max(accs) if accs else float("nan")  # the sweeper's objective: the best variant's
+    return _objective(outs)
+
+
+def _default_threads(cfg, hc) -> None:
+    """`threads` unset: jobs side by side share the cores their launcher gave them; otherwise one thread, as
+    more make a small net slower (docs/benchmarks.md, "Masks and threads")."""
+    if cfg.get("threads") is not None:
+        return
+    import torch
+
+    cpus = hc.launcher.get("cpus_per_task") if "launcher" in hc else None
+    torch.set_num_threads(int(cpus) if cpus else 1)
+
+
+def _record_job_failure(run_dir: Path, cfg, e: Exception) -> None:
+    trace, error = traceback.format_exc(), f"{type(e).__name__}: {e}"
+    where = _mark(run_dir, cfg, "failed", error, trace)
+    hint = results.RESUME_HINT if isinstance(e, WriteError) else ""
+    log.error("run %s failed: %s%s%s", run_dir, error, where, hint)
+    if results.full_trace():
+        log.error("%s", trace)
+
+
+def _failed(multirun: bool) -> float:
+    """A single run that failed exits 1; a multirun job returns no objective and lets the others go on."""
+    if not multirun:
+        sys.exit(1)
+    return float("nan")
+
+
+def _objective(outs: dict) -> float:
+    """The sweeper's objective: the best variant's final validation accuracy."""
+    accs = [o["final"]["val_acc"] for o in outs.values() if o and (o.get("final") or {}).get("val_acc") is not None]
+    return max(accs) if accs else float("nan")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def packed_rows(res: dict, args, device: str) -> None:
         res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m phicenter.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller version, under a minute on 2 CPU cores")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -282,7 +282,11 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--packed-conv2", action="store_true", help="add the packed conv2 row off a GPU too (on a GPU it always runs)"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     _quiet()
@@ -298,18 +302,7 @@ def main(argv=None) -> dict:
         sizes["fc_lot"], sizes["conv4"], sizes["data"] = args.images
         sizes["gpu_images"] = max(args.images[:2])
     t_start = time.perf_counter()
-    load0 = os.getloadavg()
-    res = {
-        "device": device,
-        "device_name": (torch.cuda.get_device_name() if device == "cuda" else _cpu_name()),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "quick": args.quick,
-        "repeats": sizes["repeats"],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_start": [round(x, 2) for x in load0],
-    }
+    res = _machine(device, args.quick, sizes["repeats"])
     with tempfile.TemporaryDirectory(prefix="phicenter-bench-") as tmp:
         args.workdir = Path(tmp)
         res["section_s"] = {}
@@ -327,6 +320,37 @@ def main(argv=None) -> dict:
                 continue
             res[key] = fn(res["loop"], sizes, args, device) if key == "prune" else fn(sizes, args, device)
             res["section_s"][key] = round(time.perf_counter() - t0, 1)
+    _headline(res, device)
+    if args.packed:
+        packed_rows(res, args, device)
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["seconds"] = time.perf_counter() - t_start
+    print(table(res))
+    print_summary(res)
+    if args.out:
+        from phicenter.io import write_json
+
+        write_json(Path(args.out), res)
+    return res
+
+
+def _machine(device: str, quick: bool, repeats: int) -> dict:
+    """What the numbers were measured on."""
+    return {
+        "device": device,
+        "device_name": (torch.cuda.get_device_name() if device == "cuda" else _cpu_name()),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "quick": quick,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _headline(res: dict, device: str) -> None:
+    """The figures each target is read from, at the top level of the results."""
     for row in res["loop"].values():
         row.pop("case")
     res["loop_overhead_ratio"] = res["loop"]["fc_lot"]["ratio"]
@@ -340,17 +364,6 @@ def main(argv=None) -> dict:
         res["masked_step_ratio_conv4"] = res["masks"]["step"]["conv4"]["ratio"]
         res["masked_round_ratio"] = res["masks"]["round"]["ratio"]
     res["reference_gpu_hours_est"] = res["gpu"].get("reference_hours_est") if res["gpu"] and device == "cuda" else None
-    if args.packed:
-        packed_rows(res, args, device)
-    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    res["seconds"] = time.perf_counter() - t_start
-    print(table(res))
-    print_summary(res)
-    if args.out:
-        from phicenter.io import write_json
-
-        write_json(Path(args.out), res)
-    return res
 
 
 def _cpu_name() -> str:
