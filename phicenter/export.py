@@ -24,8 +24,6 @@ from phicenter.engine.rundir import CKPT_DIR, RESULTS, THETA0, checkpoint_path
 from phicenter.io import WriteError, read_json, write_file
 
 PROG = "python -m phicenter.export"
-CHECK_IMAGES = 256  # test images the compact network and the ONNX model are checked on
-TOLERANCE = 1e-5  # the largest difference of a logit allowed in those checks, relative to the largest logit
 
 
 class BadInput(ValueError):
@@ -72,12 +70,8 @@ def locate(arg: str, round_index: int | None) -> Round:
             )
         raise BadInput(f"{path}: not a phicenter run folder (no {RESULTS})")
     record = read_json(path / RESULTS)
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("config"), dict)
-        or not isinstance(record.get("rounds"), list)
-        or not isinstance(record.get("data"), dict)
-    ):
+    shapes = (("config", dict), ("rounds", list), ("data", dict))
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in shapes):
         raise BadInput(f"{path / RESULTS}: not a phicenter run's results (no config, rounds and data)")
     rounds = _rounds(record)
     if round_index is None:
@@ -85,11 +79,8 @@ def locate(arg: str, round_index: int | None) -> Round:
             raise BadInput(f"{path}: no round is complete yet (status {record.get('status')})")
         round_index = max(rounds)
     if round_index not in rounds:
-        done = (
-            ("completed: " + (f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds))))
-            if rounds
-            else "no round is complete yet"
-        )
+        span = f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds, default=0))
+        done = f"completed: {span}" if rounds else "no round is complete yet"
         raise BadInput(f"{path}: round {round_index} is not complete ({done}; status {record.get('status')})")
     ckpt = checkpoint_path(path, round_index)
     if not ckpt.is_file():
@@ -99,7 +90,12 @@ def locate(arg: str, round_index: int | None) -> Round:
             f"{', '.join(str(int(k)) for k in kept) or 'none'}; checkpoint.keep_all=true keeps every round)"
         )
     raw = ckpt.read_bytes()
-    state = _load_torch(raw, ckpt)
+    state = _checked_state(_load_torch(raw, ckpt), ckpt, round_index, rounds[round_index])
+    return Round(path, round_index, record, rounds[round_index], ckpt, state, raw)
+
+
+def _checked_state(state, ckpt: Path, round_index: int, entry: dict) -> dict:
+    """A round checkpoint's contents, refused unless it is the round results.json records."""
     if (
         not isinstance(state, dict)
         or state.get("round") != round_index
@@ -108,12 +104,11 @@ def locate(arg: str, round_index: int | None) -> Round:
     ):
         raise BadInput(f"{ckpt}: corrupt, or not a round checkpoint of round {round_index}")
     own = _rounds({"rounds": state["rounds"]}).get(round_index) or {}
-    entry = rounds[round_index]
     if own.get("round_key") != entry.get("round_key") or own.get("test_acc") != entry.get("test_acc"):
         raise BadInput(
             f"{ckpt}: its round {round_index} is not the round {RESULTS} records (the folder's run was started over?)"
         )
-    return Round(path, round_index, record, entry, ckpt, state, raw)
+    return state
 
 
 def _load_torch(data: bytes, path: Path):
@@ -231,19 +226,6 @@ def metadata(src: Round, phis: dict, normalize: dict) -> dict:
     }
 
 
-def limit(logits: torch.Tensor) -> float:
-    """The largest difference allowed from `logits`: TOLERANCE of the largest of them (at least TOLERANCE): float32
-    sums taken in another order differ in their last bits, in proportion to the values summed."""
-    return TOLERANCE * max(1.0, float(logits.abs().max()))
-
-
-def _test_images(splits) -> torch.Tensor:
-    from phicenter import data
-
-    b = data.Batches(splits.x_test[:CHECK_IMAGES], splits.y_test[:CHECK_IMAGES], splits.mean, splits.std, CHECK_IMAGES)
-    return next(iter(b))[0]
-
-
 def _equal_states(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         a[k].dtype == b[k].dtype
@@ -265,8 +247,7 @@ def build_files(
 
     from phicenter import ticket
     from phicenter.method import pruning
-    from phicenter.ticket import compaction as compacting
-    from phicenter.ticket import onnxfile
+    from phicenter.ticket import checks, onnxfile
 
     cfg = src.record["config"]
     if compact and (cfg.get("prune") or {}).get("method", "magnitude") != "structured":
@@ -288,42 +269,17 @@ def build_files(
     plain = {k: v for k, v in net.state_dict().items() if not k.endswith((pruning.MASK, pruning.FILL))}
     if not _equal_states(ticket.Ticket(t.meta, load_tensors(data)).state_dict(), plain):
         raise RuntimeError("the ticket does not give back the checkpoint's network bit for bit")
-    notes, model = [], None
-    if compact:
-        try:
-            t = ticket.compacted(t)
-        except compacting.CompactError as e:
-            raise BadInput(str(e)) from None
-        data, model = ticket.to_bytes(t), t.network()
-        x = _test_images(splits)
-        with torch.no_grad():
-            want = net(x)
-            diff = float((model(x) - want).abs().max())
-        if not diff <= limit(want):
-            raise BadInput(
-                f"the compact network's logits differ from the masked one's by {diff:.3g} (more than "
-                f"{limit(want):.3g}, {TOLERANCE:g} of the largest logit)"
-            )
-        notes.append(
-            f"compact: its logits are within {diff:.2g} of the masked network's on {len(x)} test images "
-            f"(largest logit {float(want.abs().max()):.3g})"
-        )
-    files = [(out, data)]
-    if onnx:
-        model = model if model is not None else t.network()
-        x = _test_images(splits)
-        blob = onnxfile.export(model, x[:1])
-        with torch.no_grad():
-            want = model(x)
-        try:
-            diff = onnxfile.check(blob, model, x, limit(want))
-        except ticket.TicketError as e:
-            raise BadInput(str(e)) from None
-        files.append((out.with_suffix(".onnx"), blob))
-        notes.append(
-            f"onnxruntime: the ONNX model's logits are within {diff:.2g} of torch's on {len(x)} test "
-            f"images (largest logit {float(want.abs().max()):.3g})"
-        )
+    notes, model, files = [], None, []
+    try:
+        if compact:
+            t, model = checks.compact_checked(t, net, checks.first_test_images(splits), notes)
+            data = ticket.to_bytes(t)
+        files.append((out, data))
+        if onnx:
+            model = model if model is not None else t.network()
+            files.append((out.with_suffix(".onnx"), checks.onnx_checked(model, splits, notes)))
+    except ticket.TicketError as e:  # a compact network or ONNX model that does not compute the ticket's logits
+        raise BadInput(str(e)) from None
     return files, notes
 
 

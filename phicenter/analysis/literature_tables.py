@@ -203,6 +203,54 @@ def markdown(comps: list[Comparison], figures: list[tuple[str, str, bytes]], md_
 # ---------------------------------------------------------------- figures
 
 
+def _draw(ax, comp: Comparison) -> None:
+    """One comparison on the axes: our curve and its CI band, our matching sparsity (a star), the published
+    points with their spread, and the paper's matching levels (vertical lines), in one colour."""
+    x = [r.remaining for r in comp.rounds]
+    y = [r.mean for r in comp.rounds]
+    half = [r.ci or 0.0 for r in comp.rounds]
+    n = max((r.n for r in comp.rounds), default=0)
+    (line,) = ax.plot(x, y, "o-", ms=3, label=f"ours: {comp.cell.col} (n={n})")
+    ax.fill_between(
+        x,
+        [a - h for a, h in zip(y, half)],
+        [a + h for a, h in zip(y, half)],
+        color=line.get_color(),
+        alpha=0.2,
+        linewidth=0,
+    )
+    if comp.ours.get("round") is not None:
+        ax.plot([comp.ours["remaining"]], [comp.ours["mean"]], "*", ms=12, color=line.get_color())
+    pts = sorted(comp.curve.get("points") or [], key=lambda p: -float(p["remaining"]))
+    if pts:
+        px = [float(p["remaining"]) for p in pts]
+        py = [float(p["accuracy"]) for p in pts]
+        lo = [max(0.0, py[i] - (p["spread"][0] if p.get("spread") else py[i])) for i, p in enumerate(pts)]
+        hi = [max(0.0, (p["spread"][1] if p.get("spread") else py[i]) - py[i]) for i, p in enumerate(pts)]
+        ax.errorbar(
+            px,
+            py,
+            yerr=[lo, hi],
+            fmt="s--",
+            ms=4,
+            capsize=3,
+            color=line.get_color(),
+            alpha=0.8,
+            label=f"paper: {comp.curve['label']}",
+        )
+    for key, style in (("matching_remaining", ":"), ("below_remaining", "-.")):
+        if comp.curve.get(key) is not None:
+            ax.axvline(
+                float(comp.curve[key]),
+                ls=style,
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"paper: {comp.curve['label']}, "
+                f"{'matches down to' if key == 'matching_remaining' else 'below from'} "
+                f"{comp.curve[key]:g} %",
+            )
+
+
 def figures(comps: list[Comparison]) -> list[tuple[str, str, bytes]]:
     """One figure per (reference, dataset, architecture row): our curves with their 95 % CI band and the
     published points with their spread, one colour per curve, remaining weights on a log axis from 100 % down."""
@@ -219,49 +267,7 @@ def figures(comps: list[Comparison]) -> list[tuple[str, str, bytes]]:
     for (_, ds, row), group in groups.items():
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for comp in group:
-            x = [r.remaining for r in comp.rounds]
-            y = [r.mean for r in comp.rounds]
-            half = [r.ci or 0.0 for r in comp.rounds]
-            n = max((r.n for r in comp.rounds), default=0)
-            (line,) = ax.plot(x, y, "o-", ms=3, label=f"ours: {comp.cell.col} (n={n})")
-            ax.fill_between(
-                x,
-                [a - h for a, h in zip(y, half)],
-                [a + h for a, h in zip(y, half)],
-                color=line.get_color(),
-                alpha=0.2,
-                linewidth=0,
-            )
-            if comp.ours.get("round") is not None:
-                ax.plot([comp.ours["remaining"]], [comp.ours["mean"]], "*", ms=12, color=line.get_color())
-            pts = sorted(comp.curve.get("points") or [], key=lambda p: -float(p["remaining"]))
-            if pts:
-                px = [float(p["remaining"]) for p in pts]
-                py = [float(p["accuracy"]) for p in pts]
-                lo = [max(0.0, py[i] - (p["spread"][0] if p.get("spread") else py[i])) for i, p in enumerate(pts)]
-                hi = [max(0.0, (p["spread"][1] if p.get("spread") else py[i]) - py[i]) for i, p in enumerate(pts)]
-                ax.errorbar(
-                    px,
-                    py,
-                    yerr=[lo, hi],
-                    fmt="s--",
-                    ms=4,
-                    capsize=3,
-                    color=line.get_color(),
-                    alpha=0.8,
-                    label=f"paper: {comp.curve['label']}",
-                )
-            for key, style in (("matching_remaining", ":"), ("below_remaining", "-.")):
-                if comp.curve.get(key) is not None:
-                    ax.axvline(
-                        float(comp.curve[key]),
-                        ls=style,
-                        color=line.get_color(),
-                        alpha=0.6,
-                        label=f"paper: {comp.curve['label']}, "
-                        f"{'matches down to' if key == 'matching_remaining' else 'below from'} "
-                        f"{comp.curve[key]:g} %",
-                    )
+            _draw(ax, comp)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(plt.NullFormatter())

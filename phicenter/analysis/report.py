@@ -136,6 +136,40 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     }
 
 
+def _dataset_section(ds: str, by: str, t: dict, made: list) -> list[str]:
+    """A dataset's part of the report: the paper's table, the test of the best non-zero phi against phi = 0, every
+    phi, and its figures."""
+    rows = t["paper"][ds]
+    cols = table_columns(rows)
+    lines = [
+        f"## {ds}",
+        "",
+        f"Best final test accuracy (%) and its ϕ (chosen on {by}).",
+        "",
+        md_table(rows, cols),
+        "### Is the best non-zero ϕ better than ϕ = 0?",
+        "",
+        "Test accuracy, paired by seed (same seed = same θ0 and data order): difference in percentage "
+        "points, its 95 % CI, the paired t-test and, for small n, the Wilcoxon signed-rank and sign "
+        "tests beside it; better/worse/tied counts seeds.",
+        "",
+        md_table([{k: v for k, v in r.items() if k != "dataset"} for r in t["tests"] if r["dataset"] == ds]),
+        "### Every ϕ",
+        "",
+        md_table(
+            [
+                {k: v for k, v in r.items() if k not in ("dataset", "inactive")}
+                for r in t["summary"]
+                if r["dataset"] == ds
+            ]
+        ),
+    ]
+    figs = [(cap, f) for cap, f, _ in made if cap.startswith(ds + " · ")]
+    if figs:
+        lines += ["### Figures", ""] + [f"![{cap}]({f})\n" for cap, f in figs]
+    return lines
+
+
 def markdown(dirs, by, cells, t, made, usable, not_used, literature_lines=()) -> str:
     how = (
         "ϕ chosen on **validation** accuracy (mean over seeds); the cell is the **test** accuracy at that ϕ."
@@ -174,34 +208,7 @@ def markdown(dirs, by, cells, t, made, usable, not_used, literature_lines=()) ->
             "",
         ]
     for ds in sorted(t["paper"]):
-        rows = t["paper"][ds]
-        cols = table_columns(rows)
-        lines += [
-            f"## {ds}",
-            "",
-            f"Best final test accuracy (%) and its ϕ (chosen on {by}).",
-            "",
-            md_table(rows, cols),
-            "### Is the best non-zero ϕ better than ϕ = 0?",
-            "",
-            "Test accuracy, paired by seed (same seed = same θ0 and data order): difference in percentage "
-            "points, its 95 % CI, the paired t-test and, for small n, the Wilcoxon signed-rank and sign "
-            "tests beside it; better/worse/tied counts seeds.",
-            "",
-            md_table([{k: v for k, v in r.items() if k != "dataset"} for r in t["tests"] if r["dataset"] == ds]),
-            "### Every ϕ",
-            "",
-            md_table(
-                [
-                    {k: v for k, v in r.items() if k not in ("dataset", "inactive")}
-                    for r in t["summary"]
-                    if r["dataset"] == ds
-                ]
-            ),
-        ]
-        figs = [(cap, f) for cap, f, _ in made if cap.startswith(ds + " · ")]
-        if figs:
-            lines += ["### Figures", ""] + [f"![{cap}]({f})\n" for cap, f in figs]
+        lines += _dataset_section(ds, by, t, made)
     if not cells:
         lines += ["No complete run was found.", ""]
     lines += list(literature_lines)

@@ -36,11 +36,24 @@ def reference_experiments() -> set[str]:
     return {p.stem for p in (CONF / "experiment").glob("*.yaml") if OmegaConf.load(p).get("reference") is not None}
 
 
+def _grid_hours(exp: str, case: Case, images_per_s: float) -> tuple[int, int, int, float]:
+    """(runs of its sweep, rounds, epochs a round, GPU-hours) of an experiment at the measured speed. Evaluation
+    (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test."""
+    from omegaconf import OmegaConf
+
+    base = compose([f"experiment={exp}"])
+    sweep = OmegaConf.select(OmegaConf.load(CONF / "experiment" / f"{exp}.yaml"), "hydra.sweeper.params") or {}
+    runs = math.prod(len(str(values).split(",")) for values in sweep.values())
+    rounds, epochs = int(base.prune.iterations) + 1, int(base.epochs)
+    n_train = TRAIN_SIZE.get(case.dataset, case.n)
+    val, test = EVAL_SIZE.get(case.dataset, (0, 0))
+    round_s = epochs * (n_train + (val / 3)) / images_per_s + (test / 3) / images_per_s
+    return runs, rounds, epochs, runs * rounds * round_s / 3600
+
+
 def bench_gpu(sizes, args, device) -> dict:
     """Per experiment: images/s of phicenter epochs at the given precision, FLOPs/image, MFU, and the grid (the
     paper's experiments; with --reference also each reference experiment, estimated apart)."""
-    from omegaconf import OmegaConf
-
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     rows, grid_h, ref_h = {}, 0.0, 0.0
     refs = reference_experiments()
@@ -65,15 +78,7 @@ def bench_gpu(sizes, args, device) -> dict:
         sec = med(t["phicenter"])
         ips, fpi = case.n / sec, case.flops_per_image()
         peak = args.peak_tflops or _peak(name, args.precision)
-        base = compose([f"experiment={exp}"])
-        sweep = OmegaConf.select(OmegaConf.load(CONF / "experiment" / f"{exp}.yaml"), "hydra.sweeper.params") or {}
-        runs = math.prod(len(str(values).split(",")) for values in sweep.values())
-        rounds = int(base.prune.iterations) + 1
-        n_train = TRAIN_SIZE.get(case.dataset, case.n)
-        val, test = EVAL_SIZE.get(case.dataset, (0, 0))
-        # Evaluation (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test.
-        round_s = int(base.epochs) * (n_train + (val / 3)) / ips + (test / 3) / ips
-        hours = runs * rounds * round_s / 3600
+        runs, rounds, epochs, hours = _grid_hours(exp, case, ips)
         if exp in refs:
             ref_h += hours
         else:
@@ -92,7 +97,7 @@ def bench_gpu(sizes, args, device) -> dict:
             "compile": args.compile,
             "runs": runs,
             "rounds": rounds,
-            "epochs_per_round": int(base.epochs),
+            "epochs_per_round": epochs,
             "grid_hours_est": hours,
             "reference": exp in refs,
         }

@@ -74,6 +74,50 @@ def _mem_peak(device: torch.device, start: dict) -> int:
     return max(0, _rss_kib("VmHWM") * 1024 - start["base"])
 
 
+def _pick_dataset(base: list[str], dataset: str) -> str:
+    """The dataset: "auto" is MNIST when it is readable under data_dir (no download), else scikit-learn's digits."""
+    from phicenter.data import DataError
+    from phicenter.engine.build import load_data
+
+    if dataset != "auto":
+        return dataset
+    try:
+        load_data(_compose(base + ["dataset=mnist", "dataset.download=false"]))
+    except DataError:
+        return "digits"
+    return "mnist"
+
+
+def _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, load_before) -> dict:
+    """packed_speedup's result: the sequential side scaled from its n_seq timed runs to K."""
+    k, model = spec["k"], spec["model"]
+    scale = k / n_seq
+    return {
+        "packed_speedup": seq["wall"] * scale / pk["wall"],
+        "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
+        "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
+        "k": k,
+        "model": model,
+        "dataset": dataset,
+        "epochs": epochs,
+        "rounds": iterations + 1,
+        "device": pk["device"],
+        "threads": spec["threads"],
+        "impl": pk["impl"],
+        "isolated": isolate,
+        "packed_seconds": pk["wall"],
+        "sequential_seconds": seq["wall"] * scale,
+        "sequential_runs_timed": n_seq,
+        "packed_cpu_seconds": pk["cpu"],
+        "sequential_cpu_seconds": seq["cpu"] * scale,
+        "packed_peak_bytes": pk["peak"],
+        "single_run_peak_bytes": seq["peak"],
+        "memory": pk["memory"],
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+    }
+
+
 def packed_speedup(
     k: int = 11,
     model: str = "fc_lot",
@@ -89,19 +133,17 @@ def packed_speedup(
     """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
     after another through phicenter.engine.run.run (Lightning), and their peak memory.
 
-    dataset "auto": MNIST when it is readable under data_dir (no download), else scikit-learn's digits.
-    `sequential`: time only this many of the K sequential runs and scale (all are the same work); None: all.
+    dataset "auto": MNIST when readable under data_dir, else digits. `sequential`: time only this many of the
+    K sequential runs and scale (all are the same work); None: all.
     `overrides`: extra Hydra overrides for both (e.g. ["data_dir=../shared/data", "batch_size=60"]).
-    `isolate`: each side in a fresh Python process (clean allocator, so peak memories compare); the data
-    decode cache is warmed first and lazy imports are paid by an untimed tiny run on each side.
-    Returns packed_speedup (sequential wall time / packed wall time), packed_speedup_cpu (the same in process
-    CPU time, steadier on a shared machine), packed_peak_memory_ratio (packed peak / the peak of one run,
-    each above the memory in use just before it: CUDA allocator peak, or resident set on CPU) and the raw
-    figures, with the load average before and after."""
+    `isolate`: each side in a fresh Python process (clean allocator, so peak memories compare), the decode
+    cache warmed first, lazy imports paid by an untimed tiny run on each side.
+    Returns packed_speedup (sequential / packed wall time), packed_speedup_cpu (the same in CPU time, steadier
+    on a shared machine), packed_peak_memory_ratio (packed peak / one run's, each above the memory in use just
+    before it: CUDA allocator peak, or resident set on CPU), the raw figures and the load average."""
     import shutil
     import tempfile
 
-    from phicenter.data import DataError
     from phicenter.engine.build import load_data
 
     if k < 1:
@@ -114,12 +156,7 @@ def packed_speedup(
         "round_store.enabled=false",
         *overrides,
     ]
-    if dataset == "auto":
-        dataset = "mnist"
-        try:
-            load_data(_compose(base + ["dataset=mnist", "dataset.download=false"]))
-        except DataError:
-            dataset = "digits"
+    dataset = _pick_dataset(base, dataset)
     base.append(f"dataset={dataset}")
     load_data(_compose(base))  # decode cache warm for both sides
     n_seq = k if sequential is None else max(1, min(int(sequential), k))
@@ -137,34 +174,52 @@ def packed_speedup(
         load_before = _loadavg()
         seq = _phase(dict(spec, side="sequential", n=n_seq), isolate)
         pk = _phase(dict(spec, side="packed", n=k), isolate)
-        scale = k / n_seq
-        return {
-            "packed_speedup": seq["wall"] * scale / pk["wall"],
-            "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
-            "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
-            "k": k,
-            "model": model,
-            "dataset": dataset,
-            "epochs": epochs,
-            "rounds": iterations + 1,
-            "device": pk["device"],
-            "threads": spec["threads"],
-            "impl": pk["impl"],
-            "isolated": isolate,
-            "packed_seconds": pk["wall"],
-            "sequential_seconds": seq["wall"] * scale,
-            "sequential_runs_timed": n_seq,
-            "packed_cpu_seconds": pk["cpu"],
-            "sequential_cpu_seconds": seq["cpu"] * scale,
-            "packed_peak_bytes": pk["peak"],
-            "single_run_peak_bytes": seq["peak"],
-            "memory": pk["memory"],
-            "loadavg_before": load_before,
-            "loadavg_after": _loadavg(),
-        }
+        return _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, load_before)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _masked_net(model: str, input_shape, num_classes: int, seed: int, g: torch.Generator):
+    """The net as in round 1: a seeded 20 % of each layer's weights dead."""
+    from phicenter import models
+    from phicenter.method import pruning
+
+    net = models.build(model, input_shape, num_classes, seed=seed)
+    for layer in pruning.attach_masks(net).values():
+        mask = pruning.mask_of(layer).mask
+        mask.copy_(torch.rand(mask.shape, generator=g) >= 0.2)
+    pruning.reapply_masks(net)
+    return net
+
+
+def _aten_self_times(step, n: int) -> tuple[dict[str, float], float]:
+    """({aten op: self CPU time, us}, wall time in us) of n profiled calls of step(i)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for i in range(n):
+            step(i)
+        wall_us = (time.perf_counter() - t) * 1e6
+    return {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")}, wall_us
+
+
+def _median_step_ms(a, b, steps: int, repeats: int) -> tuple[float, float]:
+    """Median ms per call of a(i) and of b(i) over `repeats` interleaved runs of `steps` calls (load drifts
+    cancel), after 5 untimed calls of each (allocator, lazy optimizer state)."""
+
+    def timed(step) -> float:
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - t) / steps * 1e3
+
+    for i in range(5):
+        a(steps + i)
+        b(steps + i)
+    times = [(timed(a), timed(b)) for _ in range(repeats)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def packed_step_breakdown(
@@ -177,33 +232,19 @@ def packed_step_breakdown(
     repeats: int = 5,
     optim: dict | None = None,
 ) -> dict:
-    """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed.
-
-    The nets are masked as in round 1 (a seeded 20 % of each layer's weights dead), so every step makes the
-    two mask passes. single_ms: one optimizer step of a plain loop (the masked net, the product's optimizer
-    and mask passes, no framework); packed_ms_per_variant: a packed step ("loop" implementation) divided by
-    K; kernel_ms_per_variant: the part of it spent inside the variants' own aten kernels (torch.profiler self
-    time) -- their matrix products, mask passes and optimizer arithmetic, which packing on this device does
-    not remove. So
-    single_ms / kernel_ms_per_variant bounds what any packing of these variants can gain here over a lean
-    unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from phicenter import models
+    """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed; the nets masked
+    as in round 1, so every step makes the two mask passes. single_ms: one step of a plain loop (the product's
+    optimizer and mask passes, no framework); packed_ms_per_variant: a packed step ("loop") divided by K;
+    kernel_ms_per_variant: the part of it inside the variants' own aten kernels (torch.profiler self time),
+    which packing on this device does not remove. So single_ms / kernel_ms_per_variant bounds what any packing
+    can gain here over a lean unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
     from phicenter.method import pruning
 
     optim = optim or {"name": "adam", "lr": 1.2e-3, "fused": True}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(steps + 5, batch_size, *input_shape, generator=g)
     y = torch.randint(0, num_classes, (steps + 5, batch_size), generator=g)
-    nets = []
-    for i in range(k):
-        net = models.build(model, input_shape, num_classes, seed=i)
-        for layer in pruning.attach_masks(net).values():
-            mask = pruning.mask_of(layer).mask
-            mask.copy_(torch.rand(mask.shape, generator=g) >= 0.2)
-        pruning.reapply_masks(net)
-        nets.append(net)
+    nets = [_masked_net(model, input_shape, num_classes, i, g) for i in range(k)]
 
     single = copy.deepcopy(nets[0])
     opt, _ = make_optimizer(single.parameters(), optim, None, 1)
@@ -218,28 +259,10 @@ def packed_step_breakdown(
     pk = StackedNet(nets, impl="loop")
     popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)
 
-    def packed_one(i):
-        stacked_step(pk, popt, x[i], y[i])
+    packed_one = lambda i: stacked_step(pk, popt, x[i], y[i])
 
-    def timed(step) -> float:
-        t = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        return (time.perf_counter() - t) / steps * 1e3
-
-    for i in range(5):  # warm-up: allocator, lazy optimizer state
-        single_step(steps + i)
-        packed_one(steps + i)
-    times = [(timed(single_step), timed(packed_one)) for _ in range(repeats)]  # interleaved: load drifts
-    single_ms = statistics.median(t[0] for t in times)
-    packed_ms = statistics.median(t[1] for t in times)
-    n_prof = max(5, steps // 4)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t = time.perf_counter()
-        for i in range(n_prof):
-            packed_one(i)
-        wall_us = (time.perf_counter() - t) * 1e6
-    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")}
+    single_ms, packed_ms = _median_step_ms(single_step, packed_one, steps, repeats)
+    ops, wall_us = _aten_self_times(packed_one, max(5, steps // 4))
     # the profiler slows every op a little: take the kernels' share of the profiled time, applied to the
     # unprofiled step
     share = min(1.0, sum(ops.values()) / wall_us)

@@ -54,6 +54,37 @@ def _sides(off: list, on: list, work: Path) -> tuple[dict, dict]:
     return tuple({"wall": sum(times[s]), "cpu": cpu[s], "runs": times[s]} for s in ("off", "on"))
 
 
+def _counts(work: Path, on: list, off: list, t_on: dict, t_off: dict) -> dict:
+    """What each side trained and how long it took, and whether the two sides' results are the same."""
+    from phicenter.engine.rundir import RESULTS
+    from phicenter.io import read_json
+
+    rounds_on = [read_json(work / "on" / n / RESULTS)["rounds"] for n, _ in on]
+    rounds_off = [read_json(work / "off" / n / RESULTS)["rounds"] for n, _ in off]
+    trained_on, trained_off = (
+        sum(r["reused_from"] is None for rs in side for r in rs) for side in (rounds_on, rounds_off)
+    )
+    all_reused = [s for s, rs in zip(t_on["runs"], rounds_on) if all(r["reused_from"] for r in rs)]
+    trained_runs = [s for s, rs in zip(t_on["runs"], rounds_on) if not any(r["reused_from"] for r in rs)]
+    same = all(_comparable(work / "on" / n / RESULTS) == _comparable(work / "off" / n / RESULTS) for n, _ in on)
+    return {
+        "round_store_wall_ratio": t_off["wall"] / t_on["wall"],
+        "round_store_cpu_ratio": t_off["cpu"] / t_on["cpu"],
+        "rounds_total": sum(len(rs) for rs in rounds_on),
+        "rounds_trained_off": trained_off,
+        "rounds_trained_on": trained_on,
+        "distinct_keys": len({r["round_key"] for rs in rounds_on for r in rs}),
+        "seconds_off": t_off["wall"],
+        "seconds_on": t_on["wall"],
+        "cpu_seconds_off": t_off["cpu"],
+        "cpu_seconds_on": t_on["cpu"],
+        "runs": len(on),
+        "reused_run_seconds": statistics.median(all_reused) if all_reused else None,
+        "trained_run_seconds": statistics.median(trained_runs) if trained_runs else None,
+        "identical_results": same,
+    }
+
+
 def round_store_grid(
     epochs: int = 20,
     iterations: int = 3,
@@ -70,8 +101,6 @@ def round_store_grid(
     from phicenter.bench.cases import compose
     from phicenter.engine.loop import run
     from phicenter.engine.roundstore import RoundStore
-    from phicenter.engine.rundir import RESULTS
-    from phicenter.io import read_json
 
     torch.set_num_threads(int(threads))
     own = workdir is None
@@ -97,29 +126,8 @@ def round_store_grid(
         )  # lazy imports and first-call costs, untimed
         load_before = os.getloadavg()[0]
         t_off, t_on = _sides(off, on, work)
-        rounds_on = [read_json(work / "on" / n / RESULTS)["rounds"] for n, _ in on]
-        rounds_off = [read_json(work / "off" / n / RESULTS)["rounds"] for n, _ in off]
-        trained_on, trained_off = (
-            sum(r["reused_from"] is None for rs in side for r in rs) for side in (rounds_on, rounds_off)
-        )
-        all_reused = [s for s, rs in zip(t_on["runs"], rounds_on) if all(r["reused_from"] for r in rs)]
-        trained_runs = [s for s, rs in zip(t_on["runs"], rounds_on) if not any(r["reused_from"] for r in rs)]
-        same = all(_comparable(work / "on" / n / RESULTS) == _comparable(work / "off" / n / RESULTS) for n, _ in on)
         return {
-            "round_store_wall_ratio": t_off["wall"] / t_on["wall"],
-            "round_store_cpu_ratio": t_off["cpu"] / t_on["cpu"],
-            "rounds_total": sum(len(rs) for rs in rounds_on),
-            "rounds_trained_off": trained_off,
-            "rounds_trained_on": trained_on,
-            "distinct_keys": len({r["round_key"] for rs in rounds_on for r in rs}),
-            "seconds_off": t_off["wall"],
-            "seconds_on": t_on["wall"],
-            "cpu_seconds_off": t_off["cpu"],
-            "cpu_seconds_on": t_on["cpu"],
-            "runs": len(on),
-            "reused_run_seconds": statistics.median(all_reused) if all_reused else None,
-            "trained_run_seconds": statistics.median(trained_runs) if trained_runs else None,
-            "identical_results": same,
+            **_counts(work, on, off, t_on, t_off),
             "store": RoundStore(work / "store").usage(),
             "dataset": dataset,
             "epochs": epochs,

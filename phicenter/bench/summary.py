@@ -40,6 +40,12 @@ def table(res: dict) -> str:
             f"{r['train_flops_per_image'] / 1e6:.1f} MFLOP/image | "
             f"{r['images_per_s'] * r['train_flops_per_image'] / 1e9:.2f} GFLOP/s | — |"
         )
+    return "\n".join(L + _mask_rows(res) + _gpu_rows(res))
+
+
+def _mask_rows(res: dict) -> list[str]:
+    """Rows (e) and (f): masked against dense steps and rounds, and a second thread."""
+    L = []
     m = res.get("masks")
     if m:
         for key, r in m["step"].items():
@@ -61,6 +67,12 @@ def table(res: dict) -> str:
                 f"| (f) {r['model']} epoch at 2 threads vs 1, {r['images']} images | {r['epoch_s']['2']:.3f} s | "
                 f"{r['epoch_s']['1']:.3f} s (1 thread) | {r['speedup_2_vs_1']:.2f}× | — |"
             )
+    return L
+
+
+def _gpu_rows(res: dict) -> list[str]:
+    """Rows (d) on a GPU: throughput and MFU per experiment, and the grid's GPU-hours."""
+    L = []
     g = res.get("gpu")
     if g:
         for exp, r in g["rows"].items():
@@ -78,7 +90,7 @@ def table(res: dict) -> str:
             )
     else:
         L.append("| (d) MFU, paper grid in GPU-hours | — (no GPU) | | | |")
-    return "\n".join(L)
+    return L
 
 
 def print_summary(res: dict) -> None:

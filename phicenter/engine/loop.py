@@ -309,6 +309,11 @@ def _finish_round(
             r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds}, keep_all=bool(cfg.checkpoint.keep_all)
         )
         m.folder.write(m.record)
+    _log_round(alive, outcomes, r, seconds)
+
+
+def _log_round(alive: list[Member], outcomes: list, r: int, seconds: float) -> None:
+    """The round's one log line: each live variant's sparsity and accuracies, the time, what was reused."""
     reused = sum(o.reused_from is not None for o in outcomes)
     log.info(
         "round %d/%d  %s(%.1fs%s)",

@@ -117,6 +117,25 @@ def transferred_net(member, seed: int, splits) -> tuple[nn.Module, dict]:
     return net, method.diagnostics(imp.layers, imp.phis, signed, init)
 
 
+def _record(module: CohortModule, k: int, failed: str | None, seed: int, seconds: float, diag: dict) -> dict:
+    """The transfer record of the group's k-th net: its last epoch, its test, whether it diverged."""
+    history, diverged = module.history[k], failed or module.diverged.get(k)
+    last = history[-1] if history and diverged is None else {}
+    test = module.last_test[k] if diverged is None else (None, None)
+    return {
+        "seed": seed,
+        "val_acc": last.get("val_acc"),
+        "test_acc": test[1],
+        "test_loss": test[0],
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "diverged": diverged,
+        "seconds": seconds,
+        **diag,
+        "epochs": history,
+    }
+
+
 def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: str, device) -> list[dict]:
     """Train the group's transferred nets as one cohort for `epochs` epochs (resumed from the fit's last epoch
     checkpoint when a kill interrupted it), test them, and return each one's record."""
@@ -152,25 +171,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     except Diverged as e:  # every transferred net of the group diverged: recorded; the stage-1 runs go on
         failed = str(e)
     seconds = time.perf_counter() - t0
-    records = []
-    for k, _m in enumerate(group):
-        history, diverged = module.history[k], failed or module.diverged.get(k)
-        last = history[-1] if history and diverged is None else {}
-        test = module.last_test[k] if diverged is None else (None, None)
-        records.append(
-            {
-                "seed": seed,
-                "val_acc": last.get("val_acc"),
-                "test_acc": test[1],
-                "test_loss": test[0],
-                "train_loss": last.get("train_loss"),
-                "train_acc": last.get("train_acc"),
-                "diverged": diverged,
-                "seconds": seconds / len(group),
-                **diags[k],
-                "epochs": history,
-            }
-        )
+    records = [_record(module, k, failed, seed, seconds / len(group), diags[k]) for k in range(len(group))]
     if is_writer():
         shutil.rmtree(folder, ignore_errors=True)
         if folder.parent.name.startswith("cohort_") and folder.parent.is_dir() and not any(folder.parent.iterdir()):

@@ -202,6 +202,20 @@ class Wiring:
         for n in self.layers:
             mf = pruning.mask_of(modules[n])
             present[n] = mf.mask.bool() | (mf.fill != 0)
+        live, fan = self._forward_live(modules, present)
+        at_out = self._reaching_output(modules, present, live)
+        eff = {}
+        for n in self.layers:
+            if n not in fan:  # not used by the forward pass
+                eff[n] = torch.zeros_like(present[n])
+                continue
+            p, tail = present[n], (1,) * (present[n].dim() - 2)
+            eff[n] = p & fan[n].view(1, -1, *tail) & at_out[n].view(-1, 1, *tail)
+        return eff
+
+    def _forward_live(self, modules: dict, present: dict) -> tuple[list, dict]:
+        """Forward through the graph: per node, which output channels may be non-zero (None: all) and whether
+        its features are flattened; per layer, which of its inputs may be non-zero."""
         live: list = [None] * len(self.nodes)  # per node: (bool per output channel or None = all, flat)
         fan: dict[str, torch.Tensor] = {}  # per layer: which of its inputs may be non-zero
         for j, node in enumerate(self.nodes):
@@ -230,6 +244,10 @@ class Wiring:
             else:  # same, flatten
                 vec, flat = ins[0]
                 live[j] = (vec, flat or (node.kind == "flatten" and vec is not None))
+        return live, fan
+
+    def _reaching_output(self, modules: dict, present: dict, live: list) -> dict[str, torch.Tensor]:
+        """Backward through the graph: per layer, which of its units lie on a path to the output."""
         reach: list = [None if v is None else torch.zeros_like(v) for v, _ in live]
         at_out: dict[str, torch.Tensor] = {}  # per layer: which of its units reach the output
         for j in range(len(self.nodes) - 1, -1, -1):
@@ -251,14 +269,7 @@ class Wiring:
             for i, b in zip(node.inputs, back):
                 if reach[i] is not None:
                     reach[i] |= b.view(reach[i].numel(), -1).any(1)  # a flattened view: per channel
-        eff = {}
-        for n in self.layers:
-            if n not in fan:  # not used by the forward pass
-                eff[n] = torch.zeros_like(present[n])
-                continue
-            p, tail = present[n], (1,) * (present[n].dim() - 2)
-            eff[n] = p & fan[n].view(1, -1, *tail) & at_out[n].view(-1, 1, *tail)
-        return eff
+        return at_out
 
 
 def effective_sparsity(model: nn.Module, wiring: Wiring) -> tuple[float, dict[str, float]]:
