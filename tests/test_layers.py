@@ -125,3 +125,20 @@ def test_importing_only_defines(path):
 def test_a_statement_run_at_import_is_seen():
     tree = ast.parse('"""doc"""\nimport logging\nlogging.getLogger("x").setLevel(10)\nfor n in ():\n    pass\n')
     assert _runs_at_import(tree) == [3, 4]
+
+
+MODULE_LINES, FUNCTION_LINES = 400, 60  # a module and a function that fit in a head
+
+
+def test_modules_and_functions_fit_in_a_head():
+    long_modules, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MODULE_LINES:
+            long_modules.append(f"{path.relative_to(PACKAGE)} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({n} lines)")
+    assert long_modules == [] and long_functions == []
