@@ -13,6 +13,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 FAST = ["threads=1", "epochs=2", "prune.iterations=2"]
 
 
+def compose_config(*overrides: str, hydra: bool = False):
+    """The config `python -m phicenter.train OVERRIDES` would run, composed from conf/ in this process
+    (hydra=True: with the hydra node, for what Hydra itself derives, such as job folder names)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
 def env() -> dict:
     """The subprocess's environment: one thread, no data folder of the caller's, and the session's round
     store (tests/conftest.py), never the default one under outputs/."""

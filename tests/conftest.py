@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from tests.cli import compose_config
 
 STORE_ENV = "PHICENTER_ROUND_STORE"
 
@@ -27,3 +28,9 @@ def _round_store(tmp_path_factory):
         os.environ.pop(STORE_ENV, None)
     else:
         os.environ[STORE_ENV] = before
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides): the config the command line would run with these overrides (tests.cli)."""
+    return compose_config

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT, env
+from tests.cli import ROOT, compose_config, env
 from torch import nn
 
 from phicenter.analysis import barrier
@@ -100,23 +99,19 @@ def test_effective_state_takes_the_fill_where_pruned():
 def train_tiny(folder, *overrides):
     from phicenter.engine.loop import run
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "dataset=synthetic",
-                "dataset.n_train=60",
-                "dataset.val_size=10",
-                "dataset.n_test=20",
-                "dataset.num_classes=4",
-                "batch_size=10",
-                "epochs=1",
-                "prune.iterations=1",
-                "threads=1",
-                "checkpoint.keep_all=true",
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        "dataset=synthetic",
+        "dataset.n_train=60",
+        "dataset.val_size=10",
+        "dataset.n_test=20",
+        "dataset.num_classes=4",
+        "batch_size=10",
+        "epochs=1",
+        "prune.iterations=1",
+        "threads=1",
+        "checkpoint.keep_all=true",
+        *overrides,
+    )
     return run(cfg, folder)
 
 

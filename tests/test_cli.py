@@ -155,13 +155,11 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
 @pytest.mark.parametrize("args,message", [b for b in BAD if b[0] not in CLI_BAD])
 def test_bad_input_rejected_before_any_work(tmp_path, args, message):
     """The check the CLI runs first, before importing torch (phicenter.config.check_launch), in-process."""
-    from hydra import compose, initialize_config_dir
-    from tests.cli import ROOT
+    from tests.cli import compose_config
 
     from phicenter.config import ConfigError, check_launch
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=args.split())
+    cfg = compose_config(*args.split())
     with pytest.raises(ConfigError) as err:
         check_launch(cfg, None, tmp_path / "run")
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -242,13 +240,11 @@ def test_npz_dataset_trains(tmp_path):
 
 def test_unknown_strategy_lists_choices():
     """Hydra's own error, listing the choices (what the CLI prints)."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
-    from tests.cli import ROOT
+    from tests.cli import compose_config
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        with pytest.raises(MissingConfigException) as err:
-            compose("config", overrides=["strategy=bogus"])
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("strategy=bogus")
     assert "Could not find 'strategy/bogus'" in str(err.value)
     assert {"mask0", "mask1", "gradual", "standard", "lth", "random"} <= set(err.value.options)
 

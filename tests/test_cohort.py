@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from tests.cli import compose_config
 from tests.faults import counted, die_at_validation
 from torch import nn
 
@@ -44,24 +44,20 @@ SHAPES = {"fc_lot": ("[1,8,8]", 600), "conv2": ("[3,8,8]", 340)}
 
 def config(model: str, strategy: str = "mask0", phi: float = 0.0, *extra: str):
     shape, n_train = SHAPES[model]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                f"model={model}",
-                "dataset=synthetic",
-                f"dataset.shape={shape}",
-                f"dataset.n_train={n_train}",
-                "dataset.n_test=150",
-                "epochs=2",
-                "prune.iterations=2",
-                f"strategy={strategy}",
-                f"phi={phi}",
-                "checkpoint.keep_all=true",
-                "round_store.enabled=false",
-                *extra,
-            ],
-        )
+    return compose_config(
+        f"model={model}",
+        "dataset=synthetic",
+        f"dataset.shape={shape}",
+        f"dataset.n_train={n_train}",
+        "dataset.n_test=150",
+        "epochs=2",
+        "prune.iterations=2",
+        f"strategy={strategy}",
+        f"phi={phi}",
+        "checkpoint.keep_all=true",
+        "round_store.enabled=false",
+        *extra,
+    )
 
 
 def variants(model: str, combos=COMBOS, *extra: str):

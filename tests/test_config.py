@@ -12,9 +12,8 @@ import sys
 import typing
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tests.cli import ROOT
+from tests.cli import ROOT, compose_config
 
 from phicenter import config
 from phicenter.config import ConfigError, groups, schema
@@ -22,11 +21,6 @@ from phicenter.method import options
 from phicenter.spec import PosInt, check_value, declared, default, group_in
 
 CONF = ROOT / "conf"
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def names(group: str) -> list[str]:
@@ -126,7 +120,7 @@ BAD = [
 def test_bad_key_or_value_refused_in_one_line(tmp_path, args, message):
     """What the command line runs before torch: one line naming the key (it prints it and exits 2, see
     tests/test_cli.py), nothing written."""
-    cfg = composed(*args.split())
+    cfg = compose_config(*args.split())
     with pytest.raises(ConfigError) as err:
         config.check_launch(cfg, None, tmp_path / "run")
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
@@ -172,7 +166,7 @@ GOOD = [
 
 @pytest.mark.parametrize("args", GOOD, ids=" ".join)
 def test_good_settings_pass(tmp_path, args):
-    config.check_launch(composed(*args), None, tmp_path)
+    config.check_launch(compose_config(*args), None, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -180,14 +174,14 @@ def test_good_settings_pass(tmp_path, args):
 )
 def test_every_shipped_config_passes(group, name):
     extra = ["dataset.path=/d.npz"] if name == "npz" else []
-    config.check(composed(f"{group}={name}", *extra))
+    config.check(compose_config(f"{group}={name}", *extra))
 
 
 def test_unknown_strategy_keeps_hydras_list_of_choices():
     from hydra.errors import MissingConfigException
 
     with pytest.raises(MissingConfigException) as err:
-        composed("strategy=nope")
+        compose_config("strategy=nope")
     assert {"mask0", "mask1", "gradual", "standard", "lth", "random"} <= set(err.value.options)
 
 
@@ -206,7 +200,7 @@ def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
     class Wide(strategies.Mask0):
         pass
 
-    tree = config.resolved(composed())
+    tree = config.resolved(compose_config())
     assert schema.check(dict(tree, strategy={"name": "wide", "width": 4}))["strategy"]["width"] == 4
     with pytest.raises(ConfigError, match=r"^strategy.width must be >= 1, got 0$"):
         schema.check(dict(tree, strategy={"name": "wide", "width": 0}))
@@ -275,7 +269,7 @@ def test_logger_files_hold_the_declared_defaults_one_logger_each():
         assert set(node[name] or {}) == set(declared(cls)), name
         for key, value in (node[name] or {}).items():
             assert normalised(cls, key, env_default(value)) == default(declared(cls)[key][1]), f"{name}.{key}"
-    assert composed().logger == {"tensorboard": {}}  # the default: TensorBoard alone
+    assert compose_config().logger == {"tensorboard": {}}  # the default: TensorBoard alone
 
 
 def test_config_yaml_holds_the_declared_defaults():
@@ -370,7 +364,7 @@ def test_report_rows_ignore_execution_settings(tmp_path):
     """Seeds run on two machines (compile, fused, accelerator, eval batch) are one experiment in the report."""
     from phicenter.analysis import runs as report
 
-    base = config.recorded_config(composed("epochs=2", "prune.iterations=1"))
+    base = config.recorded_config(compose_config("epochs=2", "prune.iterations=1"))
     runs = []
     for seed, extra in enumerate(
         (
@@ -400,7 +394,9 @@ def test_report_rows_ignore_execution_settings(tmp_path):
 
 def test_hparams_lead_with_the_grid_axes_and_drop_execution_settings():
     resolved = config.recorded_config(
-        composed("strategy=gradual", "phi=5e-5", "seed=3", "threads=2", "schedule.name=multistep", "+schedule.at=[0.5]")
+        compose_config(
+            "strategy=gradual", "phi=5e-5", "seed=3", "threads=2", "schedule.name=multistep", "+schedule.at=[0.5]"
+        )
     )
     hp = config.hparams(resolved)
     assert list(hp)[:5] == ["strategy", "phi", "seed", "model", "dataset"]
@@ -426,7 +422,7 @@ def test_hparams_lead_with_the_grid_axes_and_drop_execution_settings():
 
 
 def test_keys_added_with_their_default_leave_old_runs_resumable():
-    now = config.recorded_config(composed())
+    now = config.recorded_config(compose_config())
     before = json.loads(json.dumps(now))
     del before["rewind"], before["prune"]["method"]
     assert config.config_changes(before, now) == []

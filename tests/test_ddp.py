@@ -11,8 +11,7 @@ import sys
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT, env, results, train
+from tests.cli import ROOT, compose_config, env, results, train
 
 RUN = [
     "threads=1",
@@ -55,8 +54,7 @@ def test_two_processes_shard_agree_resume_and_complete(tmp_path):
     run killed mid-round resumes under DDP to `complete` with the sparsity schedule of one process."""
     from phicenter.engine import loop
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        alone = loop.run(compose("config", overrides=RUN), tmp_path / "alone")
+    alone = loop.run(compose_config(*RUN), tmp_path / "alone")
 
     run_dir = tmp_path / "ddp"
     _kill_in_round_1(run_dir)

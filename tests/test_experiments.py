@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT
+from tests.cli import ROOT, compose_config
 
 # experiment: (dataset, model, augment, normalize)
 RECIPES = {
@@ -34,18 +33,13 @@ RECIPES = {
 REWIND = {"lmc_resnet20_cifar10": 2000, "lmc_vgg16_cifar10": 1000}  # rewind.step; every other experiment: theta0
 
 
-def config(*overrides: str):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def test_every_experiment_is_listed():
     assert {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")} == set(RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_experiment_composes_with_its_recipe(name):
-    cfg = config(f"experiment={name}")
+    cfg = compose_config(f"experiment={name}")
     dataset, model, augment, normalize = RECIPES[name]
     assert (cfg.dataset.name, cfg.model.name) == (dataset, model)
     assert cfg.dataset.augment is augment and cfg.dataset.normalize == normalize
@@ -54,7 +48,7 @@ def test_experiment_composes_with_its_recipe(name):
 
 @pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar100_resnet18"])
 def test_resnet_recipes(name):
-    cfg = config(f"experiment={name}")
+    cfg = compose_config(f"experiment={name}")
     assert (cfg.epochs, cfg.batch_size, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (
         160,
         128,
@@ -68,7 +62,7 @@ def test_resnet_recipes(name):
 
 
 def test_vgg16_pretrained_defaults():
-    cfg = config("experiment=cifar100_vgg16_pretrained")
+    cfg = compose_config("experiment=cifar100_vgg16_pretrained")
     assert cfg.model.batch_norm is False and cfg.model.verify_weights is True and cfg.model.weights_path is None
 
 
@@ -83,7 +77,7 @@ def test_vgg16_pretrained_defaults():
 def test_new_experiment_trains_one_round(tmp_path, name, shape, extra):
     from phicenter.engine.loop import run
 
-    cfg = config(
+    cfg = compose_config(
         f"experiment={name}",
         "dataset=synthetic",
         f"dataset.shape={shape}",

@@ -14,8 +14,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT
+from tests.cli import compose_config
 from torch import nn
 
 from phicenter import data, models
@@ -126,23 +125,21 @@ def test_packed_forward_matches_each_variant_alone(device, name, exact_fp32):
 
 
 def _config(device: str, *extra: str, iterations: int = 1):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "model=conv2",
-                "dataset=synthetic",
-                "dataset.shape=[3,8,8]",
-                "dataset.n_train=340",
-                "dataset.n_test=100",
-                "epochs=2",
-                f"prune.iterations={iterations}",
-                "round_store.enabled=false",
-                "threads=1",
-                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-                *extra,
-            ],
-        )
+    return compose_config(
+        *[
+            "model=conv2",
+            "dataset=synthetic",
+            "dataset.shape=[3,8,8]",
+            "dataset.n_train=340",
+            "dataset.n_test=100",
+            "epochs=2",
+            f"prune.iterations={iterations}",
+            "round_store.enabled=false",
+            "threads=1",
+            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+            *extra,
+        ],
+    )
 
 
 def _cpu_fp16_trainer(*args, precision=None, accelerator=None, **kw):

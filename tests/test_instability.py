@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT
+from tests.cli import compose_config
 from tests.faults import counted, die_at_validation
 
 from phicenter.config import config_changes, recorded_config
@@ -34,11 +33,6 @@ OFF = ["round_store.enabled=false"]
 ON = ["instability.enabled=true"]
 
 
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def lineage(res: dict) -> dict:
     """results.json less the timing fields, the reuse record, the store and the option itself."""
     res = {k: v for k, v in res.items() if k != "dir"}
@@ -60,7 +54,7 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("instability")
     out = {}
     for name, extra in (("off", []), ("on", ON)):
-        loop.run(config(*RUN, *OFF, *extra), d / name)
+        loop.run(compose_config(*RUN, *OFF, *extra), d / name)
         out[name] = read_json(d / name / RESULTS) | {"dir": d / name}
     return out
 
@@ -111,7 +105,7 @@ def test_a_copy_with_the_runs_own_data_order_is_the_round_itself(tmp_path, rewin
     """data_seed = seed: the copy trains from the round's starting state on the round's own batches, so it ends
     where the round did and the barrier is exactly 0. Under late rewinding round 0's copy starts from theta_s at
     step s (mid-epoch 1 here: 4 steps an epoch) and still ends on round 0's network."""
-    res = loop.run(config(*RUN, *OFF, *ON, "instability.data_seed=0", *rewind), tmp_path / "run")
+    res = loop.run(compose_config(*RUN, *OFF, *ON, "instability.data_seed=0", *rewind), tmp_path / "run")
     for r in res["rounds"]:
         c = r["instability"]
         assert c["barrier"] == 0.0 and c["errors"] == [c["errors"][0]] * 11
@@ -124,13 +118,15 @@ def test_a_copy_with_the_runs_own_data_order_is_the_round_itself(tmp_path, rewin
 
 
 def test_from_round_leaves_the_earlier_rounds_unmeasured(tmp_path):
-    res = loop.run(config(*RUN, *OFF, *ON, "instability.from_round=1", "instability.points=3"), tmp_path / "run")
+    res = loop.run(
+        compose_config(*RUN, *OFF, *ON, "instability.from_round=1", "instability.points=3"), tmp_path / "run"
+    )
     assert res["rounds"][0]["instability"] is None
     assert res["rounds"][1]["instability"]["alphas"] == [0.0, 0.5, 1.0]
 
 
 def test_a_kill_in_the_copys_fit_redoes_at_most_that_fit(runs, tmp_path, monkeypatch):
-    cfg = config(*RUN, *OFF, *ON)
+    cfg = compose_config(*RUN, *OFF, *ON)
     calls = die_at_validation(monkeypatch, 8)  # round 0: 2, its copy: 2, round 1: 2, its copy: epoch 0, this one
     with pytest.raises(loop.CohortFailed):
         loop.run(cfg, tmp_path)
@@ -144,9 +140,9 @@ def test_a_kill_in_the_copys_fit_redoes_at_most_that_fit(runs, tmp_path, monkeyp
 
 def test_a_copy_is_trained_once_and_reused_from_the_store(runs, tmp_path):
     store = [f"round_store.dir={tmp_path / 'store'}"]
-    first = loop.run(config(*RUN, *ON, *store), tmp_path / "a")
-    second = loop.run(config(*RUN, *ON, *store), tmp_path / "b")
+    first = loop.run(compose_config(*RUN, *ON, *store), tmp_path / "a")
+    second = loop.run(compose_config(*RUN, *ON, *store), tmp_path / "b")
     assert [r["instability"]["reused_from"] for r in first["rounds"]] == [None, None]
     assert [r["instability"]["reused_from"] for r in second["rounds"]] == [str((tmp_path / "a").resolve())] * 2
     assert copies(first) == copies(second) == copies(runs["on"])
-    assert recorded_config(config(*RUN, *ON, *store))["instability"]["enabled"] is True
+    assert recorded_config(compose_config(*RUN, *ON, *store))["instability"]["enabled"] is True

@@ -10,8 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT
+from tests.cli import compose_config
 
 from phicenter import config
 from phicenter.analysis import literature, report
@@ -50,8 +49,7 @@ REFERENCE = {
 
 
 def write_grid(root, reference=REFERENCE, seeds=(0, 1, 2)):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        base = config.recorded_config(compose("config", overrides=["experiment=lth_lenet300_mnist"]))
+    base = config.recorded_config(compose_config("experiment=lth_lenet300_mnist"))
     rng = np.random.default_rng(20)
     offsets = {r: rng.permutation([-0.2, 0.0, 0.2] if r == 0 else [-0.1, 0.0, 0.1]) for r in range(len(MEANS))}
     for s in seeds:
@@ -139,8 +137,7 @@ def test_runs_without_a_reference_add_no_section(tmp_path):
 def test_a_published_matching_sparsity_is_derived_from_the_points_when_the_text_gives_none():
     """Renda et al.'s ResNet-20 LRR points: dense 91.713 %; 16.78 % remaining is the sparsest point at or above it
     (91.787), 13.42 % is below (91.475)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        ref = config.resolved(compose("config", overrides=["experiment=renda_lrr_resnet20_cifar10"]).reference)
+    ref = config.resolved(compose_config("experiment=renda_lrr_resnet20_cifar10").reference)
     lrr = next(c for c in ref["curves"] if c["strategy"] == "lrr")
     assert literature.published_matching(lrr) == {
         "remaining": 16.78,

@@ -435,17 +435,13 @@ def test_a_missing_extra_is_refused_in_one_line(tmp_path):
 
 
 def test_loggers_stay_out_of_round_keys_folder_names_hparams_and_the_same_run_check():
-    from hydra import compose, initialize_config_dir
+    from tests.cli import compose_config
 
     from phicenter.engine.reuse import training_settings
 
     extra = [ALL, "logger.mlflow.tracking_uri=sqlite:///x.db", "logger.wandb.project=p", "logger.wandb.mode=offline"]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        folders = [
-            compose("config", overrides=["phi=0.02", *e], return_hydra_config=True).hydra.job.override_dirname
-            for e in ([], extra)
-        ]
-        plain, logged = (compose("config", overrides=["phi=0.02", *e]) for e in ([], extra))
+    folders = [compose_config("phi=0.02", *e, hydra=True).hydra.job.override_dirname for e in ([], extra)]
+    plain, logged = (compose_config("phi=0.02", *e) for e in ([], extra))
     assert folders == ["phi=0.02", "phi=0.02"]
     assert training_settings(logged) == training_settings(plain)
     before, now = config.recorded_config(plain), config.recorded_config(logged)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from tests.cli import compose_config
 
 from phicenter.analysis import report
 
@@ -30,8 +30,7 @@ def search_override() -> str:
     [("-", 3e-4, -3e-4), ("+", 1e-6, 1e-6), ("+", 0.1, 0.1), ("-", 1.2345678901234e-05, -1.2345678901234e-05)],
 )
 def test_phi_is_sign_times_magnitude(sign, mag, phi):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[search_override(), f"phi_sign={sign}", f"phi_abs={mag}"])
+    cfg = compose_config(search_override(), f"phi_sign={sign}", f"phi_abs={mag}")
     assert isinstance(cfg.phi, float) and cfg.phi == phi
 
 

@@ -47,25 +47,24 @@ def test_theta0_identical_across_strategies_and_phi():
 
 
 def test_theta0_identical_through_the_hydra_config():
-    from hydra import compose, initialize_config_dir
+    from tests.cli import compose_config
 
     from phicenter import config
     from phicenter.engine import build
 
     splits = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
     thetas = []
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        for overrides in (
-            ["strategy=mask0", "phi=0"],
-            ["strategy=mask1", "phi=-1e-3"],
-            ["strategy=gradual", "phi=5e-5"],
-            ["strategy=standard", "phi=0.1"],
-        ):
-            cfg = compose("config", overrides=overrides + ["seed=2"])
-            net = build.build_model(cfg, splits)
-            imp = build.build_imp(cfg, net, config.validate(cfg))
-            thetas.append(imp.theta0)
-        other = build.build_model(compose("config", overrides=["seed=3"]), splits).state_dict()
+    for overrides in (
+        ["strategy=mask0", "phi=0"],
+        ["strategy=mask1", "phi=-1e-3"],
+        ["strategy=gradual", "phi=5e-5"],
+        ["strategy=standard", "phi=0.1"],
+    ):
+        cfg = compose_config(*overrides + ["seed=2"])
+        net = build.build_model(cfg, splits)
+        imp = build.build_imp(cfg, net, config.validate(cfg))
+        thetas.append(imp.theta0)
+    other = build.build_model(compose_config("seed=3"), splits).state_dict()
     assert all(states_equal(thetas[0], t) for t in thetas[1:])
     assert not torch.equal(other["fc1.weight"], thetas[0]["fc1.weight"])
 

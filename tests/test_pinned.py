@@ -71,7 +71,7 @@ def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
     Compiled with the eager backend (dynamo's graphs and guards, no code generation): inductor's CPU kernels
     may round differently in the last bit (docs/benchmarks.md)."""
     import torch._dynamo
-    from hydra import compose, initialize_config_dir
+    from tests.cli import compose_config
     from torch import nn
 
     from phicenter.engine import loop
@@ -81,11 +81,8 @@ def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
     monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **kw: real(self, *a, **{**kw, "backend": "eager"}))
     torch._dynamo.reset()
     common = [a for a in PINNED["common"] if not a.startswith("threads")]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false"])
-        standard = compose(
-            "config", overrides=[*common, "compile=true", "trainer.enable_progress_bar=false", "strategy=standard"]
-        )
+    cfg = compose_config(*common, "compile=true", "trainer.enable_progress_bar=false")
+    standard = compose_config(*common, "compile=true", "trainer.enable_progress_bar=false", "strategy=standard")
     loop.train(single(standard), tmp_path / "alone")
     _compare(rounds(tmp_path / "alone"), _pinned("standard")["rounds"], "standard, compiled")
     pack = make_variants(cfg, strategies=[{"name": "mask1", "rewind_other": True}, {"name": "standard"}])

@@ -124,14 +124,12 @@ def test_live_bar_on_a_terminal(tmp_path):
 
 def test_count_jobs_of_a_multirun():
     """Experiment-declared sweeps, overridden key by key by the command line; Optuna: its n_trials."""
-    from hydra import compose, initialize_config_dir
+    from tests.cli import compose_config
 
-    from phicenter import CONF_DIR
     from phicenter.analysis.sweep import count_jobs
 
     def jobs(overrides, command_line=()):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose_config(*overrides, hydra=True)
         with open_dict(cfg):
             cfg.hydra.overrides.task = [*overrides, *command_line]
         return count_jobs(cfg)

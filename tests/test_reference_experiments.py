@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tests.cli import ROOT
+from tests.cli import ROOT, compose_config
 from tests.test_data import fake_cifar10, fake_mnist
 
 from phicenter import config
@@ -45,16 +44,11 @@ RECIPES = {
 CONV_BASE = {"conv2": 0.9, "conv4": 0.9, "conv6": 0.85}
 
 
-def composed(*overrides, hydra=False):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
 def test_every_experiment_with_a_reference_is_listed():
     with_reference = {
         p.stem
         for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-        if composed(f"experiment={p.stem}").get("reference") is not None
+        if compose_config(f"experiment={p.stem}").get("reference") is not None
     }
     assert with_reference == set(RECIPES)
 
@@ -62,7 +56,7 @@ def test_every_experiment_with_a_reference_is_listed():
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_and_reference(name):
     swept, epochs, batch, opt, lr, iters, base, out_base, scope, init = RECIPES[name]
-    cfg = composed(f"experiment={name}", hydra=True)
+    cfg = compose_config(f"experiment={name}", hydra=True)
     params = cfg.hydra.sweeper.params
     assert str(params.get("strategy", cfg.strategy.name)) == swept and cfg.strategy.name == swept.split(",")[0]
     assert float(params.phi) == 0.0
@@ -88,34 +82,36 @@ def test_recipe_and_reference(name):
 
 def test_sgd_recipes():
     for name, k in (("lmc_resnet20_cifar10", 2000), ("lmc_vgg16_cifar10", 1000)):
-        lmc = composed(f"experiment={name}", hydra=True)
+        lmc = compose_config(f"experiment={name}", hydra=True)
         assert (lmc.optim.momentum, lmc.optim.weight_decay, list(lmc.schedule.at)) == (0.9, 1e-4, [0.5, 0.75])
         assert (lmc.rewind.step, lmc.rewind.epoch, str(lmc.hydra.sweeper.params["rewind.step"])) == (k, 0, f"0,{k}")
         assert lmc.model.batchnorm_init == "uniform"  # open_lth's gamma ~ U(0, 1)
-    renda = composed("experiment=renda_lrr_resnet20_cifar10")
+    renda = compose_config("experiment=renda_lrr_resnet20_cifar10")
     assert (renda.optim.weight_decay, list(renda.schedule.at), renda.dataset.augment) == (2e-4, [0.5, 0.75], True)
-    oh = composed("experiment=oh_sign_transfer_resnet20_cifar10", hydra=True)
+    oh = compose_config("experiment=oh_sign_transfer_resnet20_cifar10", hydra=True)
     assert (oh.optim.weight_decay, oh.schedule.name, oh.strategy.transfer_seed) == (5e-4, "none", None)
     assert str(oh.hydra.sweeper.params["strategy.aws"]) == "true,false"
     for aws in ("true", "false"):  # each job of the sweep is a valid config
-        job = composed("experiment=oh_sign_transfer_resnet20_cifar10", "strategy=sign_transfer", f"strategy.aws={aws}")
+        job = compose_config(
+            "experiment=oh_sign_transfer_resnet20_cifar10", "strategy=sign_transfer", f"strategy.aws={aws}"
+        )
         assert config.check(job)["strategy"]["aws"] is (aws == "true")
 
 
 def test_zhou_experiments_are_frankle_and_carbins_recipe_with_other_strategies():
     for arch in ("lenet300_mnist", "conv2_cifar10", "conv4_cifar10", "conv6_cifar10"):
-        lth = config.recorded_config(composed(f"experiment=lth_{arch}", "strategy=lth"))
-        zhou = config.recorded_config(composed(f"experiment=zhou_{arch}", "strategy=lth"))
+        lth = config.recorded_config(compose_config(f"experiment=lth_{arch}", "strategy=lth"))
+        zhou = config.recorded_config(compose_config(f"experiment=zhou_{arch}", "strategy=lth"))
         assert lth.pop("reference")["source"] != zhou.pop("reference")["source"]
         assert zhou == lth  # one training: the round store trains it once for both
-        assert composed(f"experiment=zhou_{arch}").reinit.magnitude == "init_std"
+        assert compose_config(f"experiment=zhou_{arch}").reinit.magnitude == "init_std"
 
 
 def test_reference_is_in_no_round_key_folder_name_or_same_run_check():
     from phicenter.engine.reuse import training_settings
 
-    cfg = composed("experiment=renda_lrr_resnet20_cifar10")
-    other = composed("experiment=renda_lrr_resnet20_cifar10", "reference.source=another paper")
+    cfg = compose_config("experiment=renda_lrr_resnet20_cifar10")
+    other = compose_config("experiment=renda_lrr_resnet20_cifar10", "reference.source=another paper")
     assert training_settings(cfg) == training_settings(other)
     assert not any(k.startswith("reference") for k in training_settings(cfg))
     assert config.config_changes(config.recorded_config(cfg), config.recorded_config(other)) == []
@@ -135,7 +131,7 @@ def test_a_malformed_reference_is_refused_in_one_line():
         ("+reference.curves.0.bogus=1", "unknown key reference.curves[0].bogus: reference.curves[0] has no option"),
     ]
     for override, message in bad:
-        cfg = composed("experiment=lth_lenet300_mnist", override)
+        cfg = compose_config("experiment=lth_lenet300_mnist", override)
         with pytest.raises(config.ConfigError) as err:
             config.check(cfg)
         assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
@@ -163,7 +159,7 @@ def test_reference_experiment_trains_a_tiny_round(tmp_path, name):
     else:
         fake_cifar10(tmp_path / "data", per_batch=4, n_test=6)
     extra = {"lmc": ["rewind.step=3", "epochs=2"], "oh": ["strategy.aws=true"]}.get(name.split("_")[0], [])
-    cfg = composed(f"experiment={name}", f"data_dir={tmp_path / 'data'}", *TINY, *extra)
+    cfg = compose_config(f"experiment={name}", f"data_dir={tmp_path / 'data'}", *TINY, *extra)
     res = run(cfg, tmp_path / "run")
     assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0, 1]
     assert res["config"]["reference"]["source"] == cfg.reference.source

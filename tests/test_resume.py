@@ -130,27 +130,22 @@ def test_config_changes_ignores_execution_keys_and_new_keys():
 @pytest.mark.parametrize("k", [1, 3])
 def test_resume_false_starts_over_without_the_old_checkpoints(tmp_path, k):
     """resume=false replaces the run in the folder: none of its checkpoints can be resumed later."""
-    from hydra import compose, initialize_config_dir
-    from tests.cli import ROOT
+    from tests.cli import compose_config
 
     from phicenter.engine import rundir as res
     from phicenter.engine.cohort import make_variants, single
     from phicenter.engine.loop import train
 
     def cohort(*extra):
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            c = compose(
-                "config",
-                overrides=[
-                    "dataset=synthetic",
-                    "dataset.n_train=120",
-                    "dataset.n_test=40",
-                    "dataset.val_size=40",
-                    "epochs=1",
-                    "threads=1",
-                    *extra,
-                ],
-            )
+        c = compose_config(
+            "dataset=synthetic",
+            "dataset.n_train=120",
+            "dataset.n_test=40",
+            "dataset.val_size=40",
+            "epochs=1",
+            "threads=1",
+            *extra,
+        )
         return single(c) if k == 1 else make_variants(c, [0.0, 0.02, -0.02])
 
     train(cohort("prune.iterations=2"), tmp_path)
@@ -174,13 +169,11 @@ def test_multirun_over_an_unnamed_key_is_refused(tmp_path):
 def test_failure_record_holds_the_resolved_config(tmp_path):
     """What train.py records for a run that failed before its first results.json is the config a relaunch
     compares against: resolved, phi a number."""
-    from hydra import compose, initialize_config_dir
-    from tests.cli import ROOT
+    from tests.cli import compose_config
 
     from phicenter.train import _recorded
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["phi=5e-4"])
+    cfg = compose_config("phi=5e-4")
     rec = _recorded(cfg)
     assert rec["phi"] == 5e-4 and "${" not in json.dumps(rec)
 

@@ -14,8 +14,7 @@ import logging
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT, train
+from tests.cli import compose_config, train
 from tests.faults import counted, die_at_validation
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -35,30 +34,28 @@ SEED = 0
 
 
 def config(*extra: str, strategy: str = "lth", phi: float = 0.0):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "dataset=synthetic",
-                "dataset.n_train=600",
-                "dataset.n_test=100",
-                f"batch_size={BS}",
-                f"epochs={T}",
-                "prune.iterations=1",
-                "optim.name=sgd",
-                "optim.lr=0.05",
-                "+optim.momentum=0.9",
-                "schedule.name=multistep",
-                "+schedule.at=[0.5,0.75]",
-                f"strategy={strategy}",
-                f"phi={phi}",
-                f"seed={SEED}",
-                "threads=1",
-                "round_store.enabled=false",
-                "checkpoint.keep_all=true",
-                *extra,
-            ],
-        )
+    return compose_config(
+        *[
+            "dataset=synthetic",
+            "dataset.n_train=600",
+            "dataset.n_test=100",
+            f"batch_size={BS}",
+            f"epochs={T}",
+            "prune.iterations=1",
+            "optim.name=sgd",
+            "optim.lr=0.05",
+            "+optim.momentum=0.9",
+            "schedule.name=multistep",
+            "+schedule.at=[0.5,0.75]",
+            f"strategy={strategy}",
+            f"phi={phi}",
+            f"seed={SEED}",
+            "threads=1",
+            "round_store.enabled=false",
+            "checkpoint.keep_all=true",
+            *extra,
+        ],
+    )
 
 
 class Steps:

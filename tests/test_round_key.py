@@ -12,8 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT
+from tests.cli import ROOT, compose_config
 
 from phicenter.config import EXECUTION_KEYS, IN_ROUND_KEY, is_execution_key, validate
 from phicenter.engine import build, loop, reuse
@@ -26,13 +25,8 @@ SMALL = ["dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "datas
 FAST = ["epochs=1", "prune.iterations=1", "threads=1"]
 
 
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def parts(*overrides: str):
-    cfg = config(*SMALL, *overrides)
+    cfg = compose_config(*SMALL, *overrides)
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
     build.build_imp(cfg, net, validate(cfg))
@@ -209,10 +203,10 @@ def test_a_run_at_another_thread_count_trains_its_rounds(tmp_path, threads):
     """threads=2 after a threads=1 run on one store: every round trained again (other keys); a threads=1 run
     after both reuses every round of the first."""
     store = [f"round_store.dir={tmp_path / 'store'}"]
-    loop.run(config(*SMALL, *FAST, *store), tmp_path / "one")
-    loop.run(config(*SMALL, *FAST[:-1], "threads=2", *store), tmp_path / "two")
+    loop.run(compose_config(*SMALL, *FAST, *store), tmp_path / "one")
+    loop.run(compose_config(*SMALL, *FAST[:-1], "threads=2", *store), tmp_path / "two")
     threads(1)
-    loop.run(config(*SMALL, *FAST, *store), tmp_path / "again")
+    loop.run(compose_config(*SMALL, *FAST, *store), tmp_path / "again")
     assert reused(tmp_path / "two") == [None, None]
     assert not set(round_keys(tmp_path / "two")) & set(round_keys(tmp_path / "one"))
     assert round_keys(tmp_path / "again") == round_keys(tmp_path / "one")
@@ -225,7 +219,7 @@ def test_a_stack_that_changes_bits_trains_every_variant_and_publishes_nothing(tm
     the stack, each trains its own and the store gets nothing."""
     for impl, entries in (("auto", 2), ("batched", 0)):
         store = tmp_path / impl / "store"
-        vs = make_variants(config(*SMALL, *FAST, f"round_store.dir={store}"), [0.0, 1e-3])
+        vs = make_variants(compose_config(*SMALL, *FAST, f"round_store.dir={store}"), [0.0, 1e-3])
         loop.train(vs, tmp_path / impl / "runs", impl=impl)
         second = reused(tmp_path / impl / "runs" / vs[1].name)
         assert second == (
@@ -237,7 +231,7 @@ def test_a_stack_that_changes_bits_trains_every_variant_and_publishes_nothing(tm
     assert Reuse(cfg, splits, "cpu", impl="vmap").stacked_alone
     assert Reuse(cfg, splits, "cuda", impl="loop").stacked_alone
     # kernels not deterministic: no run is bit-reproducible, and the key keeps such rounds apart
-    assert not Reuse(config(*SMALL, "trainer.deterministic=false"), splits, "cuda").stacked_alone
+    assert not Reuse(compose_config(*SMALL, "trainer.deterministic=false"), splits, "cuda").stacked_alone
 
 
 def test_a_data_parallel_run_neither_reads_nor_publishes(tmp_path):
@@ -272,10 +266,10 @@ def test_a_round_resumed_under_another_key_is_not_published(tmp_path, threads, m
         again, store, run = f"threads={n}", tmp_path / str(n) / "store", tmp_path / str(n) / "run"
         calls = die_at_validation(monkeypatch, 5)  # round 0: 3 epochs; round 1: after epoch 0, then this one
         with pytest.raises(loop.CohortFailed):
-            loop.run(config(*base, "threads=1", f"round_store.dir={store}"), run)
+            loop.run(compose_config(*base, "threads=1", f"round_store.dir={store}"), run)
         assert (run / "checkpoints" / "round_001.key").is_file()
         counted(monkeypatch, calls)
-        loop.run(config(*base, again, f"round_store.dir={store}"), run)
+        loop.run(compose_config(*base, again, f"round_store.dir={store}"), run)
         threads(1)
         assert calls["n"] == 2  # resumed after epoch 0 of round 1: epochs 1 and 2
         assert RoundStore(store).usage()["entries"] == entries, again

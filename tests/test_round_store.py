@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tests.cli import ROOT, env
+from tests.cli import ROOT, compose_config, env
 from tests.faults import counted, die_at_validation
 
 from phicenter.config import validate
@@ -27,11 +26,6 @@ from phicenter.method import pruning
 # digits, one epoch a round: mask0 and standard at |phi| <= 1e-3 re-sign nothing (docs/method.md)
 FAST = ["epochs=1", "prune.iterations=2", "threads=1"]
 GRID = [(s, p) for s in ("mask0", "standard", "mask1", "gradual") for p in (0.0, 1e-3)]
-
-
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def store_args(store: Path | None) -> list[str]:
@@ -66,7 +60,9 @@ def rounds_reused(path: Path) -> list:
 
 
 def _key(*overrides: str, r: int = 1, edit=None) -> str:
-    cfg = config("dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides)
+    cfg = compose_config(
+        "dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides
+    )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
     build.build_imp(cfg, net, validate(cfg))
@@ -98,8 +94,12 @@ def test_key_follows_what_is_trained_and_nothing_else():
         assert _key(o) != base, o
     assert _key(r=2) != base
     assert (
-        RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cuda").header
-        != RoundKeys(config("dataset=synthetic"), build.load_data(config("dataset=synthetic")), "cpu").header
+        RoundKeys(
+            compose_config("dataset=synthetic"), build.load_data(compose_config("dataset=synthetic")), "cuda"
+        ).header
+        != RoundKeys(
+            compose_config("dataset=synthetic"), build.load_data(compose_config("dataset=synthetic")), "cpu"
+        ).header
     )
     state_edits = {
         "a weight": lambda n: pruning.raw_weight(n.fc1).view(-1)[0].add_(1e-7),
@@ -135,7 +135,9 @@ def test_key_follows_what_is_trained_and_nothing_else():
 
 def _boundary_key(*overrides: str) -> str:
     """Round 1's key, after the round boundary (prune + reinit) of a net left at theta0."""
-    cfg = config("dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides)
+    cfg = compose_config(
+        "dataset=synthetic", "dataset.n_train=120", "dataset.n_test=40", "dataset.val_size=40", *overrides
+    )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
     build.build_imp(cfg, net, validate(cfg)).advance(1)
@@ -159,12 +161,12 @@ def grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("grid")
     for side, store in (("off", None), ("on", out / "store")):
         for s, p in GRID:
-            loop.run(config(f"strategy={s}", f"phi={p}", *FAST, *store_args(store)), out / side / f"{s}_{p}")
-    base = config(*FAST, *store_args(out / "packed_store"))
+            loop.run(compose_config(f"strategy={s}", f"phi={p}", *FAST, *store_args(store)), out / side / f"{s}_{p}")
+    base = compose_config(*FAST, *store_args(out / "packed_store"))
     variants = [
         v
         for s in ("mask0", "standard", "mask1", "gradual")
-        for v in make_variants(config(*FAST, f"strategy={s}", *store_args(out / "packed_store")), [0.0, 1e-3])
+        for v in make_variants(compose_config(*FAST, f"strategy={s}", *store_args(out / "packed_store")), [0.0, 1e-3])
     ]
     assert base.round_store.enabled
     loop.train(variants, out / "packed")
@@ -213,7 +215,7 @@ def test_each_distinct_round_is_trained_once(grid):
 def test_a_later_grid_reuses_an_earlier_ones_rounds(grid, tmp_path):
     """A new phi for mask0 in a later launch: all its rounds come from the store (it re-signs nothing)."""
     out, _ = grid
-    loop.run(config("strategy=mask0", "phi=-5e-5", *FAST, *store_args(out / "store")), tmp_path / "later")
+    loop.run(compose_config("strategy=mask0", "phi=-5e-5", *FAST, *store_args(out / "store")), tmp_path / "later")
     assert all(r is not None for r in rounds_reused(tmp_path / "later" / results.RESULTS))
     assert metrics(tmp_path / "later" / results.RESULTS) == metrics(out / "off" / "mask0_0.0" / results.RESULTS)
 
@@ -223,7 +225,7 @@ def test_a_later_grid_reuses_an_earlier_ones_rounds(grid, tmp_path):
 
 def test_corrupt_entry_is_reported_ignored_and_retrained(tmp_path, caplog):
     store = tmp_path / "store"
-    cfg = config("strategy=mask1", "phi=0.01", *FAST, *store_args(store))
+    cfg = compose_config("strategy=mask1", "phi=0.01", *FAST, *store_args(store))
     loop.run(cfg, tmp_path / "first")
     key = results.read_json(tmp_path / "first" / results.RESULTS)["rounds"][1]["round_key"]
     state = RoundStore(store).path(key) / "state.pt"
@@ -317,8 +319,8 @@ def test_killed_cohort_resumes_mid_round_with_its_representatives(tmp_path, monk
     relaunched: it resumes from the epoch checkpoint of the same representatives, to the results of a
     cohort that trained every variant itself; no epoch is trained twice."""
     extra = ["epochs=4", "prune.iterations=1", "threads=1", "strategy=mask1"]
-    loop.train(make_variants(config(*extra, "round_store.enabled=false"), [0.0, 0.02]), tmp_path / "ref")
-    vs = make_variants(config(*extra, f"round_store.dir={tmp_path / 'store'}"), [0.0, 0.02])
+    loop.train(make_variants(compose_config(*extra, "round_store.enabled=false"), [0.0, 0.02]), tmp_path / "ref")
+    vs = make_variants(compose_config(*extra, f"round_store.dir={tmp_path / 'store'}"), [0.0, 0.02])
     calls = die_at_validation(monkeypatch, 7)  # round 0: 4 epochs; round 1: after epochs 0 and 1, then this one
     with pytest.raises(loop.CohortFailed):
         loop.train(vs, tmp_path / "run")

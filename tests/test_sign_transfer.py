@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tests.cli import compose_config
 from tests.faults import counted, die_at_validation
 from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 from torch import nn
@@ -45,11 +45,6 @@ S1 = torch.tensor([[-0.3, 0.6, 0.1], [0.25, -0.05, -0.7]])
 SB1 = torch.tensor([-0.2, 0.4])
 S2 = torch.tensor([[0.5, -0.1], [-0.8, 0.9]])
 SB2 = torch.tensor([0.05, -0.6])
-
-
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def transfer_init() -> nn.Sequential:
@@ -165,7 +160,7 @@ def test_transfer_refuses_another_architecture():
 def sign_transfer_level_one():
     """A sign_transfer run at its first level (transfer seed 7, phi 0.1), its "trained" weights moved by hand so
     that signs changed and some survivors lie in (0, phi): (cfg, splits, net, imp, member)."""
-    cfg = config(
+    cfg = compose_config(
         "dataset=synthetic",
         "dataset.n_train=60",
         "dataset.n_test=20",
@@ -204,7 +199,7 @@ def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
         )
     assert diag["survivors"] == sum(int(pruning.mask_of(l).mask.sum()) for l in imp.layers.values())
     assert diag["dead_zone_count"] > 0
-    assert engine_transfer.transfer_seed(config("strategy=sign_transfer", "seed=4")) == 5  # default: seed + 1
+    assert engine_transfer.transfer_seed(compose_config("strategy=sign_transfer", "seed=4")) == 5  # default: seed + 1
 
 
 def test_dry_run_counts_what_a_transfer_would_resign():
@@ -324,7 +319,7 @@ def test_aws_in_a_stacked_cohort_moves_only_its_variants():
 
 def test_aws_needs_normalisation_layers_and_a_variant_that_asks():
     members = [
-        SimpleNamespace(variant=SimpleNamespace(cfg=config("strategy=sign_transfer", f"strategy.aws={a}")))
+        SimpleNamespace(variant=SimpleNamespace(cfg=compose_config("strategy=sign_transfer", f"strategy.aws={a}")))
         for a in ("true", "false")
     ]
     assert engine_transfer.AWSTraining.of(members, [tiny()]) is None  # no normalisation layer
@@ -338,15 +333,15 @@ def test_aws_needs_normalisation_layers_and_a_variant_that_asks():
 
 
 def test_aws_is_in_the_round_key_and_the_transfer_seed_is_not():
-    lrr = training_settings(config("strategy=lrr"))
-    plain = training_settings(config("strategy=sign_transfer"))
+    lrr = training_settings(compose_config("strategy=lrr"))
+    plain = training_settings(compose_config("strategy=sign_transfer"))
     assert plain == lrr and "strategy.aws" not in plain
-    assert training_settings(config("strategy=sign_transfer", "strategy.transfer_seed=9")) == lrr
-    with_aws = training_settings(config("strategy=sign_transfer", "strategy.aws=true"))
+    assert training_settings(compose_config("strategy=sign_transfer", "strategy.transfer_seed=9")) == lrr
+    with_aws = training_settings(compose_config("strategy=sign_transfer", "strategy.aws=true"))
     assert with_aws == {**lrr, "strategy.aws": True}
 
     def key(*o):
-        cfg = config("dataset=synthetic", "dataset.n_train=60", "dataset.n_test=20", "dataset.val_size=20", *o)
+        cfg = compose_config("dataset=synthetic", "dataset.n_train=60", "dataset.n_test=20", "dataset.val_size=20", *o)
         splits = build.load_data(cfg)
         return RoundKeys(cfg, splits, "cpu")(build.build_model(cfg, splits), 0)
 
@@ -388,7 +383,7 @@ def _without_seconds(res: dict) -> list:
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("sign_transfer")
     return {
-        name: loop.run(config(*RUN, f"strategy={name}"), d / name) | {"dir": d / name}
+        name: loop.run(compose_config(*RUN, f"strategy={name}"), d / name) | {"dir": d / name}
         for name in ("lrr", "sign_transfer")
     }
 
@@ -441,7 +436,7 @@ def test_transfer_events_reach_tensorboard(runs):
 
 
 def test_a_kill_in_the_transfer_fit_redoes_at_most_that_fit(runs, tmp_path, monkeypatch):
-    cfg = config(*RUN, "strategy=sign_transfer")
+    cfg = compose_config(*RUN, "strategy=sign_transfer")
     calls = die_at_validation(monkeypatch, 6)  # round 0: 2, round 1: 2, its transfer: epoch 0, then this one
     with pytest.raises(loop.CohortFailed):
         loop.run(cfg, tmp_path)
@@ -459,8 +454,8 @@ def test_packed_sign_transfer_variants_match_their_runs_alone(runs, tmp_path):
     its own; the phi = 0.001 variant is the run alone, bit for bit."""
     from phicenter.engine.cohort import make_variants
 
-    base = config(*RUN, "strategy=sign_transfer")
-    vs = make_variants(base, [0.0, 0.001], [base.strategy, config("strategy=lrr").strategy])
+    base = compose_config(*RUN, "strategy=sign_transfer")
+    vs = make_variants(base, [0.0, 0.001], [base.strategy, compose_config("strategy=lrr").strategy])
     out = loop.train(vs, tmp_path)
     alone = runs["sign_transfer"]
     packed = out["phi=0.001,strategy=sign_transfer"]
@@ -491,10 +486,10 @@ def test_aws_changes_stage_one_on_a_net_with_batchnorm(tmp_path):
         "round_store.enabled=false",
         "dataset.augment=false",
     ]
-    off = loop.run(config(*common), tmp_path / "off")
-    on = loop.run(config(*common, "strategy.aws=true"), tmp_path / "on")
+    off = loop.run(compose_config(*common), tmp_path / "off")
+    on = loop.run(compose_config(*common, "strategy.aws=true"), tmp_path / "on")
     assert on["rounds"][0]["train_loss"] != off["rounds"][0]["train_loss"]
     assert on["rounds"][0]["round_key"] != off["rounds"][0]["round_key"]
     assert on["rounds"][1]["transfer"]["seed"] == 1 and math.isfinite(on["rounds"][1]["transfer"]["test_acc"])
-    again = loop.run(config(*common, "strategy.aws=true"), tmp_path / "again")
+    again = loop.run(compose_config(*common, "strategy.aws=true"), tmp_path / "again")
     assert again["rounds"][0]["train_loss"] == on["rounds"][0]["train_loss"]  # alpha from the seed

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tests.cli import env
+from tests.cli import compose_config, env
 
 from phicenter import data, export, models, ticket
 from phicenter.engine import build
@@ -73,18 +72,14 @@ RUNS = {  # name: overrides; 1 epoch x 2 rounds each
 def train(folder: Path, *overrides: str) -> dict:
     from phicenter.engine.loop import run
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "round_store.enabled=false",
-                "threads=1",
-                "epochs=1",
-                "prune.iterations=2",
-                "checkpoint.keep_all=true",
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        "round_store.enabled=false",
+        "threads=1",
+        "epochs=1",
+        "prune.iterations=2",
+        "checkpoint.keep_all=true",
+        *overrides,
+    )
     return run(cfg, folder)
 
 
@@ -160,17 +155,9 @@ def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
     from phicenter.engine.cohort import make_variants
     from phicenter.engine.loop import train as train_cohort
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "round_store.enabled=false",
-                "threads=1",
-                "epochs=1",
-                "prune.iterations=1",
-                "checkpoint.keep_all=true",
-            ],
-        )
+    cfg = compose_config(
+        "round_store.enabled=false", "threads=1", "epochs=1", "prune.iterations=1", "checkpoint.keep_all=true"
+    )
     job = tmp_path / "job"
     train_cohort(make_variants(cfg, phis=[0.0, 0.001], strategies=[{"name": "mask1", "rewind_other": False}]), job)
     variants = sorted(p.name for p in job.iterdir() if (p / "results.json").is_file())
