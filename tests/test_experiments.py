@@ -95,3 +95,19 @@ def test_new_experiment_trains_one_round(tmp_path, name, shape, extra):
     assert res["status"] == "complete" and [r["round"] for r in res["rounds"]] == [0]
     assert res["config"]["dataset"]["augment"] is True
     assert res["config"]["model"]["name"] == RECIPES[name][1]
+
+
+def test_the_paper_grid_is_written_once():
+    """Every experiment that sweeps the paper's four strategies sweeps its eleven phi values, as
+    phicenter.method.paper lists them (the dry run's table, the bench and the report read that list)."""
+    from omegaconf import OmegaConf
+
+    from phicenter.method import paper
+
+    swept = 0
+    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
+        params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params") or {}
+        if str(params.get("strategy")) == ",".join(paper.STRATEGIES):
+            assert tuple(float(p) for p in str(params["phi"]).split(",")) == paper.PHIS, path.name
+            swept += 1
+    assert swept >= 8

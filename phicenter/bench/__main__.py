@@ -36,6 +36,7 @@ import torch
 from phicenter.bench.cases import TRAIN_SIZE, Case, compose, interleaved, med
 from phicenter.bench.gpu import bench_gpu
 from phicenter.bench.summary import print_summary, table
+from phicenter.method import paper
 
 SIZES = {  # default / --quick: training images per epoch for (a) and (e), images for (b), repeats; (e)'s round
     False: {"fc_lot": 30000, "conv4": 240, "data": 4000, "repeats": 7, "gpu_images": 20000, "round_epochs": 2},
@@ -139,7 +140,7 @@ def bench_prune(loop: dict, sizes, args, device) -> dict:
         if key != "fc_lot" and args.quick:
             continue  # --quick: the smallest model only (the largest share: shortest round)
         # every strategy for fc_lot; the paper's four for the bigger model, whose share is far smaller
-        strategies = ("mask0", "mask1", "gradual", "standard") + (("lth", "random") if key == "fc_lot" else ())
+        strategies = paper.STRATEGIES + (("lth", "random") if key == "fc_lot" else ())
         case = row["case"]
         epochs = int(case.cfg.epochs)
         times = {}

@@ -19,8 +19,9 @@ from phicenter import CONF_DIR
 from phicenter.engine.cohort import make_variants
 from phicenter.engine.module import make_optimizer
 from phicenter.engine.stacked import StackedNet, stacked_step
+from phicenter.method import paper
 
-PAPER_PHIS = (0.0, 5e-5, -5e-5, 1e-4, -1e-4, 5e-4, -5e-4, 1e-3, -1e-3, 0.1, -0.1)
+PAPER_PHIS = paper.PHIS
 
 
 def _compose(overrides: list[str]) -> DictConfig:

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = ("mask0", "mask1", "gradual", "standard")
+from phicenter.method import paper
+
+STRATEGIES = paper.STRATEGIES
 PHIS = (0.0, 5e-5, -5e-5, 1e-3, -1e-3, 0.1, -0.1)
 
 

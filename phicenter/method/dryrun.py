@@ -9,11 +9,11 @@ round 1's trained weights, which a dry run does not train).
 
 from __future__ import annotations
 
-from phicenter.method import strategies, transfer
+from phicenter.method import paper, strategies, transfer
 from phicenter.method.imp import IMP
 
-PAPER_PHIS = (-0.1, -1e-3, -5e-4, -1e-4, -5e-5, 0.0, 5e-5, 1e-4, 5e-4, 1e-3, 0.1)
-PAPER_STRATEGIES = ("mask0", "mask1", "gradual", "standard")
+PAPER_PHIS = tuple(sorted(paper.PHIS))  # the table's rows, in order
+PAPER_STRATEGIES = paper.STRATEGIES
 LAYER_KEYS = ("survivors", "flipped_by_phi_count", "dead_zone_count", "critical_phi_pos", "critical_phi_neg")
 
 
