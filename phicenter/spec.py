@@ -1,5 +1,5 @@
 """Declared settings: a dataclass per group of settings, each field's type, default, choices and range written
-once; `check` holds a plain mapping of user values to it and says in one line what is wrong.
+once; `check_group` holds a plain mapping of user values to it and says in one line what is wrong.
 
 Types a field may have: bool, int, float, str, Literal[...] (the choices), None, unions of those (`int | None`,
 `Literal["init_std"] | float`), list[T] and tuple[T, ...] or tuple[T, U], a nested declared dataclass (a group),
@@ -252,7 +252,7 @@ def by_name(tp) -> ByName | None:
     return None
 
 
-def check(cls, values: Mapping, prefix: str = "", where: str | None = None, skip=()) -> dict:
+def check_group(cls, values: Mapping, prefix: str = "", where: str | None = None, skip=()) -> dict:
     """values checked against cls: every key declared (unless cls.PASS_THROUGH), every value of its declared
     type and range, every field without a default given. Returns the values normalised; groups are checked
     through. `where` names cls in messages; keys in `skip` are left to the caller."""
@@ -290,18 +290,18 @@ def _check_field(key: str, value, tp):
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key} is a group of settings ({key}.KEY=...), got {value!r}")
     if named is None:
-        return check(group, value, key + ".")
+        return check_group(group, value, key + ".")
     name = value.get("name")
     if not isinstance(name, str) or name not in named.registry:
         raise ConfigError(f"{key}.name must be {_either(list(named.registry))}, got {name!r}")
     rest = {k: v for k, v in value.items() if k != "name"}
-    return {"name": name, **check(named.registry[name], rest, key + ".", f"{key} {name}")}
+    return {"name": name, **check_group(named.registry[name], rest, key + ".", f"{key} {name}")}
 
 
 def _check_group(key: str, value, cls) -> dict:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key} is a group of settings ({key}.KEY=...), got {value!r}")
-    return check(cls, value, key + ".")
+    return check_group(cls, value, key + ".")
 
 
 def default_at(cls, values: Mapping, key: str):
@@ -324,4 +324,4 @@ def default_at(cls, values: Mapping, key: str):
 
 def make(cls, values: Mapping, prefix: str = "", where: str | None = None):
     """An instance of cls from checked values (defaults for the rest); ConfigError for a wrong one."""
-    return cls(**check(cls, values, prefix, where))
+    return cls(**check_group(cls, values, prefix, where))

@@ -201,15 +201,15 @@ def test_a_new_strategy_option_is_checked_for_free(monkeypatch):
         pass
 
     tree = config.resolved(compose_config())
-    assert schema.check(dict(tree, strategy={"name": "wide", "width": 4}))["strategy"]["width"] == 4
+    assert schema.check_tree(dict(tree, strategy={"name": "wide", "width": 4}))["strategy"]["width"] == 4
     with pytest.raises(ConfigError, match=r"^strategy.width must be >= 1, got 0$"):
-        schema.check(dict(tree, strategy={"name": "wide", "width": 0}))
+        schema.check_tree(dict(tree, strategy={"name": "wide", "width": 0}))
     with pytest.raises(
         ConfigError,
         match=r"strategy wide has no option depth \(its options: pruned_fill, "
         r"rewind_other, width\)",
     ):
-        schema.check(dict(tree, strategy={"name": "wide", "depth": 1}))
+        schema.check_tree(dict(tree, strategy={"name": "wide", "depth": 1}))
     assert strategies.build("wide", width=5).options.width == 5 and strategies.build("wide").options.width == 3
     with pytest.raises(ValueError, match="strategy.width must be >= 1"):
         strategies.build("wide", width=0)

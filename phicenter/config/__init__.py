@@ -57,7 +57,7 @@ def check(cfg) -> dict:
     """Every key of a config against the schema: ConfigError with a one-line message for the first wrong one.
     With pack=true, phi may be a list and each variant's strategy is checked with the variant. Returns the
     config normalised."""
-    return schema.check(resolved(cfg))
+    return schema.check_tree(resolved(cfg))
 
 
 def validate(cfg) -> dict:

@@ -1,5 +1,5 @@
 """The config schema: every key a run takes, with its type, default, choices and range, declared once (the
-notation is phicenter.spec's). `check` holds a whole resolved config to it before any work starts.
+notation is phicenter.spec's). `check_tree` holds a whole resolved config to it before any work starts.
 
 The strategy, model, dataset, optim and schedule groups are declared per name (`strategy=gradual` takes
 GradualOptions' keys); strategies' options live beside the strategies, in phicenter.method.options, the
@@ -27,10 +27,10 @@ from phicenter.spec import (
     PosInt,
     Positive,
     Range,
+    check_group,
     check_value,
     default_at,
 )
-from phicenter.spec import check as check_group
 
 frozen = dataclass(frozen=True, kw_only=True)
 
@@ -258,7 +258,7 @@ def _phi(value):
     return check_value("phi", value, float)
 
 
-def check(tree: Mapping, pack: bool | None = None) -> dict:
+def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
     """A resolved config (plain dicts) checked against the schema; ConfigError names the first wrong key.
     With pack=true, phi may be a list, and the strategy node (several strategies merged) is left to each
     variant's own check. Returns the config normalised (phi a float, or a list of floats)."""

@@ -51,7 +51,7 @@ def export(net: nn.Module, example: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def check(data: bytes, net: nn.Module, x: torch.Tensor, tolerance: float = 1e-5) -> float:
+def max_difference(data: bytes, net: nn.Module, x: torch.Tensor, tolerance: float = 1e-5) -> float:
     """Run the ONNX model in onnxruntime (CPU) on x and compare with net(x): the largest absolute difference of
     the logits. TicketError when it exceeds `tolerance` or the model does not load."""
     import onnx
