@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.cli import ROOT, env, train
+from tests.cli import ROOT, compose_config, env, train
 from tests.faults import failing_writes
 from tests.test_data import fake_mnist
-from tests.test_round_store import comparable, config
+from tests.test_round_store import comparable
 
 from phicenter.engine import loop
 from phicenter.engine import rundir as results
@@ -51,7 +51,7 @@ def whole_records(path: Path) -> int:
 def reference(tmp_path_factory) -> Path:
     """The run never interrupted."""
     d = tmp_path_factory.mktemp("reference")
-    loop.run(config(*RUN), d)
+    loop.run(compose_config(*RUN), d)
     return d
 
 
@@ -86,13 +86,13 @@ def test_a_run_file_that_cannot_be_written_fails_in_one_line_and_resumes(tmp_pat
     spec, named, recorded = CASES[case]
     with caplog.at_level(logging.INFO, logger="phicenter"), failing_writes(spec):
         with pytest.raises(loop.CohortFailed):
-            loop.run(config(*RUN), tmp_path)
+            loop.run(compose_config(*RUN), tmp_path)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
     check_failed(tmp_path, lines[0], named, recorded)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="phicenter"):
-        loop.run(config(*RUN), tmp_path)  # the same again, the fault gone
+        loop.run(compose_config(*RUN), tmp_path)  # the same again, the fault gone
     if case == "epoch checkpoint":  # round 1's first epoch stood
         assert "resuming round 1 from" in caplog.text
     assert comparable(tmp_path / results.RESULTS) == comparable(reference / results.RESULTS)
@@ -124,7 +124,7 @@ def test_only_the_full_trace_switch_prints_the_trace(tmp_path, caplog, monkeypat
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="phicenter"), failing_writes("1:EIO:round_000.pt"):
             with pytest.raises(loop.CohortFailed):
-                loop.run(config(*RUN, "prune.iterations=0"), tmp_path / str(full))
+                loop.run(compose_config(*RUN, "prune.iterations=0"), tmp_path / str(full))
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 + full and ("Traceback (most recent call last)" in errors[-1]) == full
 
@@ -137,7 +137,7 @@ FAST = ["epochs=1", "prune.iterations=2", "threads=1", "strategy=mask1", "phi=0.
 @pytest.fixture(scope="module")
 def store_off(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("store_off") / "run"
-    loop.run(config(*FAST, "round_store.enabled=false"), d)
+    loop.run(compose_config(*FAST, "round_store.enabled=false"), d)
     return d
 
 
@@ -149,7 +149,7 @@ def store_warnings(caplog) -> list[str]:
 def test_a_store_that_cannot_be_written_becomes_read_only(tmp_path, store_off, caplog, spec):
     store = tmp_path / "store"
     with caplog.at_level(logging.WARNING, logger="phicenter"), failing_writes(spec):
-        res = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "run")
+        res = loop.run(compose_config(*FAST, f"round_store.dir={store}"), tmp_path / "run")
     assert res["status"] == "complete"
     warned = store_warnings(caplog)
     assert len(warned) == 1 and "becomes read-only (cannot write" in warned[0] and "(injected)" in warned[0], warned
@@ -158,7 +158,7 @@ def test_a_store_that_cannot_be_written_becomes_read_only(tmp_path, store_off, c
     assert published == {"1:ENOSPC:state.pt": 0, "2:EDQUOT:entry.json": 1, "1+:EIO:/store/": 0}[spec]
     assert RoundStore(store).usage()["entries"] == published and not temporaries(store)
     assert comparable(tmp_path / "run" / results.RESULTS) == comparable(store_off / results.RESULTS)
-    again = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "again")  # now it can be written
+    again = loop.run(compose_config(*FAST, f"round_store.dir={store}"), tmp_path / "again")  # now it can be written
     assert again["round_store"]["errors"] == [] and again["round_store"]["published"] == 3 - published
     assert comparable(tmp_path / "again" / results.RESULTS) == comparable(store_off / results.RESULTS)
 
@@ -166,14 +166,14 @@ def test_a_store_that_cannot_be_written_becomes_read_only(tmp_path, store_off, c
 def test_a_read_only_store_is_reused(tmp_path, store_off, caplog):
     """A lab's read-only store of trained rounds: every round comes from it, nothing is written to it."""
     store = tmp_path / "store"
-    loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "first")
+    loop.run(compose_config(*FAST, f"round_store.dir={store}"), tmp_path / "first")
     before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
     folders = [store, *[p for p in store.rglob("*") if p.is_dir()]]
     for p in folders:
         p.chmod(0o555)  # no write bit, which even root respects here (phicenter.io.writable)
     try:
         with caplog.at_level(logging.WARNING, logger="phicenter"):
-            res = loop.run(config(*FAST, f"round_store.dir={store}"), tmp_path / "second")
+            res = loop.run(compose_config(*FAST, f"round_store.dir={store}"), tmp_path / "second")
     finally:
         for p in folders:
             p.chmod(0o755)
@@ -189,7 +189,7 @@ def test_a_store_that_cannot_be_read_is_skipped(tmp_path, store_off, caplog):
     not_a_folder = tmp_path / "store"
     not_a_folder.write_text("")
     with caplog.at_level(logging.WARNING, logger="phicenter"):
-        res = loop.run(config(*FAST, f"round_store.dir={not_a_folder}"), tmp_path / "run")
+        res = loop.run(compose_config(*FAST, f"round_store.dir={not_a_folder}"), tmp_path / "run")
     warned = store_warnings(caplog)
     assert len(warned) == 1 and "cannot be read" in warned[0] and "skipped" in warned[0], warned
     assert res["status"] == "complete" and res["round_store"]["read"] == res["round_store"]["published"] == 0
@@ -209,11 +209,11 @@ def test_a_data_cache_that_cannot_be_written_costs_one_warning(tmp_path, caplog)
     ]
     cache = tmp_path / "data" / "phicenter-cache"
     with caplog.at_level(logging.WARNING, logger="phicenter"), failing_writes("1:ENOSPC:phicenter-cache"):
-        first = loop.run(config(*args), tmp_path / "first")
+        first = loop.run(compose_config(*args), tmp_path / "first")
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and f"cannot write {cache / 'mnist.pt'}" in warned[0], warned
     assert first["status"] == "complete" and not list(cache.iterdir())  # no cache, no half of one
-    second = loop.run(config(*args), tmp_path / "second")  # the cache is written this time
+    second = loop.run(compose_config(*args), tmp_path / "second")  # the cache is written this time
     assert (cache / "mnist.pt").is_file() and not temporaries(cache)
     assert comparable(tmp_path / "second" / results.RESULTS) == comparable(tmp_path / "first" / results.RESULTS)
     assert second["data"] == first["data"]
@@ -286,7 +286,7 @@ def _grid_at_once(tmp_path: Path, strategies: list[str], phis: list[str]) -> Non
         cfg = res["config"]
         off = tmp_path / "off" / path.parent.name
         loop.run(
-            config(
+            compose_config(
                 f"strategy={cfg['strategy']['name']}",
                 f"phi={cfg['phi']}",
                 "epochs=1",
