@@ -11,6 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FAST = ["threads=1", "epochs=2", "prune.iterations=2"]
+# A CIFAR-shaped experiment on 60 generated 3x8x8 images of 5 classes, in batches of 10 (its dataset overrides)
+TINY_IMAGES = [
+    "dataset=synthetic",
+    "dataset.shape=[3,8,8]",
+    "dataset.n_train=40",
+    "dataset.val_size=10",
+    "dataset.n_test=10",
+    "dataset.num_classes=5",
+    "batch_size=10",
+]
 
 
 def compose_config(*overrides: str, hydra: bool = False):

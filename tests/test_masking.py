@@ -80,6 +80,23 @@ OPTIMIZERS = {
 }
 
 
+def _fit(module, epochs: int, callback) -> None:
+    """A bare Lightning fit of the module on its own training batches, the callback watching."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        callbacks=[callback],
+    )
+    trainer.fit(module, train_dataloaders=module.train_batches)
+
+
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("name", ["mask0", "standard"])
 def test_pruned_entries_stay_at_fill_through_optimizer_steps(name, opt_name):
@@ -237,17 +254,7 @@ def test_training_step_holds_dead_weights(optim, k):
 
             trainer.optimizers[0].register_step_pre_hook(check)
 
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        callbacks=[Watch()],
-    )
-    trainer.fit(module, train_dataloaders=module.train_batches)
+    _fit(module, 2, Watch())
     assert module._reapply == (optim != "adam")
     module.scatter()
     steps = 2 * data.make_loaders(s, 20, seed=1)[0].n_batches()
@@ -347,16 +354,6 @@ def test_mask_written_mid_fit_is_held_from_then_on():
             if trainer.current_epoch == 0:
                 fc2.mask.copy_(killed)
 
-    trainer = pl.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        callbacks=[Prune()],
-    )
-    trainer.fit(module, train_dataloaders=module.train_batches)
+    _fit(module, 3, Prune())
     assert seen == [False, True, True]  # Adam without decay: skipped until the write
     assert bool((net.fc2.weight.detach()[~killed] == 0).all())

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.cli import compose_config
+from tests.cli import TINY_IMAGES, compose_config
 from tests.faults import counted, die_at_validation
 from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 from torch import nn
@@ -472,13 +472,7 @@ def test_packed_sign_transfer_variants_match_their_runs_alone(runs, tmp_path):
 def test_aws_changes_stage_one_on_a_net_with_batchnorm(tmp_path):
     common = [
         "experiment=cifar10_resnet20",
-        "dataset=synthetic",
-        "dataset.shape=[3,8,8]",
-        "dataset.n_train=40",
-        "dataset.val_size=10",
-        "dataset.n_test=10",
-        "dataset.num_classes=5",
-        "batch_size=10",
+        *TINY_IMAGES,
         "epochs=1",
         "prune.iterations=1",
         "threads=1",

@@ -406,20 +406,14 @@ def test_a_structured_resnet_run_records_both_sparsities(tmp_path):
     """The engine end to end: resnet20 on tiny synthetic data, SGD with momentum and weight decay, mask1
     (BatchNorm rewound to theta0 every round). The trained net of the last round has every removed unit's
     BatchNorm channel at 0 and every weight that reads it masked; results.json holds both sparsities."""
-    from tests.cli import compose_config
+    from tests.cli import TINY_IMAGES, compose_config
 
     from phicenter.engine.loop import run
     from phicenter.engine.rundir import checkpoint_path
 
     cfg = compose_config(
         "experiment=cifar10_resnet20",
-        "dataset=synthetic",
-        "dataset.shape=[3,8,8]",
-        "dataset.n_train=40",
-        "dataset.val_size=10",
-        "dataset.n_test=10",
-        "dataset.num_classes=5",
-        "batch_size=10",
+        *TINY_IMAGES,
         "epochs=1",
         "prune.iterations=2",
         "prune.method=structured",
