@@ -422,6 +422,35 @@ def test_a_run_records_each_levels_transfer(runs):
     assert table["sign_transfer"].startswith(f"{100 * rounds[-1]['transfer']['test_acc']:.2f} (0.001)")
 
 
+def test_the_transfer_recipe_defaults_to_the_runs_own():
+    run = compose_config("strategy=sign_transfer", "epochs=4", "schedule.name=multistep", "+schedule.at=[0.25]")
+    assert engine_transfer.transfer_recipe(run) == (4, {"name": "multistep", "at": [0.25]})
+    oh = compose_config(
+        "strategy=sign_transfer", "epochs=4", "strategy.transfer_epochs=100", "strategy.transfer_schedule=multistep"
+    )
+    assert engine_transfer.transfer_recipe(oh) == (100, {"name": "multistep"})  # LR / 10 at 50 % and 75 %
+    same = compose_config("strategy=sign_transfer", "schedule.name=cosine", "strategy.transfer_schedule=cosine")
+    assert engine_transfer.transfer_recipe(same)[1] == {"name": "cosine"}
+    assert compose_config("experiment=oh_sign_transfer_resnet20_cifar10").strategy.transfer_epochs == 100
+
+
+def test_a_transfer_trains_its_own_epochs_and_stage_one_stays_lrrs(runs, tmp_path):
+    """strategy.transfer_epochs=3 with the run's 2 epochs: each level's transfer records 3 epochs (multistep: the LR
+    divided by 10 from epoch 2 on); stage 1 is the same run's to the bit."""
+    res = loop.run(
+        compose_config(
+            *RUN, "strategy=sign_transfer", "strategy.transfer_epochs=3", "strategy.transfer_schedule=multistep"
+        ),
+        tmp_path / "run",
+    )
+    assert res["status"] == "complete"
+    assert _stage_one(res) == _stage_one(runs["sign_transfer"])
+    for r, own in zip(res["rounds"][1:], runs["sign_transfer"]["rounds"][1:]):
+        assert [e["epoch"] for e in r["transfer"]["epochs"]] == [0, 1, 2]
+        # the LR first steps down at epoch 2 (round(0.5 x 3)): epochs 0 and 1 are the 2-epoch transfer's, to the bit
+        assert r["transfer"]["epochs"][:2] == own["transfer"]["epochs"]
+
+
 def test_transfer_events_reach_tensorboard(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -41,6 +41,18 @@ def transfer_seed(cfg) -> int:
     return int(cfg.seed) + 1 if s is None else int(s)
 
 
+def transfer_recipe(cfg) -> tuple[int, dict]:
+    """(epochs, LR schedule) of the transfer fit: strategy.transfer_epochs and strategy.transfer_schedule, each by
+    default the run's own. A schedule named there keeps the run's settings when the run's schedule has that name,
+    else make_optimizer's defaults (multistep: LR / 10 at 50 % and 75 %, Oh et al.'s)."""
+    epochs = cfg.strategy.get("transfer_epochs") or cfg.epochs
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    name = cfg.strategy.get("transfer_schedule")
+    if name is not None and name != schedule.get("name"):
+        schedule = {"name": name}
+    return int(epochs), schedule
+
+
 # ---------------------------------------------------------------- AWS while stage 1 trains
 
 
@@ -87,7 +99,8 @@ def stage_two(
     """{member index: its transfer record} for the members whose strategy transfers (None at round 0: the
     dense round has no mask to transfer); members whose round diverged are left out. Members with one transfer
     seed are trained as one cohort (K = 1: the plain net). `loaders`: the round's (train, val, test); the
-    transfer scores on the same val and test. `epochs_dir(job_dir, members, r)`: the round's epoch checkpoints
+    transfer scores on the same val and test (members with one transfer seed and recipe train together).
+    `epochs_dir(job_dir, members, r)`: the round's epoch checkpoints
     (engine.loop), beside which the transfer keeps its own."""
     out, groups = {}, {}
     for i, (m, o) in enumerate(zip(members, outcomes)):
@@ -96,8 +109,9 @@ def stage_two(
         if r == 0:
             out[i] = None
         else:
-            groups.setdefault(transfer_seed(m.variant.cfg), []).append(i)
-    for seed, idx in groups.items():
+            recipe = transfer_recipe(m.variant.cfg)
+            groups.setdefault((transfer_seed(m.variant.cfg), recipe[0], repr(recipe[1])), []).append(i)
+    for (seed, _, _), idx in groups.items():
         group = [members[i] for i in idx]
         folder = epochs_dir(job_dir, group, r)
         folder = folder.with_name(folder.name.replace("_epochs", "_transfer_epochs"))
@@ -137,11 +151,11 @@ def _record(module: CohortModule, k: int, failed: str | None, seed: int, seconds
 
 
 def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: str, device) -> list[dict]:
-    """Train the group's transferred nets as one cohort for `epochs` epochs (resumed from the fit's last epoch
-    checkpoint when a kill interrupted it), test them, and return each one's record."""
+    """Train the group's transferred nets as one cohort with the transfer's recipe (transfer_recipe; resumed from
+    the fit's last epoch checkpoint when a kill interrupted it), test them, and return each one's record."""
     t0 = time.perf_counter()
     cfg, v = group[0].variant.cfg, group[0].v
-    epochs = v["epochs"]
+    epochs, schedule = transfer_recipe(cfg)
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
     _, val_b, test_b = loaders
     train_b = data.loaders(cfg, splits, v["batch_size"], seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
@@ -153,7 +167,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     module = CohortModule(
         list(nets),
         OmegaConf.to_container(cfg.optim, resolve=True),
-        OmegaConf.to_container(cfg.schedule, resolve=True),
+        schedule,
         impl=impl,
         device=device,
         recorders=[None if m.recorder is None else Tagged(m.recorder) for m in group],
@@ -191,8 +205,8 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
 
 
 class Tagged:
-    """A run's Recorder for the transfer fit: its epoch rows go to TensorBoard as transfer_epoch/*, beside the
-    stage-1 round's epoch/* on the same step axis."""
+    """A run's Recorder for the transfer fit: its epoch rows go to TensorBoard as transfer_epoch/*, at step
+    level × transfer epochs + epoch (beside the stage-1 round's epoch/* when the transfer trains the run's epochs)."""
 
     def __init__(self, recorder):
         self.recorder = recorder

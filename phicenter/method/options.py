@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from phicenter.spec import NonNegInt, Unit
+from phicenter.spec import NonNegInt, PosInt, Unit
 
 
 def trains(default):
@@ -53,6 +53,9 @@ class GradualOptions(StrategyOptions):
 class SignTransferOptions(StrategyOptions):
     aws: bool = trains(False)  # stage 1 trained with AWS (normalisation layers moved towards identity)
     transfer_seed: NonNegInt | None = None  # the transfer's initialisation and data order; null: seed + 1
+    transfer_epochs: PosInt | None = None  # the transfer's epochs; null: the run's `epochs` (Oh et al.: 100)
+    # the transfer's LR schedule (its milestones: fractions of transfer_epochs); null: the run's `schedule`
+    transfer_schedule: Literal["none", "multistep", "cosine"] | None = None
 
 
 STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
