@@ -191,3 +191,19 @@ def test_bench_estimates_the_reference_experiments_apart_from_the_paper_grid(tmp
     assert res["reference_hours_est"] == row["grid_hours_est"] and res["grid_hours_est"] == paper["grid_hours_est"]
     res = bench_gpu(sizes, Namespace(reference=False, **args), "cpu")
     assert set(res["rows"]) == {"mnist_fc_lot"} and res["reference_hours_est"] is None
+
+
+def test_the_gpu_hours_of_sign_transfer_count_its_transfers():
+    """Oh et al.'s runs (2: AWS or not): 16 rounds of 10 epochs, and a 100-epoch transfer at each of the 15
+    levels; at 1 000 images/s, 45 000 training images, 5 000 validation and 10 000 test images."""
+    from types import SimpleNamespace
+
+    from phicenter.bench.gpu import _grid_hours
+
+    case = SimpleNamespace(dataset="cifar10", n=120)
+    fit = lambda epochs: epochs * (45_000 + 5_000 / 3) / 1000 + (10_000 / 3) / 1000
+    runs, rounds, epochs, hours = _grid_hours("oh_sign_transfer_resnet20_cifar10", case, 1000.0)
+    assert (runs, rounds, epochs) == (2, 16, 10)
+    assert hours == pytest.approx(2 * (16 * fit(10) + 15 * fit(100)) / 3600)
+    runs, rounds, epochs, hours = _grid_hours("renda_lrr_resnet20_cifar10", case, 1000.0)
+    assert hours == pytest.approx(runs * rounds * fit(epochs) / 3600)  # no transfer: the rounds alone

@@ -38,7 +38,8 @@ def reference_experiments() -> set[str]:
 
 def _grid_hours(exp: str, case: Case, images_per_s: float) -> tuple[int, int, int, float]:
     """(runs of its sweep, rounds, epochs a round, GPU-hours) of an experiment at the measured speed. Evaluation
-    (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test."""
+    (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test. sign_transfer
+    also trains a transfer at every level >= 1, of its own epochs (engine.transfer.transfer_recipe)."""
     from omegaconf import OmegaConf
 
     base = compose([f"experiment={exp}"])
@@ -47,8 +48,13 @@ def _grid_hours(exp: str, case: Case, images_per_s: float) -> tuple[int, int, in
     rounds, epochs = int(base.prune.iterations) + 1, int(base.epochs)
     n_train = TRAIN_SIZE.get(case.dataset, case.n)
     val, test = EVAL_SIZE.get(case.dataset, (0, 0))
-    round_s = epochs * (n_train + (val / 3)) / images_per_s + (test / 3) / images_per_s
-    return runs, rounds, epochs, runs * rounds * round_s / 3600
+    fit_s = lambda n_epochs: n_epochs * (n_train + (val / 3)) / images_per_s + (test / 3) / images_per_s
+    seconds = rounds * fit_s(epochs)
+    if base.strategy.name == "sign_transfer":
+        from phicenter.engine.transfer import transfer_recipe
+
+        seconds += (rounds - 1) * fit_s(transfer_recipe(base)[0])
+    return runs, rounds, epochs, runs * seconds / 3600
 
 
 def bench_gpu(sizes, args, device) -> dict:
