@@ -32,6 +32,23 @@ def compose_config(*overrides: str, hydra: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
+def bare_trainer(epochs: int, **kw):
+    """A Lightning Trainer on the CPU with nothing of its own around the fit (no logger, checkpoints, progress bar,
+    summary or sanity check): what a test fits a module with directly, outside the round loop."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        **kw,
+    )
+
+
 def env() -> dict:
     """The subprocess's environment: one thread, no data folder of the caller's, and the session's round
     store (tests/conftest.py), never the default one under outputs/."""

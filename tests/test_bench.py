@@ -14,6 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from tests.cli import bare_trainer
 
 from phicenter import data, models
 from phicenter.engine.module import CohortModule
@@ -40,17 +41,7 @@ def _setup(seed=0, dead=0.0):
 def _fit(net, batches, epochs=2, precision="32-true"):
     module = CohortModule([net], {"name": "adam", "lr": 1e-3})
     module.train_batches = batches
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        accelerator="cpu",
-        precision=precision,
-    )
+    trainer = bare_trainer(epochs, deterministic=True, precision=precision)
     trainer.fit(module, train_dataloaders=batches)
     return module, trainer
 

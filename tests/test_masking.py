@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.cli import bare_trainer
 from torch import nn
 
 from phicenter.method import pruning
@@ -82,18 +83,7 @@ OPTIMIZERS = {
 
 def _fit(module, epochs: int, callback) -> None:
     """A bare Lightning fit of the module on its own training batches, the callback watching."""
-    import pytorch_lightning as pl
-
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        callbacks=[callback],
-    )
+    trainer = bare_trainer(epochs, callbacks=[callback])
     trainer.fit(module, train_dataloaders=module.train_batches)
 
 
