@@ -6,7 +6,12 @@ Types a field may have: bool, int, float, str, Literal[...] (the choices), None,
 a group that may be null (`Group | None`), a list of groups (`list[Group]`: each item is checked as the group,
 its keys named `key[i].x` in messages), and Any (anything). A number's range is declared with Annotated:
 `Annotated[float, Range("(0, 1)")]`.
-A dataclass with the class attribute `PASS_THROUGH = True` lets undeclared keys through unchecked.
+A dataclass with the class attribute `PASS_THROUGH = "field"` lets undeclared keys through unchecked; `typed`
+gathers them into that field (a dict).
+A ByName group's declarations are dataclasses with a `name: str` field (the name that picked them).
+
+`check_group` says what is wrong; `typed` then turns the checked values into the frozen dataclass instances
+that the code reads as attributes, every default filled in from the declaration.
 
 Plain Python: no torch, Hydra or OmegaConf, so the method package and the command line's first checks use it.
 """
@@ -259,21 +264,27 @@ def check_group(cls, values: Mapping, prefix: str = "", where: str | None = None
     fields = declared(cls)
     where = where or (prefix.rstrip(".") or "the config")
     out = {}
+    rest = getattr(cls, "PASS_THROUGH", None)
     for key, value in values.items():
         if key in skip:
             out[key] = value
-        elif key in fields:
+        elif key in fields and key != rest:
             out[key] = _check_field(prefix + key, value, fields[key][0])
-        elif getattr(cls, "PASS_THROUGH", False):
+        elif rest and key not in fields:
             out[key] = value
         else:
             raise ConfigError(
-                f"unknown key {prefix}{key}: {where} has no option {key} (its options: {', '.join(fields) or 'none'})"
+                f"unknown key {prefix}{key}: {where} has no option {key} (its options: {_listed(fields)})"
             )
     for name, (_, f) in fields.items():
         if name not in values and name not in skip and default(f) is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name} has no value; set {prefix}{name}=...")
     return out
+
+
+def _listed(fields) -> str:
+    """A group's options for a message: a ByName group's `name` (which picked it) is not one of them."""
+    return ", ".join(f for f in fields if f != "name") or "none"
 
 
 def _check_field(key: str, value, tp):
@@ -294,8 +305,7 @@ def _check_field(key: str, value, tp):
     name = value.get("name")
     if not isinstance(name, str) or name not in named.registry:
         raise ConfigError(f"{key}.name must be {_either(list(named.registry))}, got {name!r}")
-    rest = {k: v for k, v in value.items() if k != "name"}
-    return {"name": name, **check_group(named.registry[name], rest, key + ".", f"{key} {name}")}
+    return check_group(named.registry[name], value, key + ".", f"{key} {name}")
 
 
 def _check_group(key: str, value, cls) -> dict:
@@ -323,5 +333,38 @@ def default_at(cls, values: Mapping, key: str):
 
 
 def make(cls, values: Mapping, prefix: str = "", where: str | None = None):
-    """An instance of cls from checked values (defaults for the rest); ConfigError for a wrong one."""
-    return cls(**check_group(cls, values, prefix, where))
+    """The typed instance of cls for values (defaults for the rest); ConfigError for a wrong one."""
+    return typed(cls, check_group(cls, values, prefix, where))
+
+
+def typed(cls, checked: Mapping):
+    """The frozen instance of cls that checked values (check_group's output) stand for: groups as their
+    dataclasses (a ByName group as the one its name picks), lists of groups as lists of them, every key not
+    given at its declared default, and a PASS_THROUGH class's undeclared keys in its pass-through field."""
+    fields = declared(cls)
+    rest = getattr(cls, "PASS_THROUGH", None)
+    kw = {rest: {k: v for k, v in checked.items() if k not in fields}} if rest else {}
+    for name, (tp, _) in fields.items():
+        if name == rest or name not in checked:
+            continue
+        kw[name] = _typed_value(checked[name], tp)
+    return cls(**kw)
+
+
+def _typed_value(value, tp):
+    named, items = by_name(tp), _group_items(tp)
+    group = None if named else group_in(tp)
+    if value is None or (named is None and group is None and items is None):
+        return value
+    if items is not None:
+        return [typed(items, v) for v in value]
+    return typed(named.registry[value["name"]] if named else group, value)
+
+
+def named(registry: Mapping[str, type], group, key: str):
+    """A ByName group as its typed options: an instance is returned as it is, a mapping ({"name": ..., KEY:
+    ...}) is checked against the declaration its name picks; ConfigError names `key` for a wrong one."""
+    if dataclasses.is_dataclass(group) and not isinstance(group, type):
+        return group
+    tp = Annotated[dict, ByName(registry)]
+    return _typed_value(_check_field(key, dict(group), tp), tp)

@@ -214,15 +214,13 @@ def test_compile_across_rounds_without_recompiling(device, tmp_path, monkeypatch
     the eager backend (the same dynamo graphs and guards, no code generation)."""
     import torch._dynamo
 
-    from phicenter.config import validate
-
     if device == "cpu":
         real = nn.Module.compile
         monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **kw: real(self, *a, **{**kw, "backend": "eager"}))
     torch._dynamo.reset()
     cfg = _config(device, "compile=true", iterations=2)
     splits = build.load_data(cfg)
-    member = open_member(single(cfg)[0], validate(cfg), tmp_path, splits, False)
+    member = open_member(single(cfg)[0], tmp_path, splits, False)
     loop.train_cohort([member], 0, splits, tmp_path, last_round=0)
     counters = torch._dynamo.utils.counters
     graphs = counters["stats"]["unique_graphs"]

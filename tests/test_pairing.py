@@ -49,7 +49,6 @@ def test_theta0_identical_across_strategies_and_phi():
 def test_theta0_identical_through_the_hydra_config():
     from tests.cli import compose_config
 
-    from phicenter import config
     from phicenter.engine import build
 
     splits = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
@@ -62,7 +61,7 @@ def test_theta0_identical_through_the_hydra_config():
     ):
         cfg = compose_config(*overrides + ["seed=2"])
         net = build.build_model(cfg, splits)
-        imp = build.build_imp(cfg, net, config.validate(cfg))
+        imp = build.build_imp(cfg, net)
         thetas.append(imp.theta0)
     other = build.build_model(compose_config("seed=3"), splits).state_dict()
     assert all(states_equal(thetas[0], t) for t in thetas[1:])

@@ -19,7 +19,7 @@ from tests.faults import counted, die_at_validation
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from phicenter import data
-from phicenter.config import ConfigError
+from phicenter.config import ConfigError, settings
 from phicenter.engine import loop, records
 from phicenter.engine import module as cohort_module
 from phicenter.engine import rundir as results
@@ -153,7 +153,7 @@ def test_rewind_step_mid_epoch(tmp_path, steps):
     splits = loop.build.load_data(config())
     assert torch.equal(r1[0]["y"], order_batch(splits, 1, 2, 2))
     # against the whole epoch 2 of round 1 as Batches makes it (augmented): its batches 2.. are round 1's first
-    whole = data.loaders(config("dataset.augment=true"), splits, BS, SEED)[0]
+    whole = data.loaders(settings(config("dataset.augment=true")), splits, BS, SEED)[0]
     whole.set_epoch(1, 2)
     full = list(whole)
     assert len(full) == STEPS

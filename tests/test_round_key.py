@@ -14,7 +14,7 @@ import pytest
 import torch
 from tests.cli import ROOT, compose_config
 
-from phicenter.config import EXECUTION_KEYS, IN_ROUND_KEY, is_execution_key, validate
+from phicenter.config import EXECUTION_KEYS, IN_ROUND_KEY, is_execution_key
 from phicenter.engine import build, loop, reuse
 from phicenter.engine import rundir as results
 from phicenter.engine.cohort import make_variants
@@ -29,7 +29,7 @@ def parts(*overrides: str):
     cfg = compose_config(*SMALL, *overrides)
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
-    build.build_imp(cfg, net, validate(cfg))
+    build.build_imp(cfg, net)
     return cfg, splits, net
 
 

@@ -15,7 +15,6 @@ import torch
 from tests.cli import ROOT, compose_config, env
 from tests.faults import counted, die_at_validation
 
-from phicenter.config import validate
 from phicenter.engine import build, loop
 from phicenter.engine import rundir as results
 from phicenter.engine.cohort import make_variants
@@ -65,7 +64,7 @@ def _key(*overrides: str, r: int = 1, edit=None) -> str:
     )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
-    build.build_imp(cfg, net, validate(cfg))
+    build.build_imp(cfg, net)
     if edit is not None:
         with torch.no_grad():
             edit(net)
@@ -140,7 +139,7 @@ def _boundary_key(*overrides: str) -> str:
     )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
-    build.build_imp(cfg, net, validate(cfg)).advance(1)
+    build.build_imp(cfg, net).advance(1)
     return RoundKeys(cfg, splits, "cpu")(net, 1)
 
 

@@ -31,7 +31,8 @@ from tests.faults import counted, die_at_validation
 from tests.test_strategies import CFG, KEEP1, KEEP2, TB1, TB2, close, one_round, tiny, train_by_hand
 from torch import nn
 
-from phicenter.config import validate
+from phicenter.config import settings
+from phicenter.config.groups import MultiStepOptions, NoOptions
 from phicenter.engine import build, loop
 from phicenter.engine import transfer as engine_transfer
 from phicenter.engine.module import CohortModule
@@ -171,12 +172,12 @@ def sign_transfer_level_one():
     )
     splits = build.load_data(cfg)
     net = build.build_model(cfg, splits)
-    imp = build.build_imp(cfg, net, validate(cfg))
+    imp = build.build_imp(cfg, net)
     with torch.no_grad():
         for layer in imp.layers.values():
             pruning.raw_weight(layer).mul_(-3.0).add_(0.005)
     imp.advance(1)
-    return cfg, splits, net, imp, SimpleNamespace(variant=SimpleNamespace(cfg=cfg), imp=imp)
+    return cfg, splits, net, imp, SimpleNamespace(settings=settings(cfg), imp=imp)
 
 
 def test_the_transferred_net_carries_the_transfer_seeds_magnitudes():
@@ -319,7 +320,7 @@ def test_aws_in_a_stacked_cohort_moves_only_its_variants():
 
 def test_aws_needs_normalisation_layers_and_a_variant_that_asks():
     members = [
-        SimpleNamespace(variant=SimpleNamespace(cfg=compose_config("strategy=sign_transfer", f"strategy.aws={a}")))
+        SimpleNamespace(settings=settings(compose_config("strategy=sign_transfer", f"strategy.aws={a}")))
         for a in ("true", "false")
     ]
     assert engine_transfer.AWSTraining.of(members, [tiny()]) is None  # no normalisation layer
@@ -424,13 +425,14 @@ def test_a_run_records_each_levels_transfer(runs):
 
 def test_the_transfer_recipe_defaults_to_the_runs_own():
     run = compose_config("strategy=sign_transfer", "epochs=4", "schedule.name=multistep", "+schedule.at=[0.25]")
-    assert engine_transfer.transfer_recipe(run) == (4, {"name": "multistep", "at": [0.25]})
+    assert engine_transfer.transfer_recipe(run) == (4, MultiStepOptions(name="multistep", at=(0.25,), gamma=0.1))
     oh = compose_config(
         "strategy=sign_transfer", "epochs=4", "strategy.transfer_epochs=100", "strategy.transfer_schedule=multistep"
     )
-    assert engine_transfer.transfer_recipe(oh) == (100, {"name": "multistep"})  # LR / 10 at 50 % and 75 %
+    # LR / 10 at 50 % and 75 %: the schedule's declared defaults
+    assert engine_transfer.transfer_recipe(oh) == (100, MultiStepOptions(name="multistep", at=(0.5, 0.75), gamma=0.1))
     same = compose_config("strategy=sign_transfer", "schedule.name=cosine", "strategy.transfer_schedule=cosine")
-    assert engine_transfer.transfer_recipe(same)[1] == {"name": "cosine"}
+    assert engine_transfer.transfer_recipe(same)[1] == NoOptions(name="cosine")
     assert compose_config("experiment=oh_sign_transfer_resnet20_cifar10").strategy.transfer_epochs == 100
 
 

@@ -403,7 +403,7 @@ def test_the_papers_four_strategies_share_rewind_other():
     from phicenter.method.options import STRATEGY_OPTIONS
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "strategy"
-    declared = {n: STRATEGY_OPTIONS[n]().rewind_other for n in STRATEGY_OPTIONS}
+    declared = {n: STRATEGY_OPTIONS[n](name=n).rewind_other for n in STRATEGY_OPTIONS}
     in_conf = {n: yaml.safe_load((conf / f"{n}.yaml").read_text())["rewind_other"] for n in STRATEGY_OPTIONS}
     assert declared == in_conf
     assert {declared[n] for n in ("mask0", "mask1", "gradual", "standard")} == {False}

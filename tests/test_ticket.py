@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from tests.cli import compose_config, env
 
 from phicenter import data, export, models, ticket
+from phicenter.config import settings
 from phicenter.engine import build
 from phicenter.engine.rundir import checkpoint_path
 from phicenter.method import polarity, pruning
@@ -93,7 +94,7 @@ def split_of(folder: Path):
     """The run's test split as its test pass saw it: normalised, in its evaluation batches."""
     cfg = OmegaConf.create(json.loads((folder / "results.json").read_text())["config"])
     splits = build.load_data(cfg)
-    return cfg, splits, list(data.loaders(cfg, splits, int(cfg.batch_size), int(cfg.seed))[2])
+    return cfg, splits, list(data.loaders(settings(cfg), splits, int(cfg.batch_size), int(cfg.seed))[2])
 
 
 def checkpoint_net(folder: Path, r: int):

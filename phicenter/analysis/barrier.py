@@ -143,6 +143,7 @@ def measure(
     from omegaconf import OmegaConf
 
     from phicenter import data
+    from phicenter.config import settings
     from phicenter.engine import build
 
     cfg = OmegaConf.create(a.config)
@@ -155,7 +156,7 @@ def measure(
     net = build.build_model(cfg, splits).to(device)
     if len(getattr(splits, f"y_{split}")) == 0:
         raise BadInput(f"the run has no {split} split")
-    eval_b, train_b = path_batches(cfg, splits, split, device)
+    eval_b, train_b = path_batches(settings(cfg), splits, split, device)
     state = lambda s: {k: v.to(device) for k, v in s.state.items()}
     path = linear_path(net, state(a), state(b), grid(n_alphas), eval_b, train_b, bn_count)
     return {

@@ -132,7 +132,6 @@ def bench_data(sizes, args, device) -> dict:
 
 def bench_prune(loop: dict, sizes, args, device) -> dict:
     """IMP.advance for each strategy, against a round of the experiment's length at the measured speed."""
-    from phicenter.config import validate
     from phicenter.engine import build
 
     out = {}
@@ -147,7 +146,7 @@ def bench_prune(loop: dict, sizes, args, device) -> dict:
         for s in strategies:
             cfg = compose([f"experiment={case.experiment}", f"strategy={s}"])
             net = build.build_model(cfg, case.splits).to(device)
-            imp = build.build_imp(cfg, net, validate(cfg))
+            imp = build.build_imp(cfg, net)
             ts = []
             for r in range(1, sizes["repeats"] + 1):
                 with torch.no_grad():  # stand-in for training: move every weight a little

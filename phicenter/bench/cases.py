@@ -120,10 +120,9 @@ class Case:
         workdir: Path | None = None,
         compile: bool = False,
     ):
-        from omegaconf import OmegaConf
 
         from phicenter import data
-        from phicenter.config import validate
+        from phicenter.config import settings
         from phicenter.engine import build, records
         from phicenter.engine.module import CohortModule
 
@@ -132,22 +131,22 @@ class Case:
             experiment, n_train, data_dir, device, precision, compile
         )
         self.experiment, self.device = experiment, torch.device(device)
-        v = validate(self.cfg)
+        s = self.s = settings(self.cfg)
         splits = build.load_data(self.cfg)
         if len(splits.y_train) > n_train:  # real data: the first n_train images of the train split
             splits.x_train, splits.y_train = splits.x_train[:n_train], splits.y_train[:n_train]
         self.splits, self.n = splits, len(splits.y_train)
-        self.batch_size, self.seed = v["batch_size"], v["seed"]
-        self.net = build.build_model(self.cfg, splits)
-        self.imp = build.build_imp(self.cfg, self.net, v)
+        self.batch_size, self.seed = s.batch_size, s.seed
+        self.net = build.build_model(s, splits)
+        self.imp = build.build_imp(s, self.net)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phicenter-bench-"))
         self.module = CohortModule(
             [self.net],
-            OmegaConf.to_container(self.cfg.optim, resolve=True),
-            OmegaConf.to_container(self.cfg.schedule, resolve=True),
+            s.optim,
+            s.schedule,
             recorders=[records.Recorder(self.workdir / experiment)],
         )
-        self.train_b, _, _ = data.loaders(self.cfg, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
+        self.train_b, _, _ = data.loaders(s, splits, self.batch_size, self.seed, group=data.STEPS_PER_CALL)
         self.train_b.to(self.device)
         self.module.train_batches = self.train_b
         # The plain loop's data: the same images, normalised once, resident on the same device.
@@ -169,7 +168,7 @@ class Case:
         clock = _Clock(self.sync)
         cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
         self.last_checkpoint_s = 0.0  # the round loop's epoch checkpoint, timed
-        saver = callbacks.EpochCheckpoint(self.workdir / "ckpt", int(self.cfg.checkpoint.get("every_n_epochs", 1) or 1))
+        saver = callbacks.EpochCheckpoint(self.workdir / "ckpt", self.s.checkpoint.every_n_epochs)
         save = saver.on_train_epoch_end
 
         def timed_save(trainer, module):
@@ -181,7 +180,7 @@ class Case:
         cbs.append(saver)
         trainer = build.make_trainer(self.cfg, cbs, 1)
         self.module.start_round(self.epoch, 1)  # a fresh data order each time
-        self.module.prepare(trainer.strategy.root_device, compile=bool(self.cfg.get("compile", False)))
+        self.module.prepare(trainer.strategy.root_device, compile=self.s.compile)
         trainer.fit(self.module, train_dataloaders=self.train_b)
         self.epoch += 1
         self.checkpoint_s.append(self.last_checkpoint_s)
@@ -190,13 +189,12 @@ class Case:
     def plain_epoch(self) -> float:
         """The minimal hand-written loop: permutation, index, forward, loss, backward, the masks' two passes,
         step."""
-        from omegaconf import OmegaConf
 
         from phicenter.engine.module import optimizer_kwargs
         from phicenter.method.pruning import reapply_masks, zero_dead_grads
 
         params = list(self.net.to(self.device).parameters())
-        cls, kwargs = optimizer_kwargs(params, OmegaConf.to_container(self.cfg.optim, resolve=True))
+        cls, kwargs = optimizer_kwargs(params, self.s.optim)
         opt = cls(params, **kwargs)
         net, bs, n = self.net.to(self.device).train(), self.batch_size, self.n
         self.sync()

@@ -58,18 +58,17 @@ class _Side:
     trained by CohortModule one epoch at a time."""
 
     def __init__(self, cfg, splits, masked: bool):
-        from omegaconf import OmegaConf
 
         from phicenter import data
-        from phicenter.config import validate
+        from phicenter.config import settings
         from phicenter.engine import build
         from phicenter.engine.module import CohortModule
         from phicenter.method import pruning
 
-        v = validate(cfg)
-        self.cfg, self.net, self.sparsity = cfg, build.build_model(cfg, splits), 0.0
+        s = settings(cfg)
+        self.cfg, self.net, self.sparsity = s, build.build_model(s, splits), 0.0
         if masked:
-            imp = build.build_imp(cfg, self.net, v)
+            imp = build.build_imp(s, self.net)
             with torch.no_grad():  # stand-in for round 0's training: every weight moved a little
                 g = torch.Generator().manual_seed(0)
                 for p in self.net.parameters():
@@ -78,10 +77,10 @@ class _Side:
             self.sparsity = pruning.sparsity(imp.layers)[0]
         self.module = CohortModule(
             [self.net],
-            OmegaConf.to_container(cfg.optim, resolve=True),
-            OmegaConf.to_container(cfg.schedule, resolve=True),
+            s.optim,
+            s.schedule,
         )
-        self.batches = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)[0]
+        self.batches = data.loaders(s, splits, s.batch_size, s.seed, group=data.STEPS_PER_CALL)[0]
         self.module.train_batches = self.batches
         self.epoch = 0
         self.cpu_ms: list[float] = []

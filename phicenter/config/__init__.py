@@ -21,7 +21,7 @@ from phicenter.config.keys import (
     is_execution_key,
     shapes_training,
 )
-from phicenter.spec import ConfigError
+from phicenter.spec import ConfigError, typed
 
 __all__ = [
     "ConfigError",
@@ -39,8 +39,8 @@ __all__ = [
     "is_execution_key",
     "recorded_config",
     "resolved",
+    "settings",
     "shapes_training",
-    "validate",
 ]
 
 
@@ -60,20 +60,13 @@ def check(cfg) -> dict:
     return schema.check_tree(resolved(cfg))
 
 
-def validate(cfg) -> dict:
-    """The whole config checked (`check`); returns the normalised values of the keys the round loop reads."""
-    c = check(cfg)
-    prune = c.get("prune", {})
-    return {
-        "phi": c.get("phi", 0.0),
-        "seed": c.get("seed", 0),
-        "epochs": c.get("epochs", 10),
-        "batch_size": c.get("batch_size", 60),
-        "iterations": prune.get("iterations", 10),
-        "base": prune.get("base", 0.8),
-        "output_base": prune.get("output_base"),
-        "conv_base": prune.get("conv_base"),
-    }
+def settings(cfg) -> schema.Config:
+    """The whole config checked (`check`) and typed: one frozen schema.Config, every group a dataclass read as
+    attributes (`s.prune.base`, `s.strategy.name`), every key not given at its declared default. The code below
+    this check reads these values and holds no default or check of its own. A Config is returned as it is."""
+    if isinstance(cfg, schema.Config):
+        return cfg
+    return typed(schema.Config, check(cfg))
 
 
 def check_launch(cfg, previous: dict | None, run_dir) -> None:
@@ -86,10 +79,10 @@ def check_launch(cfg, previous: dict | None, run_dir) -> None:
         check(cfg)
         check_installed(selected(cfg))
         return
-    v = validate(cfg)
+    s = settings(cfg)
     check_installed(selected(cfg))
-    if cfg.get("resume", True):
-        check_same_run(previous, recorded_config(cfg, v["phi"]), run_dir)
+    if s.resume:
+        check_same_run(previous, recorded_config(cfg, s.phi), run_dir)
 
 
 _ABSENT = object()
@@ -127,7 +120,7 @@ def recorded_config(cfg, phi: float | None = None) -> dict:
     from omegaconf import OmegaConf
 
     out = OmegaConf.to_container(cfg, resolve=True)
-    out["phi"] = validate(cfg)["phi"] if phi is None else phi
+    out["phi"] = settings(cfg).phi if phi is None else phi
     return out
 
 

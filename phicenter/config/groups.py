@@ -18,6 +18,7 @@ Init = Literal["torch_default", "kaiming_normal", "glorot_normal"]
 
 @frozen
 class ModelOptions:
+    name: str  # model=NAME: the name that picked these options
     init: Init = "torch_default"  # Conv/Linear weights' init distribution (a pretrained model: its new head)
 
 
@@ -65,6 +66,7 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
 
 @frozen
 class DatasetOptions:
+    name: str  # dataset=NAME: the name that picked these options
     val_size: NonNegInt = 5000  # held out of train (unless the dataset brings a validation split)
     split_seed: NonNegInt = 0
     augment: bool = False  # random crop (4-pixel padding) + horizontal flip
@@ -116,6 +118,7 @@ Beta = Annotated[float, Range("[0, 1)")]
 
 @frozen
 class AdamFamily:
+    name: str  # optim=NAME: the name that picked these options
     lr: NonNegative = 1e-3
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: NonNegative = 1e-8
@@ -140,6 +143,7 @@ class AdamWOptions(AdamFamily):
 
 @frozen
 class SGDOptions:
+    name: str  # optim=NAME: the name that picked these options
     lr: NonNegative = 1e-3
     momentum: NonNegative = 0.0
     dampening: float = 0.0
@@ -158,11 +162,12 @@ OPTIMIZERS: dict[str, type] = {"adam": AdamOptions, "adamw": AdamWOptions, "sgd"
 
 @frozen
 class NoOptions:
-    pass
+    name: str  # schedule=NAME: the name that picked these options
 
 
 @frozen
 class MultiStepOptions:
+    name: str  # schedule=NAME: the name that picked these options
     at: tuple[Unit, ...] = (0.5, 0.75)  # milestones, as fractions of the round's epochs
     gamma: Positive = 0.1
 

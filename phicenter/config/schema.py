@@ -18,12 +18,11 @@ from typing import Annotated, Literal
 
 from phicenter.config.groups import DATASET_OPTIONS, MODEL_OPTIONS, OPTIMIZERS, SCHEDULES
 from phicenter.io import parse_fault
-from phicenter.method.options import STRATEGY_OPTIONS
+from phicenter.method.options import STRATEGY_OPTIONS, PhiScale, Prune, Reinit
 from phicenter.spec import (
     ByName,
     ConfigError,
     NonNegInt,
-    OpenUnit,
     PosInt,
     Positive,
     Range,
@@ -58,16 +57,6 @@ Precision = Literal[
 
 
 @frozen
-class Prune:
-    iterations: NonNegInt = 10  # rounds after the dense round 0
-    base: OpenUnit = 0.8  # each round keeps `base` of the surviving weights
-    scope: Literal["layer", "global"] = "layer"
-    output_base: Annotated[float, Range("(0, 1]")] | None = None  # 1: the output layer is never pruned
-    conv_base: Annotated[float, Range("(0, 1]")] | None = None  # convolutions' own base; null: base
-    method: Literal["magnitude", "structured"] = "magnitude"
-
-
-@frozen
 class Rewind:
     """At most one non-zero; rounds >= 1 train from the rewind point to the end of round 0's schedule."""
 
@@ -76,20 +65,16 @@ class Rewind:
 
 
 @frozen
-class Reinit:
-    magnitude: Literal["init_std", "init_abs_mean"] | Positive = "init_std"
-
-
-@frozen
 class Trainer:
     """Lightning's Trainer arguments."""
 
-    PASS_THROUGH = True  # undeclared keys (+trainer.X=...) go to the Trainer unchecked
+    PASS_THROUGH = "extra"  # undeclared keys (+trainer.X=...) go to the Trainer unchecked, gathered in `extra`
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: PosInt | Literal["auto"] | list[NonNegInt] = "auto"
     precision: Precision = "32-true"
     deterministic: bool | None = None  # null: on for CPU runs, off on GPU
     enable_progress_bar: bool | None = None  # null: a live bar when stdout is a terminal, else a line per epoch
+    extra: dict = field(default_factory=dict)  # the undeclared keys, as given
 
 
 @frozen
@@ -214,11 +199,11 @@ class Config:
     """The top level of conf/config.yaml (with the groups the defaults list picks)."""
 
     phi: float = 0.0  # a list of numbers with pack=true
-    phi_scale: Literal["absolute", "layer_std"] = "absolute"
+    phi_scale: PhiScale = "absolute"
     seed: NonNegInt = 0
     epochs: PosInt = 10
     batch_size: PosInt = 60
-    eval_batch_size: PosInt | None = 1000
+    eval_batch_size: PosInt = 1000  # validation and test batches (never below batch_size)
     data_dir: str = "./data"
     threads: PosInt | None = None
     compile: bool = False

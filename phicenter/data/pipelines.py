@@ -50,41 +50,40 @@ def make_loaders(
 STEPS_PER_CALL = 16  # optimizer steps per Lightning training_step call (group) in the round loop
 
 
-def eval_batch_size(cfg, batch_size: int) -> int:
-    """The batch of validation and test: eval_batch_size (default 1000), never below the training batch."""
-    return max(int(batch_size), int(cfg.get("eval_batch_size") or 1000))
+def eval_batch_size(s, batch_size: int) -> int:
+    """The batch of validation and test: eval_batch_size, never below the training batch."""
+    return max(batch_size, s.eval_batch_size)
 
 
-def loaders(cfg, splits: Splits, batch_size: int, seed: int, group: int = 1):
-    """make_loaders for a run's config: dataset.pipeline (fast|torchvision), dataset.augment,
-    dataset.num_workers (torchvision only), eval_batch_size; train grouped by `group`."""
-    ds = cfg.dataset
+def loaders(s, splits: Splits, batch_size: int, seed: int, group: int = 1):
+    """make_loaders for a run's settings (phicenter.config.settings): dataset.pipeline (fast|torchvision),
+    dataset.augment, dataset.num_workers (torchvision only), eval_batch_size; train grouped by `group`."""
     return make_loaders(
         splits,
         batch_size,
         seed=seed,
-        augment=bool(ds.get("augment", False)),
-        eval_batch_size=eval_batch_size(cfg, batch_size),
-        pipeline=str(ds.get("pipeline", "fast")),
-        num_workers=int(ds.get("num_workers") or 0),
+        augment=s.dataset.augment,
+        eval_batch_size=eval_batch_size(s, batch_size),
+        pipeline=s.dataset.pipeline,
+        num_workers=s.dataset.num_workers,
         group=group,
     )
 
 
-def path_batches(cfg, splits, split: str = "test", device="cpu"):
+def path_batches(s, splits, split: str = "test", device="cpu"):
     """For the error on a linear path (method.linear_path): the batches the error is measured on (the split,
     in batches of `eval_batch_size`) and the training batches BatchNorm statistics are recomputed on (batches of
     batch_size, in an order seeded by the run's seed, not augmented, normalised as in training)."""
     x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
-    eval_bs = eval_batch_size(cfg, int(cfg.get("batch_size") or 60))
+    eval_bs = eval_batch_size(s, s.batch_size)
     eval_b = Batches(x, y, splits.mean, splits.std, eval_bs).to(device)
     train_b = Batches(
         splits.x_train,
         splits.y_train,
         splits.mean,
         splits.std,
-        int(cfg.batch_size),
+        s.batch_size,
         shuffle=True,
-        seed=int(cfg.get("seed") or 0),
+        seed=s.seed,
     ).to(device)
     return eval_b, train_b

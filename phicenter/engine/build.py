@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from phicenter import data, models
-from phicenter.config import ConfigError
+from phicenter.config import ConfigError, settings
 from phicenter.method import strategies
 from phicenter.method.imp import IMP, IMPConfig
 
@@ -26,60 +26,64 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
 
 
-def _options(node, drop=("name",)) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+def options(group, drop=("name",)) -> dict:
+    """A typed group's values as keyword arguments (its name and `drop` left out)."""
+    return {f.name: getattr(group, f.name) for f in dataclasses.fields(group) if f.name not in drop}
 
 
-def load_data(cfg: DictConfig) -> data.Splits:
-    return data.load(cfg.dataset.name, cfg.data_dir, **_options(cfg.dataset))
+def load_data(cfg) -> data.Splits:
+    s = settings(cfg)
+    return data.load(s.dataset.name, s.data_dir, **options(s.dataset))
 
 
-def build_model(cfg: DictConfig, splits: data.Splits, seed: int | None = None):
+def build_model(cfg, splits: data.Splits, seed: int | None = None):
     """The run's net at theta0; with `seed`, the same architecture and init scheme drawn from that seed."""
+    s = settings(cfg)
     return models.build(
-        cfg.model.name,
+        s.model.name,
         splits.input_shape,
         splits.num_classes,
-        init=cfg.model.init,
-        seed=cfg.seed if seed is None else seed,
-        **_options(cfg.model, ("name", "init")),
+        init=s.model.init,
+        seed=s.seed if seed is None else seed,
+        **options(s.model, ("name", "init")),
     )
 
 
-def build_strategy(cfg: DictConfig):
-    return strategies.build(cfg.strategy.name, **{k: v for k, v in _options(cfg.strategy).items() if v is not None})
+def build_strategy(cfg):
+    s = settings(cfg)
+    return strategies.STRATEGIES[s.strategy.name](s.strategy)
 
 
-def build_imp(cfg: DictConfig, net, v: dict) -> IMP:
+def build_imp(cfg, net) -> IMP:
     """The method state of one run; a setting the method refuses (a constant of 0, say) is a ConfigError."""
-    mag = cfg.reinit.magnitude
+    s = settings(cfg)
     imp_cfg = IMPConfig(
-        phi=v["phi"],
-        phi_scale=cfg.phi_scale,
-        base=v["base"],
-        output_base=v["output_base"],
-        conv_base=v["conv_base"],
-        scope=cfg.prune.scope,
-        method=cfg.prune.get("method", "magnitude"),
-        magnitude=mag if isinstance(mag, str) else float(mag),
-        seed=v["seed"],
+        phi=s.phi,
+        phi_scale=s.phi_scale,
+        base=s.prune.base,
+        output_base=s.prune.output_base,
+        conv_base=s.prune.conv_base,
+        scope=s.prune.scope,
+        method=s.prune.method,
+        magnitude=s.reinit.magnitude,
+        seed=s.seed,
     )
 
     def fresh(name, like, g):
-        return models.init_weight_(torch.empty(like.shape), cfg.model.init, g)
+        return models.init_weight_(torch.empty(like.shape), s.model.init, g)
 
     try:
-        return IMP(net, build_strategy(cfg), imp_cfg, fresh_init=fresh)
+        return IMP(net, build_strategy(s), imp_cfg, fresh_init=fresh)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
 def deterministic(cfg) -> bool:
     """trainer.deterministic, or by default: on for CPU runs (bit-for-bit resume and pairing), off on GPU."""
-    d = cfg.trainer.get("deterministic")
-    if d is not None:
-        return bool(d)
-    return not (cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available())
+    t = settings(cfg).trainer
+    if t.deterministic is not None:
+        return t.deterministic
+    return not (t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available())
 
 
 def cheap_device_probe() -> None:
@@ -92,7 +96,7 @@ def cheap_device_probe() -> None:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
-def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False) -> pl.Trainer:
+def make_trainer(cfg, callbacks, epochs: int, progress: bool = False) -> pl.Trainer:
     """One round's Trainer. Logging is the engine's own (engine.records), one event file per variant. With
     `progress`, the run's per-epoch progress (engine.progress): a live bar, or one log line per epoch."""
     from phicenter.engine import progress as shown
@@ -100,12 +104,13 @@ def make_trainer(cfg: DictConfig, callbacks, epochs: int, progress: bool = False
     cheap_device_probe()
     quiet_lightning()
 
-    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kw["deterministic"] = deterministic(cfg)
-    setting = kw.pop("enable_progress_bar", None)
+    s = settings(cfg)
+    kw = {**options(s.trainer, ("extra", "enable_progress_bar")), **s.trainer.extra}
+    kw["deterministic"] = deterministic(s)
+    setting = s.trainer.enable_progress_bar
     kw["enable_progress_bar"] = bool(progress) and shown.wants_bar(setting)
     if progress:
-        last = 0 if cfg.get("dry_run") else int(cfg.prune.iterations)
+        last = 0 if s.dry_run else s.prune.iterations
         callbacks = [*callbacks, shown.callback(setting, last)]
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "plugins" not in kw:
         # submitit requeues preempted/timed-out jobs; Lightning must not requeue them a second time
@@ -128,13 +133,12 @@ def arm_write_fault(cfg) -> None:
     every one after it) of a file whose path contains MATCH fails with ERRNO (phicenter.io.inject)."""
     from phicenter import io
 
-    spec = (cfg.get("fault") or {}).get("write")
+    spec = settings(cfg).fault.write
     if spec is not None:
         io.inject(spec)
 
 
 def fault_point(cfg, round_index: int) -> None:
     """For testing failure handling (`fault.fail_round=K`): raise at the start of round K."""
-    fault = cfg.get("fault") or {}
-    if fault.get("fail_round") is not None and int(fault["fail_round"]) == round_index:
+    if settings(cfg).fault.fail_round == round_index:
         raise RuntimeError(f"injected fault at round {round_index} (fault.fail_round)")

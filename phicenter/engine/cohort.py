@@ -5,12 +5,13 @@ one of K > 1, each variant in its own folder named like a multirun job (`phi=0.0
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from phicenter.config import PACK_KEYS, ConfigError, validate
+from phicenter.config import PACK_KEYS, ConfigError, schema, settings
 
 log = logging.getLogger("phicenter")
 
@@ -25,6 +26,11 @@ class Variant:
 
     name: str
     cfg: DictConfig
+
+    @functools.cached_property
+    def settings(self) -> schema.Config:
+        """Its config checked and typed (phicenter.config.settings)."""
+        return settings(self.cfg)
 
 
 def variant_name(phi, strategy: str) -> str:
@@ -105,15 +111,16 @@ def single(cfg: DictConfig) -> list[Variant]:
     return [Variant("", cfg)]
 
 
-def check_variants(variants: list[Variant]) -> list[dict]:
-    """One clear error when the variants cannot share a cohort; returns their validated key values."""
+def check_variants(variants: list[Variant]) -> None:
+    """One clear error when the variants cannot share a cohort (each variant's settings checked)."""
     if not variants:
         raise ConfigError("pack: no variants")
     names = [v.name for v in variants]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"pack: variants given twice: {', '.join(dup)}")
-    vals = [validate(v.cfg) for v in variants]
+    for v in variants:
+        v.settings  # noqa: B018 (checks the variant's config)
 
     def shared(c):
         d = OmegaConf.to_container(c, resolve=True)
@@ -129,10 +136,9 @@ def check_variants(variants: list[Variant]) -> list[dict]:
                 f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
                 "only phi and strategy may vary within a pack"
             )
-    precision = str(variants[0].cfg.trainer.get("precision", "32-true"))
+    precision = str(variants[0].settings.trainer.precision)
     if len(variants) > 1 and precision in ("16-mixed", "16"):
         raise ConfigError(
             f"pack=true cannot train with trainer.precision={precision}: one loss scale for the "
             "cohort would skip every variant's step when one overflows; use bf16-mixed or 32-true"
         )
-    return vals

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from phicenter import data
+from phicenter.config import settings
 from phicenter.engine import build
 from phicenter.engine.callbacks import EpochCheckpoint
 from phicenter.engine.module import CohortModule, Diverged
@@ -34,21 +34,10 @@ log = logging.getLogger("phicenter")
 TB_TAG = "instability_epoch"
 
 
-def setting(cfg) -> dict:
-    """The `instability` node of a config, as plain values."""
-    node = cfg.get("instability") or {}
-    return {
-        "enabled": bool(node.get("enabled", False)),
-        "data_seed": node.get("data_seed"),
-        "points": int(node.get("points") or 11),
-        "from_round": int(node.get("from_round") or 0),
-    }
-
-
 def data_seed(cfg) -> int:
     """instability.data_seed, or by default seed + 1."""
-    s = setting(cfg)["data_seed"]
-    return int(cfg.seed) + 1 if s is None else int(s)
+    s = settings(cfg)
+    return s.seed + 1 if s.instability.data_seed is None else s.instability.data_seed
 
 
 def copy_key(round_key: str, seed: int) -> str:
@@ -96,13 +85,14 @@ class Instability:
     `epochs_dir(job_dir, members, r)`: where the round loop keeps a round's epoch checkpoints; each copy keeps its
     own beside them, until the round is recorded, so a run killed in a copy's fit resumes that fit."""
 
-    def __init__(self, cfg, v: dict, splits, loaders, plan: Plan, device, impl: str, reuse, job_dir: Path, epochs_dir):
-        s = setting(cfg)
-        self.on = s["enabled"] and not cfg.get("dry_run")
-        self.cfg, self.v, self.splits, self.plan, self.device, self.impl = cfg, v, splits, plan, device, impl
+    def __init__(self, cfg, splits, loaders, plan: Plan, device, impl: str, reuse, job_dir: Path, epochs_dir):
+        s = settings(cfg)
+        self.on = s.instability.enabled and not s.dry_run
+        self.s, self.splits, self.plan, self.device, self.impl = s, splits, plan, device, impl
         self.eval_batches = loaders[1:]  # the round's validation and test batches: the copy scores on them too
         self.reuse, self.job_dir, self.epochs_dir = reuse, Path(job_dir), epochs_dir
-        self.seed, self.points, self.first = (data_seed(cfg) if self.on else None), s["points"], s["from_round"]
+        self.seed = data_seed(s) if self.on else None
+        self.points, self.first = s.instability.points, s.instability.from_round
         self._batches = self._scratch = None
 
     def measured(self, r: int) -> bool:
@@ -151,7 +141,7 @@ class Instability:
             }
             if c.reused_from is not None and m.recorder is not None:
                 for row in c.history:
-                    m.recorder.epoch(row, step=r * self.v["epochs"] + row["epoch"], tag=TB_TAG)
+                    m.recorder.epoch(row, step=r * self.s.epochs + row["epoch"], tag=TB_TAG)
         log.info(
             "round %d instability (data seed %d)  %s",
             r,
@@ -191,8 +181,8 @@ class Instability:
         if entry is not None:
             return Copy(entry.model, [dict(row) for row in entry.history], tuple(entry.test), entry.first_run)
         t0 = time.perf_counter()
-        cfg, epochs = self.cfg, self.v["epochs"]
-        net = build.build_model(cfg, self.splits)
+        s = self.s
+        net = build.build_model(s, self.splits)
         pruning.attach_masks(net)
         net.load_state_dict(start)
         plan = (
@@ -200,29 +190,29 @@ class Instability:
             if r == 0 and self.plan.step
             else self.plan
         )
-        train_b = data.loaders(cfg, self.splits, self.v["batch_size"], self.seed, group=data.STEPS_PER_CALL)[0]
+        train_b = data.loaders(s, self.splits, s.batch_size, self.seed, group=data.STEPS_PER_CALL)[0]
         val_b, test_b = self.eval_batches
-        saver = EpochCheckpoint(self._folder(m, r), cfg.checkpoint.get("every_n_epochs", 1))
-        resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+        saver = EpochCheckpoint(self._folder(m, r), s.checkpoint.every_n_epochs)
+        resume_from = saver.resumable(log.warning) if s.resume else None
         if resume_from:
             log.info("resuming the instability copy of round %d from %s", r, resume_from)
         torch.manual_seed(seeding.derive(self.seed, "round", r))  # as a run of the data seed's round r
         module = CohortModule(
             [net],
-            OmegaConf.to_container(cfg.optim, resolve=True),
-            OmegaConf.to_container(cfg.schedule, resolve=True),
+            s.optim,
+            s.schedule,
             impl=self.impl,
             device=self.device,
             recorders=[None if m.recorder is None else Tagged(m.recorder)],
             aws=AWSTraining.of([m], [net], seed=self.seed),
         )
         module.phase = "instability"
-        module.start_round(r, epochs, plan)
+        module.start_round(r, s.epochs, plan)
         module.train_batches = train_b
         for b in (train_b, val_b, test_b):
             b.to(self.device)
-        module.prepare(self.device, compile=bool(cfg.get("compile", False)))
-        trainer = build.make_trainer(cfg, [saver], plan.fit_epochs(r), progress=True)
+        module.prepare(self.device, compile=s.compile)
+        trainer = build.make_trainer(s, [saver], plan.fit_epochs(r), progress=True)
         diverged = None
         try:
             trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
@@ -243,8 +233,8 @@ class Instability:
         """The test error on the linear path from the round's trained network to its copy (analysis.barrier:
         effective weights, BatchNorm statistics recomputed at every alpha)."""
         if self._batches is None:
-            self._batches = data.path_batches(self.cfg, self.splits, "test", self.device)
-            self._scratch = build.build_model(self.cfg, self.splits).to(self.device)
+            self._batches = data.path_batches(self.s, self.splits, "test", self.device)
+            self._scratch = build.build_model(self.s, self.splits).to(self.device)
         eval_b, train_b = self._batches
         on = lambda s: {k: t.to(self.device) for k, t in linear_path.effective_state(s).items()}
         return linear_path.linear_path(

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from phicenter import data, loggers
 from phicenter.config import hparams, recorded_config
@@ -55,35 +55,35 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
     Returns {name: results dict}. Complete variants are skipped; the others resume from their last completed
     epoch. Raises CohortFailed, after every variant has been tried, when some failed."""
     job_dir, t_start = Path(job_dir), time.perf_counter()
-    vals = check_variants(variants)
-    cfg0 = variants[0].cfg
-    build.arm_write_fault(cfg0)
+    check_variants(variants)
+    s0 = variants[0].settings
+    build.arm_write_fault(s0)
     if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
         from phicenter.config import ConfigError
 
         raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
     done, pending = {}, []
     for i, var in enumerate(variants):  # before any work: every folder must hold its own configuration
-        folder, resume = RunFolder(job_dir / var.name), var.cfg.get("resume", True)
+        folder, resume = RunFolder(job_dir / var.name), var.settings.resume
         prev = folder.read()
         if resume:
-            folder.check_same_run(recorded_config(var.cfg, vals[i]["phi"]))
+            folder.check_same_run(recorded_config(var.cfg, var.settings.phi))
         if resume and prev and prev.get("status") == "complete":
             log.info("run in %s is already complete; nothing to do", folder.path)
             done[var.name] = prev
         else:
             pending.append(i)
-    if cfg0.get("threads"):
-        torch.set_num_threads(int(cfg0.threads))
+    if s0.threads:
+        torch.set_num_threads(s0.threads)
     if pending:
-        splits = build.load_data(cfg0)
-        if rewinding.active(cfg0):  # the rewind point must lie inside round 0: checked before any work
-            rewinding.plan(cfg0, vals[0], splits, build.make_trainer(cfg0, [], 1).world_size)
-        if cfg0.get("dry_run"):
-            return {variants[pending[0]].name: dry_run(variants, vals, pending, job_dir, splits)}
+        splits = build.load_data(s0)
+        if rewinding.active(s0):  # the rewind point must lie inside round 0: checked before any work
+            rewinding.plan(s0, splits, build.make_trainer(s0, [], 1).world_size)
+        if s0.dry_run:
+            return {variants[pending[0]].name: dry_run(variants, pending, job_dir, splits)}
         size = int(chunk) if chunk else len(pending)
         _train_queue(
-            variants, vals, [pending[i : i + size] for i in range(0, len(pending), size)], job_dir, splits, impl, done
+            variants, [pending[i : i + size] for i in range(0, len(pending), size)], job_dir, splits, impl, done
         )
     statuses = {v.name: (done.get(v.name) or {}).get("status", "missing") for v in variants}
     if len(variants) > 1 and is_writer():
@@ -100,10 +100,10 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
     return {v.name: done[v.name] for v in variants}
 
 
-def _train_queue(variants, vals, queue: list[list[int]], job_dir: Path, splits, impl: str, done: dict) -> None:
+def _train_queue(variants, queue: list[list[int]], job_dir: Path, splits, impl: str, done: dict) -> None:
     while queue:
         group = queue.pop(0)
-        members = {i: open_member(variants[i], vals[i], job_dir, splits, len(variants) > 1) for i in group}
+        members = {i: open_member(variants[i], job_dir, splits, len(variants) > 1) for i in group}
         for i, m in list(members.items()):
             if isinstance(m, dict):  # complete
                 done[variants[i].name] = members.pop(i)
@@ -151,12 +151,12 @@ def epochs_dir(job_dir: Path, cohort: list[Member], r: int) -> Path:
     return job_dir / CKPT_DIR / f"cohort_{hashlib.sha1(names.encode()).hexdigest()[:10]}" / f"round_{r:03d}_epochs"
 
 
-def _module(cohort: list[Member], cfg, impl: str, device) -> CohortModule:
-    nets = [m.net for m in cohort]
+def _module(cohort: list[Member], impl: str, device) -> CohortModule:
+    nets, s = [m.net for m in cohort], cohort[0].settings
     return CohortModule(
         nets,
-        OmegaConf.to_container(cfg.optim, resolve=True),
-        OmegaConf.to_container(cfg.schedule, resolve=True),
+        s.optim,
+        s.schedule,
         impl=impl,
         device=device,
         recorders=[m.recorder for m in cohort],
@@ -170,27 +170,27 @@ def train_cohort(
     """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders. Each
     round: the boundary, the members' round keys, then one representative per distinct key not in the round
     store trains and the others take its result (engine.reuse)."""
-    cfg, v = members[0].variant.cfg, members[0].v
-    epochs = v["epochs"]
-    last_round = v["iterations"] if last_round is None else last_round
-    loaders = data.loaders(cfg, splits, v["batch_size"], v["seed"], group=data.STEPS_PER_CALL)
+    cfg, s = members[0].variant.cfg, members[0].settings
+    epochs = s.epochs
+    last_round = s.prune.iterations if last_round is None else last_round
+    loaders = data.loaders(s, splits, s.batch_size, s.seed, group=data.STEPS_PER_CALL)
     for m in members:
         m.recorder = records.Recorder(
             m.folder.path, enabled=is_writer(), loggers=loggers.selected(cfg), params=hparams(m.resolved)
         )
-    probe = build.make_trainer(cfg, [], epochs)  # the device, and whether this run is one process
+    probe = build.make_trainer(s, [], epochs)  # the device, and whether this run is one process
     device = probe.strategy.root_device
-    plan = rewinding.plan(cfg, v, splits, probe.world_size)
+    plan = rewinding.plan(s, splits, probe.world_size)
     reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
-    copies = Instability(cfg, v, splits, loaders, plan, device, impl, reuse, job_dir, epochs_dir)
+    copies = Instability(cfg, splits, loaders, plan, device, impl, reuse, job_dir, epochs_dir)
     module = None
     for r in range(start, last_round + 1):
         alive = [m for m in members if m.alive]
         if not alive:
             break
         t0 = time.perf_counter()
-        build.fault_point(cfg, r)
-        torch.manual_seed(seeding.derive(v["seed"], "round", r))  # anything random in training: (seed, round)
+        build.fault_point(s, r)
+        torch.manual_seed(seeding.derive(s.seed, "round", r))  # anything random in training: (seed, round)
         cb = PruneReinit([m.imp for m in alive], r)
         cb.apply()
         trained, sources = reuse.plan(alive, r)
@@ -207,7 +207,7 @@ def train_cohort(
             _clear_epochs(epochs_dir(job_dir, trained or alive, r))
         copies.clear(alive, r)
     for m in members:
-        if m.alive and m.record.get("final") is not None and last_round == v["iterations"]:
+        if m.alive and m.record.get("final") is not None and last_round == s.prune.iterations:
             m.record["status"] = "complete"
             m.folder.write(m.record)
             m.recorder.hparams(m.resolved, m.record["final"])
@@ -228,25 +228,25 @@ def _fit_round(
     """One fit of the members that train this round (resumed from its last epoch checkpoint when there is
     one), then its test pass; the module is rebuilt when the members trained change. A late-rewound round
     trains from the rewind point to the end of the schedule (engine.rewinding)."""
-    cfg, epochs = trained[0].variant.cfg, trained[0].v["epochs"]
+    s = trained[0].settings
     train_b, val_b, test_b = loaders
-    saver = EpochCheckpoint(epochs_dir(job_dir, trained, r), cfg.checkpoint.get("every_n_epochs", 1))
-    resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+    saver = EpochCheckpoint(epochs_dir(job_dir, trained, r), s.checkpoint.every_n_epochs)
+    resume_from = saver.resumable(log.warning) if s.resume else None
     if resume_from:
         log.info("resuming round %d from %s", r, resume_from)
     callbacks = [cb, saver]
     if r == 0 and plan.step:
         callbacks.insert(1, RewindPoint([m.imp for m in trained], [m.folder for m in trained], plan.step))
-    trainer = build.make_trainer(cfg, callbacks, plan.fit_epochs(r), progress=True)
+    trainer = build.make_trainer(s, callbacks, plan.fit_epochs(r), progress=True)
     if module is None or module.nets != [m.net for m in trained]:
-        module = _module(trained, cfg, impl, device)
+        module = _module(trained, impl, device)
     else:
         module.gather()  # the boundary changed the members' nets
-    module.start_round(r, epochs, plan)
+    module.start_round(r, s.epochs, plan)
     module.train_batches = train_b
     for b in (train_b, val_b, test_b):
         b.to(device)
-    module.prepare(device, compile=bool(cfg.get("compile", False)))
+    module.prepare(device, compile=s.compile)
     trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
     trainer.test(module, dataloaders=test_b, verbose=False)
     module.scatter()
@@ -276,7 +276,7 @@ def _finish_round(
     this round (None: every variant took its round from the store); `moved`: the transfer records of the
     variants that transfer (engine.transfer.stage_two), by index; `measured`: the instability records
     (engine.instability), by index."""
-    cfg, epochs = alive[0].variant.cfg, alive[0].v["epochs"]
+    s = alive[0].settings
     packed = len(alive) > 1 or "packed" in alive[0].record
     for i, (m, out) in enumerate(zip(alive, outcomes)):
         if out.diverged is not None:
@@ -298,7 +298,7 @@ def _finish_round(
         if measured and i in measured:
             entry["instability"] = measured[i]
         m.rounds.append(entry)
-        m.recorder.round(entry, step=(r + 1) * epochs - 1)
+        m.recorder.round(entry, step=(r + 1) * s.epochs - 1)
         m.record.update(final=entry, device=device)
         if packed:
             m.record["packed"] = {
@@ -306,7 +306,7 @@ def _finish_round(
                 "impl": impl or (m.record.get("packed") or {}).get("impl"),
             }
         m.folder.save_round(
-            r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds}, keep_all=bool(cfg.checkpoint.keep_all)
+            r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds}, keep_all=s.checkpoint.keep_all
         )
         m.folder.write(m.record)
     _log_round(alive, outcomes, r, seconds)
@@ -318,7 +318,7 @@ def _log_round(alive: list[Member], outcomes: list, r: int, seconds: float) -> N
     log.info(
         "round %d/%d  %s(%.1fs%s)",
         r,
-        alive[0].v["iterations"],
+        alive[0].settings.prune.iterations,
         "  ".join(
             f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f} "
             f"(effective {m.record['final']['effective_sparsity']:.3f})  "
@@ -331,24 +331,23 @@ def _log_round(alive: list[Member], outcomes: list, r: int, seconds: float) -> N
     )
 
 
-def dry_run(variants: list[Variant], vals: list[dict], pending: list[int], job_dir: Path, splits) -> dict:
+def dry_run(variants: list[Variant], pending: list[int], job_dir: Path, splits) -> dict:
     """`dry_run=phi`: round 0 is the same for every variant of a cohort, so it is trained once (the first
     variant); then, for each (strategy, phi), count the survivors phi would re-sign at round 1. The grid is
     dry_run_grid, else the cohort's own phi x strategy (K > 1), else the paper's."""
     from phicenter.method import dryrun
 
-    first = open_member(variants[pending[0]], vals[pending[0]], job_dir, splits, len(variants) > 1)
+    first = open_member(variants[pending[0]], job_dir, splits, len(variants) > 1)
     if isinstance(first, dict):  # complete: its trained round 0 is in its round checkpoints
         raise RuntimeError(f"dry_run=phi needs a folder whose run has not completed; {job_dir} has")
     if first.start == 0:
         train_cohort([first], 0, splits, job_dir, last_round=0)
         close_members([first])
-    cfg = variants[0].cfg
-    grid = cfg.get("dry_run_grid") or {}
+    grid = variants[0].settings.dry_run_grid
     own = len(variants) > 1
-    phis = grid.get("phis") or (sorted({v["phi"] for v in vals}) if own else dryrun.PAPER_PHIS)
-    names = grid.get("strategies") or (
-        list(dict.fromkeys(str(x.cfg.strategy.name) for x in variants)) if own else dryrun.PAPER_STRATEGIES
+    phis = grid.phis or (sorted({v.settings.phi for v in variants}) if own else dryrun.PAPER_PHIS)
+    names = grid.strategies or (
+        list(dict.fromkeys(x.settings.strategy.name for x in variants)) if own else dryrun.PAPER_STRATEGIES
     )
     rows = dryrun.phi_table(first.imp, phis=phis, strategy_names=names)
     print(dryrun.format_table(rows), flush=True)

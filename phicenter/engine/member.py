@@ -25,7 +25,6 @@ class Member:
     """One variant while it trains: what a run keeps between rounds."""
 
     variant: Variant
-    v: dict
     folder: RunFolder
     net: torch.nn.Module
     imp: object
@@ -35,6 +34,11 @@ class Member:
     recorder: records.Recorder | None = None
     alive: bool = True
     extra: dict = field(default_factory=dict)
+
+    @property
+    def settings(self):
+        """The variant's typed settings (phicenter.config.settings)."""
+        return self.variant.settings
 
     @property
     def rounds(self) -> list:
@@ -69,17 +73,17 @@ def is_oom(e: BaseException) -> bool:
     )
 
 
-def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
+def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
     """A variant ready to train: a finished run is returned as its results dict; else a Member, resumed from
     its folder's last round checkpoint when there is one."""
-    cfg, folder = variant.cfg, RunFolder(job_dir / variant.name)
-    resume = cfg.get("resume", True)
+    cfg, s, folder = variant.cfg, variant.settings, RunFolder(job_dir / variant.name)
+    resume = s.resume
     prev = folder.read()
     if resume and prev and prev.get("status") == "complete":
         return prev
-    net = build.build_model(cfg, splits)
-    imp = build.build_imp(cfg, net, v)
-    resolved = recorded_config(cfg, v["phi"])
+    net = build.build_model(s, splits)
+    imp = build.build_imp(s, net)
+    resolved = recorded_config(cfg, s.phi)
     ckpt = folder.latest_round(log=log.warning) if resume else None
     rounds, start = [], 0
     if ckpt is not None:
@@ -91,10 +95,10 @@ def open_member(variant: Variant, v: dict, job_dir: Path, splits, packed: bool):
         if not resume:
             folder.start_over()
         folder.save_theta0(imp.theta0)
-    if resume and rewinding.active(cfg):
+    if resume and rewinding.active(s):
         imp.set_rewind(folder.load_rewind())  # None (theta0) until the run reaches the rewind point
     folder.drop_epochs_before(start)
     record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
     if ckpt is None:  # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
-    return Member(variant, v, folder, net, imp, resolved, record, start)
+    return Member(variant, folder, net, imp, resolved, record, start)

@@ -3,6 +3,7 @@ fit (round). For K = 1 it is the plain net; for K > 1 the variants' tensors stac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -11,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phicenter.config import groups
 from phicenter.engine import distributed
 from phicenter.engine.rewinding import Plan
 from phicenter.engine.stacked import StackedNet, stacked_losses
 from phicenter.method import pruning
+from phicenter.spec import named
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -23,43 +26,39 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def optimizer_kwargs(params, optim: dict) -> tuple[type, dict]:
-    """The torch optimizer class and its keyword arguments. `fused: true` (the default) asks for the fused
-    implementation where the parameters' device has it: one pass over each tensor instead of one per
-    arithmetic op (20-30 % of an fc_lot step on CPU). Same update; float rounding may differ in the last bit
-    on a few elements (fused multiply-adds)."""
-    cfg = dict(optim)
-    name = cfg.pop("name")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    fused = cfg.pop("fused", False)
+def optimizer_kwargs(params, optim) -> tuple[type, dict]:
+    """The torch optimizer class and its keyword arguments, from the typed `optim` options (a mapping is typed
+    by its declaration, config.groups.OPTIMIZERS). `fused: true` asks for the fused implementation where the
+    parameters' device has it: one pass over each tensor instead of one per arithmetic op (20-30 % of an fc_lot
+    step on CPU). Same update; float rounding may differ in the last bit on a few elements (fused
+    multiply-adds)."""
+    o = named(groups.OPTIMIZERS, optim, "optim")
+    kwargs = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name not in ("name", "fused")}
     if (
-        fused
-        and not cfg.get("foreach")
-        and not cfg.get("differentiable")
+        o.fused
+        and not o.foreach
+        and not o.differentiable
         and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     ):
-        cfg["fused"] = True
-    return OPTIMIZERS[name], cfg
+        kwargs["fused"] = True
+    return OPTIMIZERS[o.name], kwargs
 
 
-def make_optimizer(params, optim: dict, schedule: dict | None, epochs: int, first_epoch: int = 0):
+def make_optimizer(params, optim, schedule, epochs: int, first_epoch: int = 0):
     """A fresh optimizer and per-epoch LR schedule (or None) for one round of `epochs` epochs, the schedule
-    at epoch `first_epoch` (a late-rewound round: stepped there as round 0's was, to the same rates)."""
+    at epoch `first_epoch` (a late-rewound round: stepped there as round 0's was, to the same rates).
+    `optim` and `schedule` are typed options or mappings (typed by their declarations); schedule None: none."""
     params = list(params)
     cls, kwargs = optimizer_kwargs(params, optim)
     opt = cls(params, **kwargs)
-    schedule = schedule or {}
-    sched = schedule.get("name", "none")
-    if sched == "none":
+    s = named(groups.SCHEDULES, schedule or {"name": "none"}, "schedule")
+    if s.name == "none":
         return opt, None
-    if sched == "multistep":
-        miles = [max(1, int(round(f * epochs))) for f in schedule.get("at", (0.5, 0.75))]
-        out = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=schedule.get("gamma", 0.1))
-    elif sched == "cosine":
+    if s.name == "multistep":
+        miles = [max(1, int(round(f * epochs))) for f in s.at]
+        out = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
+    else:  # cosine
         out = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    else:
-        raise ValueError(f"schedule.name must be none, multistep or cosine, got {sched!r}")
     with warnings.catch_warnings():  # (torch warns of a schedule stepped before the optimizer)
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(first_epoch):
@@ -86,8 +85,8 @@ class CohortModule(pl.LightningModule):
     def __init__(
         self,
         nets: list[nn.Module],
-        optim: dict,
-        schedule: dict | None = None,
+        optim,
+        schedule=None,
         impl: str = "auto",
         device=None,
         recorders: list | None = None,
@@ -101,8 +100,8 @@ class CohortModule(pl.LightningModule):
         else:
             self.stack = StackedNet(nets, impl=impl, device=device)
         self.impl = "unstacked" if self.stack is None else self.stack.impl
-        self.optim_cfg = dict(optim)
-        self.schedule_cfg = dict(schedule or {"name": "none"})
+        self.optim = named(groups.OPTIMIZERS, optim, "optim")
+        self.schedule = named(groups.SCHEDULES, schedule or {"name": "none"}, "schedule")
         self.recorders = list(recorders) if recorders is not None else [None] * self.k
         self.round = 0
         self.epoch_offset = 0  # the global epoch index of epoch 0 of this round
@@ -164,7 +163,7 @@ class CohortModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = self.net.parameters() if self.stack is None else self.stack.optimizer_parameters()
-        opt, sched = make_optimizer(params, self.optim_cfg, self.schedule_cfg, self.plan.epochs, self.first_epoch)
+        opt, sched = make_optimizer(params, self.optim, self.schedule, self.plan.epochs, self.first_epoch)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from phicenter.config import hparams
+from phicenter.config import hparams, settings
 from phicenter.method.pruning import sparsity
 from phicenter.method.units import effective_sparsity
 
@@ -31,8 +31,8 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
         "status": "running",
         "device": None,
         "threads": torch.get_num_threads(),
-        "precision": str(cfg.trainer.get("precision", "32-true")),
-        "init": cfg.model.init,
+        "precision": str(settings(cfg).trainer.precision),
+        "init": settings(cfg).model.init,
         "model_parameters": parameter_counts(net),
         "data": {
             "train": len(splits.y_train),

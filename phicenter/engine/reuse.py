@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 
 from phicenter import data
-from phicenter.config import flatten, recorded_config, shapes_training, validate
+from phicenter.config import flatten, recorded_config, settings, shapes_training
 from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, RoundStore, store_dir
 from phicenter.engine.rundir import CKPT_DIR, is_writer
@@ -84,7 +84,7 @@ def execution_in_key(cfg, device_type: str, world_size: int) -> dict:
         "trainer.deterministic": build.deterministic(cfg),
         "trainer.accelerator": device_type,
         "trainer.devices": int(world_size),
-        "eval_batch_size": data.eval_batch_size(cfg, validate(cfg)["batch_size"]),
+        "eval_batch_size": data.eval_batch_size(settings(cfg), settings(cfg).batch_size),
     }
 
 

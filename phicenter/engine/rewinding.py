@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phicenter.config import ConfigError
+from phicenter.config import ConfigError, settings
 
 
 def setting(cfg) -> tuple[int, int]:
     """(rewind.epoch, rewind.step) of a config; the schema allows at most one of them non-zero."""
-    node = cfg.get("rewind") or {}
-    return int(node.get("epoch") or 0), int(node.get("step") or 0)
+    rewind = settings(cfg).rewind
+    return rewind.epoch, rewind.step
 
 
 def active(cfg) -> bool:
@@ -79,8 +79,9 @@ class Plan:
         return self.position(last_round + 1, self.step / self.steps_per_epoch)
 
 
-def plan(cfg, v: dict, splits, world: int) -> Plan:
-    """The Plan of a run (v: its validated values) on `splits`, trained by `world` data-parallel processes."""
+def plan(cfg, splits, world: int) -> Plan:
+    """The Plan of a run on `splits`, trained by `world` data-parallel processes."""
     from phicenter.data.shards import batches_per_epoch
 
-    return Plan.of(cfg, v["epochs"], batches_per_epoch(len(splits.y_train), v["batch_size"], world))
+    s = settings(cfg)
+    return Plan.of(s, s.epochs, batches_per_epoch(len(splits.y_train), s.batch_size, world))

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from phicenter import data
+from phicenter.config import settings
+from phicenter.config.groups import SCHEDULES
 from phicenter.engine import build
 from phicenter.engine.callbacks import EpochCheckpoint
 from phicenter.engine.module import CohortModule, Diverged
@@ -25,32 +26,32 @@ from phicenter.engine.rundir import is_writer
 from phicenter.method import aws, pruning, seeding
 from phicenter.method import transfer as method
 from phicenter.method.strategies import STRATEGIES
+from phicenter.spec import named
 
 log = logging.getLogger("phicenter")
 
 
 def transfers(cfg) -> bool:
     """Whether a run's strategy transfers its signed masks (sign_transfer)."""
-    cls = STRATEGIES.get(str(cfg.strategy.name))
-    return bool(cls is not None and cls.transfers)
+    return STRATEGIES[settings(cfg).strategy.name].transfers
 
 
 def transfer_seed(cfg) -> int:
     """strategy.transfer_seed, or by default seed + 1 (their scripts: stage 1 with seed 1, transfers with 2, 3)."""
-    s = cfg.strategy.get("transfer_seed")
-    return int(cfg.seed) + 1 if s is None else int(s)
+    s = settings(cfg)
+    return s.seed + 1 if s.strategy.transfer_seed is None else s.strategy.transfer_seed
 
 
-def transfer_recipe(cfg) -> tuple[int, dict]:
+def transfer_recipe(cfg) -> tuple[int, object]:
     """(epochs, LR schedule) of the transfer fit: strategy.transfer_epochs and strategy.transfer_schedule, each by
     default the run's own. A schedule named there keeps the run's settings when the run's schedule has that name,
-    else make_optimizer's defaults (multistep: LR / 10 at 50 % and 75 %, Oh et al.'s)."""
-    epochs = cfg.strategy.get("transfer_epochs") or cfg.epochs
-    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    name = cfg.strategy.get("transfer_schedule")
-    if name is not None and name != schedule.get("name"):
-        schedule = {"name": name}
-    return int(epochs), schedule
+    else the schedule's declared defaults (multistep: LR / 10 at 50 % and 75 %, Oh et al.'s)."""
+    s = settings(cfg)
+    epochs = s.strategy.transfer_epochs or s.epochs
+    name = s.strategy.transfer_schedule
+    if name is not None and name != s.schedule.name:
+        return epochs, named(SCHEDULES, {"name": name}, "strategy.transfer_schedule")
+    return epochs, s.schedule
 
 
 # ---------------------------------------------------------------- AWS while stage 1 trains
@@ -68,11 +69,11 @@ class AWSTraining:
     def of(cls, members: list, nets: list[nn.Module], seed: int | None = None) -> AWSTraining | None:
         """For the members a module trains, alpha drawn from `seed` (default: the run's); None when none of them
         uses AWS or the net has no normalisation layer with affine parameters (then AWS changes nothing)."""
-        on = [bool(m.variant.cfg.strategy.get("aws", False)) for m in members]
+        on = [getattr(m.settings.strategy, "aws", False) for m in members]  # (sign_transfer's option)
         names = aws.affine_names(nets[0])
         if not any(on) or not names:
             return None
-        return cls(int(members[0].variant.cfg.seed if seed is None else seed), on, names)
+        return cls(members[0].settings.seed if seed is None else seed, on, names)
 
     def start(self, round_index: int, epoch: int) -> None:
         self.alphas.start(round_index, epoch)
@@ -104,13 +105,13 @@ def stage_two(
     (engine.loop), beside which the transfer keeps its own."""
     out, groups = {}, {}
     for i, (m, o) in enumerate(zip(members, outcomes)):
-        if not transfers(m.variant.cfg) or o.diverged is not None:
+        if not transfers(m.settings) or o.diverged is not None:
             continue
         if r == 0:
             out[i] = None
         else:
-            recipe = transfer_recipe(m.variant.cfg)
-            groups.setdefault((transfer_seed(m.variant.cfg), recipe[0], repr(recipe[1])), []).append(i)
+            recipe = transfer_recipe(m.settings)
+            groups.setdefault((transfer_seed(m.settings), recipe[0], repr(recipe[1])), []).append(i)
     for (seed, _, _), idx in groups.items():
         group = [members[i] for i in idx]
         folder = epochs_dir(job_dir, group, r)
@@ -123,8 +124,8 @@ def stage_two(
 def transferred_net(member, seed: int, splits) -> tuple[nn.Module, dict]:
     """A member's transferred network (a fresh initialisation of `seed`, with the member's signed mask at its
     current, trained state) and what phi did in the transfer (method.transfer.diagnostics)."""
-    cfg, imp = member.variant.cfg, member.imp
-    net = build.build_model(cfg, splits, seed=seed)
+    imp = member.imp
+    net = build.build_model(member.settings, splits, seed=seed)
     init = {n: layer.weight.detach().clone() for n, layer in pruning.prunable_layers(net).items()}
     signed = method.signed_mask(imp.layers, imp.phis)
     method.transfer(net, signed)
@@ -154,19 +155,19 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     """Train the group's transferred nets as one cohort with the transfer's recipe (transfer_recipe; resumed from
     the fit's last epoch checkpoint when a kill interrupted it), test them, and return each one's record."""
     t0 = time.perf_counter()
-    cfg, v = group[0].variant.cfg, group[0].v
-    epochs, schedule = transfer_recipe(cfg)
+    s = group[0].settings
+    epochs, schedule = transfer_recipe(s)
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
     _, val_b, test_b = loaders
-    train_b = data.loaders(cfg, splits, v["batch_size"], seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
-    saver = EpochCheckpoint(folder, cfg.checkpoint.get("every_n_epochs", 1))
-    resume_from = saver.resumable(log.warning) if cfg.get("resume", True) else None
+    train_b = data.loaders(s, splits, s.batch_size, seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
+    saver = EpochCheckpoint(folder, s.checkpoint.every_n_epochs)
+    resume_from = saver.resumable(log.warning) if s.resume else None
     if resume_from:
         log.info("resuming the transfer of round %d from %s", r, resume_from)
     torch.manual_seed(seeding.derive(seed, "transfer", r))  # anything random in the fit: (transfer seed, level)
     module = CohortModule(
         list(nets),
-        OmegaConf.to_container(cfg.optim, resolve=True),
+        s.optim,
         schedule,
         impl=impl,
         device=device,
@@ -176,8 +177,8 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     module.start_round(r, epochs)
     module.train_batches = train_b
     train_b.to(device)
-    module.prepare(device, compile=bool(cfg.get("compile", False)))
-    trainer = build.make_trainer(cfg, [saver], epochs, progress=True)
+    module.prepare(device, compile=s.compile)
+    trainer = build.make_trainer(s, [saver], epochs, progress=True)
     failed = None
     try:
         trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)

@@ -9,26 +9,13 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from phicenter.method import polarity, pruning, seeding, units
+from phicenter.method.options import IMPConfig
 from phicenter.method.strategies import LayerView, Strategy
-
-
-@dataclass
-class IMPConfig:
-    phi: float = 0.0
-    phi_scale: str = "absolute"  # "absolute" | "layer_std"
-    base: float = 0.8
-    output_base: float | None = None  # None: same as base
-    conv_base: float | None = None  # the convolutions' base; None: same as base
-    scope: str = "layer"  # "layer" | "global"
-    method: str = "magnitude"  # "magnitude" | "structured" (whole output units)
-    magnitude: str | float = "init_std"  # "init_std" | "init_abs_mean" | a positive number
-    seed: int = 0
 
 
 def layer_constant(theta0: torch.Tensor, magnitude) -> float:
@@ -70,8 +57,6 @@ class IMP:
         cfg: IMPConfig,
         fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ):
-        if cfg.method not in pruning.METHODS:
-            raise ValueError(f"prune.method must be one of {', '.join(pruning.METHODS)}, got {cfg.method!r}")
         if cfg.method == "structured" and cfg.output_base is not None:
             raise ValueError(
                 "prune.output_base has no effect with prune.method=structured (the output layer is "

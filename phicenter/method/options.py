@@ -1,6 +1,7 @@
-"""The options of each re-initialisation strategy, declared once: what `strategy.KEY=...` may be, its default,
-and the attributes the Strategy reads (phicenter.method.strategies). The command line checks a run's strategy
-options against the same declaration (phicenter.config) before any work starts.
+"""The method's options, declared once: the pruning schedule (`prune.*`), the survivors' magnitude (`reinit.*`),
+what IMP takes (IMPConfig, made of them), and each re-initialisation strategy's options: what `strategy.KEY=...`
+may be, its default, and the attributes the Strategy reads (phicenter.method.strategies). The command line checks
+a run's options against the same declarations (phicenter.config) before any work starts.
 
 A new option is one field here (type, default, range: see phicenter.spec); a new strategy is one dataclass
 (or a shared one) in STRATEGY_OPTIONS, its class in strategies.py and its file in conf/strategy/.
@@ -10,9 +11,56 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Annotated, Literal
 
-from phicenter.spec import NonNegInt, PosInt, Unit
+from phicenter.spec import NonNegInt, OpenUnit, PosInt, Positive, Range, Unit, check_value, declared
+
+frozen = dataclass(frozen=True, kw_only=True)
+PhiScale = Literal["absolute", "layer_std"]
+Magnitude = Literal["init_std", "init_abs_mean"] | Positive
+HalfOpenUnit = Annotated[float, Range("(0, 1]")]
+
+
+@frozen
+class Prune:
+    iterations: NonNegInt = 10  # rounds after the dense round 0
+    base: OpenUnit = 0.8  # each round keeps `base` of the surviving weights
+    scope: Literal["layer", "global"] = "layer"
+    output_base: HalfOpenUnit | None = None  # 1: the output layer is never pruned
+    conv_base: HalfOpenUnit | None = None  # convolutions' own base; null: base
+    method: Literal["magnitude", "structured"] = "magnitude"
+
+
+@frozen
+class Reinit:
+    magnitude: Magnitude = "init_std"
+
+
+# IMPConfig's fields as the config names them (for messages)
+IMP_KEYS = {k: f"prune.{k}" for k in ("base", "output_base", "conv_base", "scope", "method")} | {
+    "magnitude": "reinit.magnitude"
+}
+
+
+@frozen
+class IMPConfig:
+    """What IMP takes: phi and its scale, the seed, and the `prune` and `reinit` settings it uses, each default
+    the declared one. Checked against these declarations when made (ValueError names the key)."""
+
+    phi: float = 0.0
+    phi_scale: PhiScale = "absolute"
+    base: OpenUnit = Prune.base
+    output_base: HalfOpenUnit | None = Prune.output_base
+    conv_base: HalfOpenUnit | None = Prune.conv_base
+    scope: Literal["layer", "global"] = Prune.scope
+    method: Literal["magnitude", "structured"] = Prune.method
+    magnitude: Magnitude = Reinit.magnitude
+    seed: NonNegInt = 0
+
+    def __post_init__(self):
+        hints = declared(IMPConfig)
+        for f in fields(self):
+            check_value(IMP_KEYS.get(f.name, f.name), getattr(self, f.name), hints[f.name][0])
 
 
 def trains(default):
@@ -26,6 +74,7 @@ def trains(default):
 class StrategyOptions:
     """What every strategy takes."""
 
+    name: str  # strategy=NAME: the name that picked these options
     pruned_fill: Literal["zero", "trained"] = "zero"  # trained: frozen at the value of the round it was pruned
     # biases and BatchNorm back to theta0 (or kept trained). False for the paper's four strategies alike, so
     # that they differ only in where the signs come from (docs/method.md, "Non-prunable parameters")

@@ -58,7 +58,7 @@ class Strategy:
     def __init__(self, options: StrategyOptions | None = None, **values):
         """From its options, or from option values (checked against the declaration: ValueError)."""
         if options is None:
-            options = make(self.Options, values, "strategy.", f"strategy {self.name}")
+            options = make(self.Options, {"name": self.name, **values}, "strategy.", f"strategy {self.name}")
         elif values:
             raise TypeError("give the options or their values, not both")
         self.options = options
