@@ -77,14 +77,15 @@ def execution_in_key(cfg, device_type: str, world_size: int) -> dict:
     the round trains with: the threads torch uses now (whether `threads` set them or not), the device type and
     the number of data-parallel processes (trainer.accelerator and trainer.devices resolved), and the others
     as the engine reads them."""
+    s = settings(cfg)
     return {
         "threads": torch.get_num_threads(),
-        "compile": bool(cfg.get("compile")),
-        "optim.fused": bool((cfg.get("optim") or {}).get("fused")),
-        "trainer.deterministic": build.deterministic(cfg),
+        "compile": s.compile,
+        "optim.fused": bool(s.optim.fused),
+        "trainer.deterministic": build.deterministic(s),
         "trainer.accelerator": device_type,
         "trainer.devices": int(world_size),
-        "eval_batch_size": data.eval_batch_size(settings(cfg), settings(cfg).batch_size),
+        "eval_batch_size": data.eval_batch_size(s, s.batch_size),
     }
 
 
