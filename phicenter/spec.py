@@ -329,7 +329,8 @@ def default_at(cls, values: Mapping, key: str):
     if named is not None:
         cls = named.registry.get(sub.get("name"))
         return dataclasses.MISSING if cls is None or rest == "name" else default_at(cls, sub, rest)
-    return default_at(tp, sub, rest) if is_group(tp) else dataclasses.MISSING
+    group = group_in(tp)
+    return default_at(group, sub, rest) if group is not None else dataclasses.MISSING
 
 
 def make(cls, values: Mapping, prefix: str = "", where: str | None = None):

@@ -9,7 +9,6 @@ import inspect
 import json
 import subprocess
 import sys
-import typing
 
 import pytest
 from omegaconf import OmegaConf
@@ -17,7 +16,9 @@ from tests.cli import ROOT, compose_config
 
 from phicenter import config
 from phicenter.config import ConfigError, groups, schema
+from phicenter.data.options import DATASET_OPTIONS, DatasetOptions
 from phicenter.method import options
+from phicenter.models.options import MODEL_OPTIONS
 from phicenter.spec import PosInt, check_value, declared, default, group_in
 
 CONF = ROOT / "conf"
@@ -234,22 +235,6 @@ def normalised(cls, key: str, value):
     return check_value(key, value, tp)
 
 
-def group_file_pairs():
-    regs = {"strategy": options.STRATEGY_OPTIONS, "model": groups.MODEL_OPTIONS, "dataset": groups.DATASET_OPTIONS}
-    return [(g, n, regs[g]) for g in regs for n in names(g)]
-
-
-@pytest.mark.parametrize("group,name,registry", group_file_pairs(), ids=lambda x: x if isinstance(x, str) else "")
-def test_conf_files_hold_the_declared_defaults(group, name, registry):
-    node = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
-    assert node.pop("name") == name and name in registry
-    fields = declared(registry[name])
-    for key, value in node.items():
-        assert key in fields, f"{group}/{name}.yaml: {key} is not declared"
-        if value != "???":
-            assert normalised(registry[name], key, value) == default(fields[key][1]), f"{group}.{key}"
-
-
 def env_default(value):
     """`${oc.env:NAME,DEFAULT}` stands for DEFAULT when NAME is unset."""
     if isinstance(value, str) and value.startswith("${oc.env:") and value.endswith("}") and "," in value:
@@ -257,46 +242,76 @@ def env_default(value):
     return value
 
 
-def test_logger_files_hold_the_declared_defaults_one_logger_each():
-    """conf/logger/<name>.yaml: one key, its name, a logger of phicenter.loggers with its declared options."""
-    from phicenter import loggers
-
-    assert names("logger") == sorted(loggers.SINKS) == sorted(declared(schema.Loggers))
-    for name in names("logger"):
-        node = OmegaConf.to_container(OmegaConf.load(CONF / "logger" / f"{name}.yaml"))
-        assert list(node) == [name] and loggers.SINKS[name].key == name
-        cls = group_in(declared(schema.Loggers)[name][0])
-        assert set(node[name] or {}) == set(declared(cls)), name
-        for key, value in (node[name] or {}).items():
-            assert normalised(cls, key, env_default(value)) == default(declared(cls)[key][1]), f"{name}.{key}"
-    assert compose_config().logger == {"tensorboard": {}}  # the default: TensorBoard alone
-
-
-def test_config_yaml_holds_the_declared_defaults():
-    raw = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))
-    top = declared(schema.Config)
-    for key, value in raw.items():
-        if key in ("defaults", "hydra", "data_dir", "optim", "schedule", "trainer"):
-            continue  # optim, schedule, trainer: their declared defaults are torch's and Lightning's
-        tp, f = top[key]
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                assert normalised(tp, sub, env_default(v)) == default(declared(tp)[sub][1]), f"{key}.{sub}"
+def flat_leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_leaves(v, f"{prefix}{k}."))
         else:
-            assert check_value(key, value, tp) == default(f), key
+            out[prefix + k] = v
+    return out
+
+
+# config.yaml's settings whose values are not the declared defaults on purpose: the optimizer, schedule and
+# Trainer declare torch's and Lightning's own defaults, which the default experiment overrides
+NOT_DEFAULTS = ("defaults", "hydra", "optim", "schedule", "trainer")
+
+
+def conf_trees() -> list[tuple[str, dict]]:
+    """Every conf/ file that holds settings, as the part of a config tree it is: config.yaml at the top, a group
+    file (conf/model/conv2.yaml) under its group's key."""
+    out = [("config.yaml", OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml")))]
+    for group in ("strategy", "model", "dataset", "logger"):
+        for name in names(group):
+            node = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+            out.append((f"{group}/{name}.yaml", {group: node}))
+    return out
+
+
+@pytest.mark.parametrize("label,tree", conf_trees(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_conf_file_holds_the_declared_defaults(label, tree):
+    """One generic check of every registry's copies: each setting a conf/ file writes is the default its
+    declaration (phicenter.config.schema, groups, method.options, by the name a group file picks) gives it."""
+    for key, value in flat_leaves(tree).items():
+        if key.split(".")[0] in NOT_DEFAULTS or value == "???" or value == {}:
+            continue  # ???: a value every config must set; {}: a group with no options (logger.csv)
+        declared_default = schema.default_of(tree, key)
+        assert declared_default is not dataclasses.MISSING or key.endswith(".name"), f"{label}: {key} is not declared"
+        if key.endswith(".name"):
+            assert value == label.split("/")[-1].removesuffix(".yaml"), f"{label}: name {value}"
+            continue
+        tp = spec_type(tree, key)
+        assert check_value(key, env_default(value), tp) == declared_default, f"{label}: {key}"
+
+
+def spec_type(tree: dict, key: str):
+    """The declared type of a dotted key (ByName groups picked by the tree's names)."""
+    from phicenter.spec import by_name
+
+    cls, node = schema.Config, tree
+    *heads, last = key.split(".")
+    for head in heads:
+        tp = declared(cls)[head][0]
+        named = by_name(tp)
+        node = node.get(head) or {}
+        cls = named.registry[node["name"]] if named else group_in(tp)
+    return declared(cls)[last][0]
 
 
 def test_registries_match_the_code():
-    from phicenter import data, models
+    """Each registry's names: its declarations, its code and its conf/ files (one per name)."""
+    from phicenter import data, loggers, models
     from phicenter.method.strategies import STRATEGIES
 
-    assert set(STRATEGIES) == set(options.STRATEGY_OPTIONS)
-    assert set(models.MODELS) == set(groups.MODEL_OPTIONS)
-    assert set(data.DATASETS) == set(groups.DATASET_OPTIONS)
-    assert tuple(models.INITS) == typing.get_args(groups.Init)
-    assert tuple(models.BATCHNORM_INITS) == typing.get_args(groups.BatchNormInit)
-    assert tuple(data.NORMALIZE) == typing.get_args(declared(groups.DatasetOptions)["normalize"][0])
-    assert tuple(data.PIPELINES) == typing.get_args(declared(groups.DatasetOptions)["pipeline"][0])
+    assert names("strategy") == sorted(options.STRATEGY_OPTIONS) == sorted(STRATEGIES)
+    assert names("model") == sorted(MODEL_OPTIONS) == sorted(models.MODELS)
+    assert names("dataset") == sorted(DATASET_OPTIONS) == sorted(data.DATASETS)
+    assert names("logger") == sorted(loggers.SINKS) == sorted(declared(schema.Loggers))
+    for name in names("logger"):  # conf/logger/<name>.yaml: one key, its name, with all its options
+        node = OmegaConf.to_container(OmegaConf.load(CONF / "logger" / f"{name}.yaml"))
+        assert list(node) == [name] and loggers.SINKS[name].key == name
+        assert set(node[name] or {}) == set(declared(group_in(declared(schema.Loggers)[name][0]))), name
+    assert compose_config().logger == {"tensorboard": {}}  # the default: TensorBoard alone
 
 
 def keyword_defaults(fn, skip=()) -> dict:
@@ -307,19 +322,20 @@ def keyword_defaults(fn, skip=()) -> dict:
     }
 
 
-def test_model_and_dataset_code_takes_what_is_declared():
-    """Every keyword a model or dataset function takes is declared (so it is checked), with the same default."""
+def test_registered_code_takes_only_declared_options():
+    """Every keyword a model or dataset function takes is declared (so it is checked); a keyword's default is the
+    declaration's own value (written there once: `hidden=FcLotOptions.hidden`), none of its own."""
     from phicenter import data, models
 
-    pairs = [(name, fn, groups.MODEL_OPTIONS[name]) for name, fn in models.MODELS.items()]
-    pairs += [(name, fn, groups.DATASET_OPTIONS[name]) for name, fn in data.DATASETS.items()]
-    pairs.append(("dataset", data.load, groups.DatasetOptions))
+    pairs = [(name, fn, MODEL_OPTIONS[name]) for name, fn in models.MODELS.items()]
+    pairs += [(name, fn, DATASET_OPTIONS[name]) for name, fn in data.DATASETS.items()]
+    pairs.append(("dataset", data.load, DatasetOptions))
     for name, fn, cls in pairs:
         fields = declared(cls)
-        for key, value in keyword_defaults(fn, ("split_seed",) if fn is not data.load else ()).items():
+        for key, value in keyword_defaults(fn).items():
             assert key in fields, f"{name}: {key} is not declared"
             if default(fields[key][1]) is not dataclasses.MISSING:  # npz's path: required in a config
-                assert normalised(cls, key, value) == default(fields[key][1]), f"{name}.{key}"
+                assert value is getattr(cls, key), f"{name}.{key}: a default of its own"
 
 
 def test_optimizer_options_are_torchs_keywords():
@@ -347,7 +363,7 @@ def test_folder_name_exclusions_are_derived_from_execution_keys():
 
 def test_every_execution_key_is_declared():
     top = declared(schema.Config)
-    regs = {"trainer": {"": schema.Trainer}, "dataset": groups.DATASET_OPTIONS, "optim": groups.OPTIMIZERS}
+    regs = {"trainer": {"": schema.Trainer}, "dataset": DATASET_OPTIONS, "optim": groups.OPTIMIZERS}
     for key in config.EXECUTION_KEYS:
         head, _, rest = key.partition(".")
         assert head in top, key

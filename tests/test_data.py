@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.cli import compose_config
 
 from phicenter import data
+from phicenter.config import ConfigError, settings
 from phicenter.method import seeding
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -496,5 +498,5 @@ def test_normalize_imagenet_uses_torchvisions_statistics():
     assert torch.equal(own.mean, data.channel_stats(own.x_train)[0])
     with pytest.raises(data.DataError, match="normalize=imagenet needs 3-channel images"):
         load(shape=(1, 8, 8), normalize="imagenet")
-    with pytest.raises(data.DataError, match="dataset.normalize must be one of dataset, imagenet"):
-        load(shape=(3, 8, 8), normalize="cifar")
+    with pytest.raises(ConfigError, match="dataset.normalize must be dataset or imagenet, got 'cifar'"):
+        settings(compose_config("dataset.normalize=cifar"))  # checked once, by the schema

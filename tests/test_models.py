@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.cli import compose_config
 from torch import nn
 
 from phicenter import models
+from phicenter.config import ConfigError, settings
 from phicenter.method import pruning
 
 
@@ -70,8 +72,8 @@ def test_batchnorm_gamma_uniform_is_drawn_after_the_weights():
     # (fan_in 64 * 9 = 576) hold 3 x 36,864 weights
     w = torch.cat([uni.blocks[i].conv2.weight.flatten() for i in (6, 7, 8)])
     assert float(w.std()) == pytest.approx((2 / 576) ** 0.5, rel=0.02)
-    with pytest.raises(ValueError, match="model.batchnorm_init must be one of ones, uniform"):
-        models.build("vgg16", (3, 32, 32), 10, batchnorm_init="normal")
+    with pytest.raises(ConfigError, match="model.batchnorm_init must be ones or uniform, got 'normal'"):
+        settings(compose_config("model=vgg16", "model.batchnorm_init=normal"))  # checked once, by the schema
 
 
 def test_bad_names():

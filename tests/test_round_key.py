@@ -146,7 +146,7 @@ def test_a_changed_source_file_changes_the_key(tmp_path, monkeypatch):
         "a method module": lambda r: _flip_first_byte(r / "method" / "polarity.py"),
         "the engine": lambda r: _flip_first_byte(r / "engine" / "module.py"),
         "the data": lambda r: _flip_first_byte(r / "data" / "transforms.py"),
-        "the models": lambda r: _flip_first_byte(r / "models.py"),
+        "the models": lambda r: _flip_first_byte(r / "models" / "nets.py"),
         "a new module": lambda r: (r / "method" / "extra.py").write_text("X = 1\n"),
     }.items():
         monkeypatch.setattr(reuse, "CODE_ROOT", _copy(tmp_path, name, edit))
@@ -166,7 +166,7 @@ def test_a_changed_source_file_changes_the_key(tmp_path, monkeypatch):
 def test_code_digest_is_read_once_per_process(tmp_path):
     root = _copy(tmp_path, "once")
     first = reuse.code_digest(root)
-    _flip_first_byte(root / "models.py")
+    _flip_first_byte(root / "models" / "nets.py")
     assert reuse.code_digest(root) == first  # what this process runs is what it read first
 
 

@@ -54,7 +54,7 @@ def conv_net(convs: int):
     return removable, {"out": OUT}
 
 
-# (builder options, removable layers: (BatchNorms, readers), kept layers: why), worked out from models.py
+# (builder options, removable layers: (BatchNorms, readers), kept layers: why), worked out from models/nets.py
 WIRING = {
     "fc_lot": [({}, chain(["fc1", "fc2"], last_flat=False), {"out": OUT})],
     "conv2": [({}, *conv_net(2))],

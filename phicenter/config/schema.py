@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from phicenter.config.groups import DATASET_OPTIONS, MODEL_OPTIONS, OPTIMIZERS, SCHEDULES
+from phicenter.config.groups import OPTIMIZERS, SCHEDULES
+from phicenter.data.options import DATASET_OPTIONS
 from phicenter.io import parse_fault
 from phicenter.method.options import STRATEGY_OPTIONS, PhiScale, Prune, Reinit
+from phicenter.models.options import MODEL_OPTIONS
 from phicenter.spec import (
     ByName,
     ConfigError,

@@ -9,23 +9,43 @@ Two pipelines serve batches (`dataset.pipeline`, pipelines): `fast` (batches.Bat
 batched augmentation and normalisation on the device, no workers) and `torchvision` (torchvision_pipeline: a
 standard DataLoader over a Dataset with per-sample PIL transforms, for comparison). Both draw the same seeded
 permutation, so with augmentation off they give the same batches.
+
+Each dataset's options are declared in `options` (plain Python: the command line checks them before torch is
+imported). Importing the package imports nothing else: a name is loaded from its module on first use.
 """
 
 from __future__ import annotations
 
-from phicenter.data import bundled, cifar_reader, mnist_reader, npzfile  # noqa: F401 (each registers its datasets)
-from phicenter.data.batches import Batches, Group, spans
-from phicenter.data.bundled import digits, synthetic
-from phicenter.data.cache import CACHE_DIR, CACHE_VERSION, cache_path, cached
-from phicenter.data.cifar_reader import CIFAR, cifar10, cifar100, cifar_files
-from phicenter.data.errors import DataError
-from phicenter.data.mnist_reader import MNIST_FILES, mnist
-from phicenter.data.npzfile import npz
-from phicenter.data.pipelines import PIPELINES, STEPS_PER_CALL, eval_batch_size, loaders, make_loaders, path_batches
-from phicenter.data.registry import DATASETS, register_dataset
-from phicenter.data.splits import Splits, load
-from phicenter.data.torchvision_pipeline import ImageDataset, LoaderBatches, SeededOrder
-from phicenter.data.transforms import NORMALIZE, augment, augment_draws, channel_stats, statistics
+import importlib
+
+# the modules whose names the package re-exports; the readers register their datasets when imported
+MODULES = (
+    "options",
+    "errors",
+    "registry",
+    "bundled",
+    "cifar_reader",
+    "mnist_reader",
+    "npzfile",
+    "cache",
+    "transforms",
+    "splits",
+    "batches",
+    "pipelines",
+    "torchvision_pipeline",
+)
+
+
+def __getattr__(name: str):
+    options = importlib.import_module(f"{__name__}.options")
+    if hasattr(options, name):
+        return getattr(options, name)
+    modules = [importlib.import_module(f"{__name__}.{m}") for m in MODULES]  # every reader registered
+    for module in modules:
+        if name in getattr(module, "__dict__", {}) and not name.startswith("_"):
+            return module.__dict__[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CACHE_DIR",

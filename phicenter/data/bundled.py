@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phicenter.data.options import DigitsOptions, SyntheticOptions
 from phicenter.data.registry import register_dataset
 from phicenter.method import seeding
 
 
 @register_dataset
-def digits(root: Path, test_size: int = 360, split_seed: int = 0, **_):
+def digits(root: Path, test_size: int = DigitsOptions.test_size, split_seed: int = DigitsOptions.split_seed, **_):
     """scikit-learn's bundled 8×8 handwritten digits (real data, no network); values 0..16 scaled to 0..255."""
     from sklearn.datasets import load_digits
 
@@ -27,12 +28,12 @@ def digits(root: Path, test_size: int = 360, split_seed: int = 0, **_):
 @register_dataset
 def synthetic(
     root: Path,
-    n_train: int = 600,
-    n_test: int = 200,
-    num_classes: int = 10,
-    shape=(1, 8, 8),
-    noise: float = 60.0,
-    seed: int = 0,
+    n_train: int = SyntheticOptions.n_train,
+    n_test: int = SyntheticOptions.n_test,
+    num_classes: int = SyntheticOptions.num_classes,
+    shape=SyntheticOptions.shape,
+    noise: float = SyntheticOptions.noise,
+    seed: int = SyntheticOptions.seed,
     **_,
 ):
     """Seeded class prototypes plus noise: learnable, tiny, any shape (tests and CIFAR-shaped benches)."""

@@ -10,6 +10,7 @@ import torch
 
 from phicenter.data.cache import cached
 from phicenter.data.errors import DataError
+from phicenter.data.options import DownloadedOptions
 from phicenter.data.registry import _missing, register_dataset
 
 CIFAR = {  # name: (torchvision class, folder, train files, test files, meta file, label key)
@@ -68,10 +69,10 @@ def _decode_cifar(name: str, root: Path, download: bool) -> dict:
 
 
 @register_dataset
-def cifar10(root: Path, download: bool = True, **_):
+def cifar10(root: Path, download: bool = DownloadedOptions.download, **_):
     return cached(root, "cifar10", cifar_files("cifar10"), lambda: _decode_cifar("cifar10", root, download))
 
 
 @register_dataset
-def cifar100(root: Path, download: bool = True, **_):
+def cifar100(root: Path, download: bool = DownloadedOptions.download, **_):
     return cached(root, "cifar100", cifar_files("cifar100"), lambda: _decode_cifar("cifar100", root, download))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phicenter.data.cache import cached
+from phicenter.data.options import DownloadedOptions
 from phicenter.data.registry import _labels, _missing, _nchw, register_dataset
 
 MNIST_FILES = (
@@ -33,5 +34,5 @@ def _decode_mnist(root: Path, download: bool) -> dict:
 
 
 @register_dataset
-def mnist(root: Path, download: bool = True, **_):
+def mnist(root: Path, download: bool = DownloadedOptions.download, **_):
     return cached(root, "mnist", MNIST_FILES, lambda: _decode_mnist(root, download))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from phicenter.data.batches import Batches
 from phicenter.data.errors import DataError
+from phicenter.data.options import PIPELINES
 from phicenter.data.splits import Splits
 from phicenter.data.torchvision_pipeline import ImageDataset, LoaderBatches
-
-PIPELINES = ("fast", "torchvision")
 
 
 def make_loaders(

@@ -13,11 +13,15 @@ import numpy as np
 import torch
 
 from phicenter.data.errors import DataError
+from phicenter.data.options import DATASET_OPTIONS
 
 DATASETS: dict[str, Callable[..., dict]] = {}
 
 
 def register_dataset(fn):
+    """Registers a reader under its function's name, which must have its options declared (data.options)."""
+    if fn.__name__ not in DATASET_OPTIONS:
+        raise TypeError(f"dataset {fn.__name__!r}: declare its options in phicenter.data.options.DATASET_OPTIONS")
     DATASETS[fn.__name__] = fn
     return fn
 

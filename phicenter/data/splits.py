@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from phicenter.data.errors import DataError
+from phicenter.data.options import DatasetOptions
 from phicenter.data.registry import DATASETS
-from phicenter.data.transforms import NORMALIZE, statistics
+from phicenter.data.transforms import statistics
 from phicenter.method import seeding
 
 
@@ -33,7 +34,12 @@ class Splits:
 
 
 def load(
-    name: str, root: str | Path, val_size: int = 5000, split_seed: int = 0, normalize: str = "dataset", **options
+    name: str,
+    root: str | Path,
+    val_size: int = DatasetOptions.val_size,
+    split_seed: int = DatasetOptions.split_seed,
+    normalize: str = DatasetOptions.normalize,
+    **options,
 ) -> Splits:
     """Read a dataset and hold a seeded validation split out of train (unless the dataset brings one).
 
@@ -41,8 +47,6 @@ def load(
     with torchvision's ImageNet statistics (for ImageNet-pretrained weights; 3-channel images only)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choices: {', '.join(sorted(DATASETS))}")
-    if normalize not in NORMALIZE:
-        raise DataError(f"dataset.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
     raw = DATASETS[name](Path(root).expanduser().resolve(), split_seed=split_seed, **options)
     x, y = raw["x_train"], raw["y_train"]
     if len(x) != len(y) or len(raw["x_test"]) != len(raw["y_test"]):

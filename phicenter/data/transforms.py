@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from phicenter.data.options import NORMALIZE
+
 # torchvision's ImageNet statistics, the normalisation its pretrained weights were trained with
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE = ("dataset", "imagenet")
 
 
 def statistics(x: torch.Tensor, normalize: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""Architectures, one constructor each: f(input_shape, num_classes, **options) -> nn.Module."""
+"""Architectures, one constructor each: f(input_shape, num_classes, **options) -> nn.Module, registered under
+its function's name with its options declared in phicenter.models.options (their defaults are the declared
+ones)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from phicenter.models.options import (
+    INITS,
+    MODEL_OPTIONS,
+    BatchNormOptions,
+    FcLotOptions,
+    ModelOptions,
+    Vgg16PretrainedOptions,
+)
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
-INITS = ("torch_default", "kaiming_normal", "glorot_normal")
-BATCHNORM_INITS = ("ones", "uniform")  # gamma = 1 (PyTorch's) | gamma ~ U(0, 1) (open_lth's); beta = 0 in both
 
 
 def register_model(fn):
+    """Registers an architecture under its function's name, which must have its options declared."""
+    if fn.__name__ not in MODEL_OPTIONS:
+        raise TypeError(f"model {fn.__name__!r}: declare its options in phicenter.models.options.MODEL_OPTIONS")
     MODELS[fn.__name__] = fn
     return fn
 
 
 @register_model
-def fc_lot(input_shape, num_classes, hidden=(300, 100)):
+def fc_lot(input_shape, num_classes, hidden=FcLotOptions.hidden):
     """LeNet-300-100 of the lottery-ticket papers; input size taken from the dataset."""
     sizes = [math.prod(input_shape), *hidden]
     layers = [("flatten", nn.Flatten())]
@@ -94,10 +106,10 @@ def vgg16(input_shape, num_classes):
 def vgg16_pretrained(
     input_shape,
     num_classes,
-    weights_path: str | None = None,
-    pretrained: bool = True,
-    batch_norm: bool = False,
-    verify_weights: bool = True,
+    weights_path: str | None = Vgg16PretrainedOptions.weights_path,
+    pretrained: bool = Vgg16PretrainedOptions.pretrained,
+    batch_norm: bool = Vgg16PretrainedOptions.batch_norm,
+    verify_weights: bool = Vgg16PretrainedOptions.verify_weights,
 ):
     """torchvision's VGG16 (batch_norm: VGG16-BN) convolutional layers with ImageNet weights (or a local weights
     file), then a CIFAR-sized head: global average pooling and one linear layer to the classes."""
@@ -255,9 +267,9 @@ def build(
     name: str,
     input_shape,
     num_classes: int,
-    init: str = "torch_default",
+    init: str = ModelOptions.init,
     seed: int = 0,
-    batchnorm_init: str = "ones",
+    batchnorm_init: str = BatchNormOptions.batchnorm_init,
     **options,
 ) -> nn.Module:
     """theta0 depends only on (name, shapes, init, batchnorm_init, seed): paired runs share it exactly. The
@@ -267,10 +279,6 @@ def build(
     (beta zeroed). The gammas come last, so the weights do not depend on batchnorm_init."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
-    if init not in INITS:
-        raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
-    if batchnorm_init not in BATCHNORM_INITS:
-        raise ValueError(f"model.batchnorm_init must be one of {', '.join(BATCHNORM_INITS)}, got {batchnorm_init!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODELS[name](tuple(input_shape), num_classes, **options)

@@ -1,0 +1,64 @@
+"""Each dataset's options, declared once beside the readers (phicenter.data): what `dataset.KEY=...` may be and its
+default. The schema (phicenter.config) checks a run's dataset group against the declaration its name picks, before
+torch is imported, so this module is plain Python. A new dataset is its reader, its name here in DATASET_OPTIONS,
+and its file in conf/dataset/."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from phicenter.spec import NonNegative, NonNegInt, PosInt
+
+frozen = dataclass(frozen=True, kw_only=True)
+
+
+@frozen
+class DatasetOptions:
+    name: str  # dataset=NAME: the name that picked these options
+    val_size: NonNegInt = 5000  # held out of train (unless the dataset brings a validation split)
+    split_seed: NonNegInt = 0
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    pipeline: Literal["fast", "torchvision"] = "fast"
+    num_workers: NonNegInt = 0  # DataLoader workers (pipeline=torchvision)
+
+
+@frozen
+class DownloadedOptions(DatasetOptions):
+    download: bool = True  # through torchvision into data_dir
+
+
+@frozen
+class DigitsOptions(DatasetOptions):
+    test_size: PosInt = 360
+    val_size: NonNegInt = 180
+
+
+@frozen
+class SyntheticOptions(DatasetOptions):
+    n_train: PosInt = 600
+    n_test: PosInt = 200
+    num_classes: PosInt = 10
+    shape: tuple[PosInt, ...] = (1, 8, 8)
+    noise: NonNegative = 60.0
+    seed: NonNegInt = 0
+    val_size: NonNegInt = 100
+
+
+@frozen
+class NpzOptions(DatasetOptions):
+    path: str  # x_train, y_train, x_test, y_test (optional x_val, y_val)
+
+
+DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
+    "mnist": DownloadedOptions,
+    "cifar10": DownloadedOptions,
+    "cifar100": DownloadedOptions,
+    "digits": DigitsOptions,
+    "synthetic": SyntheticOptions,
+    "npz": NpzOptions,
+}
+NORMALIZE = typing.get_args(typing.get_type_hints(DatasetOptions)["normalize"])
+PIPELINES = typing.get_args(typing.get_type_hints(DatasetOptions)["pipeline"])
