@@ -24,8 +24,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from phicenter.config import schema
 from phicenter.engine.rundir import is_writer
 from phicenter.io import json_bytes, publish_folder, sha256, writable
+from phicenter.spec import make
 
 ENTRY = "entry.json"
 STATE = "state.pt"
@@ -47,11 +51,11 @@ class Entry:
 
 def store_dir(cfg) -> Path | None:
     """The store of a config (`round_store.dir`, relative to the working directory), or None when
-    `round_store.enabled=false`."""
-    node = cfg.get("round_store") or {}
-    if not node.get("enabled", True):
-        return None
-    return Path(str(node.get("dir") or "outputs/round_store")).expanduser().resolve()
+    `round_store.enabled=false`. Only the round_store group is read, so a multirun's own config will do."""
+    node = cfg.round_store
+    node = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
+    rs = make(schema.RoundStore, node, "round_store.")
+    return Path(rs.dir).expanduser().resolve() if rs.enabled else None
 
 
 class RoundStore:
