@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from phicenter.config.groups import OPTIMIZERS, SCHEDULES
 from phicenter.data.options import DATASET_OPTIONS
 from phicenter.io import parse_fault
-from phicenter.method.options import STRATEGY_OPTIONS, PhiScale, Prune, Reinit
+from phicenter.method.options import STRATEGY_OPTIONS, IMPConfig, PhiScale, Prune, Reinit
 from phicenter.models.options import MODEL_OPTIONS
 from phicenter.spec import (
     ByName,
@@ -200,9 +200,9 @@ class Reference:
 class Config:
     """The top level of conf/config.yaml (with the groups the defaults list picks)."""
 
-    phi: float = 0.0  # a list of numbers with pack=true
-    phi_scale: PhiScale = "absolute"
-    seed: NonNegInt = 0
+    phi: float = IMPConfig.phi  # a list of numbers with pack=true
+    phi_scale: PhiScale = IMPConfig.phi_scale
+    seed: NonNegInt = IMPConfig.seed
     epochs: PosInt = 10
     batch_size: PosInt = 60
     eval_batch_size: PosInt = 1000  # validation and test batches (never below batch_size)
