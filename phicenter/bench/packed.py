@@ -286,7 +286,9 @@ def packed_step_breakdown(
 
 
 def _device(cfg) -> torch.device:
-    acc = str(cfg.trainer.get("accelerator", "auto"))
+    from phicenter.config import settings
+
+    acc = settings(cfg).trainer.accelerator
     return (
         torch.device("cuda", 0) if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
     )
