@@ -98,7 +98,7 @@ def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
     if resume and rewinding.active(s):
         imp.set_rewind(folder.load_rewind())  # None (theta0) until the run reaches the rewind point
     folder.drop_epochs_before(start)
-    record = records.skeleton(resolved, cfg, splits, net, rounds, [variant.name] if packed else None)
+    record = records.skeleton(resolved, s, splits, net, rounds, [variant.name] if packed else None)
     if ckpt is None:  # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
     return Member(variant, folder, net, imp, resolved, record, start)

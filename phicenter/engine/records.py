@@ -24,6 +24,7 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
 
     from phicenter.models import parameter_counts
 
+    s = settings(cfg)
     out = {
         "config": resolved,
         "rounds": rounds,
@@ -31,8 +32,8 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
         "status": "running",
         "device": None,
         "threads": torch.get_num_threads(),
-        "precision": str(settings(cfg).trainer.precision),
-        "init": settings(cfg).model.init,
+        "precision": str(s.trainer.precision),
+        "init": s.model.init,
         "model_parameters": parameter_counts(net),
         "data": {
             "train": len(splits.y_train),
@@ -46,8 +47,8 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
         out["packed"] = {"variants": cohort, "impl": None}
     from phicenter.engine import transfer
 
-    if transfer.transfers(cfg):
-        out["transfer_seed"] = transfer.transfer_seed(cfg)
+    if transfer.transfers(s):
+        out["transfer_seed"] = transfer.transfer_seed(s)
     return out
 
 
