@@ -268,7 +268,7 @@ def packed_step_breakdown(
     # unprofiled step
     share = min(1.0, sum(ops.values()) / wall_us)
     kernel_ms = share * packed_ms / k
-    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1])
     return {
         "k": k,
         "model": model,
@@ -279,7 +279,7 @@ def packed_step_breakdown(
         "packed_ms_per_variant": packed_ms / k,
         "kernel_share": share,
         "kernel_ms_per_variant": kernel_ms,
-        "top_kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in top},
+        "kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in ranked},
         "packing_gain": single_ms / (packed_ms / k),
         "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan,
     }
