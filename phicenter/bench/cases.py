@@ -188,7 +188,15 @@ class Case:
 
     def plain_epoch(self) -> float:
         """The minimal hand-written loop: permutation, index, forward, loss, backward, the masks' two passes,
-        step."""
+        step; with torch's defaults (not the deterministic mode a fit before it leaves on)."""
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(False)
+        try:
+            return self._plain_epoch()
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+    def _plain_epoch(self) -> float:
 
         from phicenter.engine.module import optimizer_kwargs
         from phicenter.method.pruning import reapply_masks, zero_dead_grads

@@ -46,7 +46,7 @@ def make_loaders(
     raise DataError(f"dataset.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
 
 
-STEPS_PER_CALL = 16  # optimizer steps per Lightning training_step call (group) in the round loop
+STEPS_PER_CALL = 64  # optimizer steps per Lightning training_step call (group) in the round loop
 
 
 def eval_batch_size(s, batch_size: int) -> int:

@@ -174,7 +174,7 @@ class CohortModule(pl.LightningModule):
         predictions; _take reduces them once, at the end of the epoch."""
         losses, correct, sizes = self._sums.setdefault(stage, ([], [], []))
         losses.append(values.detach())
-        correct.append((logits.argmax(-1) == y).sum(-1).reshape(-1))
+        correct.append(logits.argmax(-1) == y)  # [B] (or [K, B]): counted once, at the end of the epoch
         sizes.append(len(y))
 
     def _take(self, stage) -> list[tuple[float, float]]:
@@ -186,7 +186,7 @@ class CohortModule(pl.LightningModule):
         losses, correct, sizes = s
         n = sum(sizes)
         weighted = torch.stack(losses).double().cpu() * torch.tensor(sizes, dtype=torch.float64)[:, None]
-        hits = [float(h) for h in torch.stack(correct).sum(0).tolist()]
+        hits = [float(h) for h in torch.cat(correct, -1).sum(-1).reshape(-1).tolist()]
         sums = []
         for column in weighted.t().tolist():
             loss = 0.0
