@@ -310,7 +310,8 @@ def test_registries_match_the_code():
     for name in names("logger"):  # conf/logger/<name>.yaml: one key, its name, with all its options
         node = OmegaConf.to_container(OmegaConf.load(CONF / "logger" / f"{name}.yaml"))
         assert list(node) == [name] and loggers.SINKS[name].key == name
-        assert set(node[name] or {}) == set(declared(group_in(declared(schema.Loggers)[name][0]))), name
+        group = group_in(declared(schema.Loggers)[name][0])
+        assert group is loggers.SINKS[name].Options and set(node[name] or {}) == set(declared(group)), name
     assert compose_config().logger == {"tensorboard": {}}  # the default: TensorBoard alone
 
 

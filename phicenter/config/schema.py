@@ -2,8 +2,9 @@
 notation is phicenter.spec's). `check_tree` holds a whole resolved config to it before any work starts.
 
 The strategy, model, dataset, optim and schedule groups are declared per name (`strategy=gradual` takes
-GradualOptions' keys); strategies' options live beside the strategies, in phicenter.method.options, the
-others' in phicenter.config.groups.
+GradualOptions' keys); each kind's options live beside its code: phicenter.method.options (strategies),
+phicenter.models.options, phicenter.data.options, phicenter.loggers.options; the optimizer's and the LR
+schedule's (torch's keyword arguments) in phicenter.config.groups.
 Undeclared trainer keys (`+trainer.X=...`) go to Lightning's Trainer unchecked. A new option is one field in
 the dataclass of its group (and, for a group with a file, the key in that conf/ file).
 
@@ -19,6 +20,7 @@ from typing import Annotated, Literal
 from phicenter.config.groups import OPTIMIZERS, SCHEDULES
 from phicenter.data.options import DATASET_OPTIONS
 from phicenter.io import parse_fault
+from phicenter.loggers.options import Loggers
 from phicenter.method.options import STRATEGY_OPTIONS, IMPConfig, PhiScale, Prune, Reinit
 from phicenter.models.options import MODEL_OPTIONS
 from phicenter.spec import (
@@ -101,50 +103,6 @@ class Fault:
 class RoundStore:
     enabled: bool = True  # train each distinct round once; reuse it wherever it appears
     dir: str = "outputs/round_store"  # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
-
-
-# ------------------------------------------------------------------ loggers (conf/logger/*.yaml, phicenter.loggers)
-
-
-@frozen
-class TensorBoardLogger:
-    """<run>/tb/ (no options)."""
-
-
-@frozen
-class CsvLogger:
-    """<run>/csv/scalars.csv and hparams.json (no options)."""
-
-
-@frozen
-class MlflowLogger:
-    # a folder, sqlite:///FILE or http://HOST:PORT; conf: $MLFLOW_TRACKING_URI, else this; null: MLflow's default
-    tracking_uri: str | None = "sqlite:///outputs/mlflow.db"
-    experiment: str = "phicenter"  # the MLflow experiment the runs go into
-    run_name: str | None = None  # null: the run folder
-
-
-WandbMode = Literal["online", "offline", "disabled"]
-
-
-@frozen
-class WandbLogger:
-    project: str = "phicenter"
-    entity: str | None = None  # null: wandb's default (your user, or $WANDB_ENTITY)
-    group: str | None = None  # runs shown together (null: none)
-    mode: WandbMode | None = None  # null: $WANDB_MODE, else online
-
-
-@frozen
-class Loggers:
-    """The `logger` group: one key per logger picked (`logger=[tensorboard,csv]`), each with its options.
-    An execution setting (phicenter.config.keys.EXECUTION_KEYS): in no round key, job folder name or
-    TensorBoard hparam, and a relaunch may change it."""
-
-    tensorboard: TensorBoardLogger | None = None
-    csv: CsvLogger | None = None
-    mlflow: MlflowLogger | None = None
-    wandb: WandbLogger | None = None
 
 
 @frozen

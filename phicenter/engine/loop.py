@@ -176,7 +176,7 @@ def train_cohort(
     loaders = data.loaders(s, splits, s.batch_size, s.seed, group=data.STEPS_PER_CALL)
     for m in members:
         m.recorder = records.Recorder(
-            m.folder.path, enabled=is_writer(), loggers=loggers.selected(cfg), params=hparams(m.resolved)
+            m.folder.path, enabled=is_writer(), loggers=loggers.selected(m.settings), params=hparams(m.resolved)
         )
     probe = build.make_trainer(s, [], epochs)  # the device, and whether this run is one process
     device = probe.strategy.root_device

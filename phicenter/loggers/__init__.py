@@ -4,26 +4,28 @@
 engine.records emits each record once, to every sink of the run: `scalars(values, step)` (epoch, round,
 per-layer and transfer scalars, on one step axis: the global epoch index), `hparams(params, metrics)` at the
 end of a complete run, and `close(status)`. One class per logger, in SINKS; its options are declared in
-phicenter.config.schema (`Loggers`) and set in conf/logger/<name>.yaml. A logger that keeps its runs
-elsewhere (mlflow, wandb) stores its run's id in the run folder (`loggers.json`), so a resumed run appends to
-the same run rather than starting a second one.
+phicenter.loggers.options (the sink's `Options`, read as attributes) and set in conf/logger/<name>.yaml. A
+logger that keeps its runs elsewhere (mlflow, wandb) stores its run's id in the run folder (`loggers.json`), so
+a resumed run appends to the same run rather than starting a second one.
 
 Plain Python at import: each logger's library is imported when a run opens it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 from phicenter.loggers.base import IDS, Sink
 from phicenter.loggers.csv_file import Csv
 from phicenter.loggers.mlflow_run import MLflow
+from phicenter.loggers.options import Loggers
 from phicenter.loggers.tensorboard import TensorBoard
 from phicenter.loggers.wandb_run import WandB
-from phicenter.spec import ConfigError
+from phicenter.spec import ConfigError, make
 
-__all__ = ["IDS", "SINKS", "Sink", "check_installed", "open_sinks", "readers", "run_name", "selected"]
+__all__ = ["IDS", "SINKS", "Loggers", "Sink", "check_installed", "open_sinks", "readers", "run_name", "selected"]
 
 SINKS: dict[str, type[Sink]] = {"tensorboard": TensorBoard, "csv": Csv, "mlflow": MLflow, "wandb": WandB}
 
@@ -31,16 +33,27 @@ SINKS: dict[str, type[Sink]] = {"tensorboard": TensorBoard, "csv": Csv, "mlflow"
 EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 
-def selected(cfg) -> dict[str, dict]:
-    """The loggers a config picks, {name: options}, in SINKS order; none for `logger=[]`."""
-    node = cfg.get("logger") if hasattr(cfg, "get") else None
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        from omegaconf import OmegaConf
+def selected(cfg) -> dict[str, object]:
+    """The loggers a config picks, {name: its typed options}, in SINKS order; none for `logger=[]`. `cfg`: a
+    run's config (raw, or typed by phicenter.config.settings), or a multirun's with packed lists."""
+    if dataclasses.is_dataclass(cfg):
+        group = cfg.logger
+    else:
+        node = cfg.get("logger") if hasattr(cfg, "get") else None
+        if node is not None and not isinstance(node, dict):
+            from omegaconf import OmegaConf
 
-        node = OmegaConf.to_container(node, resolve=True)
-    return {k: dict(node[k] or {}) for k in SINKS if k in node}
+            node = OmegaConf.to_container(node, resolve=True)
+        group = None if node is None else make(Loggers, node, "logger.")
+    if group is None:
+        return {}
+    return {k: getattr(group, k) for k in SINKS if getattr(group, k) is not None}
+
+
+def _typed(name: str, options):
+    """A logger's options as its sink reads them: typed (checked) from a mapping, or as given."""
+    cls = SINKS[name].Options
+    return options if isinstance(options, cls) else make(cls, options or {}, f"logger.{name}.")
 
 
 def check_installed(names) -> None:
@@ -65,7 +78,11 @@ def run_name(folder: Path) -> str:
 
 def readers(folder: Path, shown: str, loggers: dict[str, dict]) -> list[str]:
     """The commands that show a run's or a multirun's logged runs, one per logger that has one."""
-    return [line for name, options in loggers.items() for line in SINKS[name].readers(Path(folder), shown, options)]
+    return [
+        line
+        for name, options in loggers.items()
+        for line in SINKS[name].readers(Path(folder), shown, _typed(name, options))
+    ]
 
 
 def open_sinks(folder: Path, loggers: dict[str, dict], params: dict) -> list[Sink]:
@@ -74,7 +91,7 @@ def open_sinks(folder: Path, loggers: dict[str, dict], params: dict) -> list[Sin
     out = []
     try:
         for name, options in loggers.items():
-            out.append(SINKS[name](folder, options, run_name(folder), params))
+            out.append(SINKS[name](folder, _typed(name, options), run_name(folder), params))
     except BaseException:
         for sink in out:
             sink.close("failed")

@@ -17,9 +17,10 @@ class Sink:
     loggers that show them while the run trains."""
 
     key = ""  # the logger's name (phicenter.loggers.SINKS)
+    Options: type = object  # its options (phicenter.loggers.options), typed, as `options`
 
-    def __init__(self, folder: Path, options: dict, name: str, params: dict):
-        self.folder, self.options, self.name, self.params = Path(folder), dict(options or {}), name, params
+    def __init__(self, folder: Path, options, name: str, params: dict):
+        self.folder, self.options, self.name, self.params = Path(folder), options, name, params
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         raise NotImplementedError
@@ -31,7 +32,7 @@ class Sink:
         """`status`: the run's results.json status (complete, failed, diverged; running when it was stopped)."""
 
     @classmethod
-    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+    def readers(cls, folder: Path, shown: str, options) -> list[str]:
         """The commands that show the runs of a run or multirun folder (`shown`: as the user should type it)."""
         return []
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from phicenter.io import AppendFile, write_json
 from phicenter.loggers.base import Sink
+from phicenter.loggers.options import CsvOptions
 
 FOLDER = "csv"
 SCALARS = "scalars.csv"
@@ -20,8 +21,9 @@ HEADER = ("step", "tag", "value", "wall_time")
 
 class Csv(Sink):
     key = "csv"
+    Options = CsvOptions
 
-    def __init__(self, folder: Path, options: dict, name: str, params: dict):
+    def __init__(self, folder: Path, options: CsvOptions, name: str, params: dict):
         super().__init__(folder, options, name, params)
         path = self.folder / FOLDER / SCALARS
         self.file = AppendFile(path, record_end=b"\n")  # rows are lines

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from phicenter.loggers.base import Sink
+from phicenter.loggers.options import MlflowOptions
 
 STATUS = {"complete": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}  # else KILLED (stopped)
 BATCH = {"metrics": 1000, "params": 100}  # MLflow's limits on one log_batch
@@ -52,22 +53,23 @@ def _chunks(items: list, n: int):
 
 class MLflow(Sink):
     key = "mlflow"
+    Options = MlflowOptions
 
-    def __init__(self, folder: Path, options: dict, name: str, params: dict):
+    def __init__(self, folder: Path, options: MlflowOptions, name: str, params: dict):
         super().__init__(folder, options, name, params)
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = tracking_uri(self.options.get("tracking_uri"))
+        uri = tracking_uri(self.options.tracking_uri)
         with _one_at_a_time(uri):
             self.client = MlflowClient(tracking_uri=uri)
-            experiment = self.options.get("experiment") or "phicenter"
+            experiment = self.options.experiment
             where = {"tracking_uri": self.client.tracking_uri, "experiment": experiment}
             run = self._stored_run(where)
             if run is None:
                 run = self.client.create_run(
                     self._experiment_id(experiment),
-                    run_name=self.options.get("run_name") or name,
+                    run_name=self.options.run_name or name,
                     tags={"phicenter.run_dir": str(self.folder.absolute())},
                 )
                 self.store_id(run.info.run_id, where)
@@ -123,8 +125,8 @@ class MLflow(Sink):
         self.client.set_terminated(self.run_id, STATUS.get(status, "KILLED"))
 
     @classmethod
-    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
-        uri = options.get("tracking_uri")
+    def readers(cls, folder: Path, shown: str, options: MlflowOptions) -> list[str]:
+        uri = options.tracking_uri
         if uri and uri.startswith(("http://", "https://")):
-            return [f"open {uri} (MLflow experiment {options.get('experiment') or 'phicenter'})"]
+            return [f"open {uri} (MLflow experiment {options.experiment})"]
         return [f"mlflow ui --backend-store-uri {tracking_uri(uri)}" if uri else "mlflow ui"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from phicenter.io import AppendFile
 from phicenter.loggers.base import Sink
+from phicenter.loggers.options import TensorBoardOptions
 
 FOLDER = "tb"
 
@@ -61,8 +62,9 @@ class TensorBoard(Sink):
     """`tensorboard --logdir <run or multirun folder>`: every run under its folder's name."""
 
     key = "tensorboard"
+    Options = TensorBoardOptions
 
-    def __init__(self, folder: Path, options: dict, name: str, params: dict):
+    def __init__(self, folder: Path, options: TensorBoardOptions, name: str, params: dict):
         super().__init__(folder, options, name, params)
         self.events = EventFile(self.folder / FOLDER)
 
@@ -76,5 +78,5 @@ class TensorBoard(Sink):
         self.events.close()
 
     @classmethod
-    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+    def readers(cls, folder: Path, shown: str, options: TensorBoardOptions) -> list[str]:
         return [f"tensorboard --logdir {shown}"]

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from phicenter.loggers.base import Sink, env_or
+from phicenter.loggers.options import WandbOptions
 
 STEP = "step"
 
@@ -24,13 +25,14 @@ def new_id() -> str:
 
 class WandB(Sink):
     key = "wandb"
+    Options = WandbOptions
 
-    def __init__(self, folder: Path, options: dict, name: str, params: dict):
+    def __init__(self, folder: Path, options: WandbOptions, name: str, params: dict):
         super().__init__(folder, options, name, params)
         import wandb
 
-        project = self.options.get("project") or "phicenter"
-        entity = env_or(self.options.get("entity"), "WANDB_ENTITY")
+        project = self.options.project
+        entity = env_or(self.options.entity, "WANDB_ENTITY")
         where = {"project": project, "entity": entity}
         run_id = self.stored_id(where) or new_id()
         self.store_id(run_id, where)  # before W&B starts it: a launch killed meanwhile resumes it too
@@ -38,13 +40,13 @@ class WandB(Sink):
         self.run = wandb.init(
             project=project,
             entity=entity,
-            group=self.options.get("group"),
+            group=self.options.group,
             name=name,
             id=run_id,
             resume="allow",
             dir=str(self.folder),
             config=params,
-            mode=env_or(self.options.get("mode"), "WANDB_MODE"),
+            mode=env_or(self.options.mode, "WANDB_MODE"),
             reinit="create_new",
             settings=wandb.Settings(
                 console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True, x_disable_meta=True
@@ -67,7 +69,7 @@ class WandB(Sink):
         self.run.finish(exit_code=0 if status == "complete" else 1)
 
     @classmethod
-    def readers(cls, folder: Path, shown: str, options: dict) -> list[str]:
+    def readers(cls, folder: Path, shown: str, options: WandbOptions) -> list[str]:
         """Offline runs: the one command that uploads them (each run's launches in order, as one run)."""
         depths = sorted({len(p.relative_to(folder).parts) - 2 for p in Path(folder).rglob("wandb/offline-run-*")})
         return [f"wandb sync {shown}/{'*/' * d}wandb/offline-run-*" for d in depths]
