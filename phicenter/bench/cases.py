@@ -197,7 +197,6 @@ class Case:
             torch.use_deterministic_algorithms(was)
 
     def _plain_epoch(self) -> float:
-
         from phicenter.engine.module import optimizer_kwargs
         from phicenter.method.pruning import reapply_masks, zero_dead_grads
 

@@ -110,7 +110,7 @@ def make_trainer(cfg, callbacks, epochs: int, progress: bool = False) -> pl.Trai
     if kw["deterministic"]:
         # deterministic kernels, without NaN-filling every fresh tensor: no op here reads memory it did not
         # write (tests/test_pinned.py holds the bits), and the fill cost 8-15 % of a CPU step
-        # (docs/benchmarks.md, "Loop overhead")
+        # (docs/benchmarks.md, "Deterministic kernels without the fill")
         torch.utils.deterministic.fill_uninitialized_memory = False
     setting = s.trainer.enable_progress_bar
     kw["enable_progress_bar"] = bool(progress) and shown.wants_bar(setting)
