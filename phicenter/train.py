@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
@@ -18,16 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from phicenter.analysis.sweep import job_line, where_results
 from phicenter.config import ConfigError, check_launch, recorded_config
 from phicenter.engine import rundir as results
-from phicenter.io import WriteError, read_json
+from phicenter.io import WriteError, write_file
 from phicenter.loggers import selected
 
 log = logging.getLogger("phicenter")
 
 
-def _discard_if_new(run_dir: Path) -> None:
-    """Bad input leaves nothing behind: drop a folder that holds only what Hydra wrote for this launch."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+def _discard_if_new(run_dir: Path, lock: results.Lock | None) -> None:
+    """Bad input leaves nothing behind: drop a folder that holds only what this launch wrote (Hydra's log file,
+    the lock), or else put back the lock file as it was."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", results.LOCK}:
         shutil.rmtree(run_dir, ignore_errors=True)
+    elif lock is not None:
+        lock.undo()
 
 
 def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | None = None) -> str:
@@ -37,15 +41,17 @@ def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | 
     path = run_dir / results.RESULTS
     if not results.is_writer():
         return f" ({path})"
-    prev = read_json(path) or {"config": _recorded(cfg), "rounds": []}
+    prev = results.RunFolder(run_dir).read() or {"config": _recorded(cfg), "rounds": []}
     _, unrecorded = results.RunFolder(run_dir).fail(prev, status, error, trace)
     return unrecorded or f" ({path})"
 
 
-def _refuse(e: Exception, run_dir: Path):
+def _refuse(e: Exception, run_dir: Path, lock: results.Lock | None = None):
+    """One line and exit 2; nothing of this launch is left in the folder (a busy one is not touched at all)."""
     print(f"phicenter: error: {e}", file=sys.stderr)
     logging.shutdown()
-    _discard_if_new(run_dir)
+    if not isinstance(e, results.FolderBusy):
+        _discard_if_new(run_dir, lock)
     sys.exit(2)
 
 
@@ -60,7 +66,21 @@ def _recorded(cfg: DictConfig) -> dict:
 def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
     """Every setting against the schema, and that run_dir holds no other run, checked before torch is even
     imported (a packed job's variant folders are checked as it starts them)."""
-    check_launch(cfg, read_json(run_dir / results.RESULTS), run_dir)
+    check_launch(cfg, results.RunFolder(run_dir).read_checked, run_dir)
+
+
+def _started(cfg: DictConfig, hc, multirun: bool) -> None:
+    """Every check has passed: the job's line in its log, and what Hydra writes into a job's `.hydra/` (written
+    here, as conf/config.yaml sets hydra.output_subdir to null, so that a refused launch leaves a folder's files
+    as they were)."""
+    if not results.is_writer():
+        return
+    if multirun:
+        log.info("%s", job_line())
+    folder = Path(hc.runtime.output_dir) / ".hydra"
+    write_file(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_file(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hc)}))
+    write_file(folder / "overrides.yaml", OmegaConf.to_yaml(list(hc.overrides.task)))
 
 
 def _check_data_parallel(cfg: DictConfig, multirun: bool) -> None:
@@ -101,7 +121,7 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
     if not results.is_writer():
         return
     for name in names:
-        prev = read_json(run_dir / name / results.RESULTS)
+        prev = results.RunFolder(run_dir / name).read()
         if (prev is None and name) or (prev is not None and prev.get("status") != "running"):
             continue  # a packed variant not begun, or a run that completed, failed or diverged
         _mark(run_dir / name, cfg, "interrupted", why)
@@ -113,14 +133,22 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode.name == "MULTIRUN"
-    try:
-        _first_checks(cfg, run_dir)
-        _check_data_parallel(cfg, multirun)
-    except ConfigError as e:
-        _refuse(e, run_dir)
-    except Exception:  # anything else (an interpolation, say) is met again below, and recorded there
-        pass
+    with ExitStack() as held:  # one process at a time in a run folder (engine.rundir.locked)
+        lock = None
+        try:
+            if results.is_writer():
+                lock = held.enter_context(results.locked(run_dir))
+            _first_checks(cfg, run_dir)
+            _check_data_parallel(cfg, multirun)
+        except ConfigError as e:
+            _refuse(e, run_dir, lock)
+        except Exception:  # anything else (an interpolation, say) is met again below, and recorded there
+            pass
+        return _job(cfg, hc, run_dir, multirun, lock)
 
+
+def _job(cfg: DictConfig, hc, run_dir: Path, multirun: bool, lock: results.Lock | None) -> float:
+    """The job, in its locked folder, its settings checked: train it and record how it ended."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from phicenter.data import DataError
@@ -129,15 +157,13 @@ def main(cfg: DictConfig) -> float:
 
     if not results.is_writer():  # a data-parallel worker: the first process reports for all of them
         logging.getLogger("phicenter").setLevel(logging.WARNING)
-    elif multirun:
-        log.info("%s", job_line())
     _default_threads(cfg, hc)
     variants = None
     try:
         _stop_on_sigterm(SIGTERMException)
         # a cohort: this job's phi=[...] x strategy=[...] grid with pack=true, else the run alone
         variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
-        outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"))
+        outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"), on_start=lambda: _started(cfg, hc, multirun))
     except SystemExit as e:  # SIGTERM, or submitit's exit once it requeued a job near its time limit
         if threading.current_thread() is threading.main_thread():  # the SIGTERM that follows a requeue
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # must not cut this record short
@@ -147,8 +173,12 @@ def main(cfg: DictConfig) -> float:
         if isinstance(e, SIGTERMException):
             sys.exit(143)
         raise
+    except KeyboardInterrupt:  # Ctrl-C outside a fit (inside one, Lightning turns it into an exit above)
+        _mark_interrupted(run_dir, cfg, [v.name for v in variants] if variants else [""], "Ctrl-C")
+        log.warning("run interrupted (Ctrl-C); relaunch the same command to resume (%s)", run_dir)
+        sys.exit(130)
     except (ConfigError, DataError) as e:
-        _refuse(e, run_dir)
+        _refuse(e, run_dir, lock)
     except CohortFailed as e:  # each failed run said how, in its line and its results.json
         if len(e.statuses) > 1:  # a packed job: which of its runs did not complete
             log.error("%s", e)

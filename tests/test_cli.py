@@ -161,7 +161,7 @@ def test_bad_input_rejected_before_any_work(tmp_path, args, message):
 
     cfg = compose_config(*args.split())
     with pytest.raises(ConfigError) as err:
-        check_launch(cfg, None, tmp_path / "run")
+        check_launch(cfg, lambda: None, tmp_path / "run")
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
 

@@ -123,7 +123,7 @@ def test_bad_key_or_value_refused_in_one_line(tmp_path, args, message):
     tests/test_cli.py), nothing written."""
     cfg = compose_config(*args.split())
     with pytest.raises(ConfigError) as err:
-        config.check_launch(cfg, None, tmp_path / "run")
+        config.check_launch(cfg, lambda: None, tmp_path / "run")
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert not (tmp_path / "run").exists()
 
@@ -167,7 +167,7 @@ GOOD = [
 
 @pytest.mark.parametrize("args", GOOD, ids=" ".join)
 def test_good_settings_pass(tmp_path, args):
-    config.check_launch(compose_config(*args), None, tmp_path)
+    config.check_launch(compose_config(*args), lambda: None, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,26 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
+from hydra_plugins import phicenter_resolvers
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
 log = logging.getLogger("phicenter")
 
 
+class LocalLauncher(submitit_launcher.LocalLauncher):
+    """The plugin's local launcher, with phicenter's resolvers registered where each job runs."""
+
+    def __call__(self, *args, **kwargs):
+        phicenter_resolvers.register()
+        return super().__call__(*args, **kwargs)
+
+
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
+    def __call__(self, *args, **kwargs):
+        """One job, on its node: phicenter's resolvers first (its folder names use them)."""
+        phicenter_resolvers.register()
+        return super().__call__(*args, **kwargs)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """The plugin's own launch (hydra-submitit-launcher 1.2), waiting for every job."""
         import submitit

@@ -8,6 +8,9 @@ torch, Hydra or OmegaConf): the command line runs these checks before it imports
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
 
 from phicenter.config import schema
 from phicenter.config.keys import (
@@ -33,6 +36,7 @@ __all__ = [
     "check_launch",
     "check_same_run",
     "config_changes",
+    "config_digest",
     "flatten",
     "folder_name_excluded",
     "hparams",
@@ -69,9 +73,9 @@ def settings(cfg) -> schema.Config:
     return typed(schema.Config, check(cfg))
 
 
-def check_launch(cfg, previous: dict | None, run_dir) -> None:
+def check_launch(cfg, previous: Callable[[], dict | None], run_dir) -> None:
     """What the command line checks before torch is imported: every setting, that every logger picked is
-    installed, and that run_dir, whose results.json holds `previous`, has no run of another configuration (a
+    installed, and that run_dir, whose results.json `previous()` reads, has no run of another configuration (a
     packed job's variant folders are checked as the job starts them)."""
     from phicenter.loggers import check_installed, selected
 
@@ -82,7 +86,7 @@ def check_launch(cfg, previous: dict | None, run_dir) -> None:
     s = settings(cfg)
     check_installed(selected(cfg))
     if s.resume:
-        check_same_run(previous, recorded_config(cfg, s.phi), run_dir)
+        check_same_run(previous(), recorded_config(cfg, s.phi), run_dir)
 
 
 _ABSENT = object()
@@ -112,6 +116,26 @@ def config_changes(before: dict, now: dict) -> list[str]:
         for k in sorted(a.keys() | b.keys())
         if not is_execution_key(k) and value(a, before, k) != value(b, now, k)
     ]
+
+
+def config_digest(resolved: dict) -> str:
+    """A run configuration's fingerprint, carried by every checkpoint: what config_changes compares (execution
+    keys aside, a key at its declared default as if absent), so two configurations a relaunch may resume across
+    have one digest and any other change gives another."""
+
+    def canonical(v):
+        if isinstance(v, (list, tuple)):
+            return [canonical(x) for x in v]
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    flat = flatten(resolved)
+    kept = {}
+    for k in sorted(flat):
+        d = schema.default_of(resolved, k)
+        if is_execution_key(k) or (d is not dataclasses.MISSING and _comparable(d) == _comparable(flat[k])):
+            continue
+        kept[k] = canonical(flat[k])
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
 
 def recorded_config(cfg, phi: float | None = None) -> dict:

@@ -96,13 +96,27 @@ class DryRunGrid:
 @frozen
 class Fault:
     fail_round: NonNegInt | None = None
+    interrupt_round: NonNegInt | None = None  # a Ctrl-C (SIGINT to itself) at the start of this round
     write: str | None = None  # N[+]:ERRNO[:MATCH]: the N-th write (N+: and after) of a MATCH path fails
+
+
+def parse_mode(value) -> int:
+    """round_store.mode: octal digits as chmod takes them (2775, "0o2775"; YAML reads 2775 as the number with
+    those digits) -> the int. ValueError, in one line, for anything else."""
+    text = str(value).strip().lower().removeprefix("0o")
+    if not (text.isdigit() and set(text) <= set("01234567") and len(text) <= 4):
+        raise ValueError(f"must be a folder mode in octal digits, as chmod takes it (2775, 770), got {value!r}")
+    return int(text, 8)
 
 
 @frozen
 class RoundStore:
+    """The round store (engine.roundstore); who may publish to it is who holds its key (engine.storetrust)."""
+
     enabled: bool = True  # train each distinct round once; reuse it wherever it appears
     dir: str = "outputs/round_store"  # conf/config.yaml: $PHICENTER_ROUND_STORE, else this
+    key_file: str | None = None  # signs entries; null: $PHICENTER_ROUND_STORE_KEY, else ~/.config/phicenter/...
+    mode: int | str | None = None  # folders it makes: null, the store folder's permissions; or octal, 2775
 
 
 @frozen
@@ -224,6 +238,12 @@ def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
             parse_fault(write)
         except ValueError as e:
             raise ConfigError(f"fault.write {e}") from None
+    mode = (out.get("round_store") or {}).get("mode")
+    if mode is not None:
+        try:
+            parse_mode(mode)
+        except ValueError as e:
+            raise ConfigError(f"round_store.mode {e}") from None
     return out
 
 

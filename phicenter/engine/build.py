@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import warnings
 
 import pytorch_lightning as pl
@@ -144,6 +145,10 @@ def arm_write_fault(cfg) -> None:
 
 
 def fault_point(cfg, round_index: int) -> None:
-    """For testing failure handling (`fault.fail_round=K`): raise at the start of round K."""
-    if settings(cfg).fault.fail_round == round_index:
+    """For testing failure handling: raise at the start of round K (`fault.fail_round=K`), or press Ctrl-C there,
+    between two fits (`fault.interrupt_round=K`: the process sends itself SIGINT)."""
+    fault = settings(cfg).fault
+    if fault.fail_round == round_index:
         raise RuntimeError(f"injected fault at round {round_index} (fault.fail_round)")
+    if fault.interrupt_round == round_index:
+        os.kill(os.getpid(), signal.SIGINT)

@@ -8,9 +8,11 @@ import pytorch_lightning as pl
 import torch
 
 from phicenter.engine import distributed
+from phicenter.engine.rundir import DIGEST
 from phicenter.io import newest_loadable, write_with
 from phicenter.method import pruning
 from phicenter.method.imp import IMP
+from phicenter.spec import ConfigError
 
 
 class PruneReinit(pl.Callback):
@@ -91,9 +93,13 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
     atomically (phicenter.io), keeping the previous one as a fallback. Runs after the module's own epoch-end
     hook."""
 
-    def __init__(self, folder: Path, every_n_epochs: int = 1):
+    def __init__(self, folder: Path, every_n_epochs: int = 1, digests: list[str | None] | None = None):
         self.folder = Path(folder)
         self.every = max(1, int(every_n_epochs))
+        self.digests = list(digests or [])  # the configuration digest of each variant of the fit, in its order
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[DIGEST] = self.digests
 
     @property
     def last(self) -> Path:
@@ -114,13 +120,22 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
     def resumable(self, log) -> str | None:
         """The newest epoch checkpoint that loads; a corrupt or truncated one is reported and skipped. One
         saved while masks were parametrizations is not resumed (its optimizer state follows another order of
-        the parameters): the round is trained again from its start."""
+        the parameters): the round is trained again from its start.
+
+        The load is a safe one (weights_only=True: everything Lightning and phicenter put in an epoch checkpoint
+        is tensors and plain containers), so a file holding code is refused here, named, and never reaches
+        Lightning's own load of the path returned (trainer.fit(..., weights_only=True) in engine.loop)."""
         found = newest_loadable(
-            (self.last, self.prev), lambda path: torch.load(path, map_location="cpu", weights_only=False), log
+            (self.last, self.prev), lambda path: torch.load(path, map_location="cpu", weights_only=True), log
         )
         if not found:
             return None
         path, state = found
+        if isinstance(state, dict) and state.get(DIGEST) not in (None, self.digests):  # None: an older phicenter
+            raise ConfigError(
+                f"{path} was trained under configuration {state[DIGEST]}, and this fit is {self.digests}; "
+                "relaunch the run with its own settings, use another folder, or resume=false to start over"
+            )
         if isinstance(state, dict) and pruning.is_legacy(state.get("state_dict", {})):
             log(
                 f"checkpoint {path} holds masks as parametrizations (an older phicenter): the round "

@@ -192,7 +192,7 @@ class Instability:
         )
         train_b = data.loaders(s, self.splits, s.batch_size, self.seed, group=data.STEPS_PER_CALL)[0]
         val_b, test_b = self.eval_batches
-        saver = EpochCheckpoint(self._folder(m, r), s.checkpoint.every_n_epochs)
+        saver = EpochCheckpoint(self._folder(m, r), s.checkpoint.every_n_epochs, [m.folder.digest])
         resume_from = saver.resumable(log.warning) if s.resume else None
         if resume_from:
             log.info("resuming the instability copy of round %d from %s", r, resume_from)

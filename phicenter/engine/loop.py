@@ -16,13 +16,15 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from phicenter import data, loggers
-from phicenter.config import hparams, recorded_config
+from phicenter.config import config_digest, hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
@@ -30,7 +32,7 @@ from phicenter.engine.instability import Instability
 from phicenter.engine.member import Member, close_members, is_oom, open_member, record_failure
 from phicenter.engine.module import CohortModule
 from phicenter.engine.reuse import Reuse
-from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer
+from phicenter.engine.rundir import CKPT_DIR, RunFolder, is_writer, locked
 from phicenter.io import write_json
 from phicenter.method import seeding
 
@@ -50,11 +52,26 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     return train(single(cfg), run_dir)[""]
 
 
-def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None, impl: str = "auto") -> dict:
+def train(
+    variants: list[Variant],
+    job_dir: str | Path,
+    chunk: int | None = None,
+    impl: str = "auto",
+    on_start: Callable[[], None] | None = None,
+) -> dict:
     """Train the variants as cohorts of at most `chunk` (None: all), each into job_dir/<variant.name>.
     Returns {name: results dict}. Complete variants are skipped; the others resume from their last completed
-    epoch. Raises CohortFailed, after every variant has been tried, when some failed."""
-    job_dir, t_start = Path(job_dir), time.perf_counter()
+    epoch. Raises CohortFailed, after every variant has been tried, when some failed. Each variant's folder is
+    locked while the job works in it (rundir.locked: FolderBusy when another process works there). `on_start`
+    is called once every folder has passed its checks, before any work."""
+    with ExitStack() as held:
+        for var in variants if is_writer() else ():
+            held.enter_context(locked(Path(job_dir) / var.name))
+        return _train(variants, Path(job_dir), chunk, impl, on_start)
+
+
+def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str, on_start) -> dict:
+    t_start = time.perf_counter()
     check_variants(variants)
     s0 = variants[0].settings
     build.arm_write_fault(s0)
@@ -65,14 +82,18 @@ def train(variants: list[Variant], job_dir: str | Path, chunk: int | None = None
     done, pending = {}, []
     for i, var in enumerate(variants):  # before any work: every folder must hold its own configuration
         folder, resume = RunFolder(job_dir / var.name), var.settings.resume
-        prev = folder.read()
         if resume:
-            folder.check_same_run(recorded_config(var.cfg, var.settings.phi))
+            resolved = recorded_config(var.cfg, var.settings.phi)
+            prev = folder.check_resume(resolved, config_digest(resolved))
+        else:
+            prev = folder.read()
         if resume and prev and prev.get("status") == "complete":
             log.info("run in %s is already complete; nothing to do", folder.path)
             done[var.name] = prev
         else:
             pending.append(i)
+    if on_start is not None:
+        on_start()
     if s0.threads:
         torch.set_num_threads(s0.threads)
     if pending:
@@ -230,7 +251,9 @@ def _fit_round(
     trains from the rewind point to the end of the schedule (engine.rewinding)."""
     s = trained[0].settings
     train_b, val_b, test_b = loaders
-    saver = EpochCheckpoint(epochs_dir(job_dir, trained, r), s.checkpoint.every_n_epochs)
+    saver = EpochCheckpoint(
+        epochs_dir(job_dir, trained, r), s.checkpoint.every_n_epochs, [m.folder.digest for m in trained]
+    )
     resume_from = saver.resumable(log.warning) if s.resume else None
     if resume_from:
         log.info("resuming round %d from %s", r, resume_from)
@@ -247,7 +270,8 @@ def _fit_round(
     for b in (train_b, val_b, test_b):
         b.to(device)
     module.prepare(device, compile=s.compile)
-    trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+    # weights_only: Lightning's own load of the checkpoint is a safe one too (EpochCheckpoint.resumable)
+    trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True)
     trainer.test(module, dataloaders=test_b, verbose=False)
     module.scatter()
     return module

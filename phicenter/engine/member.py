@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from phicenter.config import recorded_config
+from phicenter.config import config_digest, recorded_config
 from phicenter.engine import build, records, rewinding
 from phicenter.engine.cohort import Variant
 from phicenter.engine.module import Diverged
@@ -76,14 +76,14 @@ def is_oom(e: BaseException) -> bool:
 def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
     """A variant ready to train: a finished run is returned as its results dict; else a Member, resumed from
     its folder's last round checkpoint when there is one."""
-    cfg, s, folder = variant.cfg, variant.settings, RunFolder(job_dir / variant.name)
-    resume = s.resume
+    cfg, s = variant.cfg, variant.settings
+    resolved = recorded_config(cfg, s.phi)
+    folder, resume = RunFolder(job_dir / variant.name, digest=config_digest(resolved)), s.resume
     prev = folder.read()
     if resume and prev and prev.get("status") == "complete":
         return prev
     net = build.build_model(s, splits)
     imp = build.build_imp(s, net)
-    resolved = recorded_config(cfg, s.phi)
     ckpt = folder.latest_round(log=log.warning) if resume else None
     rounds, start = [], 0
     if ckpt is not None:

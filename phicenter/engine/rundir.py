@@ -1,18 +1,101 @@
-"""Run folders: results.json, theta0 and round checkpoints, always written atomically (phicenter.io)."""
+"""Run folders: results.json, theta0 and round checkpoints, always written atomically (phicenter.io), and the
+lock that lets one process at a time work in a folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from phicenter.io import newest_loadable, read_json, save_torch, write_json
+from phicenter.io import FILE_MODE, newest_loadable, read_json, save_torch, write_json
 from phicenter.loggers import IDS as LOGGER_IDS
+from phicenter.spec import ConfigError
 
 RESULTS = "results.json"
 THETA0 = "theta0.pt"
 THETA_K = "theta_k.pt"  # the late-rewinding point (rewind.epoch=k > 0)
 CKPT_DIR = "checkpoints"
+LOCK = ".lock"
+DIGEST = "config_digest"  # the key of a checkpoint's configuration digest (phicenter.config.config_digest)
+
+
+class FolderBusy(ConfigError):
+    """Another process works in the folder: this one touches nothing and stops (exit 2)."""
+
+
+class Lock:
+    """A folder's lock as this process holds it: its file descriptor, how deep it is held, and what the lock file
+    was before this process wrote its name into it (so a refused launch can put it back: `undo`)."""
+
+    def __init__(self, path: Path, fd: int, before: tuple[bytes, os.stat_result] | None):
+        self.path, self.fd, self.before, self.depth = path, fd, before, 0
+
+    def undo(self) -> None:
+        """The lock file as it was before this process took it: removed if this process made it."""
+        if self.before is None:
+            self.path.unlink(missing_ok=True)
+            return
+        data, st = self.before
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+_held: dict[str, Lock] = {}  # by resolved folder
+
+
+@contextmanager
+def locked(folder: str | Path) -> Iterator[Lock]:
+    """Hold `folder`'s lock while the block runs, so that one process at a time works in a run folder. It is
+    the kernel's lock on `<folder>/.lock` (flock), so it dies with its process: a killed or requeued run's
+    folder is free again at once, for the relaunch that resumes it. Re-entrant in a process (a single run's
+    job folder is its variant folder). FolderBusy, naming the holder, when another process holds it."""
+    import fcntl
+
+    key = str(Path(folder).resolve())
+    if key not in _held:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        path = Path(folder) / LOCK
+        try:
+            fd, mine = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE), True
+        except PermissionError:  # another user's lock file: locking needs only a read descriptor
+            fd, mine = os.open(path, os.O_RDONLY), False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderBusy(
+                f"{folder} is in use by another run ({holder}); wait for it to end, or give this one another folder"
+            ) from None
+        st = os.fstat(fd)
+        lock = Lock(path, fd, (os.pread(fd, 4096, 0), st) if st.st_size else None)
+        if mine:
+            who = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(who).encode(), 0)
+        _held[key] = lock
+    lock = _held[key]
+    lock.depth += 1
+    try:
+        yield lock
+    finally:
+        lock.depth -= 1
+        if lock.depth == 0:
+            os.close(_held.pop(key).fd)  # (the file stays: removing it would race with the next process)
+
+
+def _holder(fd: int) -> str:
+    try:
+        who = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"host {who['host']}, pid {who['pid']}, since {who['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def checkpoint_path(run_dir: Path, round_index: int) -> Path:
@@ -35,7 +118,7 @@ def latest_round(run_dir: Path, log=print) -> dict | None:
     from phicenter.method.pruning import upgrade_state
 
     def load(path: Path) -> dict:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "round" not in state:
             raise ValueError("not a round checkpoint")
         return dict(state, model=upgrade_state(state["model"]))
@@ -51,28 +134,86 @@ def is_writer() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def record_problem(record) -> str | None:
+    """Why a results.json's content is not a run's record (None: it is one)."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    for key, kind in (("config", dict), ("rounds", list), ("status", str)):
+        if key in record and not isinstance(record[key], kind):
+            return f'its "{key}" is a {type(record[key]).__name__}'
+    return None
+
+
+_UNREADABLE = object()
+
+
+def checkpoint_digest(path: Path):
+    """The configuration digest a checkpoint carries (a list of them for a cohort's epoch checkpoint), None
+    when it has none (an older phicenter), _UNREADABLE when it does not load."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return _UNREADABLE
+    return state.get(DIGEST) if isinstance(state, dict) else _UNREADABLE
+
+
 class RunFolder:
     """The one place that writes a run's folder: results.json, theta0, round checkpoints, the resume point,
     the same-run check and status/failure records. Epoch checkpoints belong to the cohort (engine.loop)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, digest: str | None = None):
         self.path = Path(path)
+        self.digest = digest  # the configuration digest its round checkpoints carry (config_digest)
 
     @property
     def results(self) -> Path:
         return self.path / RESULTS
 
     def read(self) -> dict | None:
-        return read_json(self.results)
+        """results.json as a run's record; None when there is none or it is not one (see `read_checked`)."""
+        record = read_json(self.results)
+        return record if record_problem(record) is None else None
+
+    def read_checked(self) -> dict | None:
+        """results.json as a run's record, None when there is none yet; ConfigError, in one line, when it cannot
+        be read or is not a run's record: the run in this folder cannot be checked against a relaunch."""
+        if not self.results.exists():
+            return None
+        record = read_json(self.results)
+        why = "it is not JSON, or cannot be read" if record is None else record_problem(record)
+        if why:
+            raise ConfigError(
+                f"{self.results} is not a run's record ({why}); the run in {self.path} cannot be checked against "
+                "this configuration: move the folder aside, or relaunch with resume=false to start over"
+            )
+        return record
+
+    def check_resume(self, resolved: dict, digest: str) -> dict | None:
+        """A relaunch continues only the run of its own configuration: results.json's config (config_changes)
+        and the digest every round checkpoint carries. ConfigError, in one line, before anything is written,
+        when they differ, or when results.json is unreadable or missing beside checkpoints without a digest.
+        Returns results.json's record."""
+        from phicenter.config import check_same_run
+
+        record = self.read_checked()
+        check_same_run(record, resolved, self.path)
+        for path in sorted((self.path / CKPT_DIR).glob("round_*.pt")):
+            found = checkpoint_digest(path)
+            if found is _UNREADABLE or (found is None and record is not None):
+                continue  # unreadable: the resume skips it; no digest (older phicenter): results.json vouches
+            if found != digest:
+                what = "carries no configuration digest" if found is None else f"was trained under {found}"
+                raise ConfigError(
+                    f"{path} {what}, and this configuration is {digest}; relaunch the run with its own "
+                    "settings, use another folder, or resume=false to start over"
+                )
+        return record
 
     def write(self, record: dict) -> None:
         if is_writer():
             write_json(self.results, record)
-
-    def check_same_run(self, resolved: dict) -> None:
-        from phicenter.config import check_same_run
-
-        check_same_run(self.read(), resolved, self.path)
 
     def save_theta0(self, state: dict) -> None:
         if is_writer():
@@ -103,7 +244,7 @@ class RunFolder:
 
     def save_round(self, round_index: int, state: dict, keep_all: bool) -> None:
         if is_writer():
-            save_round(self.path, round_index, state, keep_all)
+            save_round(self.path, round_index, dict(state, **{DIGEST: self.digest}), keep_all)
 
     def start_over(self) -> None:
         """resume=false: no checkpoint of the run before may be resumed later, nor its loggers' runs."""
@@ -136,8 +277,8 @@ def unrecorded(path: Path, e: OSError) -> str:
     """What stands when a run's end could not be recorded: its last good results.json (written atomically)."""
     prev = read_json(path)
     why = f"{Path(path).name} could not be written either ({e.strerror})"
-    if not isinstance(prev, dict):
-        return f"{why}: there is none yet"
+    if record_problem(prev) is not None:
+        return f"{why}: there is none yet" if prev is None else f"{why}, and the one there is not a run's record"
     return f"{why}: the last good one stands (status {prev.get('status')}, {len(prev.get('rounds') or [])} rounds)"
 
 

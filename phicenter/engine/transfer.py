@@ -160,7 +160,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
     _, val_b, test_b = loaders
     train_b = data.loaders(s, splits, s.batch_size, seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
-    saver = EpochCheckpoint(folder, s.checkpoint.every_n_epochs)
+    saver = EpochCheckpoint(folder, s.checkpoint.every_n_epochs, [m.folder.digest for m in group])
     resume_from = saver.resumable(log.warning) if s.resume else None
     if resume_from:
         log.info("resuming the transfer of round %d from %s", r, resume_from)
