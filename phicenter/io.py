@@ -157,9 +157,9 @@ def _written(path: Path):
         raise WriteError(path, e) from e
 
 
-def _commit(path: Path, write: Callable[[str], None], keep: Path | None) -> None:
-    """A temporary file beside `path`, filled by write(tmp), fsynced, given the file mode and renamed onto
-    `path` (the file there first moved to `keep`, when given). WriteError(path) when any step fails."""
+def _commit(path: Path, write: Callable[[str], None], keep: Path | None, mode: int = FILE_MODE) -> None:
+    """A temporary file beside `path`, filled by write(tmp), fsynced, given `mode` and renamed onto `path`
+    (the file there first moved to `keep`, when given). WriteError(path) when any step fails."""
     tmp = None
     try:
         with _written(path):
@@ -167,7 +167,7 @@ def _commit(path: Path, write: Callable[[str], None], keep: Path | None) -> None
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             os.close(fd)
             write(tmp)
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, mode)
             if keep is not None and path.exists():
                 os.replace(path, keep)
             os.replace(tmp, path)
@@ -181,10 +181,10 @@ def _commit(path: Path, write: Callable[[str], None], keep: Path | None) -> None
                 pass
 
 
-def write_file(path: str | Path, data: bytes | str | Callable, keep: str | Path | None = None) -> None:
+def write_file(path: str | Path, data: bytes | str | Callable, keep: str | Path | None = None, mode: int = FILE_MODE):
     """Write a whole file atomically: a reader sees the old file or the new one, never a part. `data`: bytes,
     text (UTF-8) or a function that writes into the open binary file. `keep`: move the file there first
-    (the previous version, kept as a fallback)."""
+    (the previous version, kept as a fallback). `mode`: the file's from its first byte on (a secret's 0o600)."""
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -195,7 +195,7 @@ def write_file(path: str | Path, data: bytes | str | Callable, keep: str | Path 
             f.flush()
             os.fsync(f.fileno())
 
-    _commit(path, write, Path(keep) if keep is not None else None)
+    _commit(path, write, Path(keep) if keep is not None else None, mode)
 
 
 def write_with(path: str | Path, save: Callable[[str], None], keep: str | Path | None = None) -> None:
@@ -255,25 +255,43 @@ def sha256(data: bytes) -> str:
 # ---------------------------------------------------------------- folders
 
 
-def publish_folder(target: str | Path, files: dict[str, bytes]) -> bool:
+def make_folder(folder: str | Path, mode: int) -> None:
+    """Make `folder` with `mode` exactly (setgid included, the umask aside) unless it stands: a temporary folder
+    given its mode, then renamed into place, so nobody sees it with other modes (the folders above: as any)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, mode)
+        os.rename(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not folder.is_dir():  # else another process made it first: it stands
+            raise
+
+
+def publish_folder(target: str | Path, files: dict[str, bytes], mode: int = DIR_MODE) -> bool:
     """Publish a folder of files at once: they are written into a temporary folder beside `target`, which is
     then renamed to it, so a reader sees the whole folder or none. False when `target` stands already
-    (another process published it first: its folder stays). WriteError when it cannot be written."""
+    (another process published it first: its folder stays). WriteError when it cannot be written. `mode`: the
+    folder's and its parent's when made here (make_folder: a group's store keeps 2775 below), less x the files'."""
     target = Path(target)
     if target.is_dir():
         return False
     tmp = None
     try:
         with _written(target):
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(target.parent, mode)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
             for name, data in files.items():
                 with _written(target / name), open(tmp / name, "wb") as f:
                     _fill(f, data, target / name)
                     f.flush()
                     os.fsync(f.fileno())
-                    os.chmod(tmp / name, FILE_MODE)
-            os.chmod(tmp, DIR_MODE)
+                    os.chmod(tmp / name, mode & 0o666)
+            os.chmod(tmp, mode)
             try:
                 os.rename(tmp, target)
             except OSError:

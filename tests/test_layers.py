@@ -23,7 +23,7 @@ LAYERS = [
     {"config", "ticket"},
     {"engine"},  # the round loop (Lightning)
     {"analysis"},
-    {"train", "report", "bench", "export"},  # the commands
+    {"train", "report", "bench", "export", "store"},  # the commands
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 

@@ -1,5 +1,6 @@
 """Each distinct round trained once (phicenter/engine/reuse.py, roundstore.py): the round key, the store, the
-cohort's representatives, and what results.json says of it. Every store here is a fresh temporary folder."""
+cohort's representatives, and what results.json says of it. Every store here is a fresh temporary folder, and
+so is the key that signs its entries (what the store trusts: tests/test_store_trust.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from tests.cli import ROOT, compose_config, env
 from tests.faults import counted, die_at_validation
 
-from phicenter.engine import build, loop
+from phicenter.engine import build, loop, storetrust
 from phicenter.engine import rundir as results
 from phicenter.engine.cohort import make_variants
 from phicenter.engine.reuse import RoundKeys
@@ -25,6 +26,14 @@ from phicenter.method import pruning
 # digits, one epoch a round: mask0 and standard at |phi| <= 1e-3 re-sign nothing (docs/method.md)
 FAST = ["epochs=1", "prune.iterations=2", "threads=1"]
 GRID = [(s, p) for s in ("mask0", "standard", "mask1", "gradual") for p in (0.0, 1e-3)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _key_file(tmp_path_factory):
+    """The store's key in a temporary folder (the default one lies in the home folder)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(storetrust.KEY_ENV, str(tmp_path_factory.mktemp("key") / "round_store.key"))
+        yield
 
 
 def store_args(store: Path | None) -> list[str]:
@@ -247,7 +256,7 @@ def _publish(root: str, barrier, results_queue) -> None:
         0,
         f"run-{multiprocessing.current_process().pid}",
         {"w": torch.arange(1000.0)},
-        [{"round": 0, "epoch": 0, "train_loss": 1.0}],
+        [{"round": 0, "epoch": 0, "train_loss": 1.0, "train_acc": 0.5}],
         (0.5, 0.9),
     )
     barrier.wait()

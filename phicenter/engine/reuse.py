@@ -24,7 +24,7 @@ import torch
 from phicenter import data
 from phicenter.config import flatten, recorded_config, settings, shapes_training
 from phicenter.engine import build, rewinding
-from phicenter.engine.roundstore import Entry, RoundStore, store_dir
+from phicenter.engine.roundstore import Entry, open_store
 from phicenter.engine.rundir import CKPT_DIR, is_writer
 from phicenter.engine.stacked import keeps_bits
 from phicenter.io import write_file
@@ -39,8 +39,8 @@ SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "s
 # the analysis (report, figures, statistics, the sweep summary, the dry run's counts), the bench (a caller of
 # the engine, never imported by it), the report's entry point, the progress bar and lines, the records
 # (results.json's round entries and the scalars, made from a round once it is trained), the loggers that
-# receive those scalars, and the tickets (phicenter.ticket and phicenter.export: a trained round read out of its
-# checkpoint).
+# receive those scalars, the tickets (phicenter.ticket and phicenter.export: a trained round read out of its
+# checkpoint), and the store's command (phicenter.store: lists, checks and trims the round store).
 CODE_ROOT = Path(__file__).resolve().parents[1]
 NOT_TRAINING_CODE = (
     "analysis/",
@@ -50,6 +50,7 @@ NOT_TRAINING_CODE = (
     "engine/records.py",
     "loggers/",
     "export.py",
+    "store.py",
     "ticket/",
     "method/dryrun.py",
     "method/linear_path.py",
@@ -227,8 +228,7 @@ class Reuse:
     def __init__(self, cfg, splits, device_type: str, world_size: int = 1, impl: str = "auto", log=print):
         self.splits, self.device_type, self.world_size = splits, device_type, world_size
         self._keys: dict[str, RoundKeys] = {}
-        root = store_dir(cfg)
-        self.store = RoundStore(root, log=log) if root is not None else None
+        self.store = open_store(cfg, log=log)
         self.shared = self.store is not None and int(world_size) == 1
         self.log = log
         self.stacked_alone = not keeps_bits(impl, device_type) and build.deterministic(cfg)
@@ -253,7 +253,7 @@ class Reuse:
         for m in members:
             key = self.keys(m.variant.cfg)(m.net, r)
             if self.store is None or key not in first:
-                entry = self.store.get(key, self.log) if self.shared else None
+                entry = self._get(m, key)
                 if entry is not None:
                     src = Source(key, entry=entry, reused_from=entry.first_run)
                 else:
@@ -267,6 +267,16 @@ class Reuse:
             sources.append(src)
         self._note_errors(members, seen)
         return trained, sources
+
+    def _get(self, m, key: str) -> Entry | None:
+        """The store's entry of `key`, checked against m's network (names, shapes, dtypes: what loading it
+        takes); an entry the store rejects is counted in m's record."""
+        if not self.shared:
+            return None
+        before = self.store.rejected
+        entry = self.store.get(key, self.log, like=m.net.state_dict())
+        self.usage(m)["rejected"] += self.store.rejected - before
+        return entry
 
     def _begin(self, m, r: int, key: str) -> bool:
         """Mark round r of m as begun under `key`; false when an earlier launch began it under another key."""
@@ -347,7 +357,8 @@ class Reuse:
 
     def usage(self, m) -> dict:
         """What the store did for member m, its results.json `round_store`: its dir (null when off), the
-        rounds read from it and published to it, and the store's errors (a relaunch carries the counts on)."""
+        rounds read from it and published to it, the entries it rejected (engine.roundstore: not signed by
+        the run's key, or not this network's) and the store's errors (a relaunch carries the counts on)."""
         rec = m.record.get("round_store")
         if rec is None:
             before = (m.folder.read() or {}).get("round_store") or {}
@@ -355,6 +366,7 @@ class Reuse:
                 "dir": None if self.store is None else str(self.store.root),
                 "read": int(before.get("read", 0)),
                 "published": int(before.get("published", 0)),
+                "rejected": int(before.get("rejected", 0)),
                 "errors": list(before.get("errors") or []),
             }
         return rec
