@@ -1,19 +1,49 @@
-# Everything a fresh machine needs comes from here and pyproject.toml.
+# Everything a fresh machine needs comes from here, pyproject.toml and requirements.lock.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# the exact version of every package .venv holds (all extras), made by `make lock` from pyproject.toml. No
+# hashes: pip's hash-checking mode, which hashes in it would switch on, refuses the editable install of phicenter
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(wildcard $(LOCK)) | cksum | cut -d' ' -f1)
+# what .venv holds beyond the lock's lines (names only)
+UNLOCKED = $(PY) -m pip freeze --exclude-editable | grep -vxF -f $(LOCK) | cut -d= -f1
 
-.PHONY: setup run test test-slow lint format clean
+.PHONY: setup lock audit run test test-slow lint format clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# .venv made to hold exactly the lock: what it does not list goes first (a package dropped or at another
+# version), then the lock's versions install; a package installed that it does not list means pyproject.toml
+# changed without `make lock`
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@extra="$$($(UNLOCKED))"; if [ -n "$$extra" ]; then $(PY) -m pip uninstall --quiet --yes $$extra; fi
+	$(PY) -m pip install --quiet -c $(LOCK) --upgrade pip setuptools
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
+	@extra="$$($(UNLOCKED))"; if [ -n "$$extra" ]; then \
+	    echo "$(LOCK) lists no version of:" $$extra "-- run make lock"; exit 1; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# requirements.lock anew: the newest versions pyproject.toml allows (every extra), resolved in an empty venv,
+# frozen. Run it after changing a dependency in pyproject.toml, or to take up new releases; then `make audit`.
+lock:
+	@set -e; tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip setuptools; \
+	"$$tmp/venv/bin/python" -m pip install --quiet -e '.[dev]'; \
+	{ echo "# made by \`make lock\` from pyproject.toml (every extra) on Python $$("$$tmp/venv/bin/python" -V | cut -d' ' -f2), $$(uname -sm)"; \
+	  echo "# \`make setup\` installs with it as constraints (pip -c); \`make audit\` checks it for known vulnerabilities"; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
+# every package the lock pins against the advisories PyPI publishes (pip-audit); fails on a finding, and on a
+# package it could not check. make audit ARGS='-s osv': OSV's database instead of PyPI's
+audit: setup
+	@$(PY) -m pip_audit --strict --no-deps --disable-pip --progress-spinner off -r $(LOCK) $(ARGS) || { \
+	    echo "make audit: failed. A package 'not found on PyPI' that is there means pip-audit could not reach" \
+	         "PyPI's JSON API for single releases from this network; try ARGS='-s osv'"; exit 1; }
 
 run: setup
 	$(PY) -m phicenter.train $(ARGS)
@@ -46,4 +76,4 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache $(LOCK).new
