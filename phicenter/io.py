@@ -357,12 +357,37 @@ class AppendFile:
 
 def newest_loadable(paths: Iterable[str | Path], load: Callable[[Path], Any], log=print) -> tuple[Path, Any] | None:
     """(path, load(path)) of the first of `paths` (newest first) that exists and loads; a corrupt or truncated
-    one is reported and the next one tried. None when none loads."""
+    one is reported and the next one tried. None when none loads.
+
+    `load` is a safe load (torch.load with weights_only=True: tensors and plain containers only), so a file
+    that holds code or other objects (a planted pickle payload) is refused by it, never run; the log then says
+    so and names the file, since that is not the damage a crash leaves. What the safe loader cannot even parse
+    (an opcode it does not know: garbage, or a pickle of another kind) is reported as unreadable and not loaded.
+    """
+    import pickle  # for its exception class only: nothing is unpickled here
+    import re
+
     for path in map(Path, paths):
         if not path.exists():
             continue
         try:
             return path, load(path)
+        except pickle.UnpicklingError as e:
+            text = str(e)
+            refused = re.search(r"GLOBAL \S+|\S+ must be \S+ to load", text)
+            if refused:
+                what = f"unsupported {refused.group(0)}" if refused.group(0).startswith("GLOBAL") else refused.group(0)
+                log(
+                    f"checkpoint {path} holds code or objects a safe load refuses (UnpicklingError: {what}); "
+                    "not loaded, falling back to the one before it"
+                )
+                continue
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+            log(
+                f"checkpoint {path} is unreadable or holds what a safe load refuses (UnpicklingError: "
+                f"{reason[:200]}); not loaded, falling back to the one before it"
+            )
         except Exception as e:
             log(f"checkpoint {path} is unreadable ({type(e).__name__}); falling back to the one before it")
     return None
