@@ -1,6 +1,6 @@
-"""Shared test setup: one CPU thread, so timings are stable on a small shared machine; the round store in a
-temporary folder of the session (the default one lies under outputs/), carried to the command-line
-subprocesses by the environment (tests/cli.py)."""
+"""Shared test setup: one CPU thread, so timings are stable on a small shared machine; the round store and its
+key file in a temporary folder of the session (the defaults lie under outputs/ and the home folder), carried to
+the command-line subprocesses by the environment (tests/cli.py)."""
 
 import os
 
@@ -9,6 +9,7 @@ import torch
 from tests.cli import compose_config
 
 STORE_ENV = "PHICENTER_ROUND_STORE"
+KEY_ENV = "PHICENTER_ROUND_STORE_KEY"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,13 +22,15 @@ def _one_thread():
 
 @pytest.fixture(autouse=True, scope="session")
 def _round_store(tmp_path_factory):
-    before = os.environ.get(STORE_ENV)
+    before = {name: os.environ.get(name) for name in (STORE_ENV, KEY_ENV)}
     os.environ[STORE_ENV] = str(tmp_path_factory.mktemp("round_store"))
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("round_store_key") / "round_store.key")
     yield os.environ[STORE_ENV]
-    if before is None:
-        os.environ.pop(STORE_ENV, None)
-    else:
-        os.environ[STORE_ENV] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -180,7 +180,7 @@ def test_a_read_only_store_is_reused(tmp_path, store_off, caplog):
     assert res["status"] == "complete"
     warned = store_warnings(caplog)
     assert warned == [f"round store {store} is read-only: its rounds are reused, none is published by this run"]
-    assert res["round_store"] == {"dir": str(store), "read": 3, "published": 0, "errors": warned}
+    assert res["round_store"] == {"dir": str(store), "read": 3, "published": 0, "rejected": 0, "errors": warned}
     assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
     assert comparable(tmp_path / "second" / results.RESULTS) == comparable(store_off / results.RESULTS)
 

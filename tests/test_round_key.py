@@ -247,7 +247,7 @@ def test_a_data_parallel_run_neither_reads_nor_publishes(tmp_path):
     )
     one, two = Reuse(cfg, splits, "cpu", world_size=1), Reuse(cfg, splits, "cpu", world_size=2)
     k2 = two.keys(cfg)(net, 1)
-    outcome = Outcome(k2, [{"epoch": 0, "train_loss": 1.0}], (1.0, 0.5), None)
+    outcome = Outcome(k2, [{"round": 1, "epoch": 0, "train_loss": 1.0, "train_acc": 0.5}], (1.0, 0.5), None)
     two.publish([member], [outcome], 1)
     assert RoundStore(tmp_path / "store").usage()["entries"] == 0
     one.publish([member], [outcome], 1)  # the store now holds the two-process key

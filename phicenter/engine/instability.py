@@ -177,7 +177,7 @@ class Instability:
         checkpoint when a kill interrupted it) and published, unless its fit was resumed (part of it may have
         been trained under another key)."""
         shared = self.reuse.shared
-        entry = self.reuse.store.get(key, log.warning) if shared else None
+        entry = self.reuse.store.get(key, log.warning, like=start) if shared else None
         if entry is not None:
             return Copy(entry.model, [dict(row) for row in entry.history], tuple(entry.test), entry.first_run)
         t0 = time.perf_counter()
