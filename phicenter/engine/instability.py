@@ -215,7 +215,9 @@ class Instability:
         trainer = build.make_trainer(s, [saver], plan.fit_epochs(r), progress=True)
         diverged = None
         try:
-            trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+            trainer.fit(
+                module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True
+            )
             trainer.test(module, dataloaders=test_b, verbose=False)
         except Diverged as e:  # the copy diverged: recorded; the run goes on
             diverged = str(e)

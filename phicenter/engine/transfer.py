@@ -181,7 +181,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     trainer = build.make_trainer(s, [saver], epochs, progress=True)
     failed = None
     try:
-        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from)
+        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True)
         trainer.test(module, dataloaders=test_b, verbose=False)
     except Diverged as e:  # every transferred net of the group diverged: recorded; the stage-1 runs go on
         failed = str(e)
