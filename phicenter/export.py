@@ -1,27 +1,30 @@
-"""`python -m phicenter.export RUN [--round N] [--out FILE] [--compact] [--onnx] [--data-dir DIR]`: a run's
-network at one round as a signed ticket, one safetensors file that plain torch reads back (phicenter.ticket).
+"""`python -m phicenter.export RUN [--round N] [--out FILE] [--force] [--compact] [--onnx] [--data-dir DIR]`:
+a run's network at one round as a signed ticket, one safetensors file that plain torch reads back
+(phicenter.ticket).
 
 The network of round N is the one the round's test accuracy was measured on: round N's trained network, as
 its round checkpoint (`RUN/checkpoints/round_NNN.pt`) holds it. Default N: the last completed round. The
 ticket goes to RUN/tickets/round_NNN.safetensors unless --out says where. --compact (structured runs) writes
 the network without its removed units instead; --onnx also writes that network as ONNX (FILE with .onnx),
-checked in onnxruntime against torch. Bad input is one line and exit code 2, before anything is written;
-what is written, is written whole (phicenter.io). See docs/method.md, "A ticket".
+checked in onnxruntime against torch. A file already there is overwritten only with --force, and keeps its
+permission bits. Bad input is one line and exit code 2, before anything is written; what is written, is
+written whole (phicenter.io). See docs/method.md, "A ticket".
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from phicenter.engine.cohort import PACK_SUMMARY
-from phicenter.engine.rundir import CKPT_DIR, RESULTS, THETA0, checkpoint_path
-from phicenter.io import WriteError, read_json, write_file
+from phicenter.analysis.readback import BadRecord, Round, load_torch, locate
+from phicenter.engine.rundir import RESULTS, THETA0
+from phicenter.io import FILE_MODE, WriteError, write_file
 
 PROG = "python -m phicenter.export"
 
@@ -30,94 +33,12 @@ class BadInput(ValueError):
     """One line that says what is wrong with the arguments."""
 
 
-@dataclass
-class Round:
-    """One completed round of a run: its folder, record, round entry and checkpoint."""
-
-    run: Path
-    round: int
-    record: dict
-    entry: dict
-    checkpoint: Path
-    state: dict
-    checkpoint_bytes: bytes
-
-
-def _rounds(record: dict) -> dict[int, dict]:
-    return {int(r["round"]): r for r in record.get("rounds") or [] if isinstance(r, dict) and "round" in r}
-
-
-def _runs_below(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and (p / RESULTS).is_file())
-
-
-def locate(arg: str, round_index: int | None) -> Round:
-    """The completed round `round_index` (None: the last one) of run folder `arg`, its checkpoint read and
-    checked against results.json. BadInput for anything else."""
-    path = Path(arg)
-    if not path.exists():
-        raise BadInput(f"{path}: no such folder")
-    if not path.is_dir():
-        raise BadInput(f"{path}: give a run folder (the one holding {RESULTS}), not a file")
-    if not (path / RESULTS).is_file():
-        runs = _runs_below(path)
-        if runs:
-            what = "a packed job (pack=true)" if (path / PACK_SUMMARY).is_file() else "a folder of runs"
-            more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
-            raise BadInput(
-                f"{path}: {what}, not one run; export one of its runs: "
-                f"{', '.join(str(path / r) for r in runs[:3])}{more}"
-            )
-        raise BadInput(f"{path}: not a phicenter run folder (no {RESULTS})")
-    record = read_json(path / RESULTS)
-    shapes = (("config", dict), ("rounds", list), ("data", dict))
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in shapes):
-        raise BadInput(f"{path / RESULTS}: not a phicenter run's results (no config, rounds and data)")
-    rounds = _rounds(record)
-    if round_index is None:
-        if not rounds:
-            raise BadInput(f"{path}: no round is complete yet (status {record.get('status')})")
-        round_index = max(rounds)
-    if round_index not in rounds:
-        span = f"0..{max(rounds)}" if len(rounds) > 1 else str(max(rounds, default=0))
-        done = f"completed: {span}" if rounds else "no round is complete yet"
-        raise BadInput(f"{path}: round {round_index} is not complete ({done}; status {record.get('status')})")
-    ckpt = checkpoint_path(path, round_index)
-    if not ckpt.is_file():
-        kept = sorted(p.stem.split("_")[1] for p in (path / CKPT_DIR).glob("round_[0-9][0-9][0-9].pt"))
-        raise BadInput(
-            f"{path}: the checkpoint of round {round_index} was not kept (kept: "
-            f"{', '.join(str(int(k)) for k in kept) or 'none'}; checkpoint.keep_all=true keeps every round)"
-        )
-    raw = ckpt.read_bytes()
-    state = _checked_state(_load_torch(raw, ckpt), ckpt, round_index, rounds[round_index])
-    return Round(path, round_index, record, rounds[round_index], ckpt, state, raw)
-
-
-def _checked_state(state, ckpt: Path, round_index: int, entry: dict) -> dict:
-    """A round checkpoint's contents, refused unless it is the round results.json records."""
-    if (
-        not isinstance(state, dict)
-        or state.get("round") != round_index
-        or not isinstance(state.get("model"), dict)
-        or not isinstance(state.get("rounds"), list)
-    ):
-        raise BadInput(f"{ckpt}: corrupt, or not a round checkpoint of round {round_index}")
-    own = _rounds({"rounds": state["rounds"]}).get(round_index) or {}
-    if own.get("round_key") != entry.get("round_key") or own.get("test_acc") != entry.get("test_acc"):
-        raise BadInput(
-            f"{ckpt}: its round {round_index} is not the round {RESULTS} records (the folder's run was started over?)"
-        )
-    return state
-
-
-def _load_torch(data: bytes, path: Path):
-    import io
-
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadInput(f"{path}: corrupt, or not a phicenter checkpoint ({type(e).__name__})") from None
+# What export reads of results.json, each key with the type it must have (phicenter.analysis.readback).
+RECORD_SHAPE = {
+    **{"config": dict, "rounds": list, "data": dict, "data.input_shape": list, "data.num_classes": int},
+    **{f"config.{k}": dict for k in ("model", "strategy", "prune", "reinit")},
+    **{"config.model.name": str, "config.reinit.magnitude": (str, int, float), "config.phi": (int, float)},
+}
 
 
 # ---------------------------------------------------------------- what the ticket holds
@@ -126,10 +47,14 @@ def _load_torch(data: bytes, path: Path):
 def network(src: Round):
     """The round's network with its masks in force, as the run held it (on the CPU)."""
     from phicenter.method import pruning
-    from phicenter.ticket import architecture
+    from phicenter.ticket import TicketError, architecture
 
     cfg, data = src.record["config"], src.record["data"]
-    net = architecture(cfg["model"]["name"], data["input_shape"], data["num_classes"], cfg["model"])
+    try:
+        net = architecture(cfg["model"]["name"], data["input_shape"], data["num_classes"], cfg["model"])
+    except (TicketError, TypeError, ValueError) as e:  # a model or option this phicenter does not have
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"{src.run / RESULTS}: config.model does not build a network here ({why})") from None
     pruning.attach_masks(net)
     try:
         net.load_state_dict(pruning.upgrade_state(src.state["model"]), strict=True, assign=True)
@@ -150,7 +75,7 @@ def constants_and_phis(src: Round, layers) -> tuple[dict, dict]:
     cfg, path = src.record["config"], src.run / THETA0
     if not path.is_file():
         raise BadInput(f"{src.run}: no {THETA0}, so c and phi of its layers are unknown")
-    theta0 = upgrade_state(_load_torch(path.read_bytes(), path))
+    theta0 = upgrade_state(load_torch(path.read_bytes(), path))
     consts, phis = {}, {}
     for name in layers:
         w = theta0.get(f"{name}.weight")
@@ -168,19 +93,22 @@ def constants_and_phis(src: Round, layers) -> tuple[dict, dict]:
     return consts, phis
 
 
-def normalisation(cfg: dict, data_dir: str | None):
+def normalisation(src: Round, data_dir: str | None):
     """The run's splits (read as the run read them, `data_dir` when the data moved) and what the ticket
     records of its input: per-channel mean and std, applied to images scaled to [0, 1]."""
     from omegaconf import OmegaConf
 
     from phicenter import data
     from phicenter.engine import build
+    from phicenter.spec import ConfigError
 
-    conf = OmegaConf.create(cfg)
+    conf = OmegaConf.create(src.record["config"])
     if data_dir is not None:
         conf.data_dir = data_dir
     try:
         splits = build.load_data(conf)
+    except ConfigError as e:  # a recorded config that this phicenter's schema refuses
+        raise BadInput(f"{src.run / RESULTS}: its config does not pass the checks ({e})") from None
     except (data.DataError, OSError) as e:
         raise BadInput(
             f"the ticket records the run's input normalisation, read from its data: {e} "
@@ -260,7 +188,7 @@ def build_files(
     net = network(src)
     layers = pruning.prunable_layers(net)
     consts, phis = constants_and_phis(src, layers)
-    splits, normalize = normalisation(cfg, data_dir)
+    splits, normalize = normalisation(src, data_dir)
     try:
         t = ticket.encode(net, metadata(src, phis, normalize), consts)
     except ValueError as e:
@@ -296,11 +224,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("run", metavar="RUN", help="a run folder (the one holding results.json)")
     p.add_argument("--round", type=int, help="the round to export (default: the last completed one)")
     p.add_argument("--out", type=Path, help="the ticket file (default: RUN/tickets/round_NNN.safetensors)")
+    p.add_argument("--force", action="store_true", help="overwrite files already there (their permissions stay)")
     p.add_argument(
         "--compact", action="store_true", help="structured runs: the network without its removed units (smaller layers)"
     )
@@ -309,30 +238,41 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         help="the data folder (default: the run's data_dir); the ticket records the input normalisation from it",
     )
+    return p.parse_args(argv)
+
+
+def _check_targets(paths: list[Path], force: bool) -> None:
+    """Before any work: no file put where a folder stands, nor over a file without --force."""
+    for path in paths:
+        if path.is_dir():
+            raise BadInput(f"{path}: a folder stands there; --out names the ticket file")
+        if os.path.lexists(path) and not force:
+            raise BadInput(f"{path}: exists already (--force overwrites it)")
+
+
+def _mode(path: Path) -> int:
+    """The permission bits of the file `path` replaces (FILE_MODE where none stands): a file overwritten on
+    purpose is no more readable than the one it replaces, from its first byte there."""
     try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        src = locate(args.run, args.round)
-        suffix = ".compact.safetensors" if args.compact else ".safetensors"
-        out = args.out or src.run / "tickets" / f"round_{src.round:03d}{suffix}"
-        if args.onnx and Path(out).suffix == ".onnx":
-            raise BadInput(f"--out names the ticket file ({out}); the ONNX model goes beside it, with .onnx")
-        files, notes = build_files(src, Path(out), args.compact, args.onnx, args.data_dir)
-    except BadInput as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:
+        return FILE_MODE
+
+
+def _write(files: list[tuple[Path, bytes]], force: bool) -> None:
+    """Each file written whole, and all or none: those written first are removed again when one fails."""
     written = []
     try:
         for path, data in files:
-            write_file(path, data)
+            write_file(path, data, mode=_mode(path) if force else FILE_MODE)
             written.append(path)
-    except WriteError as e:
-        for path in written:  # all or nothing
+    except WriteError:
+        for path in written:
             path.unlink(missing_ok=True)
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        raise
+
+
+def _summary(src: Round, files: list[tuple[Path, bytes]], notes: list[str]) -> None:
     entry, cfg = src.entry, src.record["config"]
     ckpt = len(src.checkpoint_bytes)
     for path, data in files:
@@ -345,10 +285,38 @@ def main(argv: list[str] | None = None) -> int:
         f"times smaller"
     )
     print(
-        f"{cfg['model']['name']}, round {src.round}: sparsity {100 * entry['sparsity']:.2f} %, test accuracy "
-        f"{100 * entry['test_acc']:.2f} %; {cfg['strategy']['name']}, phi {cfg['phi']}, "
-        f"prune.method={(cfg.get('prune') or {}).get('method', 'magnitude')}"
+        f"{cfg['model']['name']}, round {src.round}: sparsity {_percent(entry.get('sparsity'))}, test accuracy "
+        f"{_percent(entry.get('test_acc'))}; {cfg['strategy'].get('name')}, phi {cfg['phi']}, "
+        f"prune.method={cfg['prune'].get('method', 'magnitude')}"
     )
+
+
+def _percent(v) -> str:
+    return f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "not recorded"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _arguments(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        src = locate(args.run, args.round, RECORD_SHAPE)
+        suffix = ".compact.safetensors" if args.compact else ".safetensors"
+        out = Path(args.out or src.run / "tickets" / f"round_{src.round:03d}{suffix}")
+        if args.onnx and out.suffix == ".onnx":
+            raise BadInput(f"--out names the ticket file ({out}); the ONNX model goes beside it, with .onnx")
+        _check_targets([out, out.with_suffix(".onnx")] if args.onnx else [out], args.force)
+        files, notes = build_files(src, out, args.compact, args.onnx, args.data_dir)
+    except (BadInput, BadRecord) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        _write(files, args.force)
+    except WriteError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    _summary(src, files, notes)
     return 0
 
 
