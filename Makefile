@@ -68,6 +68,12 @@ format: setup  # what `make lint` asks for, done: safe fixes, then the formattin
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# docs/ and the API reference from the docstrings (mkdocs.yml) into outputs/site; a warning or a broken link fails
+# it, and nothing is fetched while it builds. NO_MKDOCS_2_WARNING: without mkdocs-material's end-of-life banner
+.PHONY: docs
+docs: setup  ## build the docs site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d outputs/site
+
 .PHONY: gpu-check
 gpu-check: setup  # on one GPU: the CUDA-only checks and a short bench (< 8 min); writes outputs/gpu-check.json
 	$(PY) -m phicenter.bench.gpu_check --out outputs/gpu-check.json $(ARGS)
