@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -16,8 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from phicenter.analysis.precheck import check_argv, check_job
 from phicenter.analysis.sweep import job_line, where_results
-from phicenter.config import ConfigError, check_launch, recorded_config
+from phicenter.config import ConfigError, recorded_config
 from phicenter.engine import rundir as results
 from phicenter.io import WriteError, write_file
 from phicenter.loggers import selected
@@ -48,7 +48,7 @@ def _mark(run_dir: Path, cfg: DictConfig, status: str, error: str, trace: str | 
 
 def _refuse(e: Exception, run_dir: Path, lock: results.Lock | None = None):
     """One line and exit 2; nothing of this launch is left in the folder (a busy one is not touched at all)."""
-    print(f"phicenter: error: {e}", file=sys.stderr)
+    print(f"phicenter train: error: {e}", file=sys.stderr)
     logging.shutdown()
     if not isinstance(e, results.FolderBusy):
         _discard_if_new(run_dir, lock)
@@ -63,12 +63,6 @@ def _recorded(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _first_checks(cfg: DictConfig, run_dir: Path) -> None:
-    """Every setting against the schema, and that run_dir holds no other run, checked before torch is even
-    imported (a packed job's variant folders are checked as it starts them)."""
-    check_launch(cfg, results.RunFolder(run_dir).read_checked, run_dir)
-
-
 def _started(cfg: DictConfig, hc, multirun: bool) -> None:
     """Every check has passed: the job's line in its log, and what Hydra writes into a job's `.hydra/` (written
     here, as conf/config.yaml sets hydra.output_subdir to null, so that a refused launch leaves a folder's files
@@ -81,24 +75,6 @@ def _started(cfg: DictConfig, hc, multirun: bool) -> None:
     write_file(folder / "config.yaml", OmegaConf.to_yaml(cfg))
     write_file(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hc)}))
     write_file(folder / "overrides.yaml", OmegaConf.to_yaml(list(hc.overrides.task)))
-
-
-def _check_data_parallel(cfg: DictConfig, multirun: bool) -> None:
-    """Lightning's DDP starts its worker processes by running this command line again; in a multirun that
-    would be the whole multirun, in each worker. Under SLURM, SLURM starts them (one task per device)."""
-    strategy = str(cfg.trainer.get("strategy") or "")
-    if (
-        multirun
-        and strategy.startswith("ddp")
-        and "spawn" not in strategy
-        and cfg.trainer.get("devices") != 1
-        and os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
-    ):
-        raise ConfigError(
-            f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices')} cannot "
-            "run inside a multirun here (its workers would relaunch the whole multirun); run each "
-            "job on its own (no -m), or under hydra/launcher=slurm"
-        )
 
 
 def _stop_on_sigterm(exc: type[BaseException]) -> None:
@@ -127,19 +103,38 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
         _mark(run_dir / name, cfg, "interrupted", why)
 
 
+def main() -> None:
+    """The command (`python -m phicenter.train [overrides]`, and whatever calls this with its own sys.argv): its
+    overrides checked first (phicenter.analysis.precheck.check_argv: a name the config does not have, or
+    several values without -m, is one line and exit 2, before Hydra composes anything), then Hydra runs it."""
+    try:
+        check_argv(sys.argv[1:])
+    except ConfigError as e:
+        print(f"phicenter train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
+    """One job: its settings checked (check_job: before torch is imported, and every job of a multirun was
+    checked before the first started, by the SweepSummary callback), then trained."""
     logging.raiseExceptions = False  # train.log on a full disk loses the line (the console has it), with no trace
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode.name == "MULTIRUN"
+    try:  # the settings alone first: a refusal imports nothing heavy (is_writer below imports Lightning)
+        check_job(cfg, None, multirun)
+    except ConfigError as e:
+        _refuse(e, run_dir)
+    except Exception:  # met again below
+        pass
     with ExitStack() as held:  # one process at a time in a run folder (engine.rundir.locked)
         lock = None
         try:
             if results.is_writer():
                 lock = held.enter_context(results.locked(run_dir))
-            _first_checks(cfg, run_dir)
-            _check_data_parallel(cfg, multirun)
+            check_job(cfg, run_dir, multirun)  # (a packed job's variant folders are checked as it starts them)
         except ConfigError as e:
             _refuse(e, run_dir, lock)
         except Exception:  # anything else (an interpolation, say) is met again below, and recorded there

@@ -166,7 +166,12 @@ GOOD = [
 
 
 @pytest.mark.parametrize("args", GOOD, ids=" ".join)
-def test_good_settings_pass(tmp_path, args):
+def test_good_settings_pass(tmp_path, monkeypatch, args):
+    """(An MLflow server is taken to answer and W&B to be logged in: tests/test_precheck.py checks both.)"""
+    from phicenter.loggers import reach
+
+    monkeypatch.setattr(reach, "answers", lambda host, port, timeout=0: None)
+    monkeypatch.setattr(reach, "wandb_logged_in", lambda: True)
     config.check_launch(compose_config(*args), lambda: None, tmp_path)
 
 

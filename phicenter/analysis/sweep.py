@@ -107,9 +107,28 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        self._check_jobs(config)
         total = count_jobs(config)
         if total:
             os.environ[JOBS_ENV] = str(total)  # for the jobs, here or in the processes a launcher starts
+
+    @staticmethod
+    def _check_jobs(config: DictConfig) -> None:
+        """Every job checked before the first starts (phicenter.analysis.precheck); the first that would be
+        refused: one line, a sweep_summary.json that says so, exit 2, nothing trained."""
+        from phicenter.analysis.precheck import JobRefused, check_sweep
+
+        try:
+            check_sweep(config)
+        except JobRefused as e:
+            print(f"phicenter train: error: {e}", file=sys.stderr)
+            entry = {"job": e.job, "error": e.why, "rounds_trained": 0, "rounds_reused": 0}
+            try:
+                write_json(Path(config.hydra.sweep.dir) / "sweep_summary.json", {"refused": [entry]})
+            except OSError:
+                pass
+            logging.shutdown()
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

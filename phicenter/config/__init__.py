@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable
 
 from phicenter.config import schema
@@ -61,7 +62,29 @@ def check(cfg) -> dict:
     """Every key of a config against the schema: ConfigError with a one-line message for the first wrong one.
     With pack=true, phi may be a list and each variant's strategy is checked with the variant. Returns the
     config normalised."""
-    return schema.check_tree(resolved(cfg))
+    out = schema.check_tree(resolved(cfg))
+    _check_phi_search(out)
+    return out
+
+
+def _check_phi_search(tree: dict) -> None:
+    """phi_sign and phi_abs are what hparams_search=phi_optuna draws phi from (phi interpolates them); set
+    where phi does not come from them (`+phi_abs=1e-3` without the search, or phi given beside the search),
+    nothing would read them: refused, rather than recorded as if they had acted."""
+    given = {k: tree[k] for k in PHI_SEARCH_KEYS if tree.get(k) is not None}
+    if not given:
+        return
+    phi = tree.get("phi")
+    sign, size = tree.get("phi_sign"), tree.get("phi_abs")
+    drawn = float(f"{sign}{size}") if sign is not None and size is not None else None
+    if drawn is not None and isinstance(phi, (int, float)) and math.isclose(phi, drawn, rel_tol=1e-12):
+        return
+    settings_given = ", ".join(f"{k}={v}" for k, v in given.items())
+    raise ConfigError(
+        f"{settings_given} would be ignored: phi_sign and phi_abs are what hparams_search=phi_optuna draws phi "
+        f"from, and phi={phi} does not come from them here; set phi itself (phi=-1e-3), or search with -m "
+        "hparams_search=phi_optuna"
+    )
 
 
 def settings(cfg) -> schema.Config:
@@ -75,16 +98,20 @@ def settings(cfg) -> schema.Config:
 
 def check_launch(cfg, previous: Callable[[], dict | None], run_dir) -> None:
     """What the command line checks before torch is imported: every setting, that every logger picked is
-    installed, and that run_dir, whose results.json `previous()` reads, has no run of another configuration (a
-    packed job's variant folders are checked as the job starts them)."""
+    installed and can keep records (a W&B login online, an MLflow server that answers), and that run_dir,
+    whose results.json `previous()` reads, has no run of another configuration (a packed job's variant
+    folders are checked as the job starts them)."""
     from phicenter.loggers import check_installed, selected
+    from phicenter.loggers.reach import check_reachable
 
     if cfg.get("pack"):
         check(cfg)
         check_installed(selected(cfg))
+        check_reachable(selected(cfg))
         return
     s = settings(cfg)
     check_installed(selected(cfg))
+    check_reachable(selected(cfg))
     if s.resume:
         check_same_run(previous(), recorded_config(cfg, s.phi), run_dir)
 
