@@ -239,6 +239,7 @@ def test_tensorboard_holds_every_scalar_once_and_the_hparams(resumed):
         for k, v in resumed["hparams"].items()
     }
     assert hp == want and hp["strategy"] == "mask0" and hp["epochs"] == 1.0
+    assert {k: type(v) for k, v in hp.items()} == {k: type(v) for k, v in want.items()}  # a bool a bool
 
 
 def test_csv_holds_the_same_scalars_and_hparams(resumed):
@@ -448,6 +449,67 @@ def test_loggers_stay_out_of_round_keys_folder_names_hparams_and_the_same_run_ch
     assert now["logger"]["wandb"]["project"] == "p" and "logger" in before  # recorded in results.json
     assert config.hparams(now) == config.hparams(before)
     assert config.config_changes(before, now) == []  # a relaunch may change its loggers
+
+
+def tensorboard_table(folder: Path) -> tuple[list[tuple[str, int]], dict]:
+    """TensorBoard's HParams table of a run folder's events, as its hparams plugin orders it: [(column, data
+    type)], and the run's {name: protobuf Value}."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    experiment, values = None, {}
+    for path in sorted((folder / "tb").glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            for v in Event.FromString(data[pos + 12 : pos + 12 + n]).summary.value:
+                if v.metadata.plugin_data.plugin_name == "hparams":
+                    hp = HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    experiment = hp.experiment if hp.HasField("experiment") else experiment
+                    values.update(hp.session_start_info.hparams)
+            pos += 12 + n + 4
+    _sort_and_reduce_to_hparams_limit(experiment)
+    return [(i.name, i.type) for i in experiment.hparam_infos], values
+
+
+def test_tensorboard_hparams_lead_with_what_the_sweep_varies_and_bools_are_bools(tmp_path):
+    """TensorBoard orders its HParams columns by `differs`, then by name: a single run's table leads with phi
+    and strategy, a multirun job's with the keys its sweep sets (Hydra's overrides of the job; execution
+    settings and loggers not), the rest after; a bool is a bool column, not 0.0/1.0."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+    from tensorboard.plugins.hparams import api_pb2
+    from tests.cli import compose_config
+
+    from phicenter.loggers import open_sinks
+
+    resolved = config.recorded_config(compose_config("phi=0.02", "strategy=mask1"))
+    job = compose_config("phi=0.02", "strategy=mask1", "seed=3", "optim=sgd", hydra=True)
+    with open_dict(job):
+        job.hydra.mode = "MULTIRUN"
+        job.hydra.overrides.task = ["seed=3", "optim=sgd", "threads=1", "logger=[tensorboard,csv]", "phi_abs=0.02"]
+    single = config.hparams(resolved)
+    HydraConfig.instance().set_config(job)
+    try:
+        swept = config.hparams(resolved)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert list(single)[:2] == ["phi", "strategy"] and single.lead == ("phi", "strategy")
+    assert swept.lead == ("seed", "optim.name", "phi") and list(swept)[:3] == list(swept.lead)
+    assert dict(swept) == dict(single) and single["dataset.augment"] is False
+    for name, params in (("single", single), ("swept", swept)):
+        (sink,) = open_sinks(tmp_path / name, {"tensorboard": {}}, params)
+        sink.hparams(params, {"final/val_acc": 0.9})
+        sink.close("complete")
+    columns, values = tensorboard_table(tmp_path / "single")
+    names = [c for c, _ in columns]
+    assert names[:2] == ["phi", "strategy"] and names[2:] == sorted(names[2:]) and "batch_size" in names[2:]
+    assert dict(columns)["dataset.augment"] == api_pb2.DATA_TYPE_BOOL
+    assert values["dataset.augment"].WhichOneof("kind") == "bool_value"
+    assert values["phi"].number_value == 0.02 and values["strategy"].string_value == "mask1"
+    names = [c for c, _ in tensorboard_table(tmp_path / "swept")[0]]
+    assert names[:3] == ["optim.name", "phi", "seed"] and "strategy" in names[3:]  # by name among the lead
 
 
 def test_jobs_that_start_together_share_a_new_sqlite_store(tmp_path):

@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from tests.cli import compose_config
 
-from hydra_plugins.phicenter_sweeper import distribution, element
+from hydra_plugins.phicenter_sweeper import Rounded, distribution, element, phi_of, rounded
 from phicenter.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +64,20 @@ def test_optuna_search_runs_through_the_cli(tmp_path):
         c = r["config"]
         assert c["phi"] == pytest.approx((-1 if c["phi_sign"] == "-" else 1) * c["phi_abs"], rel=1e-12)
         assert 1e-6 <= abs(c["phi"]) <= 0.1
+        assert c["phi_abs"] == float(f"{c['phi_abs']:.3g}")  # drawn, then rounded before the job ran
+    # short job folder names, each the phi its run trained
+    for job in sweep.glob("*/results.json"):
+        c = json.loads(job.read_text())["config"]
+        assert f",phi_abs={c['phi_abs']!r},phi_sign={c['phi_sign']}," in f",{job.parent.name},"
+        assert len(repr(c["phi_abs"])) <= len("1.23e-05"), job.parent.name
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"phi_sign", "phi_abs"}
     vals = [r["final"]["val_acc"] for r in runs]
     assert math.isclose(best["best_value"], max(vals))  # the study maximised what train returns
+    assert best["best_phi"] == float(f"{best['best_params']['phi_sign']}{best['best_params']['phi_abs']}")
+    said = proc.stdout + proc.stderr
+    assert f"best phi = {best['best_phi']:.2e} (val {best['best_value']:.4f})" in said
+    assert "{'phi_sign'" not in said
 
     out = tmp_path / "rep"
     assert report.main([str(sweep), "--out", str(out)]) == 0  # the report reads a search like any grid
@@ -107,6 +117,29 @@ def test_a_drawn_value_reads_back_the_same(value):
 def test_plain_strings_stay_unquoted():
     """Job folder names (hydra.job.override_dirname) read `phi_sign=-`, as before."""
     assert (element("-"), element("+"), element(1e-05)) == ("-", "+", "1e-05")
+
+
+def test_draws_are_rounded_before_the_trial_records_them():
+    """The sampler's draws from a continuous range, to 3 significant digits, in the study's own record; steps,
+    ints and choices as drawn; a rounding that would leave the range keeps the draw."""
+    space = {
+        "a": FloatDistribution(1e-6, 0.1, log=True),
+        "b": FloatDistribution(0.0, 1.0),
+        "s": FloatDistribution(0.0, 1.0, step=0.125),
+        "n": IntDistribution(1, 1000),
+        "c": CategoricalDistribution(["-", "+"]),
+    }
+    study = optuna.create_study(sampler=Rounded(optuna.samplers.RandomSampler(seed=0), 3))
+    for _ in range(20):
+        trial = study.ask(space)
+        study.tell(trial, 0.0)
+    for t in study.trials:
+        assert t.params["a"] == float(f"{t.params['a']:.3g}") and t.params["b"] == float(f"{t.params['b']:.3g}")
+        assert t.params["s"] % 0.125 == 0 and isinstance(t.params["n"], int) and t.params["c"] in ("-", "+")
+    assert rounded(0.0012345678, FloatDistribution(1e-6, 0.1, log=True), 3) == 0.00123
+    assert rounded(0.12355, FloatDistribution(0.0, 0.1236), 3) == 0.12355  # 0.124 would leave the range
+    assert rounded(0.0012345678, FloatDistribution(1e-6, 0.1, log=True), None) == 0.0012345678
+    assert phi_of({"phi_sign": "-", "phi_abs": 0.0017}) == -0.0017 and phi_of({"x": 1.0}) is None
 
 
 APP = """

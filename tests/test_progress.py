@@ -4,6 +4,7 @@ multirun, and where the results are at the end."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pty
 import re
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -28,6 +30,37 @@ def test_summary_and_duration():
     assert summary(three, diverged={2}) == "2 variants:  loss 0.2500-0.5000  val 0.8000-0.9000  (1 diverged)"
     assert summary([[]]) == ""
     assert duration(3725.4) == "1:02:05" and duration(None) == "?"
+
+
+def test_the_round_line_of_a_packed_job_is_one_short_summary(caplog):
+    """K > 1: the range of each number over the variants and the best variant's name, whatever K is (the Table 1
+    grid's 22 variants: one line well under 200 characters); one variant: its numbers, as before."""
+    from phicenter.engine.loop import _log_round
+
+    def member(phi, strategy, val, alive=True):
+        final = {"sparsity": 0.36, "effective_sparsity": 0.36 + phi, "val_acc": val, "test_acc": val - 0.01}
+        variant = SimpleNamespace(name=f"phi={phi!r},strategy={strategy}" if strategy else "")
+        prune = SimpleNamespace(iterations=10)
+        return SimpleNamespace(
+            variant=variant, record={"final": final}, alive=alive, settings=SimpleNamespace(prune=prune)
+        )
+
+    phis = [-1e-3, -5e-4, -1e-4, -5e-5, -1e-5, 0.0, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3]
+    grid = [member(p, s, 0.9 + i / 1000) for s in ("random_mask", "mask1") for i, p in enumerate(phis)]
+    grid[3].alive = False
+    outcomes = [SimpleNamespace(reused_from=None)] * 20 + [SimpleNamespace(reused_from="x")] * 2
+    with caplog.at_level(logging.INFO, logger="phicenter"):
+        _log_round(grid, outcomes, 2, 12.34)
+        _log_round(grid[:1], outcomes[:1], 2, 1.5)
+    many, one = (r.getMessage() for r in caplog.records)
+    assert many == (
+        "round 2/10  21 variants:  sparsity 0.360  effective 0.359-0.361  val 0.9000-0.9100  test 0.8900-0.9000  "
+        "best phi=0.001,strategy=random_mask  (1 diverged)  (12.3s, 2 of 22 reused)"
+    )
+    assert len(many) < 200
+    assert one == (
+        "round 2/10  phi=-0.001,strategy=random_mask sparsity 0.360 (effective 0.359)  val 0.9000  test 0.8900  (1.5s)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,6 +99,9 @@ def test_one_line_per_epoch_without_a_terminal_and_the_multirun_around_it(tmp_pa
     # the range over the variants (one number where they agree: round 0, trained alike)
     assert all(re.fullmatch(r"2 variants:  loss [\d.]+(-[\d.]+)?  val [\d.]+(-[\d.]+)?\s*", s) for _, _, s in lines)
     assert any("-" in s for _, _, s in lines)
+    # each round's line: the variants' ranges and the best of them, not each variant's numbers
+    ends = re.findall(r"round (\d)/2  (2 variants:  sparsity \S+  effective \S+  val \S+  test \S+  best \S+)  \(", out)
+    assert [r for r, _ in ends] == ["0", "1", "2"] * 2 and all("best phi=" in e for _, e in ends), ends
     assert "job 1 of 2: " in out and "job 2 of 2: " in out and "job 3" not in out
     assert "multirun finished: 4 complete" in out
     assert f"tensorboard --logdir {tmp_path}" in out and f"python -m phicenter.report {tmp_path}" in out

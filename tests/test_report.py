@@ -323,6 +323,71 @@ def test_no_validation_split_falls_back_to_test_and_says_so(tmp_path):
     no_nan(out)
 
 
+# ---------------------------------------------------------------- readable figures
+
+PAPER_PHIS = [-1e-3, -5e-4, -1e-4, -5e-5, -1e-5, 0.0, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3]
+SMALL_PHIS = [-1e-3, -1e-4, 0.0, 5e-5, 5e-4, 1e-3]
+
+
+def drawn_figures(root: Path) -> list:
+    """The report's figures of the runs under root, as matplotlib figures, drawn."""
+    from phicenter.analysis.figures import figures
+
+    runs = report.load([root])
+    report.label(runs)
+    made = figures(report.select(report.group(runs), "val"), render=lambda fig: fig)
+    for _, _, fig in made:
+        fig.canvas.draw()
+    return made
+
+
+def phi_labels(ax, axis: str) -> list:
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    return [t for t in a.get_majorticklabels() if t.get_visible() and t.get_text()]
+
+
+@pytest.mark.parametrize("phis", [PAPER_PHIS, SMALL_PHIS], ids=["paper", "small"])
+def test_phi_axes_readable_and_legends_beside_the_data(tmp_path, phis):
+    """Each phi axis (symmetric log) is ticked at phis present, compactly labelled, and no two of its labels
+    overlap at the figure's size; every legend lies outside the axes' data area."""
+    import matplotlib.pyplot as plt
+
+    for i, phi in enumerate(phis):
+        for strategy in ("mask0", "mask1", "random_mask"):
+            write_run(tmp_path, strategy, phi, 0, 0.9 + 0.003 * i, 0.9 + 0.002 * i, flips=0 if phi == 0 else 3)
+    made = drawn_figures(tmp_path)
+    kinds = {name.split("__")[0] for _, name, _ in made}
+    assert kinds == {"acc_vs_phi", "flips_vs_phi", "acc_vs_sparsity", "critical_phi"}
+    for _, name, fig in made:
+        (ax,) = fig.axes
+        for axis in ("x", "y"):
+            if (ax.get_xscale() if axis == "x" else ax.get_yscale()) != "symlog":
+                continue
+            labels = phi_labels(ax, axis)
+            boxes = [t.get_window_extent() for t in labels]
+            assert not [
+                (labels[i].get_text(), labels[j].get_text())
+                for i in range(len(boxes))
+                for j in range(i + 1, len(boxes))
+                if boxes[i].overlaps(boxes[j])
+            ], name
+            texts = [t.get_text().replace("\N{MINUS SIGN}", "-") for t in labels]
+            assert "0" in texts and all(re.fullmatch(r"-?\d(\.\d+)?e-\d|0|-?0\.\d+", t) for t in texts), texts
+            if name.startswith("acc_vs_phi"):
+                assert {float(t) for t in texts} <= set(phis) and {"-1e-3", "1e-3", "0"} <= set(texts)
+                assert "5e-5" in texts or phis is PAPER_PHIS  # the small grid's 5e-5 has room for its label
+        legend = ax.get_legend()
+        assert legend is not None and not legend.get_window_extent().overlaps(ax.get_window_extent()), name
+        plt.close(fig)
+
+
+def test_phi_labels_are_compact():
+    from phicenter.analysis.figures import phi_label
+
+    phis = (0.0, -1e-3, 5e-5, 2.5e-4, -0.05, 1e-12)
+    assert [phi_label(p) for p in phis] == ["0", "-1e-3", "5e-5", "2.5e-4", "-0.05", "1e-12"]
+
+
 # ---------------------------------------------------------------- a real tiny multirun
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import typing
 
 from phicenter.config.schema import Config
+from phicenter.loggers.base import HParams
 from phicenter.spec import declared, group_in
 
 # A group's name stands for every key in it.
@@ -125,11 +126,47 @@ def _scalar(v):
     return "null" if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)
 
 
-def hparams(resolved: dict) -> dict[str, typing.Any]:
-    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): strategy, phi,
-    seed, model and dataset first, then every other setting that shapes training (dotted keys, in config
-    order); execution settings left out; values plain scalars (null as "null", lists as text)."""
+# What leads a single run's hparams (a multirun's: what its sweep varies).
+SINGLE_RUN_LEAD = ("phi", "strategy")
+
+
+def swept_keys() -> list[str] | None:
+    """The keys a multirun job's command line sets (Hydra's hydra.overrides.task: the sweep's overrides and
+    the experiment's declared sweep, as this job got them); None outside a multirun job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+    except ImportError:
+        return None
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        return None
+    task = list(HydraConfig.get().overrides.task)
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(task)]
+
+
+def _label(key: str, out: dict) -> str | None:
+    """The hparam a config key (or group, or phi's search encoding) stands for, when the run has it."""
+    labels = {k: label for label, k in HPARAMS_FIRST}
+    if key in PHI_SEARCH_KEYS:
+        key = "phi"
+    for name in (labels.get(key, key), labels.get(f"{key}.name"), f"{key}.name"):
+        if name in out:
+            return name
+    return None
+
+
+def hparams(resolved: dict, sweep: typing.Sequence[str] | None = None) -> HParams:
+    """A run's resolved config as the hparams every logger receives (TensorBoard's HParams): first what the
+    sweep varies (`sweep`: its keys; None: the running multirun job's, `swept_keys`; outside one phi and
+    strategy), marked as the lead; then strategy, phi, seed, model and dataset, then every other setting that
+    shapes training (dotted keys, in config order); execution settings left out; values plain scalars (bools
+    bools, null as "null", lists as text)."""
     flat = flatten(resolved)
     out = {label: _scalar(flat.pop(key)) for label, key in HPARAMS_FIRST if key in flat}
     out.update((k, _scalar(v)) for k, v in flat.items() if shapes_training(k))
-    return out
+    if sweep is None:
+        sweep = swept_keys()
+    if sweep is None:
+        sweep = SINGLE_RUN_LEAD
+    lead = list(dict.fromkeys(label for label in (_label(k, out) for k in sweep) if label is not None))
+    return HParams({k: out[k] for k in lead} | out, lead=lead)

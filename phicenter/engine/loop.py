@@ -337,19 +337,16 @@ def _finish_round(
 
 
 def _log_round(alive: list[Member], outcomes: list, r: int, seconds: float) -> None:
-    """The round's one log line: each live variant's sparsity and accuracies, the time, what was reused."""
+    """The round's one log line: the live variant's sparsity and accuracies (K > 1: their ranges and the best
+    variant, engine.progress.round_line), the time, what was reused."""
+    from phicenter.engine.progress import round_line
+
     reused = sum(o.reused_from is not None for o in outcomes)
     log.info(
         "round %d/%d  %s(%.1fs%s)",
         r,
         alive[0].settings.prune.iterations,
-        "  ".join(
-            f"{m.variant.name + ' ' if m.variant.name else ''}sparsity {m.record['final']['sparsity']:.3f} "
-            f"(effective {m.record['final']['effective_sparsity']:.3f})  "
-            f"val {m.record['final']['val_acc']:.4f}  test {m.record['final']['test_acc']:.4f}  "
-            for m in alive
-            if m.alive
-        ),
+        round_line({m.variant.name: m.record["final"] for m in alive if m.alive}, len(alive)),
         seconds,
         f", {reused} of {len(alive)} reused" if reused else "",
     )

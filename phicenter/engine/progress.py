@@ -4,7 +4,8 @@ not (a SLURM log, CI, `> log`). `trainer.enable_progress_bar=true` or `false` fo
 Both read only what the module already holds on the host (its per-epoch history rows, reduced once at the end
 of each epoch): nothing here syncs the device. So the bar shows the round, the epoch, the step count, the
 previous epoch's loss and validation accuracy and the run's ETA; the line, written once an epoch's numbers
-exist, shows that epoch's. A cohort of K > 1 variants gets one line: the range of its variants' values.
+exist, shows that epoch's. A cohort of K > 1 variants gets one line: the range of its variants' values; so
+does its end-of-round line (`round_line`), which also names the variant with the best validation accuracy.
 """
 
 from __future__ import annotations
@@ -35,22 +36,24 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def span(rows: list[dict], key: str, spec: str) -> str | None:
+    """The range of `key` over `rows`, 'lo-hi' (one number where they agree); None where no row has a finite
+    value."""
+    values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    return format(lo, spec) if lo == hi else f"{lo:{spec}}-{hi:{spec}}"
+
+
 def summary(history: list[list[dict]], diverged=()) -> str:
     """The last epoch of each variant: 'loss 0.4123  val 0.9012', or for K > 1 the range over the variants."""
     rows = [h[-1] for i, h in enumerate(history) if h and i not in diverged]
     if not rows:
         return ""
-
-    def show(key, spec):
-        values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
-        if not values:
-            return None
-        lo, hi = min(values), max(values)
-        return format(lo, spec) if lo == hi else f"{lo:{spec}}-{hi:{spec}}"
-
     parts = [
         f"{name} {v}"
-        for name, v in (("loss", show("train_loss", ".4f")), ("val", show("val_acc", ".4f")))
+        for name, v in (("loss", span(rows, "train_loss", ".4f")), ("val", span(rows, "val_acc", ".4f")))
         if v is not None
     ]
     if len(history) > 1:
@@ -58,6 +61,34 @@ def summary(history: list[list[dict]], diverged=()) -> str:
         if diverged:
             parts.append(f"({len(diverged)} diverged)")
     return "  ".join(parts)
+
+
+def round_line(finals: dict[str, dict], started: int) -> str:
+    """The numbers of a round's log line. One variant: its sparsity and accuracies ('sparsity 0.590 (effective
+    0.600)  val 0.9444  test 0.9361', its name first when it has one). K > 1 (`started`: the variants that
+    began the round; `finals`: {name: final row} of those still alive after it): the range of each number over
+    them and the name of the one with the best validation accuracy, one line of about 150 characters whatever
+    K is (each variant's numbers are in its results.json and logger)."""
+    rows = list(finals.values())
+    if started <= 1:
+        return "".join(
+            f"{name + ' ' if name else ''}sparsity {f['sparsity']:.3f} (effective {f['effective_sparsity']:.3f})  "
+            f"val {f['val_acc']:.4f}  test {f['test_acc']:.4f}  "
+            for name, f in finals.items()
+        )
+    shown = [
+        ("sparsity", span(rows, "sparsity", ".3f")),
+        ("effective", span(rows, "effective_sparsity", ".3f")),
+        ("val", span(rows, "val_acc", ".4f")),
+        ("test", span(rows, "test_acc", ".4f")),
+    ]
+    parts = [f"{len(rows)} variants:", *(f"{k} {v}" for k, v in shown if v is not None)]
+    ranked = [(f["val_acc"], n) for n, f in finals.items() if math.isfinite(f.get("val_acc") or math.nan)]
+    if ranked:  # the first of the best, as the report's choice on validation
+        parts.append(f"best {max(ranked, key=lambda x: x[0])[1]}")
+    if len(rows) < started:
+        parts.append(f"({started - len(rows)} diverged)")
+    return "  ".join(parts) + "  "
 
 
 def steps_per_epoch(batches) -> int:

@@ -11,6 +11,16 @@ from phicenter.io import read_json, write_json
 IDS = "loggers.json"  # in the run folder: {logger: {"id": ..., and where the run is kept}}
 
 
+class HParams(dict):
+    """A run's hparams (phicenter.config.hparams), in the order a logger shows them, and `lead`: the leading
+    keys that stand for what the run's sweep varies (TensorBoard marks them so its HParams table leads with
+    them). A plain dict to every logger that only stores them."""
+
+    def __init__(self, items=(), lead: tuple[str, ...] = ()):
+        super().__init__(items)
+        self.lead = tuple(lead)
+
+
 class Sink:
     """One logger's side of one run. `folder`: the run folder; `name`: the run's name (its folder, shown
     relative to the current folder when inside it); `params`: its hparams (phicenter.config.hparams), for the
