@@ -576,13 +576,11 @@ def test_late_rewinding_point_is_the_state_after_epoch_k(tmp_path, k):
     theta0 = torch.load(d / results.THETA0, weights_only=True)
     key = "fc1.weight"
     assert not torch.equal(theta_k[key], theta0[key])  # one epoch of training moved it
-    # the same cohort killed after round 0 and relaunched
+    # the same cohort stopped after round 0 (a failure as round 1 starts: an execution setting) and relaunched
     again_dir = tmp_path / "again"
-    loop.train(variants("fc_lot", combos, "prune.iterations=0", "epochs=2", "rewind.epoch=1"), again_dir)
-    for v in vs:  # the finished round-0-only runs are "complete": continue them as the longer config
-        res = results.read_json(again_dir / v.name / results.RESULTS)
-        res["status"], res["config"]["prune"]["iterations"] = "running", 1
-        results.write_json(again_dir / v.name / results.RESULTS, res)
+    stopped = variants("fc_lot", combos, "prune.iterations=1", "epochs=2", "rewind.epoch=1", "fault.fail_round=1")
+    with pytest.raises(loop.CohortFailed):
+        loop.train(stopped, again_dir)
     got = loop.train(vs, again_dir)
     for v in vs:
         assert_same_rounds(got[v.name], ref[v.name], v.name)
