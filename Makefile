@@ -11,7 +11,7 @@ UNLOCKED = $(PY) -m pip freeze --exclude-editable | grep -vxF -f $(LOCK) | cut -
 
 .PHONY: setup lock audit run test test-slow lint format clean
 
-setup: $(STAMP)
+setup: $(STAMP)  ## .venv at requirements.lock's versions, made or brought up to date
 
 # .venv made to hold exactly the lock: what it does not list goes first (a package dropped or at another
 # version), then the lock's versions install; a package installed that it does not list means pyproject.toml
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # requirements.lock anew: the newest versions pyproject.toml allows (every extra), resolved in an empty venv,
 # frozen. Run it after changing a dependency in pyproject.toml, or to take up new releases; then `make audit`.
-lock:
+lock:  ## requirements.lock anew from pyproject.toml's newest allowed versions (then make audit)
 	@set -e; tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip setuptools; \
@@ -40,31 +40,31 @@ lock:
 
 # every package the lock pins against the advisories PyPI publishes (pip-audit); fails on a finding, and on a
 # package it could not check. make audit ARGS='-s osv': OSV's database instead of PyPI's
-audit: setup
+audit: setup  ## the pinned versions against published vulnerabilities (pip-audit)
 	@$(PY) -m pip_audit --strict --no-deps --disable-pip --progress-spinner off -r $(LOCK) $(ARGS) || { \
 	    echo "make audit: failed. A package 'not found on PyPI' that is there means pip-audit could not reach" \
 	         "PyPI's JSON API for single releases from this network; try ARGS='-s osv'"; exit 1; }
 
-run: setup
+run: setup  ## the default experiment (quickstart); make run ARGS='overrides'
 	$(PY) -m phicenter.train $(ARGS)
 
 .PHONY: report
-report: setup  # make report DIR=outputs/multirun/... [ARGS='--select test --out OUT']
+report: setup  ## the paper's tables from a grid: make report DIR=outputs/multirun/... [ARGS='--select test --out OUT']
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun folder> [ARGS=...]"; exit 2; }
 	$(PY) -m phicenter.report $(DIR) $(ARGS)
 
 .PHONY: bench
-bench: setup  # make bench [ARGS='--quick --data-dir ../shared/data']; writes outputs/bench.json
+bench: setup  ## the benchmarks, into outputs/bench.json [ARGS='--quick --data-dir ../shared/data']
 	OMP_NUM_THREADS=1 $(PY) -m phicenter.bench --out outputs/bench.json $(ARGS)
 
-test: setup
+test: setup  ## the test suite, the slow tests left out
 	$(PY) -m pytest -q $(ARGS)
 
-lint: setup  # ruff's checks and its formatting, as pyproject.toml configures them; changes nothing
+lint: setup  ## ruff's checks and its formatting, as pyproject.toml configures them; changes nothing
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: setup  # what `make lint` asks for, done: safe fixes, then the formatting
+format: setup  ## what make lint asks for, done: safe fixes, then the formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
@@ -75,11 +75,15 @@ docs: setup  ## build the docs site
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d outputs/site
 
 .PHONY: gpu-check
-gpu-check: setup  # on one GPU: the CUDA-only checks and a short bench (< 8 min); writes outputs/gpu-check.json
+gpu-check: setup  ## on one GPU: the CUDA-only checks and a short bench (< 8 min); writes outputs/gpu-check.json
 	$(PY) -m phicenter.bench.gpu_check --out outputs/gpu-check.json $(ARGS)
 
-test-slow: setup
+test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-clean:
+clean:  ## remove .venv, outputs/ and the caches
 	rm -rf $(VENV) outputs .pytest_cache $(LOCK).new
+
+.PHONY: help
+help:  ## each target with what it does (the comment on its line)
+	@awk -F ':.*## ' '/^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -3,3 +3,22 @@
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra config tree that phicenter.train composes
+UNINSTALLED = "0+unknown"  # the version of a source tree that was never installed (pyproject.toml has the real one)
+
+
+def version() -> str:
+    """The installed phicenter's version: pyproject.toml's, as the install recorded it."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("phicenter")
+    except PackageNotFoundError:
+        return UNINSTALLED
+
+
+def __getattr__(name: str):
+    """`phicenter.__version__`, read from the install's metadata when first asked for, not at import."""
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ from phicenter.analysis.readback import BadRecord, Round, load_torch, locate
 from phicenter.engine.rundir import RESULTS, THETA0
 from phicenter.io import FILE_MODE, WriteError, write_file
 
-PROG = "python -m phicenter.export"
+PROG = "phicenter export"  # as argparse and every error line name it (`python -m phicenter.export` too)
 
 
 class BadInput(ValueError):

@@ -30,7 +30,7 @@ from phicenter.engine import roundstore, storetrust
 from phicenter.engine.roundstore import CORRUPT, ENTRY, REMOVED, STATE
 from phicenter.engine.storetrust import Untrusted
 
-PROG = "python -m phicenter.store"
+PROG = "phicenter store"  # as argparse and every error line name it (`python -m phicenter.store` too)
 STALE_SECONDS = 24 * 3600  # a publisher writes its temporary folder in seconds; one a day old was killed
 UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 

@@ -148,7 +148,7 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, args, message):
     proc = train(*args.split(), "threads=1", f"hydra.run.dir={run_dir}", check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("phicenter: error:") and message in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("phicenter train: error:") and message in lines[0], proc.stderr
     assert not run_dir.exists()
 
 
@@ -197,7 +197,7 @@ def test_bad_npz_one_line_exit_2_no_folder(tmp_path, case):
     proc = train("dataset=npz", f"dataset.path={f}", "threads=1", f"hydra.run.dir={run_dir}", check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"phicenter: error: dataset.path: {f}"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"phicenter train: error: dataset.path: {f}"), proc.stderr
     assert message in lines[0], lines[0]
     assert not run_dir.exists()
 

@@ -234,7 +234,7 @@ def test_a_report_file_that_cannot_be_written_is_one_line_and_the_rest_stands(tm
         assert report.main([str(reference), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"phicenter.report: error: cannot write {out / 'summary.csv'}: No space left on device (injected) (ENOSPC)"
+        f"phicenter report: error: cannot write {out / 'summary.csv'}: No space left on device (injected) (ENOSPC)"
     ]
     assert (out / "summary.csv").read_text() == "the last good one" and not temporaries(out)
     assert report.main([str(reference), "--out", str(out)]) == 0

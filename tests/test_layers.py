@@ -24,6 +24,7 @@ LAYERS = [
     {"engine"},  # the round loop (Lightning)
     {"analysis"},
     {"train", "report", "bench", "export", "store"},  # the commands
+    {"cli"},  # `phicenter COMMAND`: the console script over the commands
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 

@@ -263,7 +263,7 @@ def test_mlflow_holds_one_run_with_the_same_scalars_and_params(resumed):
     assert run.data.tags["phicenter.run_dir"] == str(resumed["dir"])
     assert run.data.params == {k: str(v) for k, v in resumed["hparams"].items()}
     assert mlflow_scalars(client, run) == resumed["want"]
-    assert f"mlflow ui --backend-store-uri {resumed['uri']}" in resumed["out"]
+    assert f"{sys.executable} -m mlflow ui --backend-store-uri {resumed['uri']}" in resumed["out"]
 
 
 def test_wandb_holds_one_run_with_the_same_scalars_and_config(resumed):
@@ -276,7 +276,7 @@ def test_wandb_holds_one_run_with_the_same_scalars_and_config(resumed):
     for launch in launches:
         assert {k: v for k, v in launch["config"].items() if k != "_wandb"} == resumed["hparams"]
     assert launches[-1]["summary"]["final/test_acc"] == resumed["res"]["final"]["test_acc"]
-    assert f"wandb sync {resumed['dir']}/wandb/offline-run-*" in resumed["out"]
+    assert f"{sys.executable} -m wandb sync {resumed['dir']}/wandb/offline-run-*" in resumed["out"]
 
 
 def test_a_stopped_run_is_marked_so_and_its_relaunch_continues_it(offline, tmp_path):
@@ -429,7 +429,7 @@ def test_a_missing_extra_is_refused_in_one_line(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        "phicenter: error: logger=mlflow needs the mlflow package, which is not installed; install it with: "
+        "phicenter train: error: logger=mlflow needs the mlflow package, which is not installed; install it with: "
         "pip install 'phicenter[mlflow]'"
     ]
     assert not (tmp_path / "run").exists()

@@ -104,7 +104,8 @@ def test_one_line_per_epoch_without_a_terminal_and_the_multirun_around_it(tmp_pa
     assert [r for r, _ in ends] == ["0", "1", "2"] * 2 and all("best phi=" in e for _, e in ends), ends
     assert "job 1 of 2: " in out and "job 2 of 2: " in out and "job 3" not in out
     assert "multirun finished: 4 complete" in out
-    assert f"tensorboard --logdir {tmp_path}" in out and f"python -m phicenter.report {tmp_path}" in out
+    assert f"{sys.executable} -m tensorboard.main --logdir {tmp_path}" in out
+    assert f"{sys.executable} -m phicenter.report {tmp_path}" in out
     assert "it/s" not in out and "\r" not in out  # no bar
 
 
@@ -154,8 +155,8 @@ def test_live_bar_on_a_terminal(tmp_path):
         re.search(r" 40/40 \[.*step/s, run ETA=\d+:\d\d:\d\d, last epoch=loss [\d.]+  val [\d.]+\]", s) for s in bars
     ), bars[-3:]
     assert not EPOCH_LINE.search(shown)
-    assert "round 2/2  sparsity" in shown and f"tensorboard --logdir {tmp_path}" in shown
-    assert f"python -m phicenter.report {tmp_path}" in shown
+    assert "round 2/2  sparsity" in shown and f"{sys.executable} -m tensorboard.main --logdir {tmp_path}" in shown
+    assert f"{sys.executable} -m phicenter.report {tmp_path}" in shown
 
 
 def test_count_jobs_of_a_multirun():

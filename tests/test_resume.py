@@ -89,7 +89,7 @@ def test_relaunch_under_another_config_is_refused(reference):
     proc = train(*run_args(k), "optim.lr=2e-3", "seed=3", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("phicenter: error: ") and "another configuration" in err[0], err
+    assert len(err) == 1 and err[0].startswith("phicenter train: error: ") and "another configuration" in err[0], err
     assert "optim.lr: 0.0012 -> 0.002" in err[0] and "seed: 0 -> 3" in err[0]
     assert (folder(run_dir, k) / "results.json").read_bytes() == before
     # how it runs may change: threads, progress bar, checkpoint policy

@@ -306,7 +306,7 @@ def test_a_rewind_step_past_round_0_is_refused_in_one_line(tmp_path):
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert err[0] == (
-        "phicenter: error: rewind.step=42 is not inside round 0 (2 epochs of 21 steps = 42 "
+        "phicenter train: error: rewind.step=42 is not inside round 0 (2 epochs of 21 steps = 42 "
         "optimizer steps): rounds >= 1 train from the rewind point to the end of round 0's schedule"
     )
     assert not (tmp_path / "run").exists()

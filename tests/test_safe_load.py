@@ -247,7 +247,7 @@ def test_a_cifar_batch_with_code_is_one_line_and_exit_2(tmp_path):
     assert not marker.exists(), "the planted payload ran"
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("phicenter: error:") and str(bad) in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("phicenter train: error:") and str(bad) in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])

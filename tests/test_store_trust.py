@@ -330,4 +330,4 @@ def test_store_command_refuses_bad_input_in_one_line(tmp_path):
         )
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("python -m phicenter.store: error:") and says in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("phicenter store: error:") and says in lines[0]

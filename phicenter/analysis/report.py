@@ -223,7 +223,7 @@ def markdown(dirs, by, cells, t, made, usable, not_used, literature_lines=()) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m phicenter.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="phicenter report", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="multirun or run folders")
     p.add_argument("--out", type=Path, help="output folder (default: DIR/report of the first DIR)")
     p.add_argument(
@@ -235,13 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
-        print(f"phicenter.report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        print(f"phicenter report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0] / "report"
     try:
         res = report(args.dirs, out, args.select)
     except OSError as e:  # each file is written whole or not at all: those written stand, the rest as before
-        print(f"phicenter.report: error: {e}", file=sys.stderr)
+        print(f"phicenter report: error: {e}", file=sys.stderr)
         return 1
     print(
         f"phicenter.report: {out / 'report.md'}: {res['used']} runs used in {res['cells']} cells, "

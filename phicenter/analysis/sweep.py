@@ -74,15 +74,18 @@ def job_line() -> str:
 
 def where_results(folder: str | Path, what: str, loggers: dict | None = None) -> list[str]:
     """Where a run's or a multirun's results are, and the commands that read them: each logger's
-    (phicenter.loggers.selected; None: TensorBoard's), then the report."""
+    (phicenter.loggers.selected; None: TensorBoard's), then the report. The commands work pasted into a new
+    shell: this interpreter's path, the folder's absolute path."""
     from phicenter.loggers import readers
+    from phicenter.loggers.base import python_command
 
     shown = os.path.relpath(folder) if Path(folder).resolve().is_relative_to(Path.cwd()) else str(folder)
+    absolute = str(Path(folder).absolute())
     loggers = {"tensorboard": {}} if loggers is None else loggers
     return [
         f"{what} in {shown}; to read them:",
-        *(f"  {line}" for line in readers(folder, shown, loggers)),
-        f"  python -m phicenter.report {shown}",
+        *(f"  {line}" for line in readers(folder, absolute, loggers)),
+        f"  {python_command('phicenter.report', absolute)}",
     ]
 
 
@@ -101,7 +104,7 @@ class SweepSummary(Callback):
         clash = swept_unnamed_keys(config)
         if clash:
             print(
-                f"phicenter: error: this multirun sweeps {', '.join(clash)}, which job folder names leave out "
+                f"phicenter train: error: this multirun sweeps {', '.join(clash)}, which job folder names leave out "
                 "(how a job runs, not what it trains), so its jobs would share one folder; run one multirun "
                 "per value, each with its own hydra.sweep.dir",
                 file=sys.stderr,

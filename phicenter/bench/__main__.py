@@ -240,7 +240,7 @@ def packed_rows(res: dict, args, device: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m phicenter.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="phicenter bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller version, under a minute on 2 CPU cores")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument(

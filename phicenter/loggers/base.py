@@ -4,6 +4,8 @@ the run folder for the loggers that keep their runs elsewhere."""
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from phicenter.io import read_json, write_json
@@ -64,3 +66,10 @@ class Sink:
 def env_or(value, var: str):
     """A setting given, else the environment's, else None."""
     return value if value not in (None, "") else (os.environ.get(var) or None)
+
+
+def python_command(module: str, *args: str) -> str:
+    """`python -m MODULE ARGS` as a line to paste into a shell: this interpreter's own path (the shell it is
+    pasted into may have no virtual environment active, or another python first on its PATH), each argument
+    quoted where the shell needs it."""
+    return " ".join(shlex.quote(a) for a in (sys.executable, "-m", module, *args))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from phicenter.loggers.base import Sink
+from phicenter.loggers.base import Sink, python_command
 from phicenter.loggers.options import MlflowOptions
 
 STATUS = {"complete": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}  # else KILLED (stopped)
@@ -129,4 +129,4 @@ class MLflow(Sink):
         uri = options.tracking_uri
         if uri and uri.startswith(("http://", "https://")):
             return [f"open {uri} (MLflow experiment {options.experiment})"]
-        return [f"mlflow ui --backend-store-uri {tracking_uri(uri)}" if uri else "mlflow ui"]
+        return [python_command("mlflow", "ui", *(["--backend-store-uri", tracking_uri(uri)] if uri else []))]

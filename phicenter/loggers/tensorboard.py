@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from phicenter.io import AppendFile
-from phicenter.loggers.base import Sink
+from phicenter.loggers.base import Sink, python_command
 from phicenter.loggers.options import TensorBoardOptions
 
 FOLDER = "tb"
@@ -126,4 +126,4 @@ class TensorBoard(Sink):
 
     @classmethod
     def readers(cls, folder: Path, shown: str, options: TensorBoardOptions) -> list[str]:
-        return [f"tensorboard --logdir {shown}"]
+        return [python_command("tensorboard.main", "--logdir", shown)]  # a venv's `tensorboard` is not on PATH

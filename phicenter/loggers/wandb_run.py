@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from phicenter.loggers.base import Sink, env_or
+from phicenter.loggers.base import Sink, env_or, python_command
 from phicenter.loggers.options import WandbOptions
 
 STEP = "step"
@@ -72,4 +72,4 @@ class WandB(Sink):
     def readers(cls, folder: Path, shown: str, options: WandbOptions) -> list[str]:
         """Offline runs: the one command that uploads them (each run's launches in order, as one run)."""
         depths = sorted({len(p.relative_to(folder).parts) - 2 for p in Path(folder).rglob("wandb/offline-run-*")})
-        return [f"wandb sync {shown}/{'*/' * d}wandb/offline-run-*" for d in depths]
+        return [f"{python_command('wandb', 'sync', shown)}/{'*/' * d}wandb/offline-run-*" for d in depths]
