@@ -50,8 +50,16 @@ def _refuse(e: Exception, run_dir: Path, lock: results.Lock | None = None):
     """One line and exit 2; nothing of this launch is left in the folder (a busy one is not touched at all)."""
     print(f"phicenter train: error: {e}", file=sys.stderr)
     logging.shutdown()
-    if not isinstance(e, results.FolderBusy):
+    if isinstance(e, results.FolderBusy):
+        sys.exit(2)
+    if lock is not None:
         _discard_if_new(run_dir, lock)
+        sys.exit(2)
+    try:  # refused before it locked the folder: discard only under the lock, never another run's new folder
+        with results.locked(run_dir) as taken:
+            _discard_if_new(run_dir, taken)
+    except (results.FolderBusy, OSError):
+        pass
     sys.exit(2)
 
 

@@ -55,6 +55,19 @@ def test_a_folder_held_by_another_process_is_refused_untouched(tmp_path):
     assert snapshot(run) == before
 
 
+def test_bad_input_on_a_busy_new_folder_leaves_it_to_its_holder(tmp_path):
+    """A refusal drops the folder its launch made, but never a folder another run has just started in."""
+    run = tmp_path / "run"
+    with locked(run):
+        (run / "train.log").write_text("")
+        before = snapshot(run)
+        proc = train(f"hydra.run.dir={run}", "phi=abc", *QUICK, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert snapshot(run) == before
+    proc = train(f"hydra.run.dir={tmp_path / 'new'}", "phi=abc", *QUICK, check=False)
+    assert proc.returncode == 2 and not (tmp_path / "new").exists()
+
+
 def test_a_packed_jobs_variant_folder_is_locked_too(tmp_path):
     job = tmp_path / "job"
     with locked(job / "phi=0.0,strategy=mask0"):
