@@ -120,7 +120,7 @@ format: setup-dev  ## what make lint asks for, done: safe fixes, then the format
 # docs/ and the API reference from the docstrings (mkdocs.yml) into outputs/site; a warning or a broken link fails
 # it, and nothing is fetched while it builds. NO_MKDOCS_2_WARNING: without mkdocs-material's end-of-life banner
 .PHONY: docs
-docs: setup  ## build the docs site
+docs: setup-dev  ## build the docs site
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d outputs/site
 
 .PHONY: gpu-check
