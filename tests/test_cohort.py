@@ -114,10 +114,10 @@ def test_packed_equals_alone(pair):
         assert len(a["rounds"]) == n_rounds
         assert_same_rounds(a, b, v.name)
         # final weights, masks, fills and biases
-        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=False)[
+        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=True)[
             "model"
         ]
-        wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=False)[
+        wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=True)[
             "model"
         ]
         assert wa.keys() == wb.keys()

@@ -60,7 +60,7 @@ def test_two_processes_shard_agree_resume_and_complete(tmp_path):
     _kill_in_round_1(run_dir)
     killed = results(run_dir)
     assert killed["status"] == "running" and [r["round"] for r in killed["rounds"]] == [0]
-    state = torch.load(run_dir / "checkpoints" / "round_001_epochs" / "last.ckpt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "round_001_epochs" / "last.ckpt", weights_only=True)
     epochs_done = state["epoch"] + 1
     # a process's shard: ceil(2300 / 2) samples, 115 steps an epoch (one process alone takes 230)
     assert state["global_step"] == epochs_done * math.ceil(math.ceil(TRAIN / 2) / 10) == epochs_done * 115

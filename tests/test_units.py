@@ -426,7 +426,7 @@ def test_a_structured_resnet_run_records_both_sparsities(tmp_path):
     assert res["status"] == "complete"
     net = models.build("resnet20", (3, 8, 8), 5)
     pruning.attach_masks(net)
-    net.load_state_dict(torch.load(checkpoint_path(tmp_path, 2), weights_only=False)["model"])
+    net.load_state_dict(torch.load(checkpoint_path(tmp_path, 2), weights_only=True)["model"])
     layers, wiring = pruning.prunable_layers(net), units.Wiring(net)
     for i in range(9):
         gone = ~pruning.mask_of(layers[f"blocks.{i}.conv1"]).mask.flatten(1).any(1)
