@@ -423,8 +423,9 @@ def test_hparams_lead_with_the_grid_axes_and_drop_execution_settings():
         )
     )
     hp = config.hparams(resolved)
-    assert list(hp)[:5] == ["strategy", "phi", "seed", "model", "dataset"]
-    assert [hp[k] for k in list(hp)[:5]] == ["gradual", 5e-5, 3, "fc_lot", "digits"]
+    assert list(hp)[:5] == ["phi", "strategy", "seed", "model", "dataset"]  # a single run leads with phi, strategy
+    assert [hp[k] for k in list(hp)[:5]] == [5e-5, "gradual", 3, "fc_lot", "digits"]
+    assert hp.lead == ("phi", "strategy")
     assert hp["optim.lr"] == 1.2e-3 and hp["strategy.trained_fraction"] == 0.7 and hp["prune.method"] == "magnitude"
     assert hp["prune.output_base"] == "null" and hp["schedule.at"] == "[0.5]"
     assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
