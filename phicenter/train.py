@@ -88,16 +88,26 @@ def _started(cfg: DictConfig, hc, multirun: bool) -> None:
 def _stop_on_sigterm(exc: type[BaseException]) -> None:
     """SIGTERM (scancel, a requeue, a time limit, a plain kill) stops the job at once, wherever it is: Lightning
     alone defers it to its next batch and forgets it outside a fit, and submitit ignores it. Every checkpoint
-    is written atomically, so the last completed epoch is what the next launch resumes."""
-    fired = []
+    is written atomically, so the last completed epoch is what the next launch resumes. Once submitit's own
+    handler of SIGUSR2 (SLURM's warning before a time limit or a preemption) has begun to requeue the job, a
+    SIGTERM that arrives with it (a job held past its limit gets both at once) is left to submitit, which exits
+    itself once the job is requeued: raised there, it would cut the requeue short."""
+    fired, requeueing = [], []
 
     def handler(signum, frame):
-        if not fired:  # once: a second SIGTERM must not cut short the record of the first
+        if not fired and not requeueing:  # once: a second SIGTERM must not cut short the record of the first
             fired.append(signum)
             raise exc()
 
+    def requeue(signum, frame):
+        requeueing.append(signum)
+        submitit_handler(signum, frame)
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if callable(submitit_handler):
+            signal.signal(signal.SIGUSR2, requeue)
 
 
 def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str) -> None:

@@ -309,3 +309,34 @@ def test_two_jobs_at_once_share_one_store(tmp_path):
 @pytest.mark.slow
 def test_eight_jobs_at_once_share_one_store(tmp_path):
     _grid_at_once(tmp_path, ["mask0", "mask1"], ["0", "1e-3", "-1e-3", "5e-4"])
+
+
+# ---------------------------------------------------------------- SLURM's signals
+
+
+def test_a_sigterm_while_submitit_requeues_is_left_to_it():
+    """A job held past its time limit gets SLURM's warning (SIGUSR2, submitit's requeue) and SIGTERM at once:
+    the SIGTERM must not cut the requeue short (submitit exits by itself once the job is requeued)."""
+    import os
+    import signal
+
+    from phicenter.train import _stop_on_sigterm
+
+    requeued = []
+
+    def submitit(signum, frame):  # stands for submitit's handler: the time limit's SIGTERM arrives meanwhile
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # a few bytecodes for the SIGTERM handler to run in
+            pass
+        requeued.append(signum)
+
+    before = signal.signal(signal.SIGUSR2, submitit), signal.getsignal(signal.SIGTERM)
+    try:
+        _stop_on_sigterm(RuntimeError)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        for _ in range(1000):
+            pass
+        assert requeued == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, before[0])
+        signal.signal(signal.SIGTERM, before[1])
