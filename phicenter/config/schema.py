@@ -232,19 +232,20 @@ def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
         tree["phi"] = _phi(phi)
     out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
     _check_rewind(out)
-    write = (out.get("fault") or {}).get("write")
-    if write is not None:
-        try:
-            parse_fault(write)
-        except ValueError as e:
-            raise ConfigError(f"fault.write {e}") from None
-    mode = (out.get("round_store") or {}).get("mode")
-    if mode is not None:
-        try:
-            parse_mode(mode)
-        except ValueError as e:
-            raise ConfigError(f"round_store.mode {e}") from None
+    _check_parses(out, "fault", "write", parse_fault)
+    _check_parses(out, "round_store", "mode", parse_mode)
     return out
+
+
+def _check_parses(tree: dict, group: str, key: str, parse) -> None:
+    """A setting written as text that its own parser reads (fault.write, round_store.mode): ConfigError, in one
+    line, when it cannot."""
+    value = (tree.get(group) or {}).get(key)
+    if value is not None:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise ConfigError(f"{group}.{key} {e}") from None
 
 
 def _check_rewind(c: Mapping) -> None:
