@@ -137,6 +137,7 @@ BAD = [
 CLI_BAD = {
     "optim.name=lbfgs",
     "prune.base=1.5",
+    "strategy=lrr rewind.epoch=1",
     "dataset=npz dataset.path=/nonexistent/data.npz",
     "dataset=mnist dataset.download=false data_dir=/nonexistent",
 }

@@ -60,6 +60,11 @@ BAD = [
         "rewind.epoch=1 and rewind.step=5: the rewind point is one of them; set the other to 0",
     ),
     ("epochs=3 rewind.epoch=3", "rewind.epoch=3 is not inside round 0 (epochs=3): rounds >= 1 train epochs k+1..3"),
+    (
+        "strategy=lrr rewind.epoch=1",
+        "rewind.epoch=1 does not apply to strategy=lrr: learning-rate rewinding retrains the trained survivors",
+    ),
+    ("strategy=sign_transfer rewind.step=5", "rewind.step=5 does not apply to strategy=sign_transfer: sign transfer"),
     ("reinit.magnitude=-1", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got -1"),
     ("reinit.magnitude=foo", "reinit.magnitude must be init_std, init_abs_mean or a number > 0, got 'foo'"),
     ("optim.name=lbfgs", "optim.name must be adam, adamw or sgd, got 'lbfgs'"),

@@ -231,7 +231,7 @@ def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
     elif "phi" in tree:
         tree["phi"] = _phi(phi)
     out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
-    _check_rewind(out)
+    _check_rewind(out, pack)
     _check_parses(out, "fault", "write", parse_fault)
     _check_parses(out, "round_store", "mode", parse_mode)
     return out
@@ -248,13 +248,30 @@ def _check_parses(tree: dict, group: str, key: str, parse) -> None:
             raise ConfigError(f"{group}.{key} {e}") from None
 
 
-def _check_rewind(c: Mapping) -> None:
+# Strategies whose references never rewind weights (docs/method.md, "Late rewinding"): Renda et al.'s
+# learning-rate rewinding retrains the trained survivors, and Oh et al.'s sign transfer is lrr's lineage with
+# transfers from a fresh initialisation. A rewind point would only shorten their rounds to T - k epochs.
+NO_WEIGHT_REWIND = {
+    "lrr": "learning-rate rewinding retrains the trained survivors from the start of the schedule",
+    "sign_transfer": "sign transfer is lrr's lineage and transfers to a fresh initialisation",
+}
+
+
+def _check_rewind(c: Mapping, pack: bool = False) -> None:
     """One rewind point, inside round 0 (rewind.step is checked against round 0's steps once the data is
-    known: engine.rewinding)."""
+    known: engine.rewinding), and none for a strategy that does not rewind weights (with pack=true each
+    variant's strategy is checked with the variant)."""
     rewind, epochs = c.get("rewind") or {}, c.get("epochs", Config.epochs)
     k, s = rewind.get("epoch", 0), rewind.get("step", 0)
     if k and s:
         raise ConfigError(f"rewind.epoch={k} and rewind.step={s}: the rewind point is one of them; set the other to 0")
+    name = (c.get("strategy") or {}).get("name") if not pack else None
+    if (k or s) and name in NO_WEIGHT_REWIND:
+        what = f"rewind.step={s}" if s else f"rewind.epoch={k}"
+        raise ConfigError(
+            f"{what} does not apply to strategy={name}: {NO_WEIGHT_REWIND[name]}, so it never rewinds weights; "
+            "leave rewind.epoch and rewind.step at 0 (weight rewinding to a late point: strategy=lth)"
+        )
     if k >= epochs:
         raise ConfigError(
             f"rewind.epoch={k} is not inside round 0 (epochs={epochs}): rounds >= 1 train epochs k+1.."
