@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ import torch
 from phicenter import data
 from phicenter.config import settings
 from phicenter.engine import build
-from phicenter.engine.callbacks import EpochCheckpoint
-from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.fit import clear, fit_round
+from phicenter.engine.module import CohortModule
 from phicenter.engine.rewinding import Plan
 from phicenter.engine.roundstore import Entry
 from phicenter.engine.rundir import is_writer
@@ -157,14 +156,7 @@ class Instability:
         """The copies' epoch checkpoints of round r, once the round is recorded."""
         if self.measured(r) and is_writer():
             for m in members:
-                folder = self._folder(m, r)
-                shutil.rmtree(folder, ignore_errors=True)
-                if (
-                    folder.parent.name.startswith("cohort_")
-                    and folder.parent.is_dir()
-                    and not any(folder.parent.iterdir())
-                ):
-                    folder.parent.rmdir()
+                clear(self._folder(m, r))
 
     # ---------------------------------------------------------------- the copy
 
@@ -191,11 +183,6 @@ class Instability:
             else self.plan
         )
         train_b = data.loaders(s, self.splits, s.batch_size, self.seed, group=data.STEPS_PER_CALL)[0]
-        val_b, test_b = self.eval_batches
-        saver = EpochCheckpoint(self._folder(m, r), s.checkpoint.every_n_epochs, [m.folder.digest])
-        resume_from = saver.resumable(log.warning) if s.resume else None
-        if resume_from:
-            log.info("resuming the instability copy of round %d from %s", r, resume_from)
         torch.manual_seed(seeding.derive(self.seed, "round", r))  # as a run of the data seed's round r
         module = CohortModule(
             [net],
@@ -207,25 +194,14 @@ class Instability:
             aws=AWSTraining.of([m], [net], seed=self.seed),
         )
         module.phase = "instability"
-        module.start_round(r, s.epochs, plan)
-        module.train_batches = train_b
-        for b in (train_b, val_b, test_b):
-            b.to(self.device)
-        module.prepare(self.device, compile=s.compile)
-        trainer = build.make_trainer(s, [saver], plan.fit_epochs(r), progress=True)
-        diverged = None
-        try:
-            trainer.fit(
-                module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True
-            )
-            trainer.test(module, dataloaders=test_b, verbose=False)
-        except Diverged as e:  # the copy diverged: recorded; the run goes on
-            diverged = str(e)
-        module.scatter()
-        diverged = diverged or module.diverged.get(0)
+        folder, batches, what = self._folder(m, r), (train_b, *self.eval_batches), f"the instability copy of round {r}"
+        fitted = fit_round(
+            module, s, r, batches, self.device, folder, [m.folder.digest], s.epochs, plan, what=what, apart=True
+        )
+        diverged = fitted.diverged or module.diverged.get(0)
         test = tuple(module.last_test[0]) if diverged is None else (None, None)
         state = {k: t.detach().to("cpu") for k, t in net.state_dict().items()}
-        if shared and diverged is None and resume_from is None and is_writer():
+        if shared and diverged is None and fitted.resumed_from is None and is_writer():
             self.reuse.store.put(Entry(key, r, str(m.folder.path.resolve()), state, module.history[0], test))
         return Copy(state, [dict(row) for row in module.history[0]], test, None, diverged, time.perf_counter() - t0)
 

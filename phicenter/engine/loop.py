@@ -1,12 +1,15 @@
 """The round loop, the one engine: round 0 trains theta0 dense; rounds 1..N prune, re-sign, reinit and retrain.
 
 The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
-is a cohort of one. Each round is one fresh Lightning fit of the cohort's module (fresh optimizer and
-schedule; under late rewinding a round >= 1 fits from the rewind point on, engine.rewinding); the PruneReinit
-callback does every variant's round boundary with the unchanged method, before the fit. Each distinct round
-is trained once (engine.reuse): a variant whose round key is in the round store takes its round from there,
-and variants of a cohort with equal keys train as one. Every completed round is checkpointed in each
-variant's folder and every epoch in the cohort's, so a relaunch in the same folder resumes where it stopped.
+is a cohort of one. `train_cohort` is a short loop over rounds, and each round (`play_round`) takes named steps
+(`Rounds`): the boundary (the PruneReinit callback does every variant's with the unchanged method, before the
+fit); the round store's plan (engine.reuse: a variant whose round key is in the store takes its round from
+there, and variants with equal keys train as one); the fit, one fresh Lightning fit of the cohort's module
+(engine.fit: a fresh optimizer and schedule; under late rewinding a round >= 1 fits from the rewind point on,
+engine.rewinding); the store's take and publish; the sign transfer (engine.transfer) and the instability copy
+(engine.instability), which do nothing for a run without them; the record. Every completed round is
+checkpointed in each variant's folder and every epoch in the cohort's, so a relaunch in the same folder resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -26,8 +28,9 @@ from omegaconf import DictConfig
 from phicenter import data, loggers
 from phicenter.config import config_digest, hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
-from phicenter.engine.callbacks import EpochCheckpoint, PruneReinit, RewindPoint
+from phicenter.engine.callbacks import PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
+from phicenter.engine.fit import clear, fit_round
 from phicenter.engine.instability import Instability
 from phicenter.engine.member import Member, close_members, is_oom, open_member, record_failure
 from phicenter.engine.module import CohortModule
@@ -185,107 +188,102 @@ def _module(cohort: list[Member], impl: str, device) -> CohortModule:
     )
 
 
+class Rounds:
+    """What the rounds of one cohort share, and the steps each round takes: the boundary, the round store's
+    plan, take and publish (engine.reuse), the fit (engine.fit), the sign transfer (engine.transfer) and the
+    instability copy (engine.instability), the last two doing nothing for a run that does not use them."""
+
+    def __init__(self, members: list[Member], splits, job_dir: Path, impl: str):
+        cfg, s = members[0].variant.cfg, members[0].settings
+        self.s, self.job_dir, self.impl = s, job_dir, impl
+        self.loaders = data.loaders(s, splits, s.batch_size, s.seed, group=data.STEPS_PER_CALL)
+        probe = build.make_trainer(s, [], s.epochs)  # the device, and whether this run is one process
+        self.device = probe.strategy.root_device
+        self.plan = rewinding.plan(s, splits, probe.world_size)
+        self.reuse = Reuse(cfg, splits, self.device.type, world_size=probe.world_size, impl=impl, log=log.warning)
+        self.transfer = transfer.Transfer(splits, self.loaders, job_dir, impl, self.device, epochs_dir)
+        self.copies = Instability(
+            cfg, splits, self.loaders, self.plan, self.device, impl, self.reuse, job_dir, epochs_dir
+        )
+        self.module: CohortModule | None = None
+
+    def boundary(self, alive: list[Member], r: int) -> PruneReinit:
+        """Round r's seed and every variant's round boundary, done before the fit: the round key is taken on
+        the state after it (engine.reuse)."""
+        build.fault_point(self.s, r)
+        torch.manual_seed(seeding.derive(self.s.seed, "round", r))  # anything random in training: (seed, round)
+        cb = PruneReinit([m.imp for m in alive], r)
+        cb.apply()
+        return cb
+
+    def fit(self, trained: list[Member], cb: PruneReinit, r: int) -> None:
+        """One fit of the members that train round r; the module is rebuilt when the members trained change.
+        Round 0 under late rewinding also takes each variant's rewind point (RewindPoint)."""
+        s = trained[0].settings
+        callbacks = [cb]
+        if r == 0 and self.plan.step:
+            callbacks.append(RewindPoint([m.imp for m in trained], [m.folder for m in trained], self.plan.step))
+        if self.module is None or self.module.nets != [m.net for m in trained]:
+            self.module = _module(trained, self.impl, self.device)
+        else:
+            self.module.gather()  # the boundary changed the members' nets
+        folder, digests = epochs_dir(self.job_dir, trained, r), [m.folder.digest for m in trained]
+        fit_round(self.module, s, r, self.loaders, self.device, folder, digests, s.epochs, self.plan, callbacks)
+
+    def clear(self, alive: list[Member], trained: list[Member], r: int) -> None:
+        """Round r's epoch checkpoints, once it is recorded (with nothing trained: what an earlier launch left
+        of it), and its copies'."""
+        if is_writer():
+            clear(epochs_dir(self.job_dir, trained or alive, r))
+        self.copies.clear(alive, r)
+
+
 def train_cohort(
     members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto", last_round: int | None = None
 ) -> CohortModule | None:
-    """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders. Each
-    round: the boundary, the members' round keys, then one representative per distinct key not in the round
-    store trains and the others take its result (engine.reuse)."""
-    cfg, s = members[0].variant.cfg, members[0].settings
-    epochs = s.epochs
+    """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders; returns
+    the module of the last fit (None: nothing trained)."""
+    s = members[0].settings
     last_round = s.prune.iterations if last_round is None else last_round
-    loaders = data.loaders(s, splits, s.batch_size, s.seed, group=data.STEPS_PER_CALL)
     for m in members:
         m.recorder = records.Recorder(
             m.folder.path, enabled=is_writer(), loggers=loggers.selected(m.settings), params=hparams(m.resolved)
         )
-    probe = build.make_trainer(s, [], epochs)  # the device, and whether this run is one process
-    device = probe.strategy.root_device
-    plan = rewinding.plan(s, splits, probe.world_size)
-    reuse = Reuse(cfg, splits, device.type, world_size=probe.world_size, impl=impl, log=log.warning)
-    copies = Instability(cfg, splits, loaders, plan, device, impl, reuse, job_dir, epochs_dir)
-    module = None
+    rounds = Rounds(members, splits, job_dir, impl)
     for r in range(start, last_round + 1):
         alive = [m for m in members if m.alive]
         if not alive:
             break
-        t0 = time.perf_counter()
-        build.fault_point(s, r)
-        torch.manual_seed(seeding.derive(s.seed, "round", r))  # anything random in training: (seed, round)
-        cb = PruneReinit([m.imp for m in alive], r)
-        cb.apply()
-        trained, sources = reuse.plan(alive, r)
-        starts = copies.starts(alive, r)  # (instability: what each copy starts from, before the round trains)
-        if trained:
-            module = _fit_round(trained, module, cb, r, loaders, job_dir, impl, device, plan)
-        outcomes = reuse.take(alive, sources, trained, module, r, epochs)
-        reuse.publish(alive, outcomes, r)
-        moved = transfer.stage_two(alive, outcomes, r, splits, loaders, job_dir, impl, device, epochs_dir)
-        seconds = time.perf_counter() - t0
-        measured = copies.measure(alive, outcomes, starts, r)
-        _finish_round(alive, outcomes, cb, r, seconds, str(device), module.impl if trained else None, moved, measured)
-        if is_writer():  # (with nothing trained: what an earlier launch left of this round)
-            _clear_epochs(epochs_dir(job_dir, trained or alive, r))
-        copies.clear(alive, r)
+        play_round(rounds, alive, r)
     for m in members:
         if m.alive and m.record.get("final") is not None and last_round == s.prune.iterations:
             m.record["status"] = "complete"
             m.folder.write(m.record)
             m.recorder.hparams(m.resolved, m.record["final"])
-    return module
+    return rounds.module
 
 
-def _fit_round(
-    trained: list[Member],
-    module: CohortModule | None,
-    cb: PruneReinit,
-    r: int,
-    loaders,
-    job_dir: Path,
-    impl: str,
-    device,
-    plan: rewinding.Plan,
-) -> CohortModule:
-    """One fit of the members that train this round (resumed from its last epoch checkpoint when there is
-    one), then its test pass; the module is rebuilt when the members trained change. A late-rewound round
-    trains from the rewind point to the end of the schedule (engine.rewinding)."""
-    s = trained[0].settings
-    train_b, val_b, test_b = loaders
-    saver = EpochCheckpoint(
-        epochs_dir(job_dir, trained, r), s.checkpoint.every_n_epochs, [m.folder.digest for m in trained]
-    )
-    resume_from = saver.resumable(log.warning) if s.resume else None
-    if resume_from:
-        log.info("resuming round %d from %s", r, resume_from)
-    callbacks = [cb, saver]
-    if r == 0 and plan.step:
-        callbacks.insert(1, RewindPoint([m.imp for m in trained], [m.folder for m in trained], plan.step))
-    trainer = build.make_trainer(s, callbacks, plan.fit_epochs(r), progress=True)
-    if module is None or module.nets != [m.net for m in trained]:
-        module = _module(trained, impl, device)
-    else:
-        module.gather()  # the boundary changed the members' nets
-    module.start_round(r, s.epochs, plan)
-    module.train_batches = train_b
-    for b in (train_b, val_b, test_b):
-        b.to(device)
-    module.prepare(device, compile=s.compile)
-    # weights_only: Lightning's own load of the checkpoint is a safe one too (EpochCheckpoint.resumable)
-    trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True)
-    trainer.test(module, dataloaders=test_b, verbose=False)
-    module.scatter()
-    return module
+def play_round(c: Rounds, alive: list[Member], r: int) -> None:
+    """Round r of the live variants: the boundary; the round store's plan (one representative per distinct
+    round key not in the store trains); the fit; each variant takes its round, and what trained here is
+    published; the transfer; the record (the round's seconds count the transfer, not the instability copy)."""
+    t0 = time.perf_counter()
+    cb = c.boundary(alive, r)
+    trained, sources = c.reuse.plan(alive, r)
+    starts = c.copies.starts(alive, r)  # what each copy starts from, before the round trains
+    if trained:
+        c.fit(trained, cb, r)
+    outcomes = c.reuse.take(alive, sources, trained, c.module, r, c.s.epochs)
+    c.reuse.publish(alive, outcomes, r)
+    extra = {"transfer": c.transfer.stage_two(alive, outcomes, r)}
+    seconds = time.perf_counter() - t0
+    extra["instability"] = c.copies.measure(alive, outcomes, starts, r)
+    impl = c.module.impl if trained else None
+    record_round(alive, outcomes, cb, r, seconds, str(c.device), impl, extra)
+    c.clear(alive, trained, r)
 
 
-def _clear_epochs(folder: Path) -> None:
-    """A round's epoch checkpoints, and the cohort's folder of them once it is empty."""
-    shutil.rmtree(folder, ignore_errors=True)
-    parent = folder.parent
-    if parent.name.startswith("cohort_") and parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
-
-
-def _finish_round(
+def record_round(
     alive: list[Member],
     outcomes: list,
     cb: PruneReinit,
@@ -293,13 +291,11 @@ def _finish_round(
     seconds: float,
     device: str,
     impl: str | None,
-    moved: dict | None = None,
-    measured: dict | None = None,
+    extra: dict[str, dict] | None = None,
 ) -> None:
     """Each variant's round record, TensorBoard events and round checkpoint. `impl`: the module that trained
-    this round (None: every variant took its round from the store); `moved`: the transfer records of the
-    variants that transfer (engine.transfer.stage_two), by index; `measured`: the instability records
-    (engine.instability), by index."""
+    this round (None: every variant took its round from the store); `extra`: {entry field: {variant index:
+    its record}} of the optional steps (`transfer`: engine.transfer; `instability`: engine.instability)."""
     s = alive[0].settings
     packed = len(alive) > 1 or "packed" in alive[0].record
     for i, (m, out) in enumerate(zip(alive, outcomes)):
@@ -317,10 +313,9 @@ def _finish_round(
             key=out.key,
             reused_from=out.reused_from,
         )
-        if moved is not None and i in moved:
-            entry["transfer"] = moved[i]
-        if measured and i in measured:
-            entry["instability"] = measured[i]
+        for field, by_index in (extra or {}).items():
+            if i in by_index:
+                entry[field] = by_index[i]
         m.rounds.append(entry)
         m.recorder.round(entry, step=(r + 1) * s.epochs - 1)
         m.record.update(final=entry, device=device)

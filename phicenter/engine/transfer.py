@@ -1,5 +1,5 @@
 """The engine's part of sign_transfer (Oh, Baik & Lee, 2025; docs/method.md, "sign_transfer"): AWS while stage 1
-trains (`AWSTraining`, used by the cohort module), and stage 2 (`stage_two`, called by the round loop after each
+trains (`AWSTraining`, used by the cohort module), and stage 2 (`Transfer`, a step of the round loop after each
 round): at every level r >= 1 the round's signed mask, signs(trained, phi) on its mask, is put on a fresh
 initialisation of the transfer seed (method.transfer), trained once (one fit of `epochs` epochs, a fresh
 optimizer and schedule, the transfer's own data order), and tested. The transferred network is not part of the
@@ -9,7 +9,6 @@ stage-1 lineage: it is built, trained, recorded in the round's entry (`transfer`
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from phicenter import data
 from phicenter.config import settings
 from phicenter.config.groups import SCHEDULES
 from phicenter.engine import build
-from phicenter.engine.callbacks import EpochCheckpoint
-from phicenter.engine.module import CohortModule, Diverged
+from phicenter.engine.fit import clear, fit_round
+from phicenter.engine.module import CohortModule
 from phicenter.engine.rundir import is_writer
 from phicenter.method import aws, pruning, seeding
 from phicenter.method import transfer as method
@@ -94,31 +93,36 @@ class AWSTraining:
 # ---------------------------------------------------------------- stage 2
 
 
-def stage_two(
-    members: list, outcomes: list, r: int, splits, loaders, job_dir: Path, impl: str, device, epochs_dir
-) -> dict[int, dict | None]:
-    """{member index: its transfer record} for the members whose strategy transfers (None at round 0: the
-    dense round has no mask to transfer); members whose round diverged are left out. Members with one transfer
-    seed are trained as one cohort (K = 1: the plain net). `loaders`: the round's (train, val, test); the
-    transfer scores on the same val and test (members with one transfer seed and recipe train together).
-    `epochs_dir(job_dir, members, r)`: the round's epoch checkpoints
-    (engine.loop), beside which the transfer keeps its own."""
-    out, groups = {}, {}
-    for i, (m, o) in enumerate(zip(members, outcomes)):
-        if not transfers(m.settings) or o.diverged is not None:
-            continue
-        if r == 0:
-            out[i] = None
-        else:
-            recipe = transfer_recipe(m.settings)
-            groups.setdefault((transfer_seed(m.settings), recipe[0], repr(recipe[1])), []).append(i)
-    for (seed, _, _), idx in groups.items():
-        group = [members[i] for i in idx]
-        folder = epochs_dir(job_dir, group, r)
-        folder = folder.with_name(folder.name.replace("_epochs", "_transfer_epochs"))
-        records = _fit(group, seed, r, splits, loaders, folder, impl, device)
-        out.update(zip(idx, records))
-    return out
+class Transfer:
+    """Stage 2 for one cohort's rounds: a step of the round loop that trains nothing when no member's strategy
+    transfers. `loaders`: the round's (train, val, test); the transfer scores on the same val and test.
+    `epochs_dir(job_dir, members, r)`: the round's epoch checkpoints (engine.loop), beside which each transfer
+    keeps its own."""
+
+    def __init__(self, splits, loaders, job_dir: Path, impl: str, device, epochs_dir):
+        self.splits, self.loaders, self.job_dir = splits, loaders, Path(job_dir)
+        self.impl, self.device, self.epochs_dir = impl, device, epochs_dir
+
+    def stage_two(self, members: list, outcomes: list, r: int) -> dict[int, dict | None]:
+        """{member index: its transfer record} for the members whose strategy transfers (None at round 0: the
+        dense round has no mask to transfer); members whose round diverged are left out. Members with one
+        transfer seed and recipe are trained as one cohort (K = 1: the plain net)."""
+        out, groups = {}, {}
+        for i, (m, o) in enumerate(zip(members, outcomes)):
+            if not transfers(m.settings) or o.diverged is not None:
+                continue
+            if r == 0:
+                out[i] = None
+            else:
+                recipe = transfer_recipe(m.settings)
+                groups.setdefault((transfer_seed(m.settings), recipe[0], repr(recipe[1])), []).append(i)
+        for (seed, _, _), idx in groups.items():
+            group = [members[i] for i in idx]
+            folder = self.epochs_dir(self.job_dir, group, r)
+            folder = folder.with_name(folder.name.replace("_epochs", "_transfer_epochs"))
+            records = _fit(group, seed, r, self.splits, self.loaders, folder, self.impl, self.device)
+            out.update(zip(idx, records))
+        return out
 
 
 def transferred_net(member, seed: int, splits) -> tuple[nn.Module, dict]:
@@ -158,12 +162,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     s = group[0].settings
     epochs, schedule = transfer_recipe(s)
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
-    _, val_b, test_b = loaders
     train_b = data.loaders(s, splits, s.batch_size, seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
-    saver = EpochCheckpoint(folder, s.checkpoint.every_n_epochs, [m.folder.digest for m in group])
-    resume_from = saver.resumable(log.warning) if s.resume else None
-    if resume_from:
-        log.info("resuming the transfer of round %d from %s", r, resume_from)
     torch.manual_seed(seeding.derive(seed, "transfer", r))  # anything random in the fit: (transfer seed, level)
     module = CohortModule(
         list(nets),
@@ -174,23 +173,14 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
         recorders=[None if m.recorder is None else Tagged(m.recorder) for m in group],
     )
     module.phase = "transfer"
-    module.start_round(r, epochs)
-    module.train_batches = train_b
-    train_b.to(device)
-    module.prepare(device, compile=s.compile)
-    trainer = build.make_trainer(s, [saver], epochs, progress=True)
-    failed = None
-    try:
-        trainer.fit(module, train_dataloaders=train_b, val_dataloaders=val_b, ckpt_path=resume_from, weights_only=True)
-        trainer.test(module, dataloaders=test_b, verbose=False)
-    except Diverged as e:  # every transferred net of the group diverged: recorded; the stage-1 runs go on
-        failed = str(e)
+    digests = [m.folder.digest for m in group]
+    batches, what = (train_b, *loaders[1:]), f"the transfer of round {r}"
+    # every transferred net of the group diverged: recorded; the stage-1 runs go on
+    failed = fit_round(module, s, r, batches, device, folder, digests, epochs, what=what, apart=True).diverged
     seconds = time.perf_counter() - t0
     records = [_record(module, k, failed, seed, seconds / len(group), diags[k]) for k in range(len(group))]
     if is_writer():
-        shutil.rmtree(folder, ignore_errors=True)
-        if folder.parent.name.startswith("cohort_") and folder.parent.is_dir() and not any(folder.parent.iterdir()):
-            folder.parent.rmdir()
+        clear(folder)
     log.info(
         "round %d transfer (seed %d)  %s(%.1fs)",
         r,
