@@ -134,8 +134,9 @@ def test_ends_are_the_runs_own_test_errors(runs):
     folder, res = runs["fc"]
     a = barrier.load_side(str(folder / "checkpoints" / "round_001.pt"), None)
     b = barrier.load_side(str(folder), 0)
-    barrier.check_pair(a, b)
+    barrier.check_pair(a, b, different_masks=True)  # round 1 is pruned, round 0 dense
     out = barrier.measure(a, b, n_alphas=5)
+    assert out["quantity"] == barrier.DIFFERENT_MASKS and out["mask_entries_differing"] > 0
     assert out["errors"][0] == pytest.approx(1 - res["rounds"][1]["test_acc"], abs=1e-12)
     assert out["errors"][-1] == pytest.approx(1 - res["rounds"][0]["test_acc"], abs=1e-12)
     assert out["bn_batches"] == 0 and len(out["alphas"]) == 5
@@ -177,7 +178,9 @@ def test_command_line_barrier_of_a_run_with_itself_is_zero(runs, tmp_path, name)
 
 def test_two_seeds_of_one_architecture_are_accepted(runs):
     a, b = barrier.load_side(str(runs["fc"][0]), 1), barrier.load_side(str(runs["fc_seed1"][0]), 1)
-    barrier.check_pair(a, b)
+    with pytest.raises(barrier.BadInput, match="different masks"):  # each seed pruned its own mask
+        barrier.check_pair(a, b)
+    barrier.check_pair(a, b, different_masks=True)
     out = barrier.measure(a, b, n_alphas=3)
     assert -1 <= out["barrier"] <= 1 and out["errors"][1] >= 0
 
@@ -211,4 +214,32 @@ def test_different_data_is_refused(runs):
         barrier.check_pair(a, barrier.Side(a.checkpoint, 1, other, a.state))
     # an execution setting of the data (how it is read) is no difference
     same = dict(a.config, dataset=dict(a.config["dataset"], num_workers=2))
-    barrier.check_pair(a, barrier.Side(a.checkpoint, 1, same, a.state))
+    barrier.check_pair(a, barrier.Side(a.checkpoint, 1, same, a.state, a.masks))
+
+
+def test_mask_difference_counts_entries_and_takes_a_missing_mask_as_unpruned():
+    state = {"0.weight": torch.zeros(2, 2)}
+    side = lambda masks: barrier.Side(ROOT, 1, {}, state, masks)
+    full, half = torch.ones(2, 2, dtype=torch.bool), torch.tensor([[True, False], [False, True]])
+    assert barrier.mask_difference(side({"0.weight": half}), side({"0.weight": half})) == (0, 4, None)
+    assert barrier.mask_difference(side({"0.weight": half}), side({"0.weight": full})) == (2, 4, "0.weight")
+    assert barrier.mask_difference(side({"0.weight": half}), side({})) == (2, 4, "0.weight")
+
+
+def test_different_masks_are_refused_in_one_line_unless_asked_for(runs, tmp_path, capsys):
+    """Two rounds of one run have different masks: linear mode connectivity compares two trainings of one
+    subnetwork, so the pair is refused; --different-masks measures it and names it another quantity."""
+    fc = runs["fc"][0]
+    r0, r1 = str(fc / "checkpoints" / "round_000.pt"), str(fc / "checkpoints" / "round_001.pt")
+    one_line_refusal(capsys, [r1, r0], "A and B have different masks (")
+    assert barrier.main([r1, r0, "--alphas", "3", "--different-masks", "--out", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "interpolation barrier between different subnetworks (" in out and "\nbarrier:" not in out
+    import json
+
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["quantity"] == "interpolation barrier between different subnetworks"
+    assert 0 < res["mask_entries_differing"] <= res["mask_entries"]
+    # one mask (a round with itself): the flag changes nothing, the quantity is linear mode connectivity's
+    assert barrier.main([r1, r1, "--alphas", "2", "--different-masks"]) == 0
+    assert "\nbarrier: 0.00 percentage points" in "\n" + capsys.readouterr().out

@@ -1,21 +1,25 @@
-"""The error barrier on the linear path between two networks: the instability analysis of Frankle et al. (2020,
-"Linear mode connectivity and the lottery ticket hypothesis"), also Oh et al.'s (2025) tool.
+"""The error barrier on the linear path between two networks of one mask: the measurement of Frankle et al.'s
+(2020, "Linear mode connectivity and the lottery ticket hypothesis") instability analysis, also Oh et al.'s (2025)
+tool, whose code asserts equal masks.
 
     python -m phicenter.analysis.barrier A B [--round N] [--alphas 11] [--split test] [--bn-batches all]
+        [--different-masks]
 
 A and B are round checkpoints of phicenter runs (`<run>/checkpoints/round_003.pt`) or run folders (then the
 checkpoint of `--round N`, default the latest one kept). For each alpha of an even grid over [0, 1] the network
 (1 - alpha) A + alpha B is built from both nets' effective weights (a pruned entry at its fill) and every other
 parameter and buffer; its BatchNorm running statistics are recomputed on training data; its error is measured on
 the split. The barrier is the largest error on the grid minus the mean of the two ends' errors
-(docs/method.md, "Instability analysis"). Bad input is one line and exit code 2, before any work.
+(docs/method.md, "Instability analysis"). Two ends with different masks (two rounds of a run, two seeds) are
+refused unless --different-masks is given; their barrier is then another quantity, the interpolation barrier
+between different subnetworks, and named so. Bad input is one line and exit code 2, before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,8 +28,11 @@ from phicenter.data import path_batches
 from phicenter.engine.rundir import CKPT_DIR, RESULTS, checkpoint_path, read_json, write_json
 from phicenter.method.linear_path import effective_state, linear_path
 from phicenter.method.linear_path import grid as alpha_grid
+from phicenter.method.pruning import MASK, upgrade_state
 
 PROG = "python -m phicenter.analysis.barrier"
+ONE_MASK = "error barrier between two networks of one mask (linear mode connectivity)"
+DIFFERENT_MASKS = "interpolation barrier between different subnetworks"
 
 
 class BadInput(ValueError):
@@ -50,6 +57,7 @@ class Side:
     round: int
     config: dict
     state: dict
+    masks: dict = field(default_factory=dict)  # prunable weight name -> its bool mask (no entry: unpruned)
 
 
 def _round_of(path: Path) -> int | None:
@@ -98,7 +106,23 @@ def load_side(arg: str, round_index: int | None) -> Side:
     record = read_json(run / RESULTS)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise BadInput(f"{run / RESULTS}: unreadable, or it has no config")
-    return Side(ckpt, int(raw["round"]), record["config"], effective_state(raw["model"]))
+    model = upgrade_state(raw["model"])
+    masks = {k[: -len(MASK)]: v.bool() for k, v in model.items() if k.endswith(MASK)}
+    return Side(ckpt, int(raw["round"]), record["config"], effective_state(model), masks)
+
+
+def mask_difference(a: Side, b: Side) -> tuple[int, int, str | None]:
+    """(entries whose mask differs, prunable entries, the first weight where they differ). A weight without a
+    mask on one side counts as unpruned there."""
+    differ = total = 0
+    first = None
+    for name in sorted(a.masks.keys() | b.masks.keys()):
+        shape = (a.masks.get(name) if name in a.masks else b.masks[name]).shape
+        ma, mb = (s.masks.get(name, torch.ones(shape, dtype=torch.bool)) for s in (a, b))
+        n = int((ma != mb).sum())
+        differ, total = differ + n, total + ma.numel()
+        first = first or (name if n else None)
+    return differ, total, first
 
 
 def _settings(config: dict, part: str) -> dict:
@@ -107,8 +131,9 @@ def _settings(config: dict, part: str) -> dict:
     return {k: v for k, v in flatten({part: config.get(part) or {}}).items() if not is_execution_key(k)}
 
 
-def check_pair(a: Side, b: Side) -> None:
-    """The two ends must be one architecture, trained on one dataset."""
+def check_pair(a: Side, b: Side, different_masks: bool = False) -> None:
+    """The two ends must be one architecture, trained on one dataset, and (unless `different_masks`) have one
+    mask: linear mode connectivity compares two trainings of one subnetwork."""
     ma, mb = _settings(a.config, "model"), _settings(b.config, "model")
     ma.pop("model.init", None), mb.pop("model.init", None)  # theta0's distribution, not the architecture
     shapes = lambda s: {k: tuple(v.shape) for k, v in s.items()}
@@ -122,6 +147,13 @@ def check_pair(a: Side, b: Side) -> None:
         if diff is not None:
             show = (lambda v: v) if x is not ma and x is not da else repr
             raise BadInput(f"A and B {what} ({diff}: {show(x.get(diff))} vs {show(y.get(diff))})")
+    differ, total, first = mask_difference(a, b)
+    if differ and not different_masks:
+        raise BadInput(
+            f"A and B have different masks ({differ} of {total} prunable weights differ, first in {first}): the "
+            "barrier of linear mode connectivity (Frankle et al. 2020; Oh et al. assert equal masks) compares two "
+            f"trainings of one subnetwork; --different-masks measures the {DIFFERENT_MASKS} instead"
+        )
 
 
 def _first_difference(x: dict, y: dict) -> str | None:
@@ -159,11 +191,15 @@ def measure(
     eval_b, train_b = path_batches(settings(cfg), splits, split, device)
     state = lambda s: {k: v.to(device) for k, v in s.state.items()}
     path = linear_path(net, state(a), state(b), grid(n_alphas), eval_b, train_b, bn_count)
+    differ, total, _ = mask_difference(a, b)
     return {
         "a": str(a.checkpoint),
         "b": str(b.checkpoint),
         "round_a": a.round,
         "round_b": b.round,
+        "quantity": DIFFERENT_MASKS if differ else ONE_MASK,
+        "mask_entries_differing": differ,
+        "mask_entries": total,
         "split": split,
         "bn_batch_size": int(cfg.batch_size) if path.bn_batches else None,
         **path.record(),
@@ -188,6 +224,13 @@ def _count(text: str) -> int | None:
     return n
 
 
+def _quantity(res: dict) -> str:
+    """What the printed barrier is: of one mask, or between different subnetworks (and how different)."""
+    if res["quantity"] == ONE_MASK:
+        return "barrier"
+    return f"{DIFFERENT_MASKS} ({res['mask_entries_differing']} of {res['mask_entries']} mask entries differ)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("a", metavar="A", help="round checkpoint (<run>/checkpoints/round_NNN.pt) or run folder")
@@ -205,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="the data folder (default: the run's data_dir)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
     p.add_argument("--out", type=Path, help="also write the path and the barrier to this JSON file")
+    p.add_argument(
+        "--different-masks",
+        action="store_true",
+        help=f"accept ends with different masks: the {DIFFERENT_MASKS}, not linear mode connectivity",
+    )
     try:
         args = p.parse_args(argv)
     except SystemExit as e:  # --help (0), or a bad argument (2, said in one line by _Parser)
@@ -213,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid(args.alphas)
         a, b = load_side(args.a, args.round), load_side(args.b, args.round)
-        check_pair(a, b)
+        check_pair(a, b, args.different_masks)
         res = measure(a, b, args.alphas, args.split, args.bn_batches, args.data_dir, device)
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -227,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         else "no BatchNorm"
     )
     print(
-        f"barrier: {100 * res['barrier']:.2f} percentage points (max error {100 * res['max_error']:.2f} % at "
+        f"{_quantity(res)}: {100 * res['barrier']:.2f} percentage points (max error {100 * res['max_error']:.2f} % at "
         f"alpha {res['worst_alpha']:.3f}; ends {100 * res['errors'][0]:.2f} % and {100 * res['errors'][-1]:.2f} "
         f"%; {bn})"
     )
