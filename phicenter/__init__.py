@@ -17,8 +17,22 @@ def version() -> str:
         return UNINSTALLED
 
 
+# the public names, imported when first asked for: `import phicenter` stays light, and the package's own
+# modules (the lowest layer) import nothing above them
+PUBLIC = {"PhiCenterPruning": "phicenter.engine.boundary", "Pruner": "phicenter.method.pruner"}
+
+
 def __getattr__(name: str):
-    """`phicenter.__version__`, read from the install's metadata when first asked for, not at import."""
+    """`phicenter.__version__`, read from the install's metadata, and the public names (PUBLIC), when first
+    asked for, not at import."""
     if name == "__version__":
         return version()
+    if name in PUBLIC:
+        from importlib import import_module
+
+        return getattr(import_module(PUBLIC[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "__version__", *PUBLIC])

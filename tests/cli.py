@@ -37,16 +37,15 @@ def bare_trainer(epochs: int, **kw):
     summary or sanity check): what a test fits a module with directly, outside the round loop."""
     import pytorch_lightning as pl
 
-    return pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        **kw,
-    )
+    defaults = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+    }
+    return pl.Trainer(max_epochs=epochs, **{**defaults, **kw})
 
 
 def env() -> dict:

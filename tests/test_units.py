@@ -60,6 +60,7 @@ WIRING = {
     "conv2": [({}, *conv_net(2))],
     "conv4": [({}, *conv_net(4))],
     "conv6": [({}, *conv_net(6))],
+    "conv1d": [({}, chain(["conv1", "conv2"]), {"out": OUT})],
     "vgg16": [({}, chain([f"conv{i}" for i in range(1, 14)], [f"bn{i}" for i in range(1, 14)]), {"out": OUT})],
     "vgg16_pretrained": [
         ({"pretrained": False}, chain([f"features.{i}" for i in VGG_D]), {"out": OUT}),
@@ -234,8 +235,15 @@ def test_an_op_the_wiring_cannot_follow_is_refused_in_one_line():
         def forward(self, x):
             return self.out(torch.sigmoid(self.a(x)))  # sigmoid(0) = 0.5: a silent unit would speak
 
+    wiring = units.Wiring(Gate())  # magnitude pruning needs no graph: only what does is refused
+    assert "cannot follow units through" in wiring.unread and "sigmoid" in wiring.unread
+    assert wiring.removable == {} and set(wiring.kept) == {"a", "out"}
     with pytest.raises(ValueError, match="cannot follow units through .*sigmoid"):
-        units.Wiring(Gate())
+        wiring.effective(Gate())
+    cfg = IMPConfig(method="structured")
+    with pytest.raises(ValueError, match="structured needs the network.s graph: .*cannot follow units through") as e:
+        IMP(Gate(), build("mask0"), cfg)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- a removed unit is gone, for every strategy

@@ -164,9 +164,10 @@ class Case:
     def phicenter_epoch(self) -> float:
         """One epoch of a fresh fit, exactly as a round of the engine (engine.loop) makes it."""
         from phicenter.engine import build, callbacks
+        from phicenter.engine.boundary import PhiCenterPruning
 
         clock = _Clock(self.sync)
-        cbs = [callbacks.PruneReinit([self.imp], 0), clock.callback]
+        cbs = [PhiCenterPruning.for_round([self.imp], 0), clock.callback]
         self.last_checkpoint_s = 0.0  # the round loop's epoch checkpoint, timed
         saver = callbacks.EpochCheckpoint(self.workdir / "ckpt", self.s.checkpoint.every_n_epochs)
         save = saver.on_train_epoch_end

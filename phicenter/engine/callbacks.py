@@ -1,4 +1,5 @@
-"""Lightning callbacks: the IMP round boundary, and epoch checkpoints that make a kill cost one epoch at most."""
+"""Lightning callbacks: the IMP round boundary (engine.boundary), the late-rewinding point, and epoch checkpoints
+that make a kill cost one epoch at most."""
 
 from __future__ import annotations
 
@@ -7,61 +8,15 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from phicenter.engine import distributed
+from phicenter.engine.boundary import PhiCenterPruning
 from phicenter.engine.rundir import DIGEST
 from phicenter.io import newest_loadable, write_with
 from phicenter.method import pruning
 from phicenter.method.imp import IMP
 from phicenter.spec import ConfigError
 
-
-class PruneReinit(pl.Callback):
-    """At the start of round k >= 1, for every variant of the cohort: prune the trained weights, re-sign
-    survivors relative to phi, reinitialise them at the constant magnitude (IMP.advance, on the variant's own
-    net). The optimizer is created fresh by the new fit.
-
-    The round loop applies the boundary before the fit (`apply`), since a round's key is computed on the
-    state after it (engine.reuse); a fit started without that finds it undone and does it at its start.
-    Its state (the round's diagnostics) is saved in epoch checkpoints, so a fit resumed mid-round does not
-    prune twice."""
-
-    def __init__(self, imps: list[IMP], round_index: int):
-        self.imps, self.round_index = list(imps), round_index
-        self.diagnostics: list[dict] | None = None
-
-    def apply(self, pl_module=None) -> None:
-        """The round boundary of every variant, once (round 0 has none). With a module, its stack is
-        scattered into the variants' nets first and gathered back after."""
-        if self.round_index == 0 or self.diagnostics is not None:
-            return
-        if pl_module is not None:
-            pl_module.scatter()
-        self.diagnostics = [imp.advance(self.round_index) for imp in self.imps]
-        if pl_module is not None:
-            pl_module.gather()
-
-    def on_fit_start(self, trainer, pl_module):
-        self.apply(pl_module)
-
-    def setup(self, trainer, pl_module, stage):
-        """Data-parallel: every process did the boundary on its own nets, before DDP could broadcast anything;
-        their masks and signs must agree (engine.distributed.agree; each process's digest goes on record)."""
-        if stage != "fit" or distributed.world_size(trainer) == 1:
-            return
-        self.apply(pl_module)
-        if self.diagnostics:
-            per_variant = distributed.agree(
-                [distributed.digest(imp) for imp in self.imps], f"the masks and signs of round {self.round_index}"
-            )
-            for d, digests in zip(self.diagnostics, per_variant):
-                d["rank_digests"] = digests
-
-    def state_dict(self):
-        return {"round": self.round_index, "diagnostics": self.diagnostics}
-
-    def load_state_dict(self, state):
-        if state.get("round") == self.round_index:
-            self.diagnostics = state.get("diagnostics")
+# the round loop's boundary: PhiCenterPruning made for one round's fit (engine.boundary)
+PruneReinit = PhiCenterPruning.for_round
 
 
 class RewindPoint(pl.Callback):

@@ -56,16 +56,24 @@ class IMP:
         strategy: Strategy,
         cfg: IMPConfig,
         fresh_init: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        layers: list[str] | None = None,
     ):
+        """`layers`: the names of the Conv/Linear layers whose weights are pruned (None: every one)."""
         if cfg.method == "structured" and cfg.output_base is not None:
             raise ValueError(
                 "prune.output_base has no effect with prune.method=structured (the output layer is "
                 "not pruned); leave it null"
             )
         self.model, self.strategy, self.cfg = model, strategy, cfg
-        self.layers = pruning.attach_masks(model)
+        self.layers = pruning.attach_masks(model, layers)
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no Conv or Linear weight to prune")
         self.output_layer = list(self.layers)[-1]
         self.wiring = units.Wiring(model)
+        if layers is not None:
+            self.wiring.restrict(list(self.layers))
+        if cfg.method == "structured" and self.wiring.unread:
+            raise ValueError(f"prune.method=structured needs the network's graph: {self.wiring.unread}")
         if cfg.method == "structured" and not self.wiring.removable:
             raise ValueError(
                 "prune.method=structured: no unit of this network can be removed ("
@@ -77,6 +85,12 @@ class IMP:
         self.fresh_init = fresh_init or _default_fresh_init
         self.constants = {n: layer_constant(self.theta0_weight(n), cfg.magnitude) for n in self.layers}
         self.phis = self.layer_phis(cfg.phi)
+
+    def set_theta0(self, state: dict[str, torch.Tensor]) -> None:
+        """theta0 as a resumed run saved it; c and phi (phi_scale=layer_std) follow it."""
+        self.theta0 = {k: v.detach().clone() for k, v in state.items()}
+        self.constants = {n: layer_constant(self.theta0_weight(n), self.cfg.magnitude) for n in self.layers}
+        self.phis = self.layer_phis(self.cfg.phi)
 
     def layer_phis(self, phi: float) -> dict[str, float]:
         """phi in each layer's own units (phi_scale), from theta0."""
@@ -133,7 +147,7 @@ class IMP:
         point and c are shared (read only), so its advance() is what this run's would be. For dry runs."""
         twin = copy.copy(self)
         twin.model = copy.deepcopy(self.model)
-        twin.layers = pruning.prunable_layers(twin.model)
+        twin.layers = {n: m for n, m in pruning.prunable_layers(twin.model).items() if n in self.layers}
         twin.strategy = strategy
         twin.cfg = dataclasses.replace(self.cfg, phi=float(phi))
         twin.phis = self.layer_phis(float(phi))

@@ -132,11 +132,13 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
 
 
-def attach_masks(model: nn.Module) -> dict[str, nn.Module]:
-    """Give every prunable weight a mask (all alive) and a fill (zeros), idempotent; returns the prunable
-    layers. The weight stays the layer's own Parameter."""
+def attach_masks(model: nn.Module, names=None) -> dict[str, nn.Module]:
+    """Give every prunable weight (`names`: those layers only, in module order) a mask (all alive) and a fill
+    (zeros), idempotent; returns those layers. The weight stays the layer's own Parameter."""
     global _GENERATION
     layers = prunable_layers(model)
+    if names is not None:
+        layers = {n: m for n, m in layers.items() if n in set(names)}
     for layer in layers.values():
         if "weight" + MASK not in layer._buffers:
             w = layer.weight
@@ -162,6 +164,10 @@ class Mask:
     @property
     def fill(self) -> torch.Tensor:
         return self.layer._buffers["weight" + FILL]
+
+
+def has_mask(layer: nn.Module) -> bool:
+    return "weight" + MASK in layer._buffers
 
 
 def mask_of(layer: nn.Module) -> Mask:

@@ -90,7 +90,10 @@ class Wiring:
 
     def __init__(self, model: nn.Module):
         self.layers = list(pruning.prunable_layers(model))
-        self.nodes = _read_graph(model, set(self.layers))
+        try:
+            self.nodes, self.unread = _read_graph(model, set(self.layers)), None
+        except ValueError as e:  # any model can be pruned by magnitude; only what needs the graph is refused
+            self.nodes, self.unread = [], str(e)
         self.users: list[list[int]] = [[] for _ in self.nodes]
         for j, node in enumerate(self.nodes):
             for i in node.inputs:
@@ -107,7 +110,16 @@ class Wiring:
                     self.removable[node.name] = found
         for name in self.layers:
             if name not in self.removable and name not in self.kept:
-                self.kept[name] = "the forward pass does not use it"
+                self.kept[name] = self.unread or "the forward pass does not use it"
+
+    def restrict(self, pruned: list[str]) -> None:
+        """Only the layers in `pruned` are pruned: a layer outside them, or one whose units a layer outside
+        them reads, keeps its units."""
+        for name, r in list(self.removable.items()):
+            outside = [n for n in (name, *(reader for reader, _ in r.readers)) if n not in pruned]
+            if outside:
+                self.kept[name] = f"{outside[0]} is not among the pruned parameters"
+                del self.removable[name]
 
     def _follow(self, start: int, modules: dict) -> Removable | str:
         """Where the units of layer node `start` go: a Removable when every path ends in layers that read
@@ -197,11 +209,14 @@ class Wiring:
         carries a possibly non-zero input, or its bias is non-zero; a BatchNorm channel's when its beta is
         non-zero, or its gamma is non-zero and its input (or running mean) is. A path back from the output
         passes a BatchNorm channel only where its gamma is non-zero."""
+        if self.unread:
+            raise ValueError(self.unread)
         modules = dict(model.named_modules())
         present = {}
-        for n in self.layers:
-            mf = pruning.mask_of(modules[n])
-            present[n] = mf.mask.bool() | (mf.fill != 0)
+        for n in self.layers:  # a layer left unpruned (no mask) is whole
+            w = modules[n].weight
+            mf = pruning.mask_of(modules[n]) if pruning.has_mask(modules[n]) else None
+            present[n] = torch.ones_like(w, dtype=torch.bool) if mf is None else mf.mask.bool() | (mf.fill != 0)
         live, fan = self._forward_live(modules, present)
         at_out = self._reaching_output(modules, present, live)
         eff = {}
@@ -272,11 +287,14 @@ class Wiring:
         return at_out
 
 
-def effective_sparsity(model: nn.Module, wiring: Wiring) -> tuple[float, dict[str, float]]:
-    """Share of prunable weights that can no longer change the output (Wiring.effective): overall and per
-    layer. At least the pruned share, except where frozen weights (strategy.pruned_fill=trained) still act."""
+def effective_sparsity(model: nn.Module, wiring: Wiring, names=None) -> tuple[float, dict[str, float]]:
+    """Share of prunable weights (`names`: of those layers) that can no longer change the output
+    (Wiring.effective): overall and per layer. At least the pruned share, except where frozen weights
+    (strategy.pruned_fill=trained) still act."""
     per, dead, total = {}, 0, 0
     for name, e in wiring.effective(model).items():
+        if names is not None and name not in names:
+            continue
         d = int(e.numel() - e.sum())
         per[name] = d / e.numel()
         dead, total = dead + d, total + e.numel()
