@@ -25,10 +25,18 @@ from phicenter.loggers import selected
 log = logging.getLogger("phicenter")
 
 
+def _launch_only(p: Path) -> bool:
+    """What a launch writes before any work: Hydra's log file, .hydra/, the lock, and a packed job's variant
+    folders holding their lock alone."""
+    if p.name in (".hydra", "train.log", results.LOCK):
+        return True
+    return p.is_dir() and {q.name for q in p.iterdir()} <= {results.LOCK}
+
+
 def _discard_if_new(run_dir: Path, lock: results.Lock | None) -> None:
     """Bad input leaves nothing behind: drop a folder that holds only what this launch wrote (Hydra's log file,
-    the lock), or else put back the lock file as it was."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", results.LOCK}:
+    the lock, empty variant folders), or else put back the lock file as it was."""
+    if run_dir.is_dir() and all(_launch_only(p) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
     elif lock is not None:
         lock.undo()

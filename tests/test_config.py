@@ -185,6 +185,7 @@ def test_good_settings_pass(tmp_path, monkeypatch, args):
 )
 def test_every_shipped_config_passes(group, name):
     extra = ["dataset.path=/d.npz"] if name == "npz" else []
+    extra += [f"{group}._target_=mypkg.module.function"] if name == "custom" else []
     config.check(compose_config(f"{group}={name}", *extra))
 
 

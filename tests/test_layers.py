@@ -18,6 +18,7 @@ PACKAGE = Path(phicenter.__file__).parent
 # Lowest first. A unit imports its own modules and those of lower layers, never one of its own layer or above.
 LAYERS = [
     {"__init__", "spec", "io"},  # plain Python the rest stands on
+    {"targets"},  # model=custom, dataset=custom: the user's code by dotted path
     {"method"},  # polarity, masks, pruning, strategies: plain torch
     {"data", "models", "loggers"},
     {"config", "ticket"},

@@ -97,19 +97,22 @@ def settings(cfg) -> schema.Config:
 
 
 def check_launch(cfg, previous: Callable[[], dict | None], run_dir) -> None:
-    """What the command line checks before torch is imported: every setting, that every logger picked is
-    installed and can keep records (a W&B login online, an MLflow server that answers), and that run_dir,
-    whose results.json `previous()` reads, has no run of another configuration (a packed job's variant
-    folders are checked as the job starts them)."""
+    """What the command line checks before torch is imported: every setting, that a model=custom or
+    dataset=custom target can be imported and called (importing the user's module, which may import torch),
+    that every logger picked is installed and can keep records (a W&B login online, an MLflow server that
+    answers), and that run_dir, whose results.json `previous()` reads, has no run of another configuration (a
+    packed job's variant folders are checked as the job starts them)."""
+    from phicenter import targets
     from phicenter.loggers import check_installed, selected
     from phicenter.loggers.reach import check_reachable
 
     if cfg.get("pack"):
-        check(cfg)
+        targets.check(check(cfg))
         check_installed(selected(cfg))
         check_reachable(selected(cfg))
         return
     s = settings(cfg)
+    targets.check(resolved(cfg))
     check_installed(selected(cfg))
     check_reachable(selected(cfg))
     if s.resume:

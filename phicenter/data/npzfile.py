@@ -46,6 +46,12 @@ def read(path: str | None) -> dict[str, np.ndarray]:
         raise DataError(f"{where}{what} cannot be read ({_one_line(e)})") from None
     if missing:
         raise DataError(f"{where}: missing key(s) {', '.join(missing)} (expected {EXPECTED})")
+    return checked(where, arrays)
+
+
+def checked(where: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of one dataset (REQUIRED present), each split's images and labels checked against each other:
+    what dataset=npz reads from its file and dataset=custom gets from its target (phicenter.data.custom_reader)."""
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"{where}: x_val and y_val must be given together")
     for split in ("train", "val", "test"):

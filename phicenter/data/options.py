@@ -6,7 +6,7 @@ and its file in conf/dataset/."""
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from phicenter.spec import NonNegative, NonNegInt, PosInt
@@ -52,6 +52,16 @@ class NpzOptions(DatasetOptions):
     path: str  # x_train, y_train, x_test, y_test (optional x_val, y_val)
 
 
+@frozen
+class CustomOptions(DatasetOptions):
+    """dataset=custom: your own loader by dotted path (phicenter.targets), called with every undeclared
+    dataset.KEY (`+dataset.n=500`) as keywords; it returns the arrays an npz holds (phicenter.data.npzfile)."""
+
+    PASS_THROUGH = "kwargs"  # undeclared keys go to the target, gathered here
+    _target_: str  # mypkg.data.load
+    kwargs: dict = field(default_factory=dict)  # the target's own keywords, as given
+
+
 DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
     "mnist": DownloadedOptions,
     "cifar10": DownloadedOptions,
@@ -59,6 +69,7 @@ DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
     "digits": DigitsOptions,
     "synthetic": SyntheticOptions,
     "npz": NpzOptions,
+    "custom": CustomOptions,
 }
 NORMALIZE = typing.get_args(typing.get_type_hints(DatasetOptions)["normalize"])
 PIPELINES = typing.get_args(typing.get_type_hints(DatasetOptions)["pipeline"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -28,8 +29,11 @@ def quiet_lightning() -> None:
 
 
 def options(group, drop=("name",)) -> dict:
-    """A typed group's values as keyword arguments (its name and `drop` left out)."""
-    return {f.name: getattr(group, f.name) for f in dataclasses.fields(group) if f.name not in drop}
+    """A typed group's values as keyword arguments (its name and `drop` left out; the keys of its pass-through
+    field, model=custom's `+model.width=64` say, as keywords of their own)."""
+    rest = getattr(group, "PASS_THROUGH", None)
+    out = {f.name: getattr(group, f.name) for f in dataclasses.fields(group) if f.name not in (*drop, rest)}
+    return {**out, **(getattr(group, rest) if rest and rest not in drop else {})}
 
 
 def load_data(cfg) -> data.Splits:
@@ -48,6 +52,35 @@ def build_model(cfg, splits: data.Splits, seed: int | None = None):
         seed=s.seed if seed is None else seed,
         **options(s.model, ("name", "init")),
     )
+
+
+def check_packable(cfg, net, splits) -> None:
+    """pack=true trains its variants as one StackedNet (engine.stacked), which runs the net's forward with each
+    variant's tensors swapped in. Every built-in model is made for it; a model=custom net is tried first, on
+    the CPU: two variants with different weights, stacked, must give each its own logits. One that fails, or
+    reads its weights around its parameters, is refused in one line before any work."""
+    s = settings(cfg)
+    if s.model.name != "custom":
+        return
+    from phicenter.engine.stacked import StackedNet
+
+    twins = [copy.deepcopy(net).cpu().eval() for _ in range(2)]
+    x = torch.randn((2, *splits.input_shape), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            for p in twins[1].parameters():
+                p.mul_(0.5).add_(0.01)
+            alone = [t(x) for t in twins]
+            stacked = StackedNet(twins, impl="loop", device="cpu")(x, training=False)
+        same = all(torch.allclose(stacked[k], alone[k], rtol=1e-4, atol=1e-6) for k in range(2))
+        why = "" if same else "its stacked forward does not give each variant its own logits"
+    except Exception as e:
+        why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    if why:
+        raise ConfigError(
+            f"model._target_={s.model._target_} cannot be trained packed ({why}); run its variants as jobs of "
+            "a multirun instead (pack=false, -m phi=...)"
+        )
 
 
 def build_strategy(cfg):

@@ -84,6 +84,8 @@ def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
         return prev
     net = build.build_model(s, splits)
     imp = build.build_imp(s, net)
+    if packed:
+        build.check_packable(s, net, splits)
     ckpt = folder.latest_round(log=log.warning) if resume else None
     rounds, start = [], 0
     if ckpt is not None:

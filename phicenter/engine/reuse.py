@@ -21,7 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from phicenter import data
+from phicenter import data, targets
 from phicenter.config import flatten, recorded_config, settings, shapes_training
 from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, open_store
@@ -177,6 +177,7 @@ class RoundKeys:
                 "platform": platform(device_type),
                 "code": code_digest(),
                 "data": data_fingerprint(splits),
+                **targets.in_round_key(training_settings(cfg)),  # model=custom: its path and source file
             }
             self._headers[threads] = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
         return self._headers[threads]

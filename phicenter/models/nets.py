@@ -243,6 +243,14 @@ def resnet18(input_shape, num_classes):
     return CifarResNet(input_shape[0], num_classes, (64, 128, 256, 512), (2, 2, 2, 2))
 
 
+@register_model
+def custom(input_shape, num_classes, _target_, **kwargs):
+    """model=custom: your own constructor, by dotted path (phicenter.models.custom_net)."""
+    from phicenter.models.custom_net import make
+
+    return make(_target_, input_shape, num_classes, kwargs)
+
+
 def parameter_counts(net: nn.Module) -> dict[str, int]:
     """{"total": every trainable parameter, "prunable": the Conv/Linear weights that pruning masks}."""
     from phicenter.method.pruning import prunable_layers

@@ -6,7 +6,7 @@ constructor in nets.py, its name here in MODEL_OPTIONS, and its file in conf/mod
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from phicenter.spec import PosInt
@@ -50,6 +50,16 @@ class Vgg16PretrainedOptions(ModelOptions):
     verify_weights: bool = True  # refuse a weights_path whose sha256 is not torchvision's
 
 
+@frozen
+class CustomOptions(BatchNormOptions):
+    """model=custom: your own constructor by dotted path (phicenter.targets), called with in_shape, num_classes
+    and every undeclared model.KEY (`+model.width=64`) as keywords; it returns an nn.Module."""
+
+    PASS_THROUGH = "kwargs"  # undeclared keys go to the target, gathered here
+    _target_: str  # mypkg.nets.make_net
+    kwargs: dict = field(default_factory=dict)  # the target's own keywords, as given
+
+
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "fc_lot": FcLotOptions,
     "conv2": ModelOptions,
@@ -59,6 +69,7 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "vgg16_pretrained": Vgg16PretrainedOptions,
     "resnet20": ResNetOptions,
     "resnet18": ResNetOptions,
+    "custom": CustomOptions,
 }
 INITS = typing.get_args(Init)
 BATCHNORM_INITS = typing.get_args(BatchNormInit)

@@ -9,6 +9,8 @@ import inspect
 import torch
 from torch import nn
 
+from phicenter.spec import ConfigError
+
 # bit i % 8 (least significant first) of byte i // 8 holds element i of the flattened (C order) tensor:
 # numpy.unpackbits(b, bitorder="little")[:n] reads it back
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
@@ -104,8 +106,11 @@ def architecture(name: str, input_shape, num_classes: int, options: dict) -> nn.
     kw = {k: v for k, v in options.items() if k not in INIT_OPTIONS}
     if "pretrained" in inspect.signature(fn).parameters:
         kw["pretrained"] = False
-    with torch.device("meta"):
-        return fn(tuple(int(s) for s in input_shape), int(num_classes), **kw)
+    try:
+        with torch.device("meta"):
+            return fn(tuple(int(s) for s in input_shape), int(num_classes), **kw)
+    except ConfigError as e:  # model=custom whose target cannot be imported or called here
+        raise TicketError(f"the ticket's network cannot be built here: {e}") from None
 
 
 def fit_shapes(net: nn.Module, state: dict) -> None:
