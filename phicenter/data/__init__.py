@@ -1,9 +1,10 @@
 """Datasets as uint8 tensors resident on the training device, batched by index with seeded permutations.
 
 Every dataset reader returns raw uint8 images (N, C, H, W) and int64 labels; one registry maps names to
-readers (registry; a module per family: mnist_reader, cifar_reader, bundled, npzfile). The splits (splits),
-normalisation and augmentation (transforms) are shared by all of them. Datasets that take real decoding (MNIST,
-CIFAR) are decoded once and cached as uint8 tensors in `<data_dir>/phicenter-cache/` (cache).
+readers (registry; a module per family: mnist_reader, cifar_reader, bundled, npzfile, mnist1d_reader). The
+splits (splits), normalisation and augmentation (transforms) are shared by all of them. Datasets that take real
+decoding (MNIST, CIFAR) or generating (MNIST-1D) are made once and cached as uint8 tensors in
+`<data_dir>/phicenter-cache/` (cache).
 
 Two pipelines serve batches (`dataset.pipeline`, pipelines): `fast` (batches.Batches: resident tensors,
 batched augmentation and normalisation on the device, no workers) and `torchvision` (torchvision_pipeline: a
@@ -28,6 +29,7 @@ MODULES = (
     "mnist_reader",
     "npzfile",
     "custom_reader",
+    "mnist1d_reader",
     "cache",
     "transforms",
     "splits",
@@ -79,6 +81,7 @@ __all__ = [
     "loaders",
     "make_loaders",
     "mnist",
+    "mnist1d",
     "npz",
     "path_batches",
     "register_dataset",

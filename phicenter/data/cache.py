@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zlib
@@ -94,5 +95,20 @@ def cached(root: Path, name: str, patterns: tuple[str, ...], decode: Callable[[]
     raw = {k: v.contiguous() for k, v in decode().items()}
     key = _fingerprint(root, name, patterns)  # the files may have just been downloaded
     if key is not None:
+        _write_cache(path, key, raw)
+    return raw
+
+
+def cached_generated(root: Path, name: str, recipe: dict, make: Callable[[], dict]) -> dict:
+    """Generated data (no source files): the tensors cached under `<name>-<digest of recipe>.pt`, keyed by the
+    recipe (every setting of the generator and its version), else make() (and cache it)."""
+    key = json.dumps({"version": CACHE_VERSION, "name": name, "recipe": recipe}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_path(root, f"{name}-{digest}")
+    hit = _read_cache(path, key)
+    if hit is not None:
+        return hit
+    raw = {k: v.contiguous() for k, v in make().items()}
+    if Path(root).is_dir():
         _write_cache(path, key, raw)
     return raw

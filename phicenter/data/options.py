@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from phicenter.spec import NonNegative, NonNegInt, PosInt
+from phicenter.spec import NonNegative, NonNegInt, OpenUnit, PosInt
 
 frozen = dataclass(frozen=True, kw_only=True)
 
@@ -53,6 +53,22 @@ class NpzOptions(DatasetOptions):
 
 
 @frozen
+class Mnist1dOptions(DatasetOptions):
+    """MNIST-1D (Greydanus 2020), generated from the mnist1d package's templates (mnist1d.data.make_dataset):
+    its difficulty is these transforms' scales. Defaults: the package's own (its published dataset)."""
+
+    num_samples: PosInt = 5000  # signals in all, split train_split / the rest into train / test
+    train_split: OpenUnit = 0.8
+    corr_noise_scale: NonNegative = 0.25  # correlated (Gaussian-filtered) noise
+    iid_noise_scale: NonNegative = 0.02  # independent noise per point
+    shear_scale: NonNegative = 0.75  # random linear shear of the signal
+    max_translation: PosInt = 48  # circular shift drawn from [0, max_translation)
+    scale_coeff: NonNegative = 0.4  # random stretch of the template
+    seed: NonNegInt = 42  # the generator's seed (mnist1d's default)
+    val_size: NonNegInt = 500  # held out of the train split
+
+
+@frozen
 class CustomOptions(DatasetOptions):
     """dataset=custom: your own loader by dotted path (phicenter.targets), called with every undeclared
     dataset.KEY (`+dataset.n=500`) as keywords; it returns the arrays an npz holds (phicenter.data.npzfile)."""
@@ -70,6 +86,7 @@ DATASET_OPTIONS: dict[str, type[DatasetOptions]] = {
     "synthetic": SyntheticOptions,
     "npz": NpzOptions,
     "custom": CustomOptions,
+    "mnist1d": Mnist1dOptions,
 }
 NORMALIZE = typing.get_args(typing.get_type_hints(DatasetOptions)["normalize"])
 PIPELINES = typing.get_args(typing.get_type_hints(DatasetOptions)["pipeline"])
