@@ -107,6 +107,23 @@ def test_zhou_experiments_are_frankle_and_carbins_recipe_with_other_strategies()
         assert compose_config(f"experiment=zhou_{arch}").reinit.magnitude == "init_std"
 
 
+def test_zhou_signed_constant_is_their_codes_iterative_np_std_of_theta0():
+    """Zhou et al.'s code (train_lottery.py --exp signed_constant) sets every weight of a layer to
+    np.std(initial weights) * np.sign(initial weights), level after level of an iterative run: mask1 at phi = 0,
+    c = init_std (population std, numpy's ddof=0), biases back to their init, more than one round."""
+    import numpy as np
+    import torch
+
+    from phicenter.method.imp import layer_constant
+
+    theta0 = torch.randn(300, 100, generator=torch.Generator().manual_seed(0))
+    assert layer_constant(theta0, "init_std") == pytest.approx(float(np.std(theta0.numpy())), rel=1e-6)
+    for arch in ("lenet300_mnist", "conv2_cifar10", "conv4_cifar10", "conv6_cifar10"):
+        s = config.settings(compose_config(f"experiment=zhou_{arch}"))
+        assert (s.strategy.name, s.phi, s.reinit.magnitude, s.strategy.rewind_other) == ("mask1", 0.0, "init_std", True)
+        assert s.prune.iterations > 1
+
+
 def test_reference_is_in_no_round_key_folder_name_or_same_run_check():
     from phicenter.engine.reuse import training_settings
 
