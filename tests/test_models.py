@@ -12,7 +12,7 @@ from phicenter.config import ConfigError, settings
 from phicenter.method import pruning
 
 
-@pytest.mark.parametrize("name", sorted(n for n in models.MODELS if n != "vgg16_pretrained"))
+@pytest.mark.parametrize("name", sorted(n for n in models.MODELS if n not in ("vgg16_pretrained", "custom")))
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_forward_shape_and_prunable_layers(name, shape):
     net = models.build(name, shape, 7, seed=0)
@@ -77,7 +77,7 @@ def test_batchnorm_gamma_uniform_is_drawn_after_the_weights():
 
 
 def test_bad_names():
-    with pytest.raises(ValueError, match="unknown model 'nope'; choices: conv2"):
+    with pytest.raises(ValueError, match="unknown model 'nope'; choices: conv1d, conv2"):
         models.build("nope", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="model.init must be one of"):
         models.build("fc_lot", (1, 8, 8), 10, init="bogus")
@@ -85,12 +85,14 @@ def test_bad_names():
 
 # Parameters for 10 classes (fc_lot on 1x28x28, the rest on 3x32x32): total and prunable (Conv/Linear weights).
 # resnet20: open_lth's cifar_resnet_20 test (272,474); resnet18: the CIFAR ResNet-18 (11.17 M); vgg16_pretrained:
-# VGG16's 13 convs (14,714,688) + a 512 -> 10 head; fc_lot: 784*300 + 300*100 + 100*10 + biases.
+# VGG16's 13 convs (14,714,688) + a 512 -> 10 head; fc_lot: 784*300 + 300*100 + 100*10 + biases; conv1d runs
+# along each of the 32 rows.
 PARAMETERS = {
     "fc_lot": (266_610, 266_200),
     "conv2": (4_301_642, 4_300_992),
     "conv4": (2_425_930, 2_425_024),
     "conv6": (2_262_602, 2_261_184),
+    "conv1d": (87_594, 87_520),  # 3x5 x 32 + 32x5 x 32 + (32 x 32 x 8) x 10 weights, + biases
     "vgg16": (14_728_266, 14_715_584),
     "vgg16_pretrained": (14_719_818, 14_715_584),
     "resnet20": (272_474, 270_896),
@@ -100,10 +102,10 @@ NO_DOWNLOAD = {"vgg16_pretrained": {"pretrained": False}}
 
 
 def test_every_registered_model_has_its_count():
-    assert set(PARAMETERS) == set(models.MODELS)
+    assert set(PARAMETERS) == set(models.MODELS) - {"custom"}  # model=custom: tests/test_custom_target.py
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
 def test_parameter_counts_and_cpu_forward(name):
     shape = (1, 28, 28) if name == "fc_lot" else (3, 32, 32)
     net = models.build(name, shape, 10, seed=0, **NO_DOWNLOAD.get(name, {}))
@@ -179,3 +181,28 @@ def test_verify_weights_file_accepts_the_published_prefix(tmp_path):
     models.verify_weights_file(path, f"https://example.org/w-{digest[:8]}.pth")  # no error
     with pytest.raises(ValueError, match="sha256"):
         models.verify_weights_file(path, f"https://example.org/w-{'0' * 8}.pth")
+
+
+def test_conv1d_on_signals_prunes_whole_filters():
+    """conv1d on 1x1x40 signals (dataset=mnist1d): 1x5 kernels, two pools by 2 leave 10 points of 32 channels;
+    structured pruning (prune.method=structured) removes whole filters and the out columns that read them."""
+    from phicenter.method import units
+
+    net = models.build("conv1d", (1, 1, 40), 10, seed=0)
+    assert [tuple(l.weight.shape) for l in pruning.prunable_layers(net).values()] == [
+        (32, 1, 1, 5),
+        (32, 32, 1, 5),
+        (10, 320),
+    ]
+    assert models.parameter_counts(net) == {"total": 8554, "prunable": 8480}
+    pruning.attach_masks(net)
+    w = units.Wiring(net)
+    assert set(w.removable) == {"conv1", "conv2"} and set(w.kept) == {"out"}
+    layers = pruning.prunable_layers(net)
+    masks = {n: torch.ones_like(pruning.mask_of(l).mask, dtype=torch.float32) for n, l in layers.items()}
+    masks["conv2"][3] = 0  # filter 3 of conv2: its 10 flattened points, out's columns 30..39
+    closed = w.close(masks)
+    cols = closed["out"].bool().all(0)
+    assert (~cols).nonzero().flatten().tolist() == list(range(30, 40)) and bool(closed["conv1"].bool().all())
+    with pytest.raises(ValueError, match="leave nothing of a signal of 3 points"):
+        models.build("conv1d", (1, 1, 3), 10)

@@ -76,7 +76,7 @@ WIRING = {
 
 
 def test_every_registered_model_is_wired():
-    assert set(WIRING) == set(models.MODELS)
+    assert set(WIRING) == set(models.MODELS) - {"custom"}  # model=custom: any net, wired by torch.fx as it comes
 
 
 @pytest.mark.parametrize("name, case", [(n, i) for n, cases in WIRING.items() for i in range(len(cases))])

@@ -18,6 +18,7 @@ from phicenter.models.options import (
     INITS,
     MODEL_OPTIONS,
     BatchNormOptions,
+    Conv1dOptions,
     FcLotOptions,
     ModelOptions,
     Vgg16PretrainedOptions,
@@ -76,6 +77,24 @@ def conv4(input_shape, num_classes):
 @register_model
 def conv6(input_shape, num_classes):
     return _conv_net(input_shape, num_classes, (64, 64, 128, 128, 256, 256))
+
+
+@register_model
+def conv1d(input_shape, num_classes, channels=Conv1dOptions.channels, kernel_size=Conv1dOptions.kernel_size):
+    """1-D convolutions along the last axis of C×H×L inputs (signals: C×1×L, as dataset=mnist1d gives): per
+    entry of `channels` a conv of kernel_size with 'same' padding, ReLU and max-pool by 2; then one linear
+    layer to the classes. Each conv is a Conv2d with a 1×kernel_size kernel, so pruning, init, packing and
+    compaction treat it as every other conv."""
+    c, h, w = input_shape
+    layers = []
+    for i, width in enumerate(channels, 1):
+        conv = nn.Conv2d(c, width, (1, kernel_size), padding=(0, kernel_size // 2))
+        layers += [(f"conv{i}", conv), (f"relu{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d((1, 2)))]
+        c, w = width, (w + 2 * (kernel_size // 2) - kernel_size + 1) // 2
+        if w < 1:
+            raise ValueError(f"conv1d: {len(channels)} pools leave nothing of a signal of {input_shape[-1]} points")
+    layers += [("flatten", nn.Flatten()), ("out", nn.Linear(c * h * w, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
 
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

@@ -27,6 +27,12 @@ class FcLotOptions(ModelOptions):
     hidden: tuple[PosInt, ...] = (300, 100)
 
 
+@frozen
+class Conv1dOptions(ModelOptions):
+    channels: tuple[PosInt, ...] = (32, 32)  # one 1-D conv (+ ReLU, max-pool by 2) per entry
+    kernel_size: PosInt = 5  # along the signal; 'same' padding (odd sizes keep the length)
+
+
 BatchNormInit = Literal["ones", "uniform"]
 
 
@@ -65,6 +71,7 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {
     "conv2": ModelOptions,
     "conv4": ModelOptions,
     "conv6": ModelOptions,
+    "conv1d": Conv1dOptions,
     "vgg16": BatchNormOptions,
     "vgg16_pretrained": Vgg16PretrainedOptions,
     "resnet20": ResNetOptions,
