@@ -4,8 +4,10 @@ over phicenter's own module reproducing the round loop's rounds to the bit."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
+import io
 import math
 import textwrap
 
@@ -14,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from tests.cli import bare_trainer
+from tests.cli import ROOT, bare_trainer
 from torch import nn
 
 from phicenter import PhiCenterPruning, Pruner, data
@@ -281,3 +283,17 @@ def test_the_callback_over_phicenters_module_reproduces_the_round_loop(tmp_path,
         for k in ("flipped_by_phi", "flipped_vs_init", "dead_zone"):
             assert prune.rounds[r][k] == (entry[k] or 0.0), (r, k)
     assert not math.isnan(engine["final"]["val_acc"])
+
+
+def test_the_readmes_plain_torch_example_runs():
+    """The README's `phicenter.Pruner` example, as written (its python block that imports Pruner)."""
+    pytest.importorskip("timm")
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (code,) = [b for b in blocks if "from phicenter import Pruner" in b]
+    assert len(code.strip().splitlines()) < 15
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    lines = out.getvalue().split("\n")
+    assert lines[:2] == ["ResNet 0.360 True", "VisionTransformer 0.360 True"], lines
