@@ -52,6 +52,13 @@ SKIP = {
     "python -m phicenter.train experiment=cifar10_vgg16 trainer.devices=4 +trainer.strategy=ddp": (
         "needs 4 GPUs, and downloads CIFAR-10"
     ),
+    "PYTHONPATH=. python -m phicenter.train model=custom model._target_=mypkg.nets.make_net +model.width=32 "
+    "dataset=custom dataset._target_=mypkg.data.load +dataset.n=500": (
+        "needs a package of your own (tests/test_custom_target.py runs one)"
+    ),
+    "PYTHONPATH=. python -m phicenter.train -m model=custom model._target_=mypkg.nets.make_net phi=0,5e-4": (
+        "needs a package of your own (tests/test_custom_target.py runs one)"
+    ),
 }
 
 # placeholder (a regular expression) -> the tiny run that stands in for it (Runs' attribute)
