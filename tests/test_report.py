@@ -425,6 +425,7 @@ def test_real_quickstart_grid(tmp_path):
         "best_vs_zero.csv",
         "not_used.csv",
         "table__digits.csv",
+        "sparsity__digits.csv",
         "acc_vs_phi__digits__fc_lot.png",
         "flips_vs_phi__digits__fc_lot.png",
         "acc_vs_sparsity__digits__fc_lot__mask0.png",
@@ -444,6 +445,12 @@ def test_real_quickstart_grid(tmp_path):
     runs = read_csv(out / "runs.csv")
     assert len(runs) == 12 and all(r["status"] == "complete" for r in runs)
     assert all(float(r["effective_sparsity"]) >= float(r["sparsity"]) > 30 for r in runs)
+    # the paper table's cells with their sparsity, pruned beside effective (mean over the cell's seeds)
+    (cells,) = read_csv(out / "sparsity__digits.csv")
+    for strategy in ("mask0", "mask1"):
+        pruned, effective = (float(x) for x in cells[strategy].split(" / "))
+        assert effective >= pruned > 30
+    assert "Sparsity of these cells (%): pruned / effective" in (out / "report.md").read_text()
     # mask0's reference is the trained weights: a survivor is never within 1e-3 of zero, so phi is inactive
     summary = read_csv(out / "summary.csv")
     for phi in ("-0.001", "5e-05"):
@@ -530,3 +537,30 @@ def test_runs_that_differ_in_rewind_other_are_never_one_cell(tmp_path):
         _with_rewind_other(write_run(root / "m1", "mask1", 0.0, seed, 0.9, 0.9, flips=0), False)
     assert report.main([str(root), "--out", str(tmp_path / "rep3")]) == 0
     assert list(read_csv(tmp_path / "rep3" / "table__digits.csv")[0]) == ["architecture", "mask0", "mask1"]
+
+
+def test_the_paper_table_has_effective_sparsity_beside_pruned_and_says_when_pruned_weights_act(tmp_path):
+    """round_entry: 2 rounds of 20 % leave 1 - 0.8^2 = 36 % pruned and 36 + 2 = 38 % effective. A standard run
+    keeps its pruned weights at their trained values, so it is as dense as the unpruned net: effective 0 %."""
+    root = tmp_path / "grid"
+    for seed in range(2):
+        write_run(root, "mask0", 0.0, seed, 0.9, 0.9, flips=0)
+        job = write_run(root, "standard", 0.0, seed, 0.9, 0.92, flips=0)
+        res = json.loads((job / "results.json").read_text())
+        for entry in res["rounds"]:
+            entry["effective_sparsity"] = 0.0
+        res["final"] = res["rounds"][-1]
+        (job / "results.json").write_text(json.dumps(res))
+    out = tmp_path / "rep"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    assert read_csv(out / "sparsity__digits.csv") == [
+        {"architecture": "fc_lot", "mask0": "36.00 / 38.00", "standard": "36.00 / 0.00§"}
+    ]
+    md = (out / "report.md").read_text()
+    assert "| Architecture | mask0 | standard |" in md and "| fc_lot | 36.00 / 38.00 | 36.00 / 0.00§ |" in md
+    assert report.ACTING_PRUNED in md and "pruned_fill=trained" in md
+    by_strategy = {r["strategy"]: r for r in read_csv(out / "summary.csv")}
+    assert (by_strategy["standard"]["sparsity_pct"], by_strategy["standard"]["effective_sparsity_pct"]) == (
+        "36.00",
+        "0.00",
+    )

@@ -21,7 +21,7 @@ from phicenter.analysis import literature, literature_tables
 from phicenter.analysis.figures import figures, slug
 from phicenter.analysis.runs import Run, group, label, load
 from phicenter.analysis.stats import mean_ci, paired, select  # noqa: F401 (mean_ci, paired: part of this API)
-from phicenter.analysis.tables import INACTIVE, fmt_phi, md_table, pct, table_columns, tables
+from phicenter.analysis.tables import ACTING_PRUNED, INACTIVE, fmt_phi, md_table, pct, table_columns, tables
 from phicenter.io import write_file
 
 # ---------------------------------------------------------------- output
@@ -119,6 +119,8 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     for ds, rows in t["paper"].items():
         files[slug("table", ds) + ".csv"] = rows
         columns[slug("table", ds) + ".csv"] = table_columns(rows)
+        files[slug("sparsity", ds) + ".csv"] = t["paper_sparsity"][ds]
+        columns[slug("sparsity", ds) + ".csv"] = table_columns(rows)
     for name, rows in files.items():
         write_csv(out / name, rows, columns.get(name))
     write_file(
@@ -147,6 +149,7 @@ def _dataset_section(ds: str, by: str, t: dict, made: list) -> list[str]:
         f"Best final test accuracy (%) and its ϕ (chosen on {by}).",
         "",
         md_table(rows, cols),
+        *_sparsity_lines(t["paper_sparsity"][ds], cols),
         "### Is the best non-zero ϕ better than ϕ = 0?",
         "",
         "Test accuracy, paired by seed (same seed = same θ0 and data order): difference in percentage "
@@ -167,6 +170,21 @@ def _dataset_section(ds: str, by: str, t: dict, made: list) -> list[str]:
     figs = [(cap, f) for cap, f, _ in made if cap.startswith(ds + " · ")]
     if figs:
         lines += ["### Figures", ""] + [f"![{cap}]({f})\n" for cap, f in figs]
+    return lines
+
+
+def _sparsity_lines(rows: list[dict], cols: list[str]) -> list[str]:
+    """The sparsity of the paper table's cells, pruned beside effective: a network whose pruned weights still act
+    (standard) is about dense whatever its pruned share."""
+    lines = [
+        "Sparsity of these cells (%): pruned / effective, final round at the cell's ϕ, mean over seeds. Effective "
+        "sparsity is the share of prunable weights that can no longer change the output (docs/method.md, "
+        '"Effective sparsity").',
+        "",
+        md_table(rows, cols),
+    ]
+    if any("§" in str(v) for r in rows for v in r.values()):
+        lines += [ACTING_PRUNED + ".", ""]
     return lines
 
 

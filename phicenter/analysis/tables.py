@@ -11,6 +11,10 @@ from phicenter.analysis.runs import PhiGroup, column_key, num, phi_record
 from phicenter.analysis.stats import Cell, compare, mean_ci
 
 INACTIVE = "ϕ inactive — identical to ϕ = 0 by construction"
+ACTING_PRUNED = (
+    "§ effective sparsity below the pruned share: pruned weights still act (standard keeps them at their trained "
+    "values, `strategy.pruned_fill=trained`), so this cell is a network about that dense, beside sparse ones"
+)
 
 
 def pct(x, digits=2) -> str:
@@ -39,6 +43,17 @@ def cell_text(cell: Cell) -> str:
     mark = "†" if cell.fell_back else ""
     phi = "0‡" if cell.stand_in and g is cell.zero else fmt_phi(g.phi)
     return f"{acc_text(r.test for r in g.runs)} ({phi}){mark} n={g.n}"
+
+
+def sparsity_text(g: PhiGroup | None) -> str:
+    """A cell's final-round sparsity, pruned / effective (%), means over seeds; § where the pruned weights act
+    (effective sparsity more than 0.5 points below the pruned share: ACTING_PRUNED)."""
+    if g is None:
+        return "—"
+    pruned = mean_of(r.sparsity for r in g.runs)
+    effective = mean_of(r.effective_sparsity for r in g.runs)
+    mark = "§" if math.isfinite(pruned) and math.isfinite(effective) and effective < pruned - 0.005 else ""
+    return f"{pct(pruned)} / {pct(effective)}{mark}"
 
 
 def mean_of(values) -> float:
@@ -75,9 +90,10 @@ def noise_note(zero: PhiGroup | None, g: PhiGroup) -> str:
 
 def tables(cells: list[Cell]) -> dict[str, list[dict]]:
     """The CSV tables as lists of rows; report.md is written from the same rows."""
-    paper, summary, tests = defaultdict(dict), [], []
+    paper, sparsity, summary, tests = defaultdict(dict), defaultdict(dict), [], []
     for c in cells:
         paper[c.dataset].setdefault(c.row, {"architecture": c.row})[c.col] = cell_text(c)
+        sparsity[c.dataset].setdefault(c.row, {"architecture": c.row})[c.col] = sparsity_text(c.best)
         zero = c.zero
         for phi in sorted(c.groups):
             g = c.groups[phi]
@@ -114,25 +130,33 @@ def tables(cells: list[Cell]) -> dict[str, list[dict]]:
                     "note": note,
                 }
             )
-        t = c.vs_zero
-        tests.append(
-            {
-                "dataset": c.dataset,
-                "architecture": c.row,
-                "strategy": c.col,
-                "best_nonzero_phi": fmt_phi(c.best_nonzero.phi) if c.best_nonzero else "—",
-                "chosen_on": c.chosen_on,
-                "n_pairs": t["n"] if t else 0,
-                "diff_mean_pp": pct(t["mean"]) if t else "—",
-                "diff_ci95_pp": pct(t["ci"]) if t else "—",
-                "p_paired_t": pval(t["p_t"]) if t else "—",
-                "p_wilcoxon": pval(t["p_wilcoxon"]) if t else "—",
-                "p_sign": pval(t["p_sign"]) if t else "—",
-                "better_worse_tied": f"{t['better']}/{t['worse']}/{t['tied']}" if t else "—",
-                "verdict": _verdict(c),
-            }
-        )
-    return {"paper": {ds: list(rows.values()) for ds, rows in paper.items()}, "summary": summary, "tests": tests}
+        tests.append(_test_row(c))
+    return {
+        "paper": {ds: list(rows.values()) for ds, rows in paper.items()},
+        "paper_sparsity": {ds: list(rows.values()) for ds, rows in sparsity.items()},
+        "summary": summary,
+        "tests": tests,
+    }
+
+
+def _test_row(c: Cell) -> dict:
+    """A cell's row of the test of its best non-zero ϕ against ϕ = 0."""
+    t = c.vs_zero
+    return {
+        "dataset": c.dataset,
+        "architecture": c.row,
+        "strategy": c.col,
+        "best_nonzero_phi": fmt_phi(c.best_nonzero.phi) if c.best_nonzero else "—",
+        "chosen_on": c.chosen_on,
+        "n_pairs": t["n"] if t else 0,
+        "diff_mean_pp": pct(t["mean"]) if t else "—",
+        "diff_ci95_pp": pct(t["ci"]) if t else "—",
+        "p_paired_t": pval(t["p_t"]) if t else "—",
+        "p_wilcoxon": pval(t["p_wilcoxon"]) if t else "—",
+        "p_sign": pval(t["p_sign"]) if t else "—",
+        "better_worse_tied": f"{t['better']}/{t['worse']}/{t['tied']}" if t else "—",
+        "verdict": _verdict(c),
+    }
 
 
 def _verdict(c: Cell) -> str:
