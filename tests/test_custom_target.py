@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests import cli
+from tests.cli import compose_config
 
 from phicenter import config, targets, ticket
 from phicenter.spec import ConfigError
-from tests import cli
-from tests.cli import compose_config
 
 PKG = "phct_userpkg"  # a name no installed package has
 NETS = '''import math
@@ -40,7 +40,7 @@ class Aliased(nn.Module):
 def not_a_net(in_shape, num_classes):
     return 3
 '''
-DATA = '''import numpy as np
+DATA = """import numpy as np
 
 
 def load(n=60, seed=0):
@@ -55,7 +55,7 @@ def load(n=60, seed=0):
 
 def not_arrays():
     return [1, 2, 3]
-'''
+"""
 
 
 @pytest.fixture
