@@ -106,6 +106,22 @@ def test_device_type():
     assert RoundKeys(cfg, splits, "cuda")(net, 1) != RoundKeys(cfg, splits, "cpu")(net, 1)
 
 
+@pytest.mark.parametrize("library", ["torchvision", "PIL"])
+def test_torchvisions_and_pillows_versions_for_the_torchvision_pipeline_only(monkeypatch, library):
+    """torchvision's transforms and Pillow's images make the torchvision pipeline's batches, so their versions
+    are in its keys; the fast pipeline's keys (every key before this) hold neither and do not move."""
+    import importlib
+
+    module = importlib.import_module(library)
+    fast, tv = parts(), parts("dataset.pipeline=torchvision")
+    before = [RoundKeys(cfg, splits, "cpu")(net, 1) for cfg, splits, net in (fast, tv)]
+    assert b'"data_libraries"' in RoundKeys(*tv[:2], "cpu").header
+    assert b'"data_libraries"' not in RoundKeys(*fast[:2], "cpu").header
+    monkeypatch.setattr(module, "__version__", module.__version__ + ".other")
+    after = [RoundKeys(cfg, splits, "cpu")(net, 1) for cfg, splits, net in (fast, tv)]
+    assert after[0] == before[0] and after[1] != before[1]
+
+
 def test_execution_settings_in_the_key_are_the_declared_ones():
     cfg, _, _ = parts()
     assert set(reuse.execution_in_key(cfg, "cpu", 1)) == set(IN_ROUND_KEY)

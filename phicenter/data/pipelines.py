@@ -46,6 +46,19 @@ def make_loaders(
     raise DataError(f"dataset.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
 
 
+def library_versions(pipeline: str) -> dict:
+    """What of a pipeline's making is not in the data, for the round key (engine.reuse): with torchvision, the
+    versions of torchvision (its transforms) and Pillow (the images they crop, flip and convert), either of which
+    can change the batches. Nothing for the fast pipeline, whose batches torch makes (its version is in the key's
+    platform), so its keys stay what they were."""
+    if pipeline != "torchvision":
+        return {}
+    import PIL
+    import torchvision
+
+    return {"data_libraries": {"torchvision": torchvision.__version__, "PIL": PIL.__version__}}
+
+
 STEPS_PER_CALL = 64  # optimizer steps per Lightning training_step call (group) in the round loop
 
 

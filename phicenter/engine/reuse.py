@@ -23,6 +23,7 @@ import torch
 
 from phicenter import data, targets
 from phicenter.config import flatten, recorded_config, settings, shapes_training
+from phicenter.data.pipelines import library_versions
 from phicenter.engine import build, rewinding
 from phicenter.engine.roundstore import Entry, open_store
 from phicenter.engine.rundir import CKPT_DIR, is_writer
@@ -177,6 +178,7 @@ class RoundKeys:
                 "platform": platform(device_type),
                 "code": code_digest(),
                 "data": data_fingerprint(splits),
+                **library_versions(settings(cfg).dataset.pipeline),  # torchvision: its and Pillow's versions
                 **targets.in_round_key(training_settings(cfg)),  # model=custom: its path and source file
             }
             self._headers[threads] = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode()
