@@ -312,6 +312,21 @@ def test_a_rewind_step_past_round_0_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("strategy", ["lrr", "sign_transfer"])
+def test_a_rewind_point_is_refused_for_strategies_that_do_not_rewind_weights(strategy):
+    """lrr (Renda et al.) and sign_transfer (Oh et al.: lrr's lineage) never rewind weights: a rewind point is one
+    line at the config check, for a single run and for a pack's variant alike (CLI: tests/test_cli.py)."""
+    from phicenter.engine.cohort import check_variants, make_variants
+
+    with pytest.raises(ConfigError, match=rf"^rewind.epoch=1 does not apply to strategy={strategy}: "):
+        settings(config("rewind.epoch=1", strategy=strategy))
+    base = config("rewind.step=3")
+    nodes = [compose_config("strategy=lth").strategy, compose_config(f"strategy={strategy}").strategy]
+    with pytest.raises(ConfigError, match=rf"^rewind.step=3 does not apply to strategy={strategy}: "):
+        check_variants(make_variants(base, [0.0], nodes))
+    settings(config("rewind.epoch=0", "rewind.step=0", strategy=strategy))  # no rewind point: as before
+
+
 def test_data_parallel_round_counts_its_own_steps(tmp_path):
     """2 processes: 400 training samples, each process 200 of them in batches of 10, 20 steps an epoch; so
     rewind.step=25 is batch 5 of epoch 1 and round 1 trains that epoch's last 15 steps of each process."""
