@@ -16,6 +16,7 @@ RECIPES = {
     "cifar100_vgg16_pretrained": ("cifar100", "vgg16_pretrained", True, "imagenet"),
     "cifar10_resnet20": ("cifar10", "resnet20", True, "dataset"),
     "cifar100_resnet18": ("cifar100", "resnet18", True, "dataset"),
+    "complexity_gradient": ("mnist1d", "conv1d", False, "dataset"),
     # reference experiments (tests/test_reference_experiments.py checks their recipes and trains each one)
     "lth_lenet300_mnist": ("mnist", "fc_lot", False, "dataset"),
     "lth_conv2_cifar10": ("cifar10", "conv2", False, "dataset"),

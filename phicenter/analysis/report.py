@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from phicenter.analysis import literature, literature_tables
+from phicenter.analysis import gradient, literature, literature_tables
 from phicenter.analysis.figures import figures, slug
 from phicenter.analysis.runs import Run, group, label, load
 from phicenter.analysis.stats import mean_ci, paired, select  # noqa: F401 (mean_ci, paired: part of this API)
@@ -102,7 +102,8 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     made = figures(cs) if cs else []
     lit = literature.compare(cs, runs)  # reference experiments beside their papers' figures
     lit_figs = literature_tables.figures(lit)
-    for _, name, png in made + lit_figs:
+    grad, grad_figs = gradient.gradient(cs), gradient.figures(cs)  # phi* against difficulty
+    for _, name, png in made + lit_figs + grad_figs:
         write_file(out / name, png)
 
     not_used = [r for r in runs if r.problem is not None]
@@ -116,6 +117,8 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
     if lit:
         files["literature.csv"] = literature_tables.rows_csv(lit)
         files["matching.csv"] = literature_tables.matching_csv(lit)
+    if grad:
+        files["gradient.csv"] = grad
     for ds, rows in t["paper"].items():
         files[slug("table", ds) + ".csv"] = rows
         columns[slug("table", ds) + ".csv"] = table_columns(rows)
@@ -123,18 +126,16 @@ def report(dirs: list[Path], out: Path, by: str = "val") -> dict:
         columns[slug("sparsity", ds) + ".csv"] = table_columns(rows)
     for name, rows in files.items():
         write_csv(out / name, rows, columns.get(name))
-    write_file(
-        out / "report.md",
-        markdown(dirs, by, cs, t, made, usable, not_used, literature_tables.markdown(lit, lit_figs, md_table)),
-    )
+    sections = gradient.markdown(grad, grad_figs) + literature_tables.markdown(lit, lit_figs, md_table)
+    write_file(out / "report.md", markdown(dirs, by, cs, t, made, usable, not_used, sections))
     return {
         "runs": len(runs),
         "used": len(usable),
         "not_used": len(not_used),
         "cells": len(cs),
-        "figures": len(made) + len(lit_figs),
+        "figures": len(made) + len(lit_figs) + len(grad_figs),
         "literature": len(lit),
-        "files": sorted(files) + ["report.md"] + [m[1] for m in made + lit_figs],
+        "files": sorted(files) + ["report.md"] + [m[1] for m in made + lit_figs + grad_figs],
     }
 
 
