@@ -113,9 +113,11 @@ def test_figure_draws_phi_star_and_the_gap_against_dense_error(grid):
     ((caption, name, fig),) = gradient.figures(cells(grid), render=lambda f: f)
     assert name == "gradient__mnist1d__conv1d.png" and caption.startswith("mnist1d · conv1d: ")
     left, right = fig.axes[:2]
-    lines = {c.get_label(): c.lines[0] for c in left.containers}  # errorbar: its data line first
+    lines = {ln.get_label(): ln for ln in left.get_lines() if not ln.get_label().startswith("_")}
     x, y = lines["mask1"].get_data()
     assert list(x) == pytest.approx([2.0, 20.0, 50.0]) and list(y) == pytest.approx([0.0, 1e-4, 1e-3])
+    seed_means = [c.lines[0].get_ydata() for c in left.containers]  # the bars: per-seed choices' means
+    assert list(seed_means[1]) == pytest.approx([0.0, 1e-4, 7e-4])
     assert left.get_yscale() == "symlog"
     gaps = {c.get_label(): c.lines[0] for c in right.containers}
     assert list(gaps["mask1"].get_ydata()) == pytest.approx([0.0, 2.0, 5.0])

@@ -149,24 +149,24 @@ def gradient(cells: list[Cell]) -> list[dict]:
 
 
 def _points(lvs: list[Level], col: str):
-    """Per level with this strategy: dense test error (%), ϕ* with its per-seed half-width, gap (pp) and its
-    half-width."""
+    """Per level with this strategy: dense test error (%), ϕ*, the per-seed choices' mean and half-width, the gap
+    (pp) and its half-width."""
     pts = []
     for lv in lvs:
         c = lv.cells.get(col)
         if c is None or c.best is None or not math.isfinite(lv.dense_mean):
             continue
-        half = mean_ci(seed_choices(c).values())[1] or 0.0
+        mean, half, _ = mean_ci(seed_choices(c).values())
         vs = compare(c.zero, c.best) if c.zero is not None else None
         gap = 100 * vs["mean"] if vs and vs["n"] else math.nan
         gap_half = 100 * (vs["ci"] or 0.0) if vs else 0.0
-        pts.append((100 * (1 - lv.dense_mean), c.best.phi, half, gap, gap_half))
+        pts.append((100 * (1 - lv.dense_mean), c.best.phi, mean, half or 0.0, gap, gap_half))
     return pts
 
 
 def figure(plt, name: str, arch: str, lvs: list[Level]):
-    """ϕ* (left) and test accuracy at ϕ* minus at ϕ = 0 (right) against the dense network's test error, one
-    line per strategy; error bars: 95 % CI over seeds (ϕ*: of the per-seed choices)."""
+    """ϕ* (left: the line; the bars, the per-seed choices' mean ± 95 % CI) and test accuracy at ϕ* minus at ϕ = 0
+    (right, ± its 95 % CI over seeds) against the dense network's test error, one line per strategy."""
     from phicenter.analysis.figures import phi_axis
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -176,17 +176,26 @@ def figure(plt, name: str, arch: str, lvs: list[Level]):
         pts = _points(lvs, col)
         if not pts:
             continue
-        x, phi, phi_half, gap, gap_half = (np.array(v, dtype=float) for v in zip(*pts))
-        left.errorbar(x, phi, yerr=phi_half, fmt="o-", capsize=3, label=col)
+        x, phi, seed_mean, phi_half, gap, gap_half = (np.array(v, dtype=float) for v in zip(*pts))
+        (line,) = left.plot(x, phi, "o-", label=col)
+        left.errorbar(x, seed_mean, yerr=phi_half, fmt="_", color=line.get_color(), capsize=3)
         right.errorbar(x, gap, yerr=gap_half, fmt="o-", capsize=3, label=col)
         phis |= {float(p) for p in phi}
     right.axhline(0.0, color="grey", linewidth=0.8)
-    left.set(xlabel="dense test error (%): harder →", ylabel="ϕ* (chosen on validation)", title="ϕ*")
-    right.set(xlabel="dense test error (%): harder →", ylabel="test accuracy at ϕ* − at ϕ = 0 (pp)", title="gain")
+    left.set(
+        xlabel="dense test error (%): harder →",
+        ylabel="ϕ* (chosen on validation)",
+        title="ϕ* (bars: per-seed choices, mean ± 95 % CI)",
+    )
+    right.set(
+        xlabel="dense test error (%): harder →",
+        ylabel="test accuracy at ϕ* − at ϕ = 0 (pp)",
+        title="gain at ϕ* (bars: 95 % CI over seeds)",
+    )
     for ax in (left, right):
         ax.grid(alpha=0.3)
     right.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
-    fig.suptitle(f"{name} · {arch}: the complexity gradient (error bars: 95 % CI over seeds)")
+    fig.suptitle(f"{name} · {arch}: the complexity gradient")
     phi_axis(left, sorted(phis), axis="y", data=list(phis))
     return fig
 
