@@ -184,7 +184,13 @@ def _job(cfg: DictConfig, hc, run_dir: Path, multirun: bool, lock: results.Lock 
         _stop_on_sigterm(SIGTERMException)
         # a cohort: this job's phi=[...] x strategy=[...] grid with pack=true, else the run alone
         variants = variants_from_hydra(cfg) if cfg.get("pack") else single(cfg)
-        outs = train(variants, run_dir, chunk=cfg.get("pack_chunk"), on_start=lambda: _started(cfg, hc, multirun))
+        outs = train(
+            variants,
+            run_dir,
+            chunk=cfg.get("pack_chunk"),
+            on_start=lambda: _started(cfg, hc, multirun),
+            halving=bool(cfg.get("pack_halving")),
+        )
     except SystemExit as e:  # SIGTERM, or submitit's exit once it requeued a job near its time limit
         if threading.current_thread() is threading.main_thread():  # the SIGTERM that follows a requeue
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # must not cut this record short

@@ -112,6 +112,9 @@ def read_run(path: Path) -> Run:
         of = f" of {total + 1}" if isinstance(total, int) else ""
         error = f"; {data['error']}" if data.get("error") else ""
         run.problem = f"{status}: {len(rounds)}{of} rounds done{error}"
+        if isinstance(data.get("halved"), dict):  # pack_halving: stopped by the search, not by a fault
+            h = data["halved"]
+            run.problem += f"; successive halving stopped it after round {h.get('round')} (best: {h.get('best')})"
         return run
     final = data.get("final") or (rounds[-1] if rounds else None)
     try:

@@ -183,6 +183,7 @@ class Config:
     compile: bool = False
     pack: bool = False
     pack_chunk: PosInt | None = None
+    pack_halving: bool = False  # successive halving over the variants (engine.halving; hparams_search=phi_halving)
     resume: bool = True
     dry_run: Literal["phi", False] | None = None
     dry_run_grid: DryRunGrid = field(default_factory=DryRunGrid)
@@ -231,6 +232,8 @@ def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
     elif "phi" in tree:
         tree["phi"] = _phi(phi)
     out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
+    if out.get("pack_halving") and not pack:
+        raise ConfigError("pack_halving=true needs pack=true: it halves the variants a pack trains together")
     _check_rewind(out, pack)
     _check_parses(out, "fault", "write", parse_fault)
     _check_parses(out, "round_store", "mode", parse_mode)

@@ -51,7 +51,7 @@ def make_variants(cfg: DictConfig, phis=None, strategies=None) -> list[Variant]:
                 if s is not None:
                     c.strategy = OmegaConf.create(OmegaConf.to_container(s) if OmegaConf.is_config(s) else s)
                 c.phi = p
-                c.pack, c.pack_chunk = False, None
+                c.pack, c.pack_chunk, c.pack_halving = False, None, False
             out.append(Variant(variant_name(_phi_number(p), str(c.strategy.name)), c))
     return out
 

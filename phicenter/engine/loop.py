@@ -31,6 +31,8 @@ from phicenter.engine import build, records, rewinding, transfer
 from phicenter.engine.callbacks import PruneReinit, RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.fit import clear, fit_round
+from phicenter.engine.halving import FINISHED, halve
+from phicenter.engine.halving import summary as halving_summary
 from phicenter.engine.instability import Instability
 from phicenter.engine.member import Member, close_members, is_oom, open_member, record_failure
 from phicenter.engine.module import CohortModule
@@ -61,8 +63,10 @@ def train(
     chunk: int | None = None,
     impl: str = "auto",
     on_start: Callable[[], None] | None = None,
+    halving: bool = False,
 ) -> dict:
-    """Train the variants as cohorts of at most `chunk` (None: all), each into job_dir/<variant.name>.
+    """Train the variants as cohorts of at most `chunk` (None: all), each into job_dir/<variant.name>; with
+    `halving`, as one cohort that loses half its variants after each round (engine.halving).
     Returns {name: results dict}. Complete variants are skipped; the others resume from their last completed
     epoch. Raises CohortFailed, after every variant has been tried, when some failed. Each variant's folder is
     locked while the job works in it (rundir.locked: FolderBusy when another process works there). `on_start`
@@ -70,10 +74,10 @@ def train(
     with ExitStack() as held:
         for var in variants if is_writer() else ():
             held.enter_context(locked(Path(job_dir) / var.name))
-        return _train(variants, Path(job_dir), chunk, impl, on_start)
+        return _train(variants, Path(job_dir), chunk, impl, on_start, halving)
 
 
-def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str, on_start) -> dict:
+def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str, on_start, halving=False) -> dict:
     t_start = time.perf_counter()
     check_variants(variants)
     s0 = variants[0].settings
@@ -82,6 +86,10 @@ def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str,
         from phicenter.config import ConfigError
 
         raise ConfigError(f"pack_chunk must be a positive integer or null, got {chunk!r}")
+    if halving and chunk is not None:
+        from phicenter.config import ConfigError
+
+        raise ConfigError("pack_halving=true trains every variant in one cohort; leave pack_chunk null")
     done, pending = {}, []
     for i, var in enumerate(variants):  # before any work: every folder must hold its own configuration
         folder, resume = RunFolder(job_dir / var.name), var.settings.resume
@@ -90,8 +98,8 @@ def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str,
             prev = folder.check_resume(resolved, config_digest(resolved))
         else:
             prev = folder.read()
-        if resume and prev and prev.get("status") == "complete":
-            log.info("run in %s is already complete; nothing to do", folder.path)
+        if resume and prev and prev.get("status") in FINISHED:
+            log.info("run in %s is already %s; nothing to do", folder.path, prev["status"])
             done[var.name] = prev
         else:
             pending.append(i)
@@ -106,15 +114,16 @@ def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str,
         if s0.dry_run:
             return {variants[pending[0]].name: dry_run(variants, pending, job_dir, splits)}
         size = int(chunk) if chunk else len(pending)
-        _train_queue(
-            variants, [pending[i : i + size] for i in range(0, len(pending), size)], job_dir, splits, impl, done
-        )
+        queue = [pending[i : i + size] for i in range(0, len(pending), size)]
+        _train_queue(variants, queue, job_dir, splits, impl, done, halving)
     statuses = {v.name: (done.get(v.name) or {}).get("status", "missing") for v in variants}
     if len(variants) > 1 and is_writer():
-        write_json(
-            job_dir / PACK_SUMMARY, {"variants": statuses, "chunk": chunk, "seconds": time.perf_counter() - t_start}
-        )
-    bad = {n: s for n, s in statuses.items() if s != "complete"}
+        summary = {"variants": statuses, "chunk": chunk, "seconds": time.perf_counter() - t_start}
+        if halving:
+            summary["halving"] = halving_summary(done)
+            log.info("successive halving: %s", summary["halving"])
+        write_json(job_dir / PACK_SUMMARY, summary)
+    bad = {n: s for n, s in statuses.items() if s not in FINISHED}
     if bad:
         raise CohortFailed(
             f"{len(bad)} of {len(variants)} runs did not complete: "
@@ -124,7 +133,7 @@ def _train(variants: list[Variant], job_dir: Path, chunk: int | None, impl: str,
     return {v.name: done[v.name] for v in variants}
 
 
-def _train_queue(variants, queue: list[list[int]], job_dir: Path, splits, impl: str, done: dict) -> None:
+def _train_queue(variants, queue: list[list[int]], job_dir: Path, splits, impl: str, done: dict, halving=False):
     while queue:
         group = queue.pop(0)
         members = {i: open_member(variants[i], job_dir, splits, len(variants) > 1) for i in group}
@@ -141,7 +150,7 @@ def _train_queue(variants, queue: list[list[int]], job_dir: Path, splits, impl: 
         cohort = [members[i] for i in now]
         del members
         try:
-            train_cohort(cohort, start, splits, job_dir, impl)
+            train_cohort(cohort, start, splits, job_dir, impl, halving=halving)
         except Exception as e:
             if is_oom(e) and len(cohort) > 1:
                 half = (len(now) + 1) // 2
@@ -239,10 +248,17 @@ class Rounds:
 
 
 def train_cohort(
-    members: list[Member], start: int, splits, job_dir: Path, impl: str = "auto", last_round: int | None = None
+    members: list[Member],
+    start: int,
+    splits,
+    job_dir: Path,
+    impl: str = "auto",
+    last_round: int | None = None,
+    halving: bool = False,
 ) -> CohortModule | None:
     """Rounds start..last_round (default: prune.iterations) of one cohort, into its members' folders; returns
-    the module of the last fit (None: nothing trained)."""
+    the module of the last fit (None: nothing trained). With `halving`, the worse half of the live variants
+    stop after each round (engine.halving)."""
     s = members[0].settings
     last_round = s.prune.iterations if last_round is None else last_round
     for m in members:
@@ -255,6 +271,8 @@ def train_cohort(
         if not alive:
             break
         play_round(rounds, alive, r)
+        if halving:
+            halve([m for m in alive if m.alive], r, last_round)
     for m in members:
         if m.alive and m.record.get("final") is not None and last_round == s.prune.iterations:
             m.record["status"] = "complete"

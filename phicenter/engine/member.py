@@ -13,6 +13,7 @@ import torch
 from phicenter.config import config_digest, recorded_config
 from phicenter.engine import build, records, rewinding
 from phicenter.engine.cohort import Variant
+from phicenter.engine.halving import FINISHED
 from phicenter.engine.module import Diverged
 from phicenter.engine.rundir import RESUME_HINT, RunFolder, full_trace
 from phicenter.io import WriteError
@@ -80,7 +81,7 @@ def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
     resolved = recorded_config(cfg, s.phi)
     folder, resume = RunFolder(job_dir / variant.name, digest=config_digest(resolved)), s.resume
     prev = folder.read()
-    if resume and prev and prev.get("status") == "complete":
+    if resume and prev and prev.get("status") in FINISHED:
         return prev
     net = build.build_model(s, splits)
     imp = build.build_imp(s, net)
