@@ -8,15 +8,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from phicenter.engine.boundary import PhiCenterPruning
 from phicenter.engine.rundir import DIGEST
 from phicenter.io import newest_loadable, write_with
 from phicenter.method import pruning
 from phicenter.method.imp import IMP
 from phicenter.spec import ConfigError
-
-# the round loop's boundary: PhiCenterPruning made for one round's fit (engine.boundary)
-PruneReinit = PhiCenterPruning.for_round
 
 
 class RewindPoint(pl.Callback):
@@ -79,7 +75,7 @@ class EpochCheckpoint(pl.callbacks.Checkpoint):
 
         The load is a safe one (weights_only=True: everything Lightning and phicenter put in an epoch checkpoint
         is tensors and plain containers), so a file holding code is refused here, named, and never reaches
-        Lightning's own load of the path returned (trainer.fit(..., weights_only=True) in engine.loop)."""
+        Lightning's own load of the path returned (trainer.fit(..., weights_only=True) in engine.fit)."""
         found = newest_loadable(
             (self.last, self.prev), lambda path: torch.load(path, map_location="cpu", weights_only=True), log
         )

@@ -2,7 +2,7 @@
 
 The unit trained is a cohort (engine.cohort): K variants that share theta0 and the data order. A single run
 is a cohort of one. `train_cohort` is a short loop over rounds, and each round (`play_round`) takes named steps
-(`Rounds`): the boundary (the PruneReinit callback does every variant's with the unchanged method, before the
+(`Rounds`): the boundary (the PhiCenterPruning callback does every variant's with the unchanged method, before the
 fit); the round store's plan (engine.reuse: a variant whose round key is in the store takes its round from
 there, and variants with equal keys train as one); the fit, one fresh Lightning fit of the cohort's module
 (engine.fit: a fresh optimizer and schedule; under late rewinding a round >= 1 fits from the rewind point on,
@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 from phicenter import data, loggers
 from phicenter.config import config_digest, hparams, recorded_config
 from phicenter.engine import build, records, rewinding, transfer
-from phicenter.engine.callbacks import PruneReinit, RewindPoint
+from phicenter.engine.boundary import PhiCenterPruning
+from phicenter.engine.callbacks import RewindPoint
 from phicenter.engine.cohort import PACK_SUMMARY, Variant, check_variants, single
 from phicenter.engine.fit import clear, fit_round
 from phicenter.engine.halving import FINISHED, halve
@@ -216,16 +217,16 @@ class Rounds:
         )
         self.module: CohortModule | None = None
 
-    def boundary(self, alive: list[Member], r: int) -> PruneReinit:
+    def boundary(self, alive: list[Member], r: int) -> PhiCenterPruning:
         """Round r's seed and every variant's round boundary, done before the fit: the round key is taken on
         the state after it (engine.reuse)."""
         build.fault_point(self.s, r)
         torch.manual_seed(seeding.derive(self.s.seed, "round", r))  # anything random in training: (seed, round)
-        cb = PruneReinit([m.imp for m in alive], r)
+        cb = PhiCenterPruning.for_round([m.imp for m in alive], r)
         cb.apply()
         return cb
 
-    def fit(self, trained: list[Member], cb: PruneReinit, r: int) -> None:
+    def fit(self, trained: list[Member], cb: PhiCenterPruning, r: int) -> None:
         """One fit of the members that train round r; the module is rebuilt when the members trained change.
         Round 0 under late rewinding also takes each variant's rewind point (RewindPoint)."""
         s = trained[0].settings
@@ -304,7 +305,7 @@ def play_round(c: Rounds, alive: list[Member], r: int) -> None:
 def record_round(
     alive: list[Member],
     outcomes: list,
-    cb: PruneReinit,
+    cb: PhiCenterPruning,
     r: int,
     seconds: float,
     device: str,
