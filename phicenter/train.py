@@ -26,8 +26,8 @@ log = logging.getLogger("phicenter")
 
 
 def _launch_only(p: Path) -> bool:
-    """What a launch writes before any work: Hydra's log file, .hydra/, the lock, and a packed job's variant
-    folders holding their lock alone."""
+    """What a launch writes before any work: Hydra's log file, .hydra/, the lock, and a `pack=true` job's
+    variant folders holding their lock alone."""
     if p.name in (".hydra", "train.log", results.LOCK):
         return True
     return p.is_dir() and {q.name for q in p.iterdir()} <= {results.LOCK}
@@ -125,7 +125,7 @@ def _mark_interrupted(run_dir: Path, cfg: DictConfig, names: list[str], why: str
     for name in names:
         prev = results.RunFolder(run_dir / name).read()
         if (prev is None and name) or (prev is not None and prev.get("status") != "running"):
-            continue  # a packed variant not begun, or a run that completed, failed or diverged
+            continue  # a job's variant not begun, or a run that completed, failed or diverged
         _mark(run_dir / name, cfg, "interrupted", why)
 
 
@@ -160,7 +160,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         try:
             if results.is_writer():
                 lock = held.enter_context(results.locked(run_dir))
-            check_job(cfg, run_dir, multirun)  # (a packed job's variant folders are checked as it starts them)
+            check_job(cfg, run_dir, multirun)  # (a `pack=true` job's variant folders are checked as it starts them)
         except ConfigError as e:
             _refuse(e, run_dir, lock)
         except Exception:  # anything else (an interpolation, say) is met again below, and recorded there
@@ -207,7 +207,7 @@ def _job(cfg: DictConfig, hc, run_dir: Path, multirun: bool, lock: results.Lock 
     except (ConfigError, DataError) as e:
         _refuse(e, run_dir, lock)
     except CohortFailed as e:  # each failed run said how, in its line and its results.json
-        if len(e.statuses) > 1:  # a packed job: which of its runs did not complete
+        if len(e.statuses) > 1:  # a job of several variants: which of its runs did not complete
             log.error("%s", e)
         return _failed(multirun)
     except Exception as e:  # before any run folder could record it: record it in the job's own

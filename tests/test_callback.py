@@ -198,7 +198,7 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_goes_on_to_the_same_bits(outs
     "kwargs, message",
     [
         ({"strategy": "nope"}, "unknown strategy 'nope'"),
-        ({"strategy": "sign_transfer"}, "trains a second network at every level"),
+        ({"strategy": "sign_transfer"}, "trains a second network at every round"),
         ({"iterations": -1}, "iterations must be an integer >= 0"),
         ({"epochs_per_round": 2, "rewind_epoch": 2}, "rewind_epoch must lie inside round 0"),
         ({"rewind_step": 10}, "rewind_step needs steps_per_epoch"),

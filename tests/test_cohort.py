@@ -137,9 +137,9 @@ def test_packed_equals_alone(pair):
     assert all(0.0 <= f <= 1.0 for f in finals.values())
 
 
-def test_packed_results_layout(pair):
-    """One folder per variant, named like a multirun job, holding what an unpacked run writes; the config
-    recorded is that of the same run unpacked, packing itself is recorded beside it."""
+def test_cohort_results_layout(pair):
+    """One folder per variant, named like a multirun job, holding what a run alone writes; the config
+    recorded is that of the same run alone, its cohort is recorded beside it."""
     model, vs, res_packed, res_alone, out = pair
     for v in vs:
         d = out / "packed" / v.name
@@ -149,9 +149,23 @@ def test_packed_results_layout(pair):
         assert on_disk["config"] == alone["config"]
         assert set(alone) - {"traceback"} <= set(on_disk)
         assert set(alone["rounds"][-1]) <= set(on_disk["rounds"][-1])
-        assert on_disk["packed"]["variants"] == [x.name for x in vs]
+        assert on_disk["cohort"]["variants"] == [x.name for x in vs]
         assert (d / results.THETA0).is_file()
         assert list((d / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cohort_record_read_under_its_earlier_name():
+    """results.json of earlier versions name the cohort record "packed": it is read, and written anew as
+    "cohort" with the last impl kept when every variant took its round from the store (impl None)."""
+    from phicenter.engine import records
+
+    earlier = {"status": "running", "packed": {"variants": ["a", "b"], "impl": "loop"}}
+    assert records.cohort_of(earlier) == {"variants": ["a", "b"], "impl": "loop"}
+    assert records.cohort_of({"status": "running"}) is None
+    records.set_cohort(earlier, ["a", "b"], None)
+    assert earlier == {"status": "running", "cohort": {"variants": ["a", "b"], "impl": "loop"}}
+    records.set_cohort(earlier, ["a"], "batched")
+    assert records.cohort_of(earlier) == {"variants": ["a"], "impl": "batched"}
 
 
 def test_chunks_equal_one_pack(tmp_path):
@@ -159,8 +173,8 @@ def test_chunks_equal_one_pack(tmp_path):
     vs = variants("fc_lot", COMBOS[:3], "prune.iterations=1")
     one = loop.train(vs, tmp_path / "one")
     chunked = loop.train(vs, tmp_path / "chunked", chunk=2)
-    assert chunked[vs[0].name]["packed"]["variants"] == [vs[0].name, vs[1].name]
-    assert chunked[vs[2].name]["packed"]["variants"] == [vs[2].name]
+    assert chunked[vs[0].name]["cohort"]["variants"] == [vs[0].name, vs[1].name]
+    assert chunked[vs[2].name]["cohort"]["variants"] == [vs[2].name]
     for v in vs:
         assert_same_rounds(chunked[v.name], one[v.name], v.name)
 
@@ -517,7 +531,7 @@ def test_batched_path_trains_like_alone(pair):
     got = loop.train(vs, out / "batched", impl="batched")
     for v in vs:
         a, b = got[v.name], res_alone[v.name]
-        assert a["packed"]["impl"] == "batched" and a["status"] == "complete"
+        assert a["cohort"]["impl"] == "batched" and a["status"] == "complete"
         for ra, rb in zip(a["rounds"], b["rounds"]):
             for k in ROUND_KEYS_ACC:
                 assert abs(ra[k] - rb[k]) <= 0.02, (v.name, ra["round"], k, ra[k], rb[k])

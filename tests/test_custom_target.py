@@ -164,7 +164,7 @@ def test_a_target_that_cannot_be_called_is_refused_before_any_work(pkg, tmp_path
     "model,more,message",
     [
         ("not_a_net", (), f"model._target_={PKG}.nets.not_a_net: returned 'int', not a torch.nn.Module"),
-        ("Aliased", ("pack=true", "phi=[0,5e-4]"), f"model._target_={PKG}.nets.Aliased cannot be trained packed"),
+        ("Aliased", ("pack=true", "phi=[0,5e-4]"), f"model._target_={PKG}.nets.Aliased cannot be trained in a cohort"),
     ],
     ids=["model returns an int", "cannot be stacked"],
 )

@@ -1,5 +1,5 @@
 """Successive halving over a pack's variants (pack_halving=true, hparams_search=phi_halving): who stops, by hand;
-a real packed job; its relaunch; the refusals."""
+a real `pack=true` job; its relaunch; the refusals."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def comparable(path: Path) -> dict:
     for r in res["rounds"] + [res["final"]]:
         for k in ("seconds", "seconds_packed", "reused_from"):
             r.pop(k, None)
-    res.pop("packed", None)  # which variants shared a cohort, and the stack of those that trained
+    res.pop("cohort", None)  # which variants shared a cohort, and the forward that trained it
     return res
 
 

@@ -394,7 +394,7 @@ def test_stage_one_rounds_are_lrrs_bit_for_bit(runs):
     assert all("transfer" not in r for r in runs["lrr"]["rounds"])
 
 
-def test_a_run_records_each_levels_transfer(runs):
+def test_a_run_records_each_rounds_transfer(runs):
     res = runs["sign_transfer"]
     assert res["status"] == "complete" and res["transfer_seed"] == 1
     rounds = res["rounds"]
@@ -437,7 +437,7 @@ def test_the_transfer_recipe_defaults_to_the_runs_own():
 
 
 def test_a_transfer_trains_its_own_epochs_and_stage_one_stays_lrrs(runs, tmp_path):
-    """strategy.transfer_epochs=3 with the run's 2 epochs: each level's transfer records 3 epochs (multistep: the LR
+    """strategy.transfer_epochs=3 with the run's 2 epochs: each round's transfer records 3 epochs (multistep: the LR
     divided by 10 from epoch 2 on); stage 1 is the same run's to the bit."""
     res = loop.run(
         compose_config(

@@ -152,7 +152,7 @@ def test_load_gives_the_runs_logits_bit_for_bit(runs, name, tmp_path, capsys):
 
 
 def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
-    """--round picks any completed round; a packed job's variant folder is a run folder, its job folder is not."""
+    """--round picks any completed round; a `pack=true` job's variant folder is a run folder, its job folder is not."""
     from phicenter.engine.cohort import make_variants
     from phicenter.engine.loop import train as train_cohort
 
@@ -165,7 +165,7 @@ def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
     assert len(variants) == 2
     assert export.main([str(job)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "a packed job (pack=true), not one run; export one of its runs:" in err and variants[0] in err
+    assert "a job of several variants (pack=true), not one run; export one of its runs:" in err and variants[0] in err
     assert err.count("\n") == 0 and not any(job.rglob("*.safetensors"))
     folder = job / variants[1]
     for r in (0, 1):

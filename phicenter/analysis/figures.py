@@ -159,7 +159,7 @@ def _accuracy_figure(plt, ds: str, row: str, cs: list[Cell], phis: list[float]):
 
 
 def _sparsity_figure(plt, c: Cell) -> list[tuple[str, str, object]]:
-    """Test accuracy across rounds against the pruned sparsity, one line per phi (sign_transfer: each level's
+    """Test accuracy across rounds against the pruned sparsity, one line per phi (sign_transfer: each round's
     transferred network; round 0, the dense stage-1 network); where the effective sparsity differs from it, the
     same accuracies against the effective sparsity, dotted, with hollow markers."""
     fig, ax = plt.subplots(figsize=(7, 4.5))

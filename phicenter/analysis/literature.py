@@ -69,7 +69,7 @@ def _same(a, b) -> bool:
 
 def round_table(runs: list[Run]) -> list[Round]:
     """Per round present in every run: remaining weights and test accuracy over the seeds, in %. A round with a
-    transfer (sign_transfer's levels) counts its transferred network's accuracy, the method's result, as the
+    transfer (sign_transfer's rounds >= 1) counts its transferred network's accuracy, the method's result, as the
     report's tables do; the dense round its own."""
     by_run = [{r["round"]: r for r in run.rounds} for run in runs]
     common = sorted(set.intersection(*(set(b) for b in by_run))) if by_run else []

@@ -114,7 +114,7 @@ def locate(arg: str, round_index: int | None, shape: dict) -> Round:
     if not (path / RESULTS).is_file():
         runs = _runs_below(path)
         if runs:
-            what = "a packed job (pack=true)" if (path / PACK_SUMMARY).is_file() else "a folder of runs"
+            what = "a job of several variants (pack=true)" if (path / PACK_SUMMARY).is_file() else "a folder of runs"
             more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
             raise BadRecord(
                 f"{path}: {what}, not one run; export one of its runs: "

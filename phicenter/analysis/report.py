@@ -214,7 +214,7 @@ def markdown(dirs, by, cells, t, made, usable, not_used, literature_lines=()) ->
     ]
     if any(math.isfinite(r.transfer_test) for r in usable):
         lines += [
-            "sign_transfer: its cells, ϕ choice and tests use the accuracy of the last level's transferred "
+            "sign_transfer: its cells, ϕ choice and tests use the accuracy of the last round's transferred "
             "network (its signed mask on a fresh initialisation, trained once); runs.csv gives both that "
             "(`transfer_*`) and stage 1's own (`val_acc`, `test_acc`).",
             "",

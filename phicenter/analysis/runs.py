@@ -29,7 +29,7 @@ STRATEGY_COLUMNS = PAPER_COLUMNS + ("sign_transfer", "sign_rewind", "lrr", "lth"
 
 
 def phi_record(entry: dict) -> dict:
-    """Where a round entry says what phi did: the transfer record of a sign_transfer level (phi acts only in
+    """Where a round entry says what phi did: the transfer record of a sign_transfer round (phi acts only in
     the transfer), else the round entry itself (its boundary's diagnostics)."""
     moved = entry.get("transfer")
     return moved if isinstance(moved, dict) else entry
@@ -58,7 +58,7 @@ class Run:
     test: float = math.nan  # run that transfers (sign_transfer) its last transferred network's
     round_val: float = math.nan  # the final round's own (sign_transfer: stage 1's)
     round_test: float = math.nan
-    transfer_val: float = math.nan  # sign_transfer: the last level's transferred network
+    transfer_val: float = math.nan  # sign_transfer: the last round's transferred network
     transfer_test: float = math.nan
     sparsity: float = math.nan  # final round: share of prunable weights pruned
     effective_sparsity: float = math.nan  # final round: share that can no longer change the output
@@ -130,7 +130,7 @@ def read_run(path: Path) -> Run:
             run.val = run.transfer_val = num(moved.get("val_acc"))
             run.test = run.transfer_test = num(moved.get("test_acc"))
             if moved.get("diverged"):
-                run.problem = f"the last level's transferred network diverged: {moved['diverged']}"
+                run.problem = f"the last round's transferred network diverged: {moved['diverged']}"
                 return run
         for part in ("dataset", "model", "strategy"):
             if not isinstance(run.config[part]["name"], str):

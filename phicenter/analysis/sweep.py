@@ -25,7 +25,7 @@ def summarize(sweep_dir: str | Path) -> dict:
     out: dict[str, list] = {}
     jobs = [p.parent for p in Path(sweep_dir).glob("**/.hydra")]
     jobs += [p.parent for j in list(jobs) if (j / "pack.json").exists() for p in j.glob("*/results.json")]
-    for job in sorted(j for j in jobs if not (j / "pack.json").exists()):  # a packed job: one entry per variant
+    for job in sorted(j for j in jobs if not (j / "pack.json").exists()):  # several variants: one entry each
         res = read_json(job / results.RESULTS)
         status = (res or {}).get("status", "missing" if res is None else "unknown")
         rounds = (res or {}).get("rounds") or []

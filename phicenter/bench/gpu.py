@@ -39,7 +39,7 @@ def reference_experiments() -> set[str]:
 def _grid_hours(exp: str, case: Case, images_per_s: float) -> tuple[int, int, int, float]:
     """(runs of its sweep, rounds, epochs a round, GPU-hours) of an experiment at the measured speed. Evaluation
     (a forward pass, about a third of a training step's FLOPs) every epoch on val, once on test. sign_transfer
-    also trains a transfer at every level >= 1, of its own epochs (engine.transfer.transfer_recipe)."""
+    also trains a transfer at every round >= 1, of its own epochs (engine.transfer.transfer_recipe)."""
     from omegaconf import OmegaConf
 
     base = compose([f"experiment={exp}"])

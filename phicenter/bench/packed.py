@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from phicenter import CONF_DIR
 from phicenter.engine.cohort import make_variants
 from phicenter.engine.module import make_optimizer
+from phicenter.engine.records import cohort_of
 from phicenter.engine.stacked import StackedNet, stacked_step
 from phicenter.method import paper
 
@@ -357,7 +358,7 @@ def bench_phase(spec: dict) -> dict:
         if spec["side"] == "sequential":
             run(batch[0].cfg, work / batch[0].name)
         else:
-            impl = next(iter(train(batch, work / "runs", impl=spec["impl"]).values()))["packed"]["impl"]
+            impl = cohort_of(next(iter(train(batch, work / "runs", impl=spec["impl"]).values())))["impl"]
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall += time.perf_counter() - t

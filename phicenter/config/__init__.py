@@ -101,7 +101,7 @@ def check_launch(cfg, previous: Callable[[], dict | None], run_dir) -> None:
     dataset=custom target can be imported and called (importing the user's module, which may import torch),
     that every logger picked is installed and can keep records (a W&B login online, an MLflow server that
     answers), and that run_dir, whose results.json `previous()` reads, has no run of another configuration (a
-    packed job's variant folders are checked as the job starts them)."""
+    `pack=true` job's variant folders are checked as the job starts them)."""
     from phicenter import targets
     from phicenter.loggers import check_installed, selected
     from phicenter.loggers.reach import check_reachable

@@ -61,14 +61,14 @@ IN_ROUND_KEY = (
 # is in no round key, report label, TensorBoard hparam or job folder name.
 RECORD_ONLY_KEYS = ("reference",)
 
-# Execution settings job folder names keep: a packed job's folder holds its variants' folders, and a dry run,
+# Execution settings job folder names keep: a `pack=true` job's folder holds its variants' folders, and a dry run,
 # a successive-halving search or an injected fault must not take the folder of the run it stands for.
 NAMED_IN_FOLDERS = ("pack", "pack_halving", "dry_run", "dry_run_grid", "fault")
 
 # Config groups chosen on the command line that are no setting of the run (folder names leave them out).
 UNNAMED_GROUPS = ("hparams_search", "logger")
 
-# The options a packed job spans its variants with; never part of a variant's own config.
+# The options a `pack=true` job spans its variants with; never part of a variant's own config.
 PACK_KEYS = ("pack", "pack_chunk", "pack_halving")
 
 # What hparams_search=phi_optuna draws phi from (phi itself says it all).

@@ -233,7 +233,7 @@ def check_tree(tree: Mapping, pack: bool | None = None) -> dict:
         tree["phi"] = _phi(phi)
     out = check_group(Config, tree, skip=("phi", "strategy") if pack else ("phi",))
     if out.get("pack_halving") and not pack:
-        raise ConfigError("pack_halving=true needs pack=true: it halves the variants a pack trains together")
+        raise ConfigError("pack_halving=true needs pack=true: it halves the variants of a job")
     _check_rewind(out, pack)
     _check_parses(out, "fault", "write", parse_fault)
     _check_parses(out, "round_store", "mode", parse_mode)

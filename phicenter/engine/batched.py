@@ -1,5 +1,5 @@
 """The GPU forward of a stacked cohort: one kernel per layer for all K variants (nn.Sequential nets of common
-layers), and torch.func.vmap for other architectures. Same maths as K unpacked nets, not bit-identical
+layers), and torch.func.vmap for other architectures. Same maths as K nets alone, not bit-identical
 (BLAS and cuDNN pick kernels by shape); the CPU default is StackedNet's per-variant loop."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from torch import nn
 _BMM_SMALL = 400
 
 
-class _PackedLinear(torch.autograd.Function):
+class _BatchedLinear(torch.autograd.Function):
     """y[k] = x[k] @ w[k].T + b[k] for all k at once; x is [K, B, in], or [B, in] shared by all variants.
 
     The backward issues the products nn.Linear's own backward issues (grad_w = g.T @ x, grad_x = g @ w),
-    batched over K, so each variant's gradients are bit-for-bit those of an unpacked layer on CPU."""
+    batched over K, so each variant's gradients are bit-for-bit those of the layer alone on CPU."""
 
     @staticmethod
     def forward(ctx, x, w, b):
@@ -104,7 +104,7 @@ def batched_forward(net, h: torch.Tensor, training: bool) -> torch.Tensor:
         if isinstance(m, nn.Linear):
             if not shared and h.dim() != 3:
                 raise ValueError(f"{name}: Linear on a feature map needs a Flatten before it")
-            h = _PackedLinear.apply(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
+            h = _BatchedLinear.apply(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
             shared = False
         elif isinstance(m, nn.Conv2d):
             w = params[f"{name}.weight"]

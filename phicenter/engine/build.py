@@ -54,7 +54,7 @@ def build_model(cfg, splits: data.Splits, seed: int | None = None):
     )
 
 
-def check_packable(cfg, net, splits) -> None:
+def check_stackable(cfg, net, splits) -> None:
     """pack=true trains its variants as one StackedNet (engine.stacked), which runs the net's forward with each
     variant's tensors swapped in. Every built-in model is made for it; a model=custom net is tried first, on
     the CPU: two variants with different weights, stacked, must give each its own logits. One that fails, or
@@ -81,7 +81,7 @@ def check_packable(cfg, net, splits) -> None:
         why = f"{type(e).__name__}: {' '.join(str(e).split())}"
     if why:
         raise ConfigError(
-            f"model._target_={s.model._target_} cannot be trained packed ({why}); run its variants as jobs of "
+            f"model._target_={s.model._target_} cannot be trained in a cohort ({why}); run its variants as jobs of "
             "a multirun instead (pack=false, -m phi=...)"
         )
 

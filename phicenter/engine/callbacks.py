@@ -19,7 +19,7 @@ class RewindPoint(pl.Callback):
     """Late rewinding (engine.rewinding): right after round 0's s-th optimizer step, each variant's state becomes
     its rewind point theta_s (IMP.set_rewind), saved beside its theta0 so that a resumed run uses the same one,
     and the optimizer's state starts afresh, as it does where every later round starts (open_lth trains each
-    level, the dense one included, from step s with a new optimizer). The LR schedule runs on."""
+    level, its word for a round, the dense one included, from step s with a new optimizer). The LR schedule runs on."""
 
     def __init__(self, imps: list[IMP], folders: list, step: int):
         self.imps, self.folders, self.step = list(imps), list(folders), int(step)

@@ -16,7 +16,7 @@ from phicenter.config import PACK_KEYS, ConfigError, schema, settings
 log = logging.getLogger("phicenter")
 
 PACK_SUMMARY = "pack.json"  # in the job folder: {"variants": {name: status}, ...}
-VARIED = ("phi", "strategy")  # what may differ between the variants of one pack
+VARIED = ("phi", "strategy")  # what may differ between the variants of one job
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _phi_number(p) -> float:
 def variants_from_hydra(cfg: DictConfig) -> list[Variant]:
     """The variants of a `pack=true` job: list-valued `phi=[...]` and `strategy=[...]` overrides (or a phi
     list in the config) span the grid; every other override applies to all of them. Each variant's config
-    is composed exactly as the unpacked job `strategy=S phi=P` would be. An override `strategy.KEY=V`
+    is composed exactly as the job of one variant `strategy=S phi=P` would be. An override `strategy.KEY=V`
     applies to the variants whose strategy has KEY (or to all, with +/++)."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
@@ -134,7 +134,7 @@ def check_variants(variants: list[Variant]) -> None:
             diff = sorted(k for k in set(ref) | set(shared(v.cfg)) if ref.get(k) != shared(v.cfg).get(k))
             raise ConfigError(
                 f"pack: variant {v.name} differs from {variants[0].name} in {', '.join(diff)}; "
-                "only phi and strategy may vary within a pack"
+                "only phi and strategy may vary among a job's variants"
             )
     precision = str(variants[0].settings.trainer.precision)
     if len(variants) > 1 and precision in ("16-mixed", "16"):

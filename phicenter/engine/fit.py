@@ -42,11 +42,11 @@ def fit_round(
 ) -> Fitted:
     """Fit `module` as round r of `epochs` epochs on (train, val, test) `batches` (a late-rewinding `plan`:
     from its rewind point on, engine.rewinding), resumed from its newest epoch checkpoint in `folder` when
-    there is one (under `s.resume`), then test it and scatter its stack into the variants' nets. `digests`: the
-    configuration digest of each net, kept in the checkpoints; `callbacks` run before the epoch checkpoint;
-    `what`: how the log names the fit (default "round r"). Every net diverged: Diverged is raised, or, for a fit
-    `apart` from the run's lineage (an instability copy, a transfer), recorded in the result and the run goes
-    on."""
+    there is one (under `s.resume`), then test it and scatter its stacked tensors into the variants' nets.
+    `digests`: the configuration digest of each net, kept in the checkpoints; `callbacks` run before the epoch
+    checkpoint; `what`: how the log names the fit (default "round r"). Every net diverged: Diverged is raised,
+    or, for a fit `apart` from the run's lineage (an instability copy, a transfer), recorded in the result and
+    the run goes on."""
     plan = plan or Plan(epochs)
     train_b, val_b, test_b = batches
     saver = EpochCheckpoint(folder, s.checkpoint.every_n_epochs, digests)

@@ -316,7 +316,7 @@ def record_round(
     this round (None: every variant took its round from the store); `extra`: {entry field: {variant index:
     its record}} of the optional steps (`transfer`: engine.transfer; `instability`: engine.instability)."""
     s = alive[0].settings
-    packed = len(alive) > 1 or "packed" in alive[0].record
+    in_cohort = len(alive) > 1 or records.cohort_of(alive[0].record) is not None
     for i, (m, out) in enumerate(zip(alive, outcomes)):
         if out.diverged is not None:
             m.fail("diverged", f"Diverged: {out.diverged}")
@@ -328,7 +328,7 @@ def record_round(
             out.history,
             out.test,
             seconds / len(alive),
-            seconds if packed else None,
+            seconds if in_cohort else None,
             key=out.key,
             reused_from=out.reused_from,
         )
@@ -338,11 +338,8 @@ def record_round(
         m.rounds.append(entry)
         m.recorder.round(entry, step=(r + 1) * s.epochs - 1)
         m.record.update(final=entry, device=device)
-        if packed:
-            m.record["packed"] = {
-                "variants": [a.variant.name for a in alive],
-                "impl": impl or (m.record.get("packed") or {}).get("impl"),
-            }
+        if in_cohort:
+            records.set_cohort(m.record, [a.variant.name for a in alive], impl)
         m.folder.save_round(
             r, {"round": r, "model": m.net.state_dict(), "rounds": m.rounds}, keep_all=s.checkpoint.keep_all
         )

@@ -74,7 +74,7 @@ def is_oom(e: BaseException) -> bool:
     )
 
 
-def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
+def open_member(variant: Variant, job_dir: Path, splits, in_cohort: bool):
     """A variant ready to train: a finished run is returned as its results dict; else a Member, resumed from
     its folder's last round checkpoint when there is one."""
     cfg, s = variant.cfg, variant.settings
@@ -85,8 +85,8 @@ def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
         return prev
     net = build.build_model(s, splits)
     imp = build.build_imp(s, net)
-    if packed:
-        build.check_packable(s, net, splits)
+    if in_cohort:
+        build.check_stackable(s, net, splits)
     ckpt = folder.latest_round(log=log.warning) if resume else None
     rounds, start = [], 0
     if ckpt is not None:
@@ -101,7 +101,7 @@ def open_member(variant: Variant, job_dir: Path, splits, packed: bool):
     if resume and rewinding.active(s):
         imp.set_rewind(folder.load_rewind())  # None (theta0) until the run reaches the rewind point
     folder.drop_epochs_before(start)
-    record = records.skeleton(resolved, s, splits, net, rounds, [variant.name] if packed else None)
+    record = records.skeleton(resolved, s, splits, net, rounds, [variant.name] if in_cohort else None)
     if ckpt is None:  # the configuration on record from the start, so a relaunch mid-round 0 is checked too
         folder.write(record)
     return Member(variant, folder, net, imp, resolved, record, start)

@@ -15,6 +15,22 @@ ROUND_TAGS = ("val_acc", "test_acc", "sparsity", "effective_sparsity", "flipped_
 TRANSFER_TAGS = ("val_acc", "test_acc", "flipped_by_phi", "flipped_vs_init", "dead_zone")  # sign_transfer
 LAYER_TAGS = ("sparsity", "effective_sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone")
 INSTABILITY_TAGS = ("barrier", "val_acc", "test_acc")  # instability.enabled: the round's copy and the barrier
+COHORT = "cohort"  # results.json: the variants a run trained its last round with, and the forward's impl
+EARLIER_COHORT = "packed"  # the same record, as results.json files of earlier versions name it
+
+
+def cohort_of(record: dict) -> dict | None:
+    """A run's cohort record ({"variants": [...], "impl": ...}), None for a run trained alone; read under its
+    earlier name too."""
+    return record.get(COHORT) or record.get(EARLIER_COHORT)
+
+
+def set_cohort(record: dict, variants: list[str], impl: str | None) -> None:
+    """The cohort a run trained this round with; `impl` None (every variant took its round from the store)
+    keeps the last recorded one. A record of an earlier version is written under the current name."""
+    last = cohort_of(record) or {}
+    record.pop(EARLIER_COHORT, None)
+    record[COHORT] = {"variants": variants, "impl": impl or last.get("impl")}
 
 
 def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] | None = None) -> dict:
@@ -44,7 +60,7 @@ def skeleton(resolved: dict, cfg, splits, net, rounds: list, cohort: list[str] |
         },
     }
     if cohort:
-        out["packed"] = {"variants": cohort, "impl": None}
+        out[COHORT] = {"variants": cohort, "impl": None}
     from phicenter.engine import transfer
 
     if transfer.transfers(s):
@@ -133,7 +149,7 @@ class Recorder:
             for k, v in d.items()
             if k in LAYER_TAGS and v is not None
         }
-        moved = entry.get("transfer") or {}  # sign_transfer: the transferred network of this level
+        moved = entry.get("transfer") or {}  # sign_transfer: the transferred network of this round
         transfer = {f"transfer/{k}": moved[k] for k in TRANSFER_TAGS if moved.get(k) is not None}
         copy = entry.get("instability") or {}  # instability.enabled: the round's copy and the barrier
         stability = {f"instability/{k}": copy[k] for k in INSTABILITY_TAGS if copy.get(k) is not None}

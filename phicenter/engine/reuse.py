@@ -218,10 +218,10 @@ class Outcome:
 
 class Reuse:
     """Round keys, the store and who trains what, for one cohort of a run of `world_size` processes, trained
-    with the stack's forward `impl` (engine.stacked). `round_store.enabled=false`: every member trains every
+    with the cohort's forward `impl` (engine.stacked). `round_store.enabled=false`: every member trains every
     round (keys are still recorded). A multi-process run, whose ranks must all decide alike, never reads the
     store, and its rounds, whose keys hold its number of processes, would be read by nothing: it does not
-    publish either. Where a stack of several variants trains each to other bits than alone (not
+    publish either. Where a cohort of several variants trains each to other bits than alone (not
     stacked.keeps_bits) and kernels are deterministic, every member trains every round itself, as with the
     store off, and nothing is published: a reused round must be the very one the run would have trained.
     Nor is a round published that resumes a fit an earlier launch began under another key (say at another
@@ -246,7 +246,7 @@ class Reuse:
 
     def plan(self, members: list, r: int) -> tuple[list, list[Source]]:
         """(the members to train, each member's Source): one representative per distinct key not in the
-        store; every member, when several train stacked to bits of their own (see the class)."""
+        store; every member, when a cohort of several trains each to bits of its own (see the class)."""
         if len(members) > 1 and self.stacked_alone:
             return list(members), [
                 Source(self.keys(m.variant.cfg)(m.net, r), rep=i, publish=False) for i, m in enumerate(members)

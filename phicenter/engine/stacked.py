@@ -8,8 +8,8 @@ never runs on the stack: the Callback scatters it into the K ordinary nets, runs
 (IMP.advance) on each, and gathers them back.
 
 Forward implementations (`impl`):
-  "loop"    each layer with weights once per variant, the very call the unpacked module makes on the same
-            shapes: bit for bit the arithmetic of K separate runs, for any architecture. The CPU default:
+  "loop"    each layer with weights once per variant, the very call a variant's module alone makes on the
+            same shapes: bit for bit the arithmetic of K separate runs, for any architecture. The CPU default:
             on a CPU the matrix work is the same either way.
   "batched" batched matmuls and grouped convolutions (engine.batched; nn.Sequential nets of common layers).
   "vmap"    torch.func.vmap over functional_call (any net).
@@ -29,7 +29,7 @@ IMPLS = ("auto", "loop", "batched", "vmap")
 
 
 def keeps_bits(impl: str, device_type: str) -> bool:
-    """Whether every variant of a stack trains to the bits of that variant trained alone: only the per-variant
+    """Whether every variant of a cohort trains to the bits of that variant trained alone: only the per-variant
     kernels on a CPU ("loop", the CPU's "auto"; tests/test_cohort.py). Elsewhere it is the same maths with
     other roundings (batched kernels; on CUDA a net alone also runs in channels_last)."""
     return device_type == "cpu" and impl in ("auto", "loop")
@@ -92,7 +92,7 @@ class StackedNet(nn.Module):
     @property
     def steps_views(self) -> bool:
         """The optimizer steps per-variant views on CPU (each variant's tensors while they are in cache:
-        2-3x faster than elementwise ops over the whole stack, and literally the unpacked update), the
+        2-3x faster than elementwise ops over the whole stack, and literally the update of a variant alone), the
         stacked tensors on CUDA (few large tensors for the fused kernels). Same update element for element."""
         return self.params[self.param_names[0]].device.type == "cpu"
 
@@ -110,7 +110,7 @@ class StackedNet(nn.Module):
             v.grad = None if t.grad is None else t.grad[k]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients to None, as optimizer.zero_grad() does for an unpacked run."""
+        """Gradients to None, as optimizer.zero_grad() does for a run alone."""
         for t in self.params.values():
             t.grad = None
         for _, _, v in self._views:
@@ -147,8 +147,8 @@ class StackedNet(nn.Module):
         return batched_forward(self, x, training) if self.impl == "batched" else vmap_forward(self, x, training)
 
     def _loop(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """Layers with weights once per variant (F.linear, Conv2d._conv_forward, F.batch_norm: the unpacked
-        calls on the unpacked shapes); parameter-free layers (ReLU, pooling, Flatten) once on all variants."""
+        """Layers with weights once per variant (F.linear, Conv2d._conv_forward, F.batch_norm: the calls
+        of a variant alone, on its shapes); parameter-free layers (ReLU, pooling, Flatten) once on all variants."""
         if self.plan is None:
             return self._loop_any(x, training)
         k, params = self.k, self.params

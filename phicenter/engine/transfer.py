@@ -1,6 +1,6 @@
 """The engine's part of sign_transfer (Oh, Baik & Lee, 2025; docs/method.md, "sign_transfer"): AWS while stage 1
 trains (`AWSTraining`, used by the cohort module), and stage 2 (`Transfer`, a step of the round loop after each
-round): at every level r >= 1 the round's signed mask, signs(trained, phi) on its mask, is put on a fresh
+round): at every round r >= 1 the round's signed mask, signs(trained, phi) on its mask, is put on a fresh
 initialisation of the transfer seed (method.transfer), trained once (one fit of `epochs` epochs, a fresh
 optimizer and schedule, the transfer's own data order), and tested. The transferred network is not part of the
 stage-1 lineage: it is built, trained, recorded in the round's entry (`transfer`) and dropped.
@@ -78,7 +78,7 @@ class AWSTraining:
         self.alphas.start(round_index, epoch)
 
     def forward(self, module: CohortModule, x: torch.Tensor) -> torch.Tensor:
-        """One training batch's logits with this batch's alpha: the plain net (K = 1) or the stack."""
+        """One training batch's logits with this batch's alpha: the plain net (K = 1) or the stacked one."""
         alpha = self.alphas.next()
         if module.stack is None:
             return aws.forward(module.net, x, alpha, self.names)
@@ -163,7 +163,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
     epochs, schedule = transfer_recipe(s)
     nets, diags = zip(*(transferred_net(m, seed, splits) for m in group))
     train_b = data.loaders(s, splits, s.batch_size, seeding.derive(seed, "transfer"), group=data.STEPS_PER_CALL)[0]
-    torch.manual_seed(seeding.derive(seed, "transfer", r))  # anything random in the fit: (transfer seed, level)
+    torch.manual_seed(seeding.derive(seed, "transfer", r))  # anything random in the fit: (transfer seed, round)
     module = CohortModule(
         list(nets),
         s.optim,
@@ -197,7 +197,7 @@ def _fit(group: list, seed: int, r: int, splits, loaders, folder: Path, impl: st
 
 class Tagged:
     """A run's Recorder for the transfer fit: its epoch rows go to TensorBoard as transfer_epoch/*, at step
-    level × transfer epochs + epoch (beside the stage-1 round's epoch/* when the transfer trains the run's epochs)."""
+    round × transfer epochs + epoch (beside the stage-1 round's epoch/* when the transfer trains the run's epochs)."""
 
     def __init__(self, recorder):
         self.recorder = recorder

@@ -35,7 +35,8 @@ EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 def selected(cfg) -> dict[str, object]:
     """The loggers a config picks, {name: its typed options}, in SINKS order; none for `logger=[]`. `cfg`: a
-    run's config (raw, or typed by phicenter.config.settings), or a multirun's with packed lists."""
+    run's config (raw, or typed by phicenter.config.settings), or that of a job of several variants (its phi
+    and strategy lists)."""
     if dataclasses.is_dataclass(cfg):
         group = cfg.logger
     else:

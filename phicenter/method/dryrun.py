@@ -2,8 +2,8 @@
 
 After round 0, re-runs round 1's boundary (prune + re-sign) on a copy of the model for every (strategy, phi)
 and counts the survivors each phi re-signs and the survivors in its dead zone. Nothing is trained beyond
-round 0. For sign_transfer, whose phi acts only in the transfer of each level, it counts what
-signs(trained, phi) re-signs on round 1's mask with round 0's trained weights (level 1's transfer will read
+round 0. For sign_transfer, whose phi acts only in the transfer of each round, it counts what
+signs(trained, phi) re-signs on round 1's mask with round 0's trained weights (round 1's transfer will read
 round 1's trained weights, which a dry run does not train).
 """
 

@@ -23,8 +23,8 @@ HalfOpenUnit = Annotated[float, Range("(0, 1]")]
 
 @frozen
 class Prune:
-    iterations: NonNegInt = 10  # rounds after the dense round 0
-    base: OpenUnit = 0.8  # each round keeps `base` of the surviving weights
+    iterations: NonNegInt = 10  # prunings (round boundaries): a run has rounds 0..iterations
+    base: OpenUnit = 0.8  # each pruning keeps `base` of the surviving weights
     scope: Literal["layer", "global"] = "layer"
     output_base: HalfOpenUnit | None = None  # 1: the output layer is never pruned
     conv_base: HalfOpenUnit | None = None  # convolutions' own base; null: base

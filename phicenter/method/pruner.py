@@ -70,7 +70,7 @@ def make_imp(
         raise ValueError(f"unknown strategy {strategy!r}; choices: {', '.join(sorted(strategies.STRATEGIES))}")
     if strategies.STRATEGIES[strategy].transfers:
         raise ValueError(
-            f"strategy {strategy} trains a second network at every level (the transfer); it runs in phicenter's "
+            f"strategy {strategy} trains a second network at every round (the transfer); it runs in phicenter's "
             f"own engine: python -m phicenter.train strategy={strategy}"
         )
     cfg = IMPConfig(

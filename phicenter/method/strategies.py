@@ -52,7 +52,7 @@ class Strategy:
     name = "?"
     uses_phi = True
     source: str | None = None  # "trained" or "rewind" (theta0, or theta_k under late rewinding)
-    transfers = False  # each level's signed mask is also transferred and trained (engine.transfer)
+    transfers = False  # each round's signed mask is also transferred and trained (engine.transfer)
     Options = StrategyOptions  # this strategy's declared options (set by register)
 
     def __init__(self, options: StrategyOptions | None = None, **values):
@@ -169,7 +169,7 @@ class LearningRateRewinding(TakeReference):
 @register("sign_transfer")
 class SignTransfer(LearningRateRewinding):
     """Oh, Baik & Lee (2025): stage 1 is lrr's lineage (with strategy.aws, trained with AWS: method.aws); at every
-    level the engine puts the signed mask, signs(trained, phi) on the mask, on a fresh initialisation of another
+    round the engine puts the signed mask, signs(trained, phi) on the mask, on a fresh initialisation of another
     seed and trains that once (method.transfer, engine.transfer). phi acts only in the transfer."""
 
     transfers = True

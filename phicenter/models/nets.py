@@ -83,7 +83,7 @@ def conv6(input_shape, num_classes):
 def conv1d(input_shape, num_classes, channels=Conv1dOptions.channels, kernel_size=Conv1dOptions.kernel_size):
     """1-D convolutions along the last axis of C×H×L inputs (signals: C×1×L, as dataset=mnist1d gives): per
     entry of `channels` a conv of kernel_size with 'same' padding, ReLU and max-pool by 2; then one linear
-    layer to the classes. Each conv is a Conv2d with a 1×kernel_size kernel, so pruning, init, packing and
+    layer to the classes. Each conv is a Conv2d with a 1×kernel_size kernel, so pruning, init, cohorts and
     compaction treat it as every other conv."""
     c, h, w = input_shape
     layers = []
