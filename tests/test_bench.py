@@ -186,7 +186,7 @@ def test_bench_quick_writes_json(tmp_path):
         "32-true",
         "--peak-tflops",
         "1",
-        "--no-packed",
+        "--no-cohort",
     ]
     proc = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -203,7 +203,7 @@ def test_bench_quick_writes_json(tmp_path):
     row = res["gpu"]["rows"]["mnist_fc_lot"]  # the GPU rows' code path, exercised on the CPU
     assert row["mfu"] > 0 and row["runs"] == 44 and row["rounds"] == 11 and row["grid_hours_est"] > 0
     assert res["grid_gpu_hours_est"] is None  # never an estimate from a CPU
-    assert "packed_speedup" not in res  # --no-packed (packed_speedup itself: tests/test_packed.py)
+    assert "cohort_speedup" not in res  # --no-cohort (cohort_speedup itself: tests/test_cohort.py)
     assert "loop_overhead_ratio" in proc.stdout and "| (a) fc_lot" in proc.stdout
     for key in ("masked_step_ratio", "masked_step_ratio_conv4", "masked_round_ratio"):  # (e): masks
         assert isinstance(res[key], float) and math.isfinite(res[key]) and res[key] > 0, key

@@ -2,8 +2,8 @@
 
 The central check trains the same four variants (one per paper strategy, each with its own phi) twice: as
 one cohort of K = 4, and each as the cohort of one a plain run is. Per round, every accuracy, loss and flip
-diagnostic must agree, and the final weights too. On CPU the stacked default ("loop") issues the unpacked
-kernels on the unpacked shapes, so the test asserts what that gives: equal bit for bit.
+diagnostic must agree, and the final weights too. On CPU the stacked default ("loop") issues the
+kernels of each variant alone on its shapes, so the test asserts what that gives: equal bit for bit.
 
 Every config here has the round store off (`round_store.enabled=false`): each side trains every round of
 every variant itself, so what is compared is training (tests/test_round_store.py tests the reuse).
@@ -24,7 +24,7 @@ from tests.faults import counted, die_at_validation
 from torch import nn
 
 from phicenter import models
-from phicenter.bench import packed as harness
+from phicenter.bench import cohort as harness
 from phicenter.config import ConfigError
 from phicenter.engine import loop
 from phicenter.engine import module as cohort_module
@@ -66,13 +66,13 @@ def variants(model: str, combos=COMBOS, *extra: str):
 
 @pytest.fixture(scope="module", params=["fc_lot", "conv2"])
 def pair(request, tmp_path_factory):
-    """(model, variants, packed results, alone results, folder): the same variants packed and alone."""
+    """(model, variants, cohort results, alone results, folder): the same variants in a cohort and alone."""
     model = request.param
     out = tmp_path_factory.mktemp(model)
     vs = variants(model)
-    res_packed = loop.train(vs, out / "packed")
+    res_cohort = loop.train(vs, out / "cohort")
     res_alone = {v.name: loop.run(v.cfg, out / "alone" / v.name) for v in vs}
-    return model, vs, res_packed, res_alone, out
+    return model, vs, res_cohort, res_alone, out
 
 
 ROUND_KEYS_EXACT = ("round", "sparsity", "flipped_by_phi", "flipped_vs_init", "dead_zone", "dead_zone_count")
@@ -103,18 +103,18 @@ def assert_same_rounds(a: dict, b: dict, label: str) -> float:
     return worst
 
 
-def test_packed_equals_alone(pair):
-    """mask0, mask1, gradual and standard, packed vs alone: same per-round accuracies, losses, diagnostics
+def test_cohort_equals_alone(pair):
+    """mask0, mask1, gradual and standard, in a cohort vs alone: same per-round accuracies, losses, diagnostics
     and final weights (fc_lot and conv2)."""
-    model, vs, res_packed, res_alone, out = pair
+    model, vs, res_cohort, res_alone, out = pair
     n_rounds = vs[0].cfg.prune.iterations + 1
     for v in vs:
-        a, b = res_packed[v.name], res_alone[v.name]
+        a, b = res_cohort[v.name], res_alone[v.name]
         assert a["status"] == b["status"] == "complete"
         assert len(a["rounds"]) == n_rounds
         assert_same_rounds(a, b, v.name)
         # final weights, masks, fills and biases
-        wa = torch.load(out / "packed" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=True)[
+        wa = torch.load(out / "cohort" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=True)[
             "model"
         ]
         wb = torch.load(out / "alone" / v.name / "checkpoints" / f"round_{n_rounds - 1:03d}.pt", weights_only=True)[
@@ -130,19 +130,19 @@ def test_packed_equals_alone(pair):
             r[k] for r in b["rounds"] for k in ROUND_KEYS_ACC
         ]
         # the variants really differ from each other (phi and the strategy did something)
-    finals = {v.name: res_packed[v.name]["final"]["test_acc"] for v in vs}
-    flips = [res_packed[v.name]["rounds"][1]["flipped_by_phi"] for v in vs]
+    finals = {v.name: res_cohort[v.name]["final"]["test_acc"] for v in vs}
+    flips = [res_cohort[v.name]["rounds"][1]["flipped_by_phi"] for v in vs]
     assert any(f > 0 for f in flips), flips
-    assert res_packed[vs[1].name]["rounds"][1]["train_loss"] != res_packed[vs[0].name]["rounds"][1]["train_loss"]
+    assert res_cohort[vs[1].name]["rounds"][1]["train_loss"] != res_cohort[vs[0].name]["rounds"][1]["train_loss"]
     assert all(0.0 <= f <= 1.0 for f in finals.values())
 
 
 def test_cohort_results_layout(pair):
     """One folder per variant, named like a multirun job, holding what a run alone writes; the config
     recorded is that of the same run alone, its cohort is recorded beside it."""
-    model, vs, res_packed, res_alone, out = pair
+    model, vs, res_cohort, res_alone, out = pair
     for v in vs:
-        d = out / "packed" / v.name
+        d = out / "cohort" / v.name
         assert d.name.startswith("phi=") and ",strategy=" in d.name
         on_disk = json.loads((d / results.RESULTS).read_text())
         alone = json.loads((out / "alone" / v.name / results.RESULTS).read_text())
@@ -296,7 +296,7 @@ def test_divergence_stops_only_that_variant(tmp_path, monkeypatch):
     ],
 )
 def test_optimizer_over_variant_views_is_k_optimizers(name, kw):
-    """The packed optimizer (per-variant views of the stacked tensors) updates each variant exactly as its
+    """The cohort's optimizer (per-variant views of the stacked tensors) updates each variant exactly as its
     own optimizer would, momentum and weight decay included."""
     torch.manual_seed(0)
     nets = [nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)) for _ in range(3)]
@@ -361,7 +361,7 @@ class _Wrapped(nn.Module):
 @pytest.mark.parametrize("impl", ["loop", "batched", "vmap"])
 @pytest.mark.parametrize("arch", ["fc_lot", "conv2", "bn", "wrapped"])
 def test_forward_backward_and_batchnorm_per_variant(arch, impl):
-    """Logits, loss values, gradients and BatchNorm running statistics of each variant, packed vs its own
+    """Logits, loss values, gradients and BatchNorm running statistics of each variant, in a cohort vs its own
     module, in train and eval mode, with different masks and fills per variant. "loop" (the CPU default) is
     bit-identical; "batched" and "vmap" (the GPU paths) agree to float rounding."""
     if impl == "batched" and arch == "wrapped":
@@ -480,19 +480,19 @@ def test_cli_pack_in_a_multirun(tmp_path):
     assert made["used"] == 8  # the report reads every variant
 
 
-def test_packed_speedup_bench_reports(tmp_path):
+def test_cohort_speedup_bench_reports(tmp_path):
     """The bench row phicenter.bench calls: the two figures and what they were measured on."""
-    out = harness.packed_speedup(k=2, dataset="digits", epochs=1, iterations=0, workdir=tmp_path, isolate=False)
-    assert out["packed_speedup"] > 0 and out["packed_speedup_cpu"] > 0
-    assert out["packed_peak_memory_ratio"] > 0 or math.isnan(out["packed_peak_memory_ratio"])
+    out = harness.cohort_speedup(k=2, dataset="digits", epochs=1, iterations=0, workdir=tmp_path, isolate=False)
+    assert out["cohort_speedup"] > 0 and out["cohort_speedup_cpu"] > 0
+    assert out["cohort_peak_memory_ratio"] > 0 or math.isnan(out["cohort_peak_memory_ratio"])
     assert out["k"] == 2 and out["dataset"] == "digits" and out["sequential_runs_timed"] == 2
-    assert (tmp_path / "packed" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).is_file()
+    assert (tmp_path / "cohort" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).is_file()
     assert out["impl"] == "loop" and not out["isolated"]
 
 
-def test_packed_speedup_conv2_row(tmp_path):
-    """The bench's conv2 row (run on a GPU, or with --packed-conv2), on small CIFAR-shaped synthetic data."""
-    out = harness.packed_speedup(
+def test_cohort_speedup_conv2_row(tmp_path):
+    """The bench's conv2 row (run on a GPU, or with --cohort-conv2), on small CIFAR-shaped synthetic data."""
+    out = harness.cohort_speedup(
         k=2,
         model="conv2",
         dataset="synthetic",
@@ -501,18 +501,18 @@ def test_packed_speedup_conv2_row(tmp_path):
         isolate=False,
         overrides=["dataset.shape=[3,8,8]", "dataset.n_train=240", "dataset.n_test=60", "dataset.val_size=60"],
     )
-    assert out["model"] == "conv2" and out["dataset"] == "synthetic" and out["packed_speedup"] > 0
-    res = json.loads((tmp_path / "packed" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).read_text())
+    assert out["model"] == "conv2" and out["dataset"] == "synthetic" and out["cohort_speedup"] > 0
+    res = json.loads((tmp_path / "cohort" / "runs" / "phi=0.0,strategy=mask0" / results.RESULTS).read_text())
     assert res["status"] == "complete" and res["data"]["input_shape"] == [3, 8, 8]
 
 
-def test_packed_step_breakdown_accounts_for_the_step():
-    """The bench's bound: the variants' own kernels are a part of the packed step, and they are the
+def test_cohort_step_breakdown_accounts_for_the_step():
+    """The bench's bound: the variants' own kernels are a part of the cohort's step, and they are the
     products, the optimizer's arithmetic and the two mask passes (on the floats' bits: integer multiplies)."""
-    out = harness.packed_step_breakdown(k=2, input_shape=(1, 8, 8), steps=3, repeats=1)
+    out = harness.cohort_step_breakdown(k=2, input_shape=(1, 8, 8), steps=3, repeats=1)
     assert 0 < out["kernel_share"] <= 1
-    assert 0 < out["kernel_ms_per_variant"] <= out["packed_ms_per_variant"]
-    assert out["packing_bound"] == pytest.approx(out["single_ms"] / out["kernel_ms_per_variant"])
+    assert 0 < out["kernel_ms_per_variant"] <= out["cohort_ms_per_variant"]
+    assert out["cohort_bound"] == pytest.approx(out["single_ms"] / out["kernel_ms_per_variant"])
     kernels = out["kernels_ms_per_variant"]
     assert {"aten::mul_", "aten::_fused_adam_"} <= set(kernels)
     assert {"aten::mm", "aten::addmm"} & set(kernels)
@@ -521,8 +521,8 @@ def test_packed_step_breakdown_accounts_for_the_step():
 
 def test_batched_path_trains_like_alone(pair):
     """The GPU path ("batched": batched matmuls, grouped convolutions), run on CPU through whole rounds:
-    the same results up to float rounding (it is not bit-identical by construction; see PackedNet)."""
-    model, vs, res_packed, res_alone, out = pair
+    the same results up to float rounding (it is not bit-identical by construction; see StackedNet)."""
+    model, vs, res_cohort, res_alone, out = pair
     if model != "fc_lot":
         pytest.skip(
             "conv2's batched layers are checked per step in test_forward_backward_...; whole rounds "

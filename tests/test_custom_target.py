@@ -194,7 +194,7 @@ def test_data_a_target_cannot_give_is_one_line(pkg, tmp_path, target, options, m
     assert "\n" not in str(err.value)
 
 
-def test_packed_variants_of_a_custom_model(pkg, tmp_path):
+def test_cohort_of_a_custom_model(pkg, tmp_path):
     """pack=true: two phis trained as one stacked module, each variant its own complete run."""
     job = tmp_path / "packed"
     cli.train(*tiny(job, "make_net", "pack=true", "phi=[0,5e-4]"))

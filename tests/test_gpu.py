@@ -32,9 +32,9 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU (CUDA) present")]),
 ]
-# float32 with TF32 off: a packed result may differ from the variant alone by this much, relative to the
+# float32 with TF32 off: a cohort's result may differ from the variant alone by this much, relative to the
 # largest magnitude of the tensor compared (other kernels, other summation orders; same maths)
-PACKED_RTOL = 1e-4
+COHORT_RTOL = 1e-4
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def exact_fp32():
 def close(a: torch.Tensor, b: torch.Tensor, what: str) -> float:
     err = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
     scale = max(1.0, float(b.float().abs().max())) if b.numel() else 1.0
-    assert err <= PACKED_RTOL * scale, f"{what}: max |packed - alone| = {err:.3g} > {PACKED_RTOL} x {scale:.3g}"
+    assert err <= COHORT_RTOL * scale, f"{what}: max |cohort - alone| = {err:.3g} > {COHORT_RTOL} x {scale:.3g}"
     return err / scale
 
 
@@ -100,9 +100,9 @@ def _variants(name: str, k: int, device) -> list[nn.Module]:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(NETS))
-def test_packed_forward_matches_each_variant_alone(device, name, exact_fp32):
-    """The packed forward CUDA uses (impl auto: batched for nn.Sequential nets, else vmap) against K = 1:
-    logits, gradients and BatchNorm statistics of every variant, to PACKED_RTOL."""
+def test_cohort_forward_matches_each_variant_alone(device, name, exact_fp32):
+    """The stacked forward CUDA uses (impl auto: batched for nn.Sequential nets, else vmap) against K = 1:
+    logits, gradients and BatchNorm statistics of every variant, to COHORT_RTOL."""
     k, shape = 3, NETS[name][1]
     nets = _variants(name, k, device)
     impl = "batched" if batched_plan(nets[0]) else "vmap"
@@ -157,7 +157,7 @@ def _cpu_fp16_trainer(*args, precision=None, accelerator=None, **kw):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision, k", [("bf16-mixed", 1), ("bf16-mixed", 2), ("16-mixed", 1)])
 def test_mixed_precision_rounds(device, precision, k, tmp_path, monkeypatch):
-    """Whole rounds of conv2 (channels_last on CUDA) in bf16-mixed (alone and packed) and 16-mixed (loss
+    """Whole rounds of conv2 (channels_last on CUDA) in bf16-mixed (alone and in a cohort) and 16-mixed (loss
     scaling): they complete, losses stay finite, the sparsity schedule is the one of 32-bit runs."""
     if device == "cpu" and precision == "16-mixed":
         monkeypatch.setattr(build, "pl", types.SimpleNamespace(Trainer=_cpu_fp16_trainer))
@@ -179,7 +179,7 @@ def test_mixed_precision_rounds(device, precision, k, tmp_path, monkeypatch):
 def test_channels_last_round_boundary(device, exact_fp32):
     """CUDA trains conv nets in channels_last (CohortModule.prepare). The round boundary on channels_last
     tensors prunes and re-signs exactly what it does on contiguous ones, keeps the format, and the forward
-    agrees to PACKED_RTOL. (On the CPU, prepare leaves the format: the test sets it as prepare does on CUDA.)"""
+    agrees to COHORT_RTOL. (On the CPU, prepare leaves the format: the test sets it as prepare does on CUDA.)"""
     plain = models.build("conv2", (3, 8, 8), 10, seed=0).to(device)
     other = copy.deepcopy(plain)
     imps = [IMP(net, strategies.build("mask1"), IMPConfig(phi=0.02)) for net in (plain, other)]
@@ -265,9 +265,9 @@ def test_device_resident_data_and_augmentation(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_gpu_rows(device, tmp_path):
     """The bench's GPU rows on small sizes: images/s, FLOPs per image, MFU against the device's peak (a
-    given peak on the CPU), the paper grid's GPU-hours estimate, and the packed speedup of fc_lot and conv2."""
+    given peak on the CPU), the paper grid's GPU-hours estimate, and the cohort speedup of fc_lot and conv2."""
+    from phicenter.bench.cohort import cohort_speedup
     from phicenter.bench.gpu import bench_gpu
-    from phicenter.bench.packed import packed_speedup
 
     args = types.SimpleNamespace(
         data_dir=None,
@@ -287,7 +287,7 @@ def test_bench_gpu_rows(device, tmp_path):
     assert out["grid_hours_est"] == pytest.approx(sum(r["grid_hours_est"] for r in out["rows"].values()))
     accelerator = f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"
     for model, shape in (("fc_lot", "[1,8,8]"), ("conv2", "[3,8,8]")):
-        res = packed_speedup(
+        res = cohort_speedup(
             k=2,
             model=model,
             dataset="synthetic",
@@ -297,7 +297,7 @@ def test_bench_gpu_rows(device, tmp_path):
             workdir=tmp_path / model,
             overrides=[accelerator, f"dataset.shape={shape}", "dataset.n_train=220", "threads=1"],
         )
-        assert res["packed_speedup"] > 0 and res["device"].startswith(device), model
+        assert res["cohort_speedup"] > 0 and res["device"].startswith(device), model
         assert res["impl"] == ("batched" if device == "cuda" else "loop"), model
 
 

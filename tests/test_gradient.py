@@ -191,7 +191,7 @@ def test_tiny_experiment_through_the_cli_and_the_report(tmp_path):
 
 
 def test_the_whole_experiment_is_48_cells_of_12_jobs():
-    """4 difficulties x 3 seeds = 12 jobs, each a packed cohort of 11 phi x 4 strategies: 528 runs."""
+    """4 difficulties x 3 seeds = 12 jobs, each a cohort of 11 phi x 4 strategies: 528 runs."""
     from phicenter.analysis.sweep import count_jobs
 
     cfg = compose_config("experiment=complexity_gradient", hydra=True)

@@ -1,6 +1,6 @@
 """Loggers: TensorBoard (the default), CSV, MLflow and W&B each get the same scalars and hparams, read back
 from what each wrote (TensorBoard's events, the CSV file, MLflow through its client, W&B's offline run
-files); a failed run relaunched appends to the same run in each; a packed cohort gets one run per variant; a
+files); a failed run relaunched appends to the same run in each; a cohort gets one run per variant; a
 missing extra is refused in one line; and the loggers stay out of round keys, folder names and hparams."""
 
 from __future__ import annotations
@@ -304,10 +304,10 @@ def test_a_stopped_run_is_marked_so_and_its_relaunch_continues_it(offline, tmp_p
     assert wandb_scalars(launches) == {("round/val_acc", 0): 0.25, ("round/val_acc", 1): 0.5}
 
 
-# ---------------------------------------------------------------- a packed cohort: one run per variant
+# ---------------------------------------------------------------- a cohort: one run per variant
 
 
-def test_a_packed_cohort_gets_one_run_per_variant_in_each_logger(offline, tmp_path):
+def test_a_cohort_gets_one_run_per_variant_in_each_logger(offline, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = tmp_path / "job"
     train(

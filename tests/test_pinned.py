@@ -1,6 +1,6 @@
 """Results pinned to the last digit: fresh runs on the CPU give, round by round, the numbers recorded in
 tests/data/pinned_results.json (quickstart digits, 2 epochs, 3 pruning rounds; standard and mask1 with Adam,
-standard with SGD + momentum + weight decay, and a packed cohort of 4 variants). A change to how training or
+standard with SGD + momentum + weight decay, and a cohort of 4 variants). A change to how training or
 the masks are computed that moves any loss, accuracy, sparsity or flip count by one bit fails here.
 
 Not compared: timing fields and the round key with its reuse record (`round_key` names the state's tensors,
@@ -61,7 +61,7 @@ def test_single_run_matches_pinned(name, tmp_path):
     _compare(rounds(tmp_path), run["rounds"], name)
 
 
-def test_packed_cohort_matches_pinned(tmp_path):
+def test_cohort_matches_pinned(tmp_path):
     run = _pinned("packed")
     train(*run["args"], *PINNED["common"], f"hydra.run.dir={tmp_path}")
     for variant, want in run["variants"].items():
@@ -69,8 +69,8 @@ def test_packed_cohort_matches_pinned(tmp_path):
             _compare(rounds(tmp_path / variant), want, variant)  # default: pinned in a pack below
 
 
-def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
-    """compile=true, K = 1 and a packed K = 2, trained in this process: the pinned numbers of the runs alone.
+def test_compiled_single_and_cohort_match_pinned(tmp_path, monkeypatch):
+    """compile=true, K = 1 and a cohort of K = 2, trained in this process: the pinned numbers of the runs alone.
     Compiled with the eager backend (dynamo's graphs and guards, no code generation): inductor's CPU kernels
     may round differently in the last bit (docs/benchmarks.md)."""
     import torch._dynamo
@@ -89,8 +89,8 @@ def test_compiled_single_and_packed_match_pinned(tmp_path, monkeypatch):
     loop.train(single(standard), tmp_path / "alone")
     _compare(rounds(tmp_path / "alone"), _pinned("standard")["rounds"], "standard, compiled")
     pack = make_variants(cfg, strategies=[{"name": "mask1", "rewind_other": True}, {"name": "standard"}])
-    loop.train(pack, tmp_path / "packed")
+    loop.train(pack, tmp_path / "cohort")
     for v in pack:
-        _compare(rounds(tmp_path / "packed" / v.name), _pinned(v.name.split("=")[-1])["rounds"], f"{v.name}, compiled")
+        _compare(rounds(tmp_path / "cohort" / v.name), _pinned(v.name.split("=")[-1])["rounds"], f"{v.name}, compiled")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the net, and the stack, compiled
     torch._dynamo.reset()

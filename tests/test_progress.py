@@ -32,7 +32,7 @@ def test_summary_and_duration():
     assert duration(3725.4) == "1:02:05" and duration(None) == "?"
 
 
-def test_the_round_line_of_a_packed_job_is_one_short_summary(caplog):
+def test_the_round_line_of_a_cohort_is_one_short_summary(caplog):
     """K > 1: the range of each number over the variants and the best variant's name, whatever K is (the Table 1
     grid's 22 variants: one line well under 200 characters); one variant: its numbers, as before."""
     from phicenter.engine.loop import _log_round

@@ -165,19 +165,19 @@ def test_the_mask_a_boundary_makes_is_in_the_key():
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """The 4 x 2 grid run by run, store off and on (a fresh store), and packed with the store on."""
+    """The 4 x 2 grid run by run, store off and on (a fresh store), and as one cohort with the store on."""
     out = tmp_path_factory.mktemp("grid")
     for side, store in (("off", None), ("on", out / "store")):
         for s, p in GRID:
             loop.run(compose_config(f"strategy={s}", f"phi={p}", *FAST, *store_args(store)), out / side / f"{s}_{p}")
-    base = compose_config(*FAST, *store_args(out / "packed_store"))
+    base = compose_config(*FAST, *store_args(out / "cohort_store"))
     variants = [
         v
         for s in ("mask0", "standard", "mask1", "gradual")
-        for v in make_variants(compose_config(*FAST, f"strategy={s}", *store_args(out / "packed_store")), [0.0, 1e-3])
+        for v in make_variants(compose_config(*FAST, f"strategy={s}", *store_args(out / "cohort_store")), [0.0, 1e-3])
     ]
     assert base.round_store.enabled
-    loop.train(variants, out / "packed")
+    loop.train(variants, out / "cohort")
     return out, variants
 
 
@@ -190,7 +190,7 @@ def test_store_on_and_off_give_the_same_results(grid):
         b = torch.load(results.checkpoint_path(out / "off" / name, 2), weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in b), name
     for v, (s, p) in zip(variants, GRID):
-        assert comparable(out / "packed" / v.name / results.RESULTS) == comparable(
+        assert comparable(out / "cohort" / v.name / results.RESULTS) == comparable(
             out / "off" / f"{s}_{p}" / results.RESULTS
         ), v.name
 
@@ -212,12 +212,12 @@ def test_each_distinct_round_is_trained_once(grid):
     }
     trained = sum(r is None for rs in on.values() for r in rs)
     assert trained == len(keys) == RoundStore(out / "store").usage()["entries"] == 1 + 2 * 2 + 4 * 2
-    # packed: the same, inside one cohort; its variants reuse the representative's folder
-    packed = {v.name: rounds_reused(out / "packed" / v.name / results.RESULTS) for v in variants}
-    assert sum(r is None for rs in packed.values() for r in rs) == len(keys)
-    rep = str((out / "packed" / variants[0].name).resolve())
-    assert all(rs[0] == rep for name, rs in packed.items() if name != variants[0].name)
-    assert packed[variants[1].name] == [rep, rep, rep]
+    # in one cohort: the same; its variants reuse the representative's folder
+    in_cohort = {v.name: rounds_reused(out / "cohort" / v.name / results.RESULTS) for v in variants}
+    assert sum(r is None for rs in in_cohort.values() for r in rs) == len(keys)
+    rep = str((out / "cohort" / variants[0].name).resolve())
+    assert all(rs[0] == rep for name, rs in in_cohort.items() if name != variants[0].name)
+    assert in_cohort[variants[1].name] == [rep, rep, rep]
 
 
 def test_a_later_grid_reuses_an_earlier_ones_rounds(grid, tmp_path):

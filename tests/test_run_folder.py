@@ -68,7 +68,7 @@ def test_bad_input_on_a_busy_new_folder_leaves_it_to_its_holder(tmp_path):
     assert proc.returncode == 2 and not (tmp_path / "new").exists()
 
 
-def test_a_packed_jobs_variant_folder_is_locked_too(tmp_path):
+def test_a_pack_jobs_variant_folder_is_locked_too(tmp_path):
     job = tmp_path / "job"
     with locked(job / "phi=0.0,strategy=mask0"):
         proc = train(f"hydra.run.dir={job}", "pack=true", "phi=[0,5e-4]", *QUICK, check=False)

@@ -480,7 +480,7 @@ def test_a_kill_in_the_transfer_fit_redoes_at_most_that_fit(runs, tmp_path, monk
     assert not list((tmp_path / "checkpoints").glob("*_epochs"))
 
 
-def test_packed_sign_transfer_variants_match_their_runs_alone(runs, tmp_path):
+def test_sign_transfer_variants_in_a_cohort_match_their_runs_alone(runs, tmp_path):
     """A cohort of sign_transfer at two phi values and lrr: stage 1 trained once (one lineage), each transfer
     its own; the phi = 0.001 variant is the run alone, bit for bit."""
     from phicenter.engine.cohort import make_variants

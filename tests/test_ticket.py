@@ -151,7 +151,7 @@ def test_load_gives_the_runs_logits_bit_for_bit(runs, name, tmp_path, capsys):
     assert bool(fills) == frozen  # only standard's frozen trained values
 
 
-def test_an_earlier_round_and_a_packed_variant(tmp_path, capsys):
+def test_an_earlier_round_and_a_pack_jobs_variant(tmp_path, capsys):
     """--round picks any completed round; a `pack=true` job's variant folder is a run folder, its job folder is not."""
     from phicenter.engine.cohort import make_variants
     from phicenter.engine.loop import train as train_cohort

@@ -204,20 +204,20 @@ def bench_threads(sizes, args, device) -> dict | None:
     )
 
 
-def packed_rows(res: dict, args, device: str) -> None:
+def cohort_rows(res: dict, args, device: str) -> None:
     """K = 11 variants trained as one cohort vs one after another (fc_lot; conv2 on a GPU or on request),
     and on CPU where a stacked step's time goes."""
-    from phicenter.bench.packed import packed_speedup
+    from phicenter.bench.cohort import cohort_speedup
 
     t0 = time.perf_counter()
     over = [f"data_dir={args.data_dir}"] if args.data_dir else []
-    res["packed"] = packed_speedup(k=11, model="fc_lot", epochs=1, overrides=over, sequential=3 if args.quick else None)
-    res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
-    res["packed_speedup"] = res["packed"]["packed_speedup"]
-    res["packed_peak_memory_ratio"] = res["packed"]["packed_peak_memory_ratio"]
-    if device == "cuda" or args.packed_conv2:  # the issue's second GPU row: a small conv net
+    res["cohort"] = cohort_speedup(k=11, model="fc_lot", epochs=1, overrides=over, sequential=3 if args.quick else None)
+    res["section_s"]["cohort"] = round(time.perf_counter() - t0, 1)
+    res["cohort_speedup"] = res["cohort"]["cohort_speedup"]
+    res["cohort_peak_memory_ratio"] = res["cohort"]["cohort_peak_memory_ratio"]
+    if device == "cuda" or args.cohort_conv2:  # the second GPU row: a small conv net
         n = 1000 if args.quick else 10000
-        res["packed_conv2"] = packed_speedup(
+        res["cohort_conv2"] = cohort_speedup(
             k=11,
             model="conv2",
             dataset="synthetic",
@@ -231,12 +231,12 @@ def packed_rows(res: dict, args, device: str) -> None:
                 "batch_size=60",
             ],
         )
-        res["packed_speedup_conv2"] = res["packed_conv2"]["packed_speedup"]
-    if device == "cpu":  # what packing can gain at all here: the variants' own kernels stay
-        from phicenter.bench.packed import packed_step_breakdown
+        res["cohort_speedup_conv2"] = res["cohort_conv2"]["cohort_speedup"]
+    if device == "cpu":  # what a cohort can gain at all here: the variants' own kernels stay
+        from phicenter.bench.cohort import cohort_step_breakdown
 
-        res["packed_step"] = packed_step_breakdown(k=11, steps=20 if args.quick else 40, repeats=3 if args.quick else 7)
-        res["section_s"]["packed"] = round(time.perf_counter() - t0, 1)
+        res["cohort_step"] = cohort_step_breakdown(k=11, steps=20 if args.quick else 40, repeats=3 if args.quick else 7)
+        res["section_s"]["cohort"] = round(time.perf_counter() - t0, 1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -274,13 +274,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the GPU rows also estimate each reference experiment (docs/reproductions.md), apart",
     )
     ap.add_argument(
-        "--no-packed",
-        dest="packed",
+        "--no-cohort",
+        dest="cohort",
         action="store_false",
-        help="skip the packed-sweep row (K = 11 variants packed vs 11 sequential runs)",
+        help="skip the cohort rows (K = 11 variants in a cohort vs 11 sequential runs)",
     )
     ap.add_argument(
-        "--packed-conv2", action="store_true", help="add the packed conv2 row off a GPU too (on a GPU it always runs)"
+        "--cohort-conv2", action="store_true", help="add the cohort conv2 row off a GPU too (on a GPU it always runs)"
     )
     return ap
 
@@ -321,8 +321,8 @@ def main(argv=None) -> dict:
             res[key] = fn(res["loop"], sizes, args, device) if key == "prune" else fn(sizes, args, device)
             res["section_s"][key] = round(time.perf_counter() - t0, 1)
     _headline(res, device)
-    if args.packed:
-        packed_rows(res, args, device)
+    if args.cohort:
+        cohort_rows(res, args, device)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["seconds"] = time.perf_counter() - t_start
     print(table(res))

@@ -1,10 +1,10 @@
 """`python -m phicenter.bench.gpu_check [--out outputs/gpu-check.json]` (`make gpu-check`): every check of a
 CUDA-only path on one GPU, then a short bench of its GPU rows, in one JSON.
 
-  1. the tests marked `cuda` (tests/test_gpu.py, device=cuda): the packed forward against K = 1, bf16-mixed and
+  1. the tests marked `cuda` (tests/test_gpu.py, device=cuda): a cohort's forward against K = 1, bf16-mixed and
      16-mixed rounds, channels_last, compile=true across rounds, device-resident data and augmentation, and
      the bench's GPU rows on small sizes;
-  2. `python -m phicenter.bench --quick` on the GPU: MFU, the paper grid's GPU-hours estimate and the packed
+  2. `python -m phicenter.bench --quick` on the GPU: MFU, the paper grid's GPU-hours estimate and the cohort
      speedup of fc_lot and conv2.
 
 Each part runs in its own process under a time limit (together under 8 minutes). Without CUDA nothing runs:
@@ -98,8 +98,8 @@ def run_bench(work: Path, extra: list[str]) -> dict:
                 "device_name",
                 "mfu",
                 "grid_gpu_hours_est",
-                "packed_speedup",
-                "packed_speedup_conv2",
+                "cohort_speedup",
+                "cohort_speedup_conv2",
                 "loop_overhead_ratio",
                 "data_speedup",
             )

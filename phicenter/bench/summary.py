@@ -103,22 +103,22 @@ def print_summary(res: dict) -> None:
             f"masked_step_ratio {res['masked_step_ratio']:.3f} (fc_lot; conv4 {res['masked_step_ratio_conv4']:.3f})  "
             f"masked_round_ratio {res['masked_round_ratio']:.3f}"
         )
-    if "packed_speedup" in res:
+    if "cohort_speedup" in res:
         print(
-            f"packed_speedup {res['packed_speedup']:.2f} (K = 11 fc_lot, packed vs sequential)  "
-            f"packed_peak_memory_ratio {res['packed_peak_memory_ratio']:.2f}"
+            f"cohort_speedup {res['cohort_speedup']:.2f} (K = 11 fc_lot, cohort vs sequential)  "
+            f"cohort_peak_memory_ratio {res['cohort_peak_memory_ratio']:.2f}"
         )
-    if "packed_speedup_conv2" in res:
+    if "cohort_speedup_conv2" in res:
         print(
-            f"packed_speedup_conv2 {res['packed_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, packed vs "
-            f"sequential)  peak memory ratio {res['packed_conv2']['packed_peak_memory_ratio']:.2f}"
+            f"cohort_speedup_conv2 {res['cohort_speedup_conv2']:.2f} (K = 11 conv2, CIFAR-shaped, cohort vs "
+            f"sequential)  peak memory ratio {res['cohort_conv2']['cohort_peak_memory_ratio']:.2f}"
         )
-    if res.get("packed_step"):
-        st = res["packed_step"]
+    if res.get("cohort_step"):
+        st = res["cohort_step"]
         kernels = ", ".join(f"{k[6:]} {v:.2f}" for k, v in list(st["kernels_ms_per_variant"].items())[:8] if v >= 0.05)
         print(
-            f"packed step (fc_lot, K = 11): one lean unpacked step {st['single_ms']:.2f} ms; packed "
-            f"{st['packed_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
-            f"the variant's own kernels ({kernels}): per-step gain {st['packing_gain']:.2f}x, bound for any "
-            f"packing here {st['packing_bound']:.2f}x"
+            f"cohort step (fc_lot, K = 11): one lean step alone {st['single_ms']:.2f} ms; cohort "
+            f"{st['cohort_ms_per_variant']:.2f} ms per variant, of which {st['kernel_ms_per_variant']:.2f} ms in "
+            f"the variant's own kernels ({kernels}): per-step gain {st['cohort_gain']:.2f}x, bound for any "
+            f"cohort here {st['cohort_bound']:.2f}x"
         )

@@ -1,4 +1,4 @@
-"""The packed harness: K variants trained as one cohort vs the same K runs one after another, and where a
+"""The cohort harness: K variants trained as one cohort vs the same K runs one after another, and where a
 stacked step's time goes. `python -m phicenter.bench` reports both (docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -91,13 +91,13 @@ def _pick_dataset(base: list[str], dataset: str) -> str:
 
 
 def _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, load_before) -> dict:
-    """packed_speedup's result: the sequential side scaled from its n_seq timed runs to K."""
+    """cohort_speedup's result: the sequential side scaled from its n_seq timed runs to K."""
     k, model = spec["k"], spec["model"]
     scale = k / n_seq
     return {
-        "packed_speedup": seq["wall"] * scale / pk["wall"],
-        "packed_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
-        "packed_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
+        "cohort_speedup": seq["wall"] * scale / pk["wall"],
+        "cohort_speedup_cpu": seq["cpu"] * scale / pk["cpu"] if pk["cpu"] > 0 else math.nan,
+        "cohort_peak_memory_ratio": pk["peak"] / seq["peak"] if seq["peak"] > 0 else math.nan,
         "k": k,
         "model": model,
         "dataset": dataset,
@@ -107,12 +107,12 @@ def _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, 
         "threads": spec["threads"],
         "impl": pk["impl"],
         "isolated": isolate,
-        "packed_seconds": pk["wall"],
+        "cohort_seconds": pk["wall"],
         "sequential_seconds": seq["wall"] * scale,
         "sequential_runs_timed": n_seq,
-        "packed_cpu_seconds": pk["cpu"],
+        "cohort_cpu_seconds": pk["cpu"],
         "sequential_cpu_seconds": seq["cpu"] * scale,
-        "packed_peak_bytes": pk["peak"],
+        "cohort_peak_bytes": pk["peak"],
         "single_run_peak_bytes": seq["peak"],
         "memory": pk["memory"],
         "loadavg_before": load_before,
@@ -120,7 +120,7 @@ def _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, 
     }
 
 
-def packed_speedup(
+def cohort_speedup(
     k: int = 11,
     model: str = "fc_lot",
     dataset: str = "auto",
@@ -132,7 +132,7 @@ def packed_speedup(
     impl: str = "auto",
     isolate: bool = True,
 ) -> dict:
-    """Throughput of K variants (the paper's phi grid, strategy mask0) trained packed vs the same K runs one
+    """Throughput of K variants (the paper's phi grid, strategy mask0) trained in a cohort vs the same K runs one
     after another through phicenter.engine.run.run (Lightning), and their peak memory.
 
     dataset "auto": MNIST when readable under data_dir, else digits. `sequential`: time only this many of the
@@ -140,8 +140,8 @@ def packed_speedup(
     `overrides`: extra Hydra overrides for both (e.g. ["data_dir=../shared/data", "batch_size=60"]).
     `isolate`: each side in a fresh Python process (clean allocator, so peak memories compare), the decode
     cache warmed first, lazy imports paid by an untimed tiny run on each side.
-    Returns packed_speedup (sequential / packed wall time), packed_speedup_cpu (the same in CPU time, steadier
-    on a shared machine), packed_peak_memory_ratio (packed peak / one run's, each above the memory in use just
+    Returns cohort_speedup (sequential / cohort wall time), cohort_speedup_cpu (the same in CPU time, steadier
+    on a shared machine), cohort_peak_memory_ratio (cohort peak / one run's, each above the memory in use just
     before it: CUDA allocator peak, or resident set on CPU), the raw figures and the load average."""
     import shutil
     import tempfile
@@ -163,7 +163,7 @@ def packed_speedup(
     load_data(_compose(base))  # decode cache warm for both sides
     n_seq = k if sequential is None else max(1, min(int(sequential), k))
     own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="phicenter-pack-bench-")) if own else Path(workdir)
+    work = Path(tempfile.mkdtemp(prefix="phicenter-cohort-bench-")) if own else Path(workdir)
     spec = {
         "k": k,
         "overrides": base,
@@ -175,7 +175,7 @@ def packed_speedup(
     try:
         load_before = _loadavg()
         seq = _phase(dict(spec, side="sequential", n=n_seq), isolate)
-        pk = _phase(dict(spec, side="packed", n=k), isolate)
+        pk = _phase(dict(spec, side="cohort", n=k), isolate)
         return _speedup_record(spec, seq, pk, n_seq, dataset, epochs, iterations, isolate, load_before)
     finally:
         if own:
@@ -224,7 +224,7 @@ def _median_step_ms(a, b, steps: int, repeats: int) -> tuple[float, float]:
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
-def packed_step_breakdown(
+def cohort_step_breakdown(
     k: int = 11,
     model: str = "fc_lot",
     input_shape=(1, 28, 28),
@@ -234,12 +234,12 @@ def packed_step_breakdown(
     repeats: int = 5,
     optim: dict | None = None,
 ) -> dict:
-    """Where a training step's time goes, on CPU, for one lean unpacked run vs K variants packed; the nets masked
+    """Where a training step's time goes, on CPU, for one lean run alone vs K variants in a cohort; the nets masked
     as in round 1, so every step makes the two mask passes. single_ms: one step of a plain loop (the product's
-    optimizer and mask passes, no framework); packed_ms_per_variant: a packed step ("loop") divided by K;
+    optimizer and mask passes, no framework); cohort_ms_per_variant: a cohort's step ("loop") divided by K;
     kernel_ms_per_variant: the part of it inside the variants' own aten kernels (torch.profiler self time),
-    which packing on this device does not remove. So single_ms / kernel_ms_per_variant bounds what any packing
-    can gain here over a lean unpacked loop, and single_ms / packed_ms_per_variant is what packing gains now."""
+    which a cohort on this device does not remove. So single_ms / kernel_ms_per_variant bounds what any cohort
+    can gain here over a lean loop alone, and single_ms / cohort_ms_per_variant is what a cohort gains now."""
     from phicenter.method import pruning
 
     optim = optim or {"name": "adam", "lr": 1.2e-3, "fused": True}
@@ -261,14 +261,14 @@ def packed_step_breakdown(
     pk = StackedNet(nets, impl="loop")
     popt, _ = make_optimizer(pk.optimizer_parameters(), optim, None, 1)
 
-    packed_one = lambda i: stacked_step(pk, popt, x[i], y[i])
+    cohort_one = lambda i: stacked_step(pk, popt, x[i], y[i])
 
-    single_ms, packed_ms = _median_step_ms(single_step, packed_one, steps, repeats)
-    ops, wall_us = _aten_self_times(packed_one, max(5, steps // 4))
+    single_ms, cohort_ms = _median_step_ms(single_step, cohort_one, steps, repeats)
+    ops, wall_us = _aten_self_times(cohort_one, max(5, steps // 4))
     # the profiler slows every op a little: take the kernels' share of the profiled time, applied to the
     # unprofiled step
     share = min(1.0, sum(ops.values()) / wall_us)
-    kernel_ms = share * packed_ms / k
+    kernel_ms = share * cohort_ms / k
     ranked = sorted(ops.items(), key=lambda kv: -kv[1])
     return {
         "k": k,
@@ -277,12 +277,12 @@ def packed_step_breakdown(
         "threads": torch.get_num_threads(),
         "optimizer": optim["name"],
         "single_ms": single_ms,
-        "packed_ms_per_variant": packed_ms / k,
+        "cohort_ms_per_variant": cohort_ms / k,
         "kernel_share": share,
         "kernel_ms_per_variant": kernel_ms,
-        "kernels_ms_per_variant": {name: us / wall_us * packed_ms / k for name, us in ranked},
-        "packing_gain": single_ms / (packed_ms / k),
-        "packing_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan,
+        "kernels_ms_per_variant": {name: us / wall_us * cohort_ms / k for name, us in ranked},
+        "cohort_gain": single_ms / (cohort_ms / k),
+        "cohort_bound": single_ms / kernel_ms if kernel_ms > 0 else math.nan,
     }
 
 
@@ -312,7 +312,7 @@ def _phase(spec: dict, isolate: bool) -> dict:
     root = str(CONF_DIR.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     code = (
-        "import json, sys; from phicenter.bench.packed import bench_phase; "
+        "import json, sys; from phicenter.bench.cohort import bench_phase; "
         "print('PHASE ' + json.dumps(bench_phase(json.loads(sys.argv[1]))))"
     )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
@@ -323,7 +323,7 @@ def _phase(spec: dict, isolate: bool) -> dict:
 
 
 def bench_phase(spec: dict) -> dict:
-    """One side of packed_speedup: {"wall", "cpu", "peak", ...} for K sequential runs or one packed run."""
+    """One side of cohort_speedup: {"wall", "cpu", "peak", ...} for K sequential runs or one cohort."""
     from phicenter.engine.build import load_data
     from phicenter.engine.loop import run, train
 
@@ -352,13 +352,13 @@ def bench_phase(spec: dict) -> dict:
         train(warm, work / "warmup", impl=spec["impl"])
     wall = cpu = 0.0
     peak, impl = 0, None
-    for batch in [[v] for v in variants] if spec["side"] == "sequential" else [variants]:
+    for group in [[v] for v in variants] if spec["side"] == "sequential" else [variants]:
         m = _mem_start(device)
         t, c = time.perf_counter(), time.process_time()
         if spec["side"] == "sequential":
-            run(batch[0].cfg, work / batch[0].name)
+            run(group[0].cfg, work / group[0].name)
         else:
-            impl = cohort_of(next(iter(train(batch, work / "runs", impl=spec["impl"]).values())))["impl"]
+            impl = cohort_of(next(iter(train(group, work / "runs", impl=spec["impl"]).values())))["impl"]
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall += time.perf_counter() - t
@@ -369,7 +369,7 @@ def bench_phase(spec: dict) -> dict:
         "cpu": cpu,
         "peak": peak,
         "device": str(device),
-        "impl": impl or "unpacked",
+        "impl": impl or "unstacked",
         "memory": m["how"],
     }
 
