@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         print(
             f"{where + '  ' if where else ''}{r['strategy']:9s} seed {r['seed']}  survivor phi={r['survivor_phi']:<8g} "
             f"best on its seed: {_yes(r['best_on_seed'])}  phi*: {_yes(r['is_phi_star'])}"
-            f"  val -{100 * r['val_loss']:.2f}  test -{100 * r['test_loss']:.2f} points"
+            f"  against the seed's best: val {-100 * r['val_loss']:+.2f}, test {-100 * r['test_loss']:+.2f} points"
         )
     line = summary(rows)
     print(line)
