@@ -297,3 +297,65 @@ def test_the_readmes_plain_torch_example_runs():
         exec(compile(code, "README.md", "exec"), {})
     lines = out.getvalue().split("\n")
     assert lines[:2] == ["ResNet 0.360 True", "VisionTransformer 0.360 True"], lines
+
+
+class Tiny(pl.LightningModule):
+    """16 random samples of 8 features, 3 classes; SGD with momentum and weight decay (dead weights would drift)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 3))
+
+    def forward(self, x):  # (structured pruning reads the units' wiring off the module's forward)
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
+
+
+def _tiny_data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strategy": s}
+        for s in ("mask1", "mask0", "gradual", "standard", "lth", "random", "random_mask", "lrr", "sign_rewind")
+    ]
+    + [
+        {"strategy": "mask1", "scope": "global", "phi_scale": "layer_std", "phi": 0.5},
+        {"strategy": "mask0", "method": "structured"},
+        {"strategy": "lth", "rewind_step": 5, "steps_per_epoch": 4, "epochs_per_round": 2},
+        {"strategy": "mask1", "rewind_epoch": 1, "epochs_per_round": 2},
+    ],
+    ids=lambda kw: "-".join(f"{v}" for v in kw.values()),
+)
+def test_every_strategy_and_option_in_a_trainer(kwargs):
+    torch.manual_seed(0)
+    prune = PhiCenterPruning(**{"iterations": 2, "epochs_per_round": 1, **kwargs})
+    module = Tiny()
+    bare_trainer(prune.max_epochs, callbacks=[prune]).fit(module, train_dataloaders=_tiny_data())
+    layers = prune.pruner.imp.layers
+    assert len(prune.rounds) == 3 and prune.done == 2
+    for layer in layers.values():
+        m = pruning.mask_of(layer)
+        dead = ~m.mask
+        assert torch.equal(layer.weight[dead], m.fill[dead])  # held at their fill through the weight decay
+        if kwargs["strategy"] != "standard":
+            assert bool((layer.weight[dead] == 0).all())
+    if kwargs.get("method") == "structured":
+        assert 0 < prune.rounds[2]["sparsity"] < 0.36
+    else:
+        assert prune.rounds[2]["sparsity"] == pytest.approx(0.36, abs=0.01)
+    if "rewind_epoch" in kwargs or "rewind_step" in kwargs:
+        assert prune.pruner.imp._rewind is not None
+        # rounds >= 1 start on the schedule at the rewind point: StepLR(1, 0.5) one epoch on
+        assert prune.max_epochs == 2 + 2 * (2 - 1)

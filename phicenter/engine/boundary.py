@@ -50,7 +50,7 @@ class PhiCenterPruning(pl.Callback):
         self.iterations, self.epochs_per_round, self.seed = iterations, epochs_per_round, seed
         self.rewind_epoch, self.rewind_step, self.steps_per_epoch = rewind_epoch, rewind_step, steps_per_epoch
         self._method = dict(method, strategy=strategy, phi=phi, parameters=parameters, seed=seed or 0)
-        stand_in = torch.nn.Sequential(torch.nn.Linear(4, 4))  # every option but `parameters` checked now
+        stand_in = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))  # checks now
         make_imp(stand_in, **{**self._method, "parameters": None})
         if parameters is not None and not callable(parameters) and not all(isinstance(p, str) for p in parameters):
             raise ValueError("PhiCenterPruning: parameters must be names (or globs) of weights, or a predicate")
@@ -97,6 +97,7 @@ class PhiCenterPruning(pl.Callback):
         self.imps, self.pruner, self.diagnostics, self.rounds = list(imps), None, None, []
         self.start, self.done, self.hold, self.epochs_per_round = round_index, round_index - 1, False, None
         self.iterations, self.rewind_epoch, self.rewind_step, self.seed = round_index, None, None, None
+        self.steps_per_epoch = None
         self._fit_start = None
         return self
 
@@ -175,16 +176,19 @@ class PhiCenterPruning(pl.Callback):
                 f"PhiCenterPruning: {self.iterations + 1} rounds need Trainer(max_epochs={self.max_epochs}) "
                 f"(prune.max_epochs), got max_epochs={trainer.max_epochs}"
             )
-        if self.steps_per_epoch is not None and trainer.num_training_batches != self.steps_per_epoch:
-            raise ValueError(
-                f"PhiCenterPruning: steps_per_epoch={self.steps_per_epoch}, but an epoch of this fit has "
-                f"{trainer.num_training_batches} batches"
-            )
         pruning.reapply_masks(pl_module)
         self._fit_start = (
             [copy.deepcopy(opt.state_dict()["param_groups"]) for opt in trainer.optimizers],
             [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
         )
+
+    def on_train_start(self, trainer, pl_module):
+        """The batches of an epoch are known now: late rewinding to a step needs them as declared."""
+        if self.steps_per_epoch is not None and trainer.num_training_batches != self.steps_per_epoch:
+            raise ValueError(
+                f"PhiCenterPruning: steps_per_epoch={self.steps_per_epoch}, but an epoch of this fit has "
+                f"{trainer.num_training_batches} batches"
+            )
 
     def on_train_epoch_start(self, trainer, pl_module):
         r = self.round_of(trainer.current_epoch)
