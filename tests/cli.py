@@ -61,7 +61,7 @@ def train(
     *args: str, multirun: bool = False, timeout: float = 300, check: bool = True, cwd=None, **popen
 ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "phicenter.train", *(["-m"] if multirun else []), *args]
-    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env(), capture_output=True, text=True, timeout=timeout, **popen)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -126,7 +126,10 @@ def test_an_unreadable_results_json_is_refused(tmp_path, content):
 def test_ctrl_c_between_fits_records_interrupted(tmp_path):
     """SIGINT outside a Lightning fit (at the start of round 1) ends the run as `interrupted`, rounds kept."""
     run = tmp_path / "run"
-    proc = train(f"hydra.run.dir={run}", *QUICK, "fault.interrupt_round=1", check=False)
+    # Ctrl-C as a terminal delivers it: a run started where SIGINT is ignored (a shell's background job, as the
+    # tests may be) inherits that, and rightly ignores it
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    proc = train(f"hydra.run.dir={run}", *QUICK, "fault.interrupt_round=1", check=False, preexec_fn=restore)
     assert proc.returncode == 130, proc.stdout + proc.stderr
     res = results(run)
     assert res["status"] == "interrupted" and res["error"] == "Ctrl-C"
