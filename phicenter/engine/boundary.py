@@ -93,12 +93,9 @@ class PhiCenterPruning(pl.Callback):
         """The round loop's boundary: one fit trains round `round_index` of every variant (its IMP); the
         boundary is applied before the fit (`apply`), since a round's key is computed on the state after it
         (engine.reuse). The module holds the masks itself (engine.module.CohortModule)."""
-        self = cls.__new__(cls)
-        self.imps, self.pruner, self.diagnostics, self.rounds = list(imps), None, None, []
-        self.start, self.done, self.hold, self.epochs_per_round = round_index, round_index - 1, False, None
-        self.iterations, self.rewind_epoch, self.rewind_step, self.seed = round_index, None, None, None
-        self.steps_per_epoch = None
-        self._fit_start = None
+        self = cls(iterations=round_index)  # the defaults; the round loop seeds and rewinds itself
+        self.imps, self.start, self.done, self.hold = list(imps), round_index, round_index - 1, False
+        self.epochs_per_round = None  # the whole fit is the one round
         return self
 
     # -- the rounds of the fit --------------------------------------------------------------------------------
